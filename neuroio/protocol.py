@@ -1,0 +1,170 @@
+"""The NeuroIO events protocol, with no I/O (see ``shared/seed/protocol.md``).
+
+Encodes what the client sends (AUTH, PING) and tells apart what the server sends. Server
+messages carry no type tag: they are told apart by their keys (``auth``, ``PING``, ``error``,
+``id`` + ``data``). Nothing here touches a socket or an event loop, so it is tested alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+from .exceptions import MessageError
+from .messages import AuthOk, Entry, Event, Message, Pong, ServerError, UnknownMessage
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_EVENTS_URL",
+    "PING_FRAME",
+    "Kind",
+    "classify",
+    "encode_auth",
+    "encode_ping",
+    "event_to_json",
+    "parse_message",
+]
+
+DEFAULT_EVENTS_URL = "wss://events.neuroio.com"
+DEFAULT_API_URL = "https://api.neuroio.com"
+
+PING_FRAME = '{"action":"PING"}'
+
+
+class Kind(enum.Enum):
+    """What a server frame is, decided from its keys alone."""
+
+    AUTH_OK = "auth_ok"
+    AUTH_REJECTED = "auth_rejected"
+    PONG = "pong"
+    ERROR = "error"
+    EVENT = "event"
+    UNKNOWN = "unknown"
+    MALFORMED = "malformed"
+    BINARY = "binary"
+
+
+class _Probe(msgspec.Struct):
+    # Only the keys that tell the kinds apart; msgspec skips ``data`` without building it.
+    auth: Any = msgspec.UNSET
+    PING: Any = msgspec.UNSET
+    error: Any = msgspec.UNSET
+    id: Any = msgspec.UNSET
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+# Events dominate the stream; this prefix is how the platform and the emulator write them,
+# and seeing it lets the hot path skip a decode. Anything else is probed properly.
+_EVENT_PREFIX = '{"id":'
+_EVENT_PREFIX_B = b'{"id":'
+
+
+def encode_auth(token: str) -> str:
+    """The AUTH frame sent right after connecting. It holds the token: never log it."""
+    return _encoder.encode({"action": "AUTH", "data": {"token": token}}).decode()
+
+
+def encode_ping() -> str:
+    """The PING frame sent every ``ping_interval`` seconds."""
+    return PING_FRAME
+
+
+def classify(raw: str | bytes) -> Kind:
+    """Tell what a frame is from its keys, without building the typed message.
+
+    Text frames that are not a JSON object are ``MALFORMED``; binary frames are ``BINARY``
+    (the protocol only uses text). Never raises.
+    """
+    if isinstance(raw, str):
+        if raw.startswith(_EVENT_PREFIX):
+            return Kind.EVENT
+    else:
+        return Kind.BINARY
+    try:
+        probe = _probe_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        return Kind.MALFORMED
+    return _kind_of(probe.auth, probe.PING, probe.error, probe.id)
+
+
+def _kind_of(auth: Any, ping: Any, error: Any, id_: Any) -> Kind:
+    if auth is not msgspec.UNSET:
+        return Kind.AUTH_OK if auth == "ok" else Kind.AUTH_REJECTED
+    if ping is not msgspec.UNSET:
+        return Kind.PONG
+    if error is not msgspec.UNSET:
+        return Kind.ERROR
+    if id_ is not msgspec.UNSET:
+        return Kind.EVENT
+    return Kind.UNKNOWN
+
+
+def decode_json(raw: str | bytes) -> Any:
+    """Decode one frame's JSON; raise :class:`MessageError` if it is not JSON."""
+    try:
+        return _any_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        raise MessageError(f"frame is not valid JSON: {exc}") from exc
+
+
+def parse_message(raw: str | bytes) -> Message:
+    """Turn one server frame into a typed message.
+
+    Args:
+        raw: the frame as received (text, or bytes holding UTF-8 JSON).
+
+    Returns:
+        :class:`AuthOk`, :class:`Pong`, :class:`ServerError`, :class:`Event`, or
+        :class:`UnknownMessage` for a JSON object of another shape.
+
+    Raises:
+        MessageError: the frame is not a JSON object, or an event lacks an integer ``id``
+            or an object ``data``.
+    """
+    value = decode_json(raw)
+    if not isinstance(value, dict):
+        raise MessageError(f"expected a JSON object, got {type(value).__name__}")
+    return message_from_dict(value)
+
+
+def message_from_dict(value: dict[str, Any]) -> Message:
+    """Typed message from an already decoded JSON object (see :func:`parse_message`)."""
+    kind = _kind_of(
+        value.get("auth", msgspec.UNSET),
+        value.get("PING", msgspec.UNSET),
+        value.get("error", msgspec.UNSET),
+        value.get("id", msgspec.UNSET),
+    )
+    if kind is Kind.AUTH_OK:
+        return AuthOk()
+    if kind is Kind.AUTH_REJECTED:
+        return ServerError(message=f"authentication answer {value['auth']!r}")
+    if kind is Kind.PONG:
+        ping = value["PING"]
+        return Pong(ping if isinstance(ping, str) else _encoder.encode(ping).decode())
+    if kind is Kind.ERROR:
+        error = value["error"]
+        return ServerError(error if isinstance(error, str) else _encoder.encode(error).decode())
+    if kind is Kind.EVENT:
+        return event_from_dict(value)
+    return UnknownMessage(value)
+
+
+def event_from_dict(value: dict[str, Any], *, backfilled: bool = False) -> Event:
+    """Typed :class:`Event` from a decoded ``{"id": ..., "data": {...}}`` object."""
+    event_id = value.get("id")
+    data = value.get("data")
+    if not isinstance(event_id, int) or isinstance(event_id, bool):
+        raise MessageError(f"event id must be an integer, got {type(event_id).__name__}")
+    if not isinstance(data, dict):
+        raise MessageError(f"event data must be an object, got {type(data).__name__}")
+    return Event(id=event_id, entry=Entry.from_dict(data), backfilled=backfilled)
+
+
+def event_to_json(event: Event) -> bytes:
+    """The wire form of an event, ``{"id": ..., "data": {...}}``, compact JSON."""
+    return _encoder.encode({"id": event.id, "data": event.entry.to_dict()})
