@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -164,7 +164,7 @@ class UnknownMessage(msgspec.Struct, frozen=True):
     data: Any
 
 
-Message = Union[AuthOk, Pong, ServerError, Event, UnknownMessage]
+Message: TypeAlias = AuthOk | Pong | ServerError | Event | UnknownMessage
 """Any message :func:`neuroio.parse_message` returns."""
 
 

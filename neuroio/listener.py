@@ -1,0 +1,565 @@
+"""The asyncio listener: one authenticated connection, kept alive for as long as it runs.
+
+This is the only module that owns a socket and tasks. Per connection it runs a reader task
+(frames → bounded queue) supervised by the connection loop, which also sends PINGs and judges
+the connection by :class:`~neuroio.heartbeat.Heartbeat`. One dispatcher task per ``listen()``
+hands queued frames to the user's handler, so frames received before a reconnect are still
+delivered after it. Reconnect delays come from :class:`~neuroio.backoff.Backoff`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl as _ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import aiohttp
+
+from . import _redact
+from .backoff import Backoff
+from .exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError
+from .heartbeat import Heartbeat
+from .messages import Event
+from .protocol import DEFAULT_EVENTS_URL, Kind, classify, encode_auth, encode_ping, parse_message
+from .stats import ListenerStats, State
+
+__all__ = ["EventListener", "Handler"]
+
+logger = logging.getLogger("neuroio.listener")
+
+Handler = Callable[[Any], Awaitable[Any]]
+"""An async callable taking one frame (``str``, or ``bytes`` for binary frames)."""
+
+# Close codes that mean "your credentials are refused" when they arrive before {"auth": "ok"}.
+_AUTH_CLOSE_CODES = frozenset({1008, 3000, 3003, 4001, 4003, 4401, 4403})
+# Close codes that say nothing about the token: the server is going away or restarting.
+_NEUTRAL_CLOSE_CODES = frozenset({1001, 1012, 1013})
+# A server that accepts the handshake and then drops us, without answering AUTH, this many times
+# in a row is refusing the token without saying so.
+_MAX_SILENT_REJECTIONS = 3
+_END = object()
+_WebSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
+
+
+class _Rejected(Exception):
+    """The server refused the token on this connection (internal)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class EventListener:
+    """Listens to the NeuroIO events stream and never silently stops.
+
+    Args:
+        api_token: the platform API token. Never logged or shown in errors and reprs.
+        event_handler_func: ``async def handler(message: str | bytes)``, awaited for every frame
+            the server sends (auth reply, PONG, error, event), one at a time, in arrival order.
+            ``None`` to iterate over typed :class:`~neuroio.Event` objects instead.
+        timeout: seconds allowed to open a connection and receive the AUTH reply.
+        url: the events service URL; ``None`` means ``$NEUROIO_EVENTS_URL``, else
+            ``wss://events.neuroio.com``.
+        ping_interval: seconds between PINGs on a live connection.
+        ping_timeout: a PING unanswered this long means the connection is dead; it is dropped
+            and replaced.
+        reconnect_delay: cap of the first reconnect delay (full jitter, doubling per attempt).
+        max_reconnect_delay: largest reconnect delay cap.
+        max_message_size: largest frame accepted, bytes; a larger one drops the connection.
+        max_queue: frames received but not yet handled; when full the listener stops reading
+            the socket (TCP backpressure) rather than grow or drop.
+        max_retries: consecutive failed connection attempts before
+            :class:`~neuroio.ConnectionFailedError`; ``None`` retries forever.
+        ssl: an :class:`ssl.SSLContext` for ``wss://`` (certificates are always verified unless
+            a context that does not verify is given).
+        drain_timeout: on :meth:`close`, seconds to go on handing already received frames to
+            the handler before abandoning them (the count abandoned is logged).
+        backoff: a :class:`~neuroio.backoff.Backoff` to use instead of the default one.
+
+    Raises:
+        ConfigurationError: an option is out of range or the URL is not ``ws://``/``wss://``.
+    """
+
+    def __init__(
+        self,
+        api_token: str,
+        event_handler_func: Handler | None = None,
+        timeout: float = 4.0,
+        *,
+        url: str | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 10.0,
+        reconnect_delay: float = 0.5,
+        max_reconnect_delay: float = 30.0,
+        max_message_size: int = 8 * 2**20,
+        max_queue: int = 1024,
+        max_retries: int | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        drain_timeout: float = 5.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not isinstance(api_token, str) or not api_token:
+            raise ConfigurationError("api_token must be a non-empty string")
+        if url is None:
+            url = os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL
+        if not url.startswith(("ws://", "wss://")):
+            raise ConfigurationError(f"events URL must start with ws:// or wss://, got {url!r}")
+        if timeout <= 0 or ping_interval <= 0 or ping_timeout <= 0:
+            raise ConfigurationError("timeout, ping_interval and ping_timeout must be positive")
+        if max_queue < 1 or max_message_size < 1:
+            raise ConfigurationError("max_queue and max_message_size must be at least 1")
+        if max_retries is not None and max_retries < 0:
+            raise ConfigurationError("max_retries must be >= 0 or None")
+        self._token = api_token
+        _redact.guard(api_token)
+        self._handler = event_handler_func
+        self.url = url
+        self.timeout = timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_message_size = max_message_size
+        self.max_queue = max_queue
+        self.max_retries = max_retries
+        self.drain_timeout = drain_timeout
+        self._ssl = ssl
+        self._backoff = backoff or Backoff(
+            reconnect_delay, max(reconnect_delay, max_reconnect_delay)
+        )
+        self.stats = ListenerStats()
+        self._queue: asyncio.Queue[Any] | None = None
+        self._closing: asyncio.Event | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._iter_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<EventListener url={self.url!r} state={self.stats.state.value}>"
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            _redact.release(self._token)
+
+    @property
+    def state(self) -> State:
+        """The current :class:`~neuroio.stats.State`."""
+        return self.stats.state
+
+    # ------------------------------------------------------------------ public API
+
+    async def listen(self) -> None:
+        """Connect, authenticate and deliver frames until :meth:`close` is called.
+
+        Raises:
+            AuthenticationError: the server rejected the token (never retried).
+            ConnectionFailedError: ``max_retries`` consecutive attempts failed.
+            RuntimeError: ``listen()`` is already running on this listener.
+        """
+        if self._listen_task is not None and not self._listen_task.done():
+            raise RuntimeError("this EventListener is already listening")
+        self._listen_task = asyncio.current_task()
+        self._closing = asyncio.Event()
+        self._queue = asyncio.Queue(self.max_queue)
+        self._failure = None
+        if self._handler is not None:
+            self._dispatcher = asyncio.create_task(
+                self._dispatch(self._handler, self._queue), name="neuroio-dispatcher"
+            )
+        session = aiohttp.ClientSession()
+        try:
+            await self._connection_cycle(session)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._set_state(State.CLOSED)
+            await self._stop_dispatcher()
+            await session.close()
+            if self._handler is None:
+                self._put_end()
+
+    async def close(self) -> None:
+        """Stop listening: close the connection with code 1000 and end every task.
+
+        Frames already received are still handed to the handler for up to ``drain_timeout``
+        seconds. Idempotent; safe to call from inside the handler.
+        """
+        if self._closing is not None:
+            self._closing.set()
+        task = self._listen_task
+        current = asyncio.current_task()
+        if task is None or task.done() or current is task or current is self._dispatcher:
+            return
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), self.drain_timeout + self.timeout + 1)
+
+    async def __aenter__(self) -> EventListener:
+        self._iter_task = asyncio.create_task(self._listen_quietly(), name="neuroio-listen")
+        # listen() creates the queue on its first step; make sure it has run.
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+        task = self._iter_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._handler is not None:
+            raise TypeError("iterate over an EventListener created without event_handler_func")
+        return self
+
+    async def __anext__(self) -> Event:
+        """The next event (control messages are not yielded)."""
+        while True:
+            if self._queue is None:
+                raise RuntimeError("iterate inside 'async with EventListener(...)'")
+            item = await self._queue.get()
+            if item is _END:
+                self._put_end()  # every later __anext__ ends too
+                if self._failure is not None and not isinstance(
+                    self._failure, asyncio.CancelledError
+                ):
+                    raise self._failure
+                raise StopAsyncIteration
+            try:
+                message = parse_message(item)
+            except Exception:
+                continue
+            if isinstance(message, Event):
+                return message
+
+    # ------------------------------------------------------------------ internals
+
+    async def _listen_quietly(self) -> None:
+        # For ``async with``: the failure is re-raised by the iterator, not by a lost task.
+        with contextlib.suppress(Exception):
+            await self.listen()
+
+    def _put_end(self) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        while True:
+            try:
+                queue.put_nowait(_END)
+                return
+            except asyncio.QueueFull:
+                # Nobody is iterating any more; make room for the end marker.
+                queue.get_nowait()
+
+    def _set_state(self, state: State) -> None:
+        if self.stats.state is not state:
+            logger.debug("state %s -> %s", self.stats.state.value, state.value)
+            self.stats.state = state
+
+    def _closing_now(self) -> bool:
+        return self._closing is not None and self._closing.is_set()
+
+    async def _connection_cycle(self, session: aiohttp.ClientSession) -> None:
+        failures = 0  # consecutive attempts that never reached {"auth": "ok"}
+        silent_rejections = 0
+        while not self._closing_now():
+            self._set_state(State.CONNECTING)
+            authenticated = False
+            try:
+                reason, authenticated = await self._one_connection(session)
+            except _Rejected as exc:
+                raise AuthenticationError(
+                    f"the NeuroIO events service rejected the API token ({exc.detail}); "
+                    "check the token and that it belongs to this platform"
+                ) from None
+            if self._closing_now():
+                return
+            if authenticated:
+                failures = 0
+                silent_rejections = 0
+            else:
+                failures += 1
+                if reason.startswith("closed_before_auth"):
+                    silent_rejections += 1
+                    if silent_rejections >= _MAX_SILENT_REJECTIONS:
+                        raise AuthenticationError(
+                            "the NeuroIO events service closed the connection before accepting "
+                            f"the API token {silent_rejections} times in a row; check the token"
+                        )
+                else:
+                    silent_rejections = 0
+            reason = reason.split(":", 1)[0]
+            self.stats.reconnects[reason] += 1
+            if self.max_retries is not None and failures > self.max_retries:
+                raise ConnectionFailedError(
+                    f"could not connect to {self.url} after {failures} attempts "
+                    f"(last failure: {reason})"
+                )
+            delay = self._backoff.next_delay()
+            self._set_state(State.BACKOFF)
+            logger.warning(
+                "connection to %s lost (%s); reconnecting in %.2fs", self.url, reason, delay
+            )
+            assert self._closing is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+
+    async def _one_connection(self, session: aiohttp.ClientSession) -> tuple[str, bool]:
+        """Run one connection to its end; return why it ended and whether it authenticated."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        try:
+            ws = await asyncio.wait_for(
+                session.ws_connect(
+                    self.url,
+                    autoping=True,
+                    heartbeat=None,
+                    max_msg_size=self.max_message_size,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeout),
+                    ssl=self._ssl if self._ssl is not None else True,
+                ),
+                self.timeout,
+            )
+        except _ssl.SSLCertVerificationError as exc:
+            logger.error("TLS certificate of %s rejected: %s", self.url, exc.verify_message)
+            return "connect_failed:tls", False
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            logger.info("cannot connect to %s: %s", self.url, _describe(exc))
+            return "connect_failed", False
+        self.stats.connects += 1
+        try:
+            return await self._serve(ws, deadline)
+        finally:
+            if not ws.closed:
+                # A dead peer never answers the close frame: do not wait for it long.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(ws.close(code=1000), self.timeout)
+
+    async def _serve(self, ws: _WebSocket, deadline: float) -> tuple[str, bool]:
+        assert self._queue is not None and self._closing is not None
+        loop = asyncio.get_running_loop()
+        self._set_state(State.AUTHENTICATING)
+        await ws.send_str(encode_auth(self._token))
+        ended = await self._authenticate(ws, deadline)
+        if ended is not None:
+            return ended, False
+        self.stats.authenticated += 1
+        self._set_state(State.LIVE)
+        logger.info("connected to %s and authenticated", self.url)
+
+        heartbeat = Heartbeat(self.ping_interval, self.ping_timeout)
+        live_since = loop.time()
+        heartbeat.start(live_since)
+        outcome: list[str] = []
+        reader = asyncio.create_task(
+            self._read(ws, heartbeat, live_since, outcome), name="neuroio-reader"
+        )
+        closing = asyncio.create_task(self._closing.wait(), name="neuroio-closing")
+        try:
+            while True:
+                now = loop.time()
+                if heartbeat.is_dead(now):
+                    logger.warning(
+                        "no PONG from %s within %.1fs of a PING: connection is dead",
+                        self.url,
+                        self.ping_timeout,
+                    )
+                    return "heartbeat_timeout", True
+                if heartbeat.ping_due(now):
+                    try:
+                        await ws.send_str(encode_ping())
+                    except (aiohttp.ClientError, OSError, RuntimeError):
+                        return "reset", True
+                    heartbeat.ping_sent(loop.time())
+                    self.stats.pings_sent += 1
+                done, _ = await asyncio.wait(
+                    (reader, closing),
+                    timeout=heartbeat.next_wakeup(loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if closing in done:
+                    return "closing", True
+                if reader in done:
+                    reader.result()
+                    return (outcome[0] if outcome else "reset"), True
+        finally:
+            for task in (reader, closing):
+                task.cancel()
+            await asyncio.gather(reader, closing, return_exceptions=True)
+
+    async def _authenticate(self, ws: _WebSocket, deadline: float) -> str | None:
+        """Wait for the AUTH reply; ``None`` once accepted, else why the connection ended."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning("no answer to AUTH from %s within %.1fs", self.url, self.timeout)
+                return "auth_timeout"
+            try:
+                msg = await asyncio.wait_for(ws.receive(), remaining)
+            except asyncio.TimeoutError:
+                logger.warning("no answer to AUTH from %s within %.1fs", self.url, self.timeout)
+                return "auth_timeout"
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                kind = self._account(msg.data)
+                if self._handler is not None or kind is Kind.EVENT:
+                    await self._enqueue(msg.data, None)
+                if kind is Kind.AUTH_OK:
+                    return None
+                if kind in (Kind.ERROR, Kind.AUTH_REJECTED):
+                    detail = _error_text(msg.data)
+                    await self._flush_queue()
+                    raise _Rejected(f"server said: {detail}")
+                continue
+            code = ws.close_code
+            if code in _AUTH_CLOSE_CODES:
+                await self._flush_queue()
+                raise _Rejected(f"connection closed with code {code}")
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                return _error_reason(msg.data)
+            if code in _NEUTRAL_CLOSE_CODES:
+                return "closed"
+            return f"closed_before_auth:{code}"
+
+    async def _read(
+        self,
+        ws: _WebSocket,
+        heartbeat: Heartbeat,
+        live_since: float,
+        outcome: list[str],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        raw_mode = self._handler is not None
+        stats = self.stats
+        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
+        while True:
+            msg = await ws.receive()
+            if msg.type is text or msg.type is binary:
+                data = msg.data
+                kind = self._account(data)
+                if kind is Kind.PONG:
+                    now = loop.time()
+                    rtt = heartbeat.pong_received(now)
+                    stats.pongs += 1
+                    if rtt is not None:
+                        stats.last_rtt = rtt
+                    if now - live_since >= self.ping_interval:
+                        # Healthy for a whole interval: the next loss starts from the
+                        # shortest delay again.
+                        self._backoff.reset()
+                if raw_mode or kind is Kind.EVENT:
+                    await self._enqueue(data, heartbeat)
+                continue
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                outcome.append(_error_reason(msg.data))
+                logger.warning("connection to %s failed: %s", self.url, _describe(msg.data))
+            elif ws.close_code is not None and ws.close_code != 1006:
+                outcome.append("closed")
+                logger.info("server closed the connection with code %s", ws.close_code)
+            else:
+                outcome.append("reset")
+            return
+
+    def _account(self, data: str | bytes) -> Kind:
+        stats = self.stats
+        stats.messages += 1
+        kind = classify(data)
+        if kind is Kind.EVENT:
+            stats.events += 1
+            stats.last_event_at = time.time()
+        elif kind is Kind.MALFORMED or kind is Kind.BINARY:
+            stats.malformed += 1
+            logger.warning("received a frame that is not a NeuroIO message (%s)", kind.value)
+        elif kind is Kind.ERROR:
+            logger.warning("server error message: %s", _error_text(data))
+        return kind
+
+    async def _enqueue(self, data: str | bytes, heartbeat: Heartbeat | None) -> None:
+        queue = self._queue
+        assert queue is not None
+        try:
+            queue.put_nowait(data)
+        except asyncio.QueueFull:
+            # The handler is behind. Stop reading (TCP pushes back on the server) and stop
+            # judging the heartbeat: unread PONGs are not missing PONGs.
+            if heartbeat is not None:
+                heartbeat.pause()
+            try:
+                await queue.put(data)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.resume(asyncio.get_running_loop().time())
+        size = queue.qsize()
+        if size > self.stats.queue_high_water:
+            self.stats.queue_high_water = size
+
+    async def _flush_queue(self) -> None:
+        """Let the handler see what was received before raising (e.g. the auth error)."""
+        if self._queue is None or self._dispatcher is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), self.drain_timeout)
+
+    async def _dispatch(self, handler: Handler, queue: asyncio.Queue[Any]) -> None:
+        stats = self.stats
+        while True:
+            item = await queue.get()
+            try:
+                await handler(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                stats.handler_errors += 1
+                logger.exception("event handler raised; continuing with the next message")
+            finally:
+                queue.task_done()
+
+    async def _stop_dispatcher(self) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        self._dispatcher = None
+        queue = self._queue
+        if queue is not None and not dispatcher.done() and queue.qsize():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(queue.join()), self.drain_timeout)
+            if queue.qsize():
+                logger.warning("closing with %d received messages not handled", queue.qsize())
+        dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatcher
+
+
+def _error_text(data: str | bytes) -> str:
+    try:
+        value = parse_message(data)
+    except Exception:
+        return "unreadable error message"
+    message = getattr(value, "message", None)
+    return _redact.redact(message) if isinstance(message, str) else type(value).__name__
+
+
+def _error_reason(exc: Any) -> str:
+    code = getattr(exc, "code", None)
+    if code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+        return "message_too_big"
+    if isinstance(exc, aiohttp.WebSocketError):
+        return "protocol_error"
+    return "reset"
+
+
+def _describe(exc: Any) -> str:
+    text = str(exc) or type(exc).__name__
+    return _redact.redact(text)
