@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 
+_EXTRA_WIRE_NAME = "neuroio:extra"
+
+
 class Result(str, enum.Enum):
     """Recognition result of an entry."""
 
@@ -82,7 +85,7 @@ class Named(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
 
 
-class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One recognised face: the ``data`` of an event, or an item of ``GET /v1/entries/``."""
 
     id: int | None = None
@@ -105,7 +108,9 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     exposure: float | None = None
     pan: float | None = None
     tilt: float | None = None
-    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The wire name is one the platform cannot plausibly send, so that decoding straight into
+    # Entry (the fast path, which refuses unknown fields) never mistakes a field for it.
+    extra: dict[str, Any] = msgspec.field(default_factory=dict, name=_EXTRA_WIRE_NAME)
     """Fields not listed above, and known fields whose value did not fit their type."""
 
     @classmethod
@@ -116,7 +121,7 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     def to_dict(self) -> dict[str, Any]:
         """The entry as JSON-ready data, ``extra`` merged back in."""
         out: dict[str, Any] = msgspec.to_builtins(self)
-        extra = out.pop("extra", None)
+        extra = out.pop(_EXTRA_WIRE_NAME, None)
         if extra:
             out.update(extra)
         return out

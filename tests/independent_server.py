@@ -94,6 +94,7 @@ class IndependentServer:
                 "confidence": 88.5,
                 "source": {"id": 1, "name": "door"},
                 "pid": "0b7e3c1c-4d0e-4b7c-9a52-9f2a0d6b1e11",
+                "face_image": f"https://example.invalid/faces/{self._next_id}.jpg",
             }
             self.history.append(entry)
             ids.append(entry["id"])
