@@ -16,17 +16,34 @@ import os
 import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeAlias
 
 import aiohttp
+import msgspec
 
 from . import _redact
+from .backfill import EntriesClient, GapStart, RecentIds, parse_since
 from .backoff import Backoff
-from .exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError
+from .exceptions import (
+    AuthenticationError,
+    BackfillError,
+    ConfigurationError,
+    ConnectionFailedError,
+)
 from .heartbeat import Heartbeat
-from .messages import Event
-from .protocol import DEFAULT_EVENTS_URL, Kind, classify, encode_auth, encode_ping, parse_message
+from .messages import Backfilled, Event
+from .protocol import (
+    DEFAULT_API_URL,
+    DEFAULT_EVENTS_URL,
+    Kind,
+    classify,
+    encode_auth,
+    encode_ping,
+    event_key,
+    parse_message,
+)
 from .stats import ListenerStats, State
 
 __all__ = ["EventListener", "Handler"]
@@ -81,6 +98,18 @@ class EventListener:
         drain_timeout: on :meth:`close`, seconds to go on handing already received frames to
             the handler before abandoning them (the count abandoned is logged).
         backoff: a :class:`~neuroio.backoff.Backoff` to use instead of the default one.
+        backfill: after every reconnect, fetch the entries missed meanwhile from the REST API
+            and deliver them (as :class:`~neuroio.messages.Backfilled` frames; typed events get
+            ``backfilled=True``). Duplicates between live and recovered events are dropped.
+        api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else
+            ``https://api.neuroio.com``.
+        since: also recover, before the first connection, the entries after this event id
+            (an ``int``) or created from this time on (ISO-8601 text or ``datetime``).
+        backfill_max_events: recover at most this many entries per gap (the newest);
+            ``None`` for no limit. What is skipped is logged.
+        backfill_max_age: skip recovered entries older than this many seconds; ``None`` for
+            no limit.
+        dedupe_window: how many recent event ids are remembered to drop duplicates.
 
     Raises:
         ConfigurationError: an option is out of range or the URL is not ``ws://``/``wss://``.
@@ -103,6 +132,12 @@ class EventListener:
         ssl: _ssl.SSLContext | None = None,
         drain_timeout: float = 5.0,
         backoff: Backoff | None = None,
+        backfill: bool = False,
+        api_url: str | None = None,
+        since: int | str | datetime | None = None,
+        backfill_max_events: int | None = 10_000,
+        backfill_max_age: float | None = 24 * 3600.0,
+        dedupe_window: int = 100_000,
     ) -> None:
         if not isinstance(api_token, str) or not api_token:
             raise ConfigurationError("api_token must be a non-empty string")
@@ -131,6 +166,25 @@ class EventListener:
         self._backoff = backoff or Backoff(
             reconnect_delay, max(reconnect_delay, max_reconnect_delay)
         )
+        try:
+            first_gap = parse_since(since)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.backfill = backfill
+        self.api_url = api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"api_url must start with http:// or https://, got {api_url!r}"
+            )
+        self.backfill_max_events = backfill_max_events
+        self.backfill_max_age = backfill_max_age
+        self._gaps: list[GapStart] = [first_gap] if first_gap is not None else []
+        self._recent = RecentIds(dedupe_window) if (backfill or first_gap) else None
+        self._cursor_id: int | None = None
+        self._cursor_created: str | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
+        self.backfill_error: BackfillError | None = None
+        """The last gap-recovery failure that could not be retried (e.g. a refused token)."""
         self.stats = ListenerStats()
         self._queue: asyncio.Queue[Any] | None = None
         self._closing: asyncio.Event | None = None
@@ -138,6 +192,7 @@ class EventListener:
         self._dispatcher: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._iter_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"<EventListener url={self.url!r} state={self.stats.state.value}>"
@@ -172,6 +227,7 @@ class EventListener:
                 self._dispatch(self._handler, self._queue), name="neuroio-dispatcher"
             )
         session = aiohttp.ClientSession()
+        self._session = session
         try:
             await self._connection_cycle(session)
         except BaseException as exc:
@@ -179,6 +235,7 @@ class EventListener:
             raise
         finally:
             self._set_state(State.CLOSED)
+            await self._stop_backfill()
             await self._stop_dispatcher()
             await session.close()
             if self._handler is None:
@@ -229,6 +286,14 @@ class EventListener:
             if self._queue is None:
                 raise RuntimeError("iterate inside 'async with EventListener(...)'")
             item = await self._queue.get()
+            if isinstance(item, Backfilled):
+                try:
+                    message = parse_message(item)
+                except Exception:
+                    continue
+                if isinstance(message, Event):
+                    return msgspec.structs.replace(message, backfilled=True)
+                continue
             if item is _END:
                 self._put_end()  # every later __anext__ ends too
                 if self._failure is not None and not isinstance(
@@ -288,6 +353,8 @@ class EventListener:
             if authenticated:
                 failures = 0
                 silent_rejections = 0
+                if self.backfill:
+                    self._gaps.append(self._gap_start())
             else:
                 failures += 1
                 if reason.startswith("closed_before_auth"):
@@ -357,6 +424,8 @@ class EventListener:
         self.stats.authenticated += 1
         self._set_state(State.LIVE)
         logger.info("connected to %s and authenticated", self.url)
+        if self._gaps and (self._backfill_task is None or self._backfill_task.done()):
+            self._backfill_task = asyncio.create_task(self._recover(), name="neuroio-backfill")
 
         heartbeat = Heartbeat(self.ping_interval, self.ping_timeout)
         live_since = loop.time()
@@ -442,6 +511,7 @@ class EventListener:
     ) -> None:
         loop = asyncio.get_running_loop()
         raw_mode = self._handler is not None
+        recent = self._recent
         stats = self.stats
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         while True:
@@ -459,6 +529,8 @@ class EventListener:
                         # Healthy for a whole interval: the next loss starts from the
                         # shortest delay again.
                         self._backoff.reset()
+                if kind is Kind.EVENT and recent is not None and not self._remember(data):
+                    continue
                 if raw_mode or kind is Kind.EVENT:
                     await self._enqueue(data, heartbeat)
                 continue
@@ -505,6 +577,99 @@ class EventListener:
         if size > self.stats.queue_high_water:
             self.stats.queue_high_water = size
 
+    def _remember(self, data: str | bytes) -> bool:
+        """Track the recovery cursor; ``False`` if this event id was already delivered."""
+        key = event_key(data)
+        if key is None:
+            return True
+        event_id, created = key
+        assert self._recent is not None
+        if not self._recent.add(event_id):
+            self.stats.duplicate_events += 1
+            return False
+        if self._cursor_id is None or event_id > self._cursor_id:
+            self._cursor_id = event_id
+            self._cursor_created = created
+        return True
+
+    def _gap_start(self) -> GapStart:
+        """Where the gap that just opened begins."""
+        if self._cursor_id is None:
+            # Nothing seen yet: recover what was created since shortly before the loss.
+            return GapStart(since_time=datetime.now(timezone.utc))
+        created = None
+        if self._cursor_created is not None:
+            with contextlib.suppress(msgspec.ValidationError):
+                created = msgspec.convert(self._cursor_created, datetime)
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=timezone.utc)
+        return GapStart(last_id=self._cursor_id, last_created=created)
+
+    async def _recover(self) -> None:
+        """Deliver the entries of every pending gap, oldest gap first."""
+        assert self._session is not None
+        client = EntriesClient(
+            self._session,
+            self.api_url,
+            self._token,
+            backoff=Backoff(self._backoff.initial, self._backoff.maximum),
+            closing=self._closing_now,
+        )
+        while self._gaps and not self._closing_now():
+            gap = self._gaps.pop(0)
+            try:
+                entries = await client.missed(gap)
+            except BackfillError as exc:
+                self.backfill_error = exc
+                logger.error("gap recovery failed: %s", exc)
+                self._gaps.clear()
+                return
+            for entry in self._limit(entries):
+                event_id = entry["id"]
+                assert self._recent is not None
+                if not self._recent.add(event_id):
+                    continue
+                if self._cursor_id is None or event_id > self._cursor_id:
+                    self._cursor_id = event_id
+                    created = entry.get("created")
+                    self._cursor_created = created if isinstance(created, str) else None
+                frame = Backfilled(_encoder.encode({"id": event_id, "data": entry}).decode())
+                self.stats.backfilled_events += 1
+                await self._enqueue(frame, None)
+            if entries:
+                logger.info("recovered %d missed entries from the REST API", len(entries))
+
+    def _limit(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply ``backfill_max_age`` and ``backfill_max_events``, logging what is skipped."""
+        if self.backfill_max_age is not None:
+            oldest = time.time() - self.backfill_max_age
+            kept = [e for e in entries if not _older_than(e, oldest)]
+            if len(kept) < len(entries):
+                logger.warning(
+                    "gap recovery skipped %d entries older than %.0fs (backfill_max_age)",
+                    len(entries) - len(kept),
+                    self.backfill_max_age,
+                )
+            entries = kept
+        limit = self.backfill_max_events
+        if limit is not None and len(entries) > limit:
+            logger.warning(
+                "gap recovery skipped the %d oldest of %d missed entries (backfill_max_events=%d)",
+                len(entries) - limit,
+                len(entries),
+                limit,
+            )
+            entries = entries[len(entries) - limit :]
+        return entries
+
+    async def _stop_backfill(self) -> None:
+        task = self._backfill_task
+        self._backfill_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _flush_queue(self) -> None:
         """Let the handler see what was received before raising (e.g. the auth error)."""
         if self._queue is None or self._dispatcher is None:
@@ -540,6 +705,22 @@ class EventListener:
         dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dispatcher
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _older_than(entry: dict[str, Any], oldest: float) -> bool:
+    created = entry.get("created")
+    if not isinstance(created, str):
+        return False
+    try:
+        moment = msgspec.convert(created, datetime)
+    except msgspec.ValidationError:
+        return False
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp() < oldest
 
 
 def _error_text(data: str | bytes) -> str:

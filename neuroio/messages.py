@@ -19,6 +19,7 @@ import msgspec
 
 __all__ = [
     "AuthOk",
+    "Backfilled",
     "Entry",
     "Event",
     "Liveness",
@@ -167,6 +168,19 @@ class UnknownMessage(msgspec.Struct, frozen=True):
     """A JSON object of a shape the protocol does not define, kept as decoded data."""
 
     data: Any
+
+
+class Backfilled(str):
+    """A frame recovered from the REST API after a gap, not pushed over the socket.
+
+    It is a ``str`` holding the same JSON a pushed event has (``{"id": ..., "data": {...}}``),
+    so a raw handler treats it like any other frame; ``isinstance(message, Backfilled)`` tells
+    the two apart without altering the payload.
+    """
+
+    __slots__ = ()
+
+    backfilled = True
 
 
 Message: TypeAlias = AuthOk | Pong | ServerError | Event | UnknownMessage

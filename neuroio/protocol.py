@@ -23,6 +23,7 @@ __all__ = [
     "classify",
     "encode_auth",
     "encode_ping",
+    "event_key",
     "event_to_json",
     "parse_message",
 ]
@@ -61,7 +62,17 @@ class _EventFrame(msgspec.Struct, forbid_unknown_fields=True):
     data: Entry
 
 
+class _DataProbe(msgspec.Struct):
+    created: Any = None
+
+
+class _IdProbe(msgspec.Struct):
+    id: Any = None
+    data: _DataProbe | None = None
+
+
 _probe_decoder = msgspec.json.Decoder(_Probe)
+_id_probe_decoder = msgspec.json.Decoder(_IdProbe)
 _event_decoder = msgspec.json.Decoder(_EventFrame)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -98,6 +109,23 @@ def classify(raw: str | bytes) -> Kind:
     except (msgspec.DecodeError, UnicodeEncodeError):
         return Kind.MALFORMED
     return _kind_of(probe.auth, probe.PING, probe.error, probe.id)
+
+
+def event_key(raw: str | bytes) -> tuple[int, str | None] | None:
+    """An event frame's id and its entry's ``created`` text, decoding nothing else.
+
+    Returns ``None`` when the frame has no integer ``id``. Used to track the gap-recovery
+    cursor and drop duplicates without building the typed event.
+    """
+    try:
+        probe = _id_probe_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        return None
+    event_id = probe.id
+    if not isinstance(event_id, int) or isinstance(event_id, bool):
+        return None
+    created = probe.data.created if probe.data is not None else None
+    return event_id, created if isinstance(created, str) else None
 
 
 def _kind_of(auth: Any, ping: Any, error: Any, id_: Any) -> Kind:

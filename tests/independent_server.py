@@ -35,12 +35,13 @@ class Conn:
 class IndependentServer:
     """Plain protocol server: ``reject`` is ``None`` (accept the token), ``"error"`` (answer
     ``{"error": ...}``), ``"close"`` (close with code 4001) or ``"silent"`` (close with 1000,
-    no answer). ``push_while_away=False`` drops events while no client is authenticated."""
+    no answer). Like the platform, it never re-sends an event to a client that was away when
+    it was emitted; the REST list has them all."""
 
-    def __init__(self, token: str = "secret-token", *, push_while_away: bool = True) -> None:
+    def __init__(self, token: str = "secret-token") -> None:
         self.token = token
+        self.token_rest = token
         self.reject: str | None = None
-        self.push_while_away = push_while_away
         self.conns: list[Conn] = []
         self.history: list[dict[str, Any]] = []
         self.auth_attempts = 0
@@ -144,7 +145,7 @@ class IndependentServer:
         url = urllib.parse.urlsplit(request.path)
         if url.path.rstrip("/") != "/v1/entries":
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        if request.headers.get("Authorization") != f"Token {self.token}":
+        if request.headers.get("Authorization") != f"Token {self.token_rest}":
             return _json(401, {"detail": "Invalid token."})
         query = dict(urllib.parse.parse_qsl(url.query))
         limit = int(query.get("limit", 20))
