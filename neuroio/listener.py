@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import ssl as _ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
@@ -45,6 +46,11 @@ from .protocol import (
     parse_message,
 )
 from .stats import ListenerStats, State
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # aiohttp depends on async_timeout on 3.10
+    from async_timeout import timeout as _timeout
 
 __all__ = ["EventListener", "Handler"]
 
@@ -253,8 +259,8 @@ class EventListener:
         current = asyncio.current_task()
         if task is None or task.done() or current is task or current is self._dispatcher:
             return
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(task), self.drain_timeout + self.timeout + 1)
+        # asyncio.wait, not wait_for: wait_for can swallow a cancellation of the caller.
+        await asyncio.wait({task}, timeout=self.drain_timeout + self.timeout + 1)
 
     async def __aenter__(self) -> EventListener:
         self._iter_task = asyncio.create_task(self._listen_quietly(), name="neuroio-listen")
@@ -367,37 +373,36 @@ class EventListener:
                 else:
                     silent_rejections = 0
             reason = reason.split(":", 1)[0]
-            self.stats.reconnects[reason] += 1
             if self.max_retries is not None and failures > self.max_retries:
                 raise ConnectionFailedError(
                     f"could not connect to {self.url} after {failures} attempts "
                     f"(last failure: {reason})"
                 )
+            self.stats.reconnects[reason] += 1
             delay = self._backoff.next_delay()
             self._set_state(State.BACKOFF)
             logger.warning(
-                "connection to %s lost (%s); reconnecting in %.2fs", self.url, reason, delay
+                "no connection to %s (%s); reconnecting in %.2fs", self.url, reason, delay
             )
             assert self._closing is not None
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
+                async with _timeout(delay):
+                    await self._closing.wait()
 
     async def _one_connection(self, session: aiohttp.ClientSession) -> tuple[str, bool]:
         """Run one connection to its end; return why it ended and whether it authenticated."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         try:
-            ws = await asyncio.wait_for(
-                session.ws_connect(
+            async with _timeout(self.timeout):
+                ws = await session.ws_connect(
                     self.url,
                     autoping=True,
                     heartbeat=None,
                     max_msg_size=self.max_message_size,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeout),
                     ssl=self._ssl if self._ssl is not None else True,
-                ),
-                self.timeout,
-            )
+                )
         except _ssl.SSLCertVerificationError as exc:
             logger.error("TLS certificate of %s rejected: %s", self.url, exc.verify_message)
             return "connect_failed:tls", False
@@ -477,7 +482,7 @@ class EventListener:
                 logger.warning("no answer to AUTH from %s within %.1fs", self.url, self.timeout)
                 return "auth_timeout"
             try:
-                msg = await asyncio.wait_for(ws.receive(), remaining)
+                msg = await ws.receive(timeout=remaining)
             except asyncio.TimeoutError:
                 logger.warning("no answer to AUTH from %s within %.1fs", self.url, self.timeout)
                 return "auth_timeout"
@@ -675,7 +680,8 @@ class EventListener:
         if self._queue is None or self._dispatcher is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._queue.join(), self.drain_timeout)
+            async with _timeout(self.drain_timeout):
+                await self._queue.join()
 
     async def _dispatch(self, handler: Handler, queue: asyncio.Queue[Any]) -> None:
         stats = self.stats
@@ -698,8 +704,9 @@ class EventListener:
         self._dispatcher = None
         queue = self._queue
         if queue is not None and not dispatcher.done() and queue.qsize():
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(queue.join()), self.drain_timeout)
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with _timeout(self.drain_timeout):
+                    await queue.join()
             if queue.qsize():
                 logger.warning("closing with %d received messages not handled", queue.qsize())
         dispatcher.cancel()

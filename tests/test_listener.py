@@ -1,0 +1,395 @@
+"""EventListener against the emulator over loopback: every behaviour of the core issue."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from neuroio import (
+    AuthenticationError,
+    Backoff,
+    ConfigurationError,
+    ConnectionFailedError,
+    Event,
+    EventListener,
+    State,
+)
+from neuroio.emulator import Emulator
+
+TOKEN = "listener-test-token"
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    async with Emulator(tokens=[TOKEN], seed=1) as emulator:
+        yield emulator
+
+
+class Collector:
+    """A raw handler that keeps every frame and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.frames: list[str | bytes] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, message: str | bytes) -> None:
+        self.frames.append(message)
+        self.changed.set()
+
+    @property
+    def ids(self) -> list[int]:
+        out = []
+        for frame in self.frames:
+            try:
+                data = json.loads(frame)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and "id" in data:
+                out.append(data["id"])
+        return out
+
+    async def wait(self, predicate: object, timeout: float = 5.0) -> None:
+        async def loop() -> None:
+            while not predicate():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+async def _wait_state(listener: EventListener, state: State, timeout: float = 5.0) -> None:
+    async def loop() -> None:
+        while listener.state is not state:
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def test_handler_gets_every_frame_kind_in_order(emu: Emulator) -> None:
+    """The raw handler sees the auth reply, PONGs, events, malformed and binary frames."""
+    got = Collector()
+    listener = EventListener(TOKEN, got, url=emu.url, ping_interval=0.05)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    sent = [e["id"] for e in await emu.burst(20)]
+    await emu.send_raw("this is not json")
+    await emu.send_raw(b"\x00\x01binary")
+    await got.wait(lambda: b"\x00\x01binary" in got.frames)
+    await got.wait(lambda: any('"PING"' in f for f in got.frames if isinstance(f, str)))
+    await listener.close()
+    await task
+    assert json.loads(got.frames[0]) == {"auth": "ok"}
+    assert got.ids == sent
+    assert "this is not json" in got.frames
+    assert listener.stats.malformed == 2
+    assert listener.stats.events == 20
+    assert listener.stats.pongs >= 1 and listener.stats.last_rtt is not None
+
+
+async def test_close_sends_1000_and_ends_every_task(emu: Emulator) -> None:
+    """close() ends listen() with a 1000 close frame and no task left behind."""
+    listener = EventListener(TOKEN, Collector(), url=emu.url)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await listener.close()
+    await asyncio.wait_for(task, 2)
+    await listener.close()  # idempotent
+    await emu.wait_until(lambda: not emu.clients[0].open)
+    assert emu.clients[0].close_code == 1000
+    assert emu.clients[0].closed_by == "client"
+    assert listener.state is State.CLOSED
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_cancelling_listen_closes_cleanly(
+    emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelling the listen() task closes with 1000 and leaves nothing unclosed."""
+    listener = EventListener(TOKEN, Collector(), url=emu.url)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await emu.wait_until(lambda: not emu.clients[0].open)
+    assert emu.clients[0].close_code == 1000
+    gc.collect()
+    assert "Unclosed" not in caplog.text
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_typed_iterator_yields_events(emu: Emulator) -> None:
+    """Without a handler, `async for` yields typed events only, in order."""
+    await emu.wait_until(lambda: True)
+    sent = []
+    async with EventListener(TOKEN, url=emu.url) as events:
+        await emu.wait_for_clients(1)
+        sent = [e["id"] for e in await emu.burst(10)]
+        got = []
+        async for event in events:
+            assert isinstance(event, Event)
+            got.append(event.id)
+            if len(got) == 10:
+                break
+    assert got == sent
+
+
+async def test_typed_iterator_raises_on_rejected_token(emu: Emulator) -> None:
+    """A rejected token surfaces from the iterator as AuthenticationError."""
+    with pytest.raises(AuthenticationError):
+        async with EventListener("wrong-token", url=emu.url) as events:
+            async for _ in events:
+                pass
+
+
+async def test_rejected_token_is_not_retried(emu: Emulator) -> None:
+    """An {"error": ...} answer to AUTH raises at once: one connection, no loop."""
+    got = Collector()
+    listener = EventListener("wrong-token", got, url=emu.url)
+    with pytest.raises(AuthenticationError, match="rejected the API token"):
+        await asyncio.wait_for(listener.listen(), 5)
+    assert len(emu.clients) == 1
+    assert "error" in json.loads(got.frames[0])  # the handler saw the answer first
+
+
+@pytest.mark.parametrize("how", ["close_1011", "close_1001", "abort", "restart"])
+async def test_reconnects_after_any_loss(emu: Emulator, how: str) -> None:
+    """Close frames of any code, resets and server restarts are all followed by a reconnect."""
+    got = Collector()
+    listener = EventListener(TOKEN, got, url=emu.url, reconnect_delay=0.01)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    first = [e["id"] for e in await emu.burst(3)]
+    await got.wait(lambda: len(got.ids) == 3)
+    if how == "close_1011":
+        await emu.close_clients(1011)
+    elif how == "close_1001":
+        await emu.close_clients(1001)
+    elif how == "abort":
+        await emu.abort_clients()
+    else:
+        await emu.restart()
+    await emu.wait_for_clients(2, timeout=5)
+    second = [e["id"] for e in await emu.burst(3)]
+    await got.wait(lambda: len(got.ids) == 6)
+    await listener.close()
+    await task
+    assert got.ids == first + second
+    assert listener.stats.total_reconnects == 1
+    assert emu.clients[1].auth_tokens == [TOKEN]  # every connection authenticates again
+
+
+async def test_frozen_connection_is_detected_and_replaced(emu: Emulator) -> None:
+    """No PONG within ping_timeout: the connection is dropped and a new one made."""
+    listener = EventListener(
+        TOKEN, Collector(), url=emu.url, ping_interval=0.1, ping_timeout=0.3, reconnect_delay=0.01
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    emu.freeze()
+    await emu.wait_for_clients(2, timeout=3)
+    assert listener.stats.reconnects["heartbeat_timeout"] == 1
+    await listener.close()
+    await task
+
+
+async def test_auth_without_answer_times_out_and_retries(emu: Emulator) -> None:
+    """A server that never answers AUTH costs `timeout` seconds, then a new attempt."""
+    emu.freeze(new_clients=True)
+    listener = EventListener(TOKEN, Collector(), 0.2, url=emu.url, reconnect_delay=0.01)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(2, authenticated=False, timeout=3)
+    emu.unfreeze()
+    await listener.close()
+    await task
+    assert listener.stats.reconnects["auth_timeout"] >= 1
+
+
+async def test_closed_port_with_max_retries_gives_up() -> None:
+    """With max_retries, a port nobody listens on ends in ConnectionFailedError."""
+    emulator = Emulator()
+    await emulator.start()
+    url = emulator.url
+    await emulator.stop()
+    listener = EventListener(TOKEN, url=url, max_retries=2, reconnect_delay=0.01)
+    with pytest.raises(ConnectionFailedError, match="after 3 attempts"):
+        await asyncio.wait_for(listener.listen(), 5)
+    assert listener.stats.reconnects["connect_failed"] == 2
+
+
+async def test_failed_handshake_is_retried(emu: Emulator) -> None:
+    """An HTTP answer that is not a WebSocket upgrade counts as a failed attempt."""
+    listener = EventListener(
+        TOKEN, url=emu.url.rstrip("/") + "/v1/entries/", max_retries=1, reconnect_delay=0.01
+    )
+    with pytest.raises(ConnectionFailedError):
+        await asyncio.wait_for(listener.listen(), 5)
+
+
+async def test_backoff_grows_while_connections_never_become_healthy(emu: Emulator) -> None:
+    """Accept-then-drop servers see growing delays: a handshake alone does not reset them."""
+    backoff = Backoff(0.001, 1.0)
+    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=5, backoff=backoff)
+    task = asyncio.create_task(listener.listen())
+    for n in range(1, 5):
+        await emu.wait_for_clients(n)
+        await emu.close_clients(1011)
+    await emu.wait_for_clients(5)
+    assert backoff.attempts == 4
+    await listener.close()
+    await task
+
+
+async def test_backoff_resets_after_a_healthy_interval(emu: Emulator) -> None:
+    """A connection that answered PING over a whole interval resets the delays."""
+    backoff = Backoff(0.001, 1.0)
+    backoff.attempts = 7
+    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=0.05, backoff=backoff)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.wait_until(lambda: len(emu.clients[0].ping_times) >= 3)
+    assert backoff.attempts == 0
+    await listener.close()
+    await task
+
+
+async def test_stuck_handler_stops_reading_and_loses_nothing(emu: Emulator) -> None:
+    """A handler stuck for a while: the queue stays bounded, no reconnect, then all arrive."""
+    release = asyncio.Event()
+    got: list[str | bytes] = []
+
+    async def stuck(message: str | bytes) -> None:
+        await release.wait()
+        got.append(message)
+
+    listener = EventListener(
+        TOKEN, stuck, url=emu.url, max_queue=8, ping_interval=0.05, ping_timeout=0.2
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    sent = [e["id"] for e in await emu.burst(20_000)]
+    # Wait until the listener has filled its queue and stopped reading.
+    await emu.wait_until(lambda: listener.stats.queue_high_water >= 8)
+    await asyncio.wait_for(_until_stable(lambda: listener.stats.messages), 10)
+    assert listener.stats.messages < 20_000, "the listener kept reading with a full queue"
+    assert listener.stats.queue_high_water <= 8
+    assert listener.stats.total_reconnects == 0
+    release.set()
+    while len(got) < 20_000 + 1:
+        await asyncio.sleep(0.01)
+    ids = [json.loads(m)["id"] for m in got if '"id"' in str(m)]
+    assert ids == sent
+    assert listener.stats.total_reconnects == 0
+    await listener.close()
+    await task
+
+
+async def _until_stable(value: object, quiet: float = 0.3) -> None:
+    """Return once ``value()`` has not changed for ``quiet`` seconds."""
+    last = value()  # type: ignore[operator]
+    while True:
+        await asyncio.sleep(quiet)
+        now = value()  # type: ignore[operator]
+        if now == last:
+            return
+        last = now
+
+
+async def test_oversized_frame_drops_the_connection_not_the_listener(emu: Emulator) -> None:
+    """A frame above max_message_size ends that connection; the listener reconnects."""
+    got = Collector()
+    listener = EventListener(TOKEN, got, url=emu.url, max_message_size=4096, reconnect_delay=0.01)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.send_raw("x" * 10_000)
+    await emu.wait_for_clients(2)
+    sent = [e["id"] for e in await emu.burst(2)]
+    await got.wait(lambda: got.ids == sent)
+    assert listener.stats.reconnects["message_too_big"] == 1
+    await listener.close()
+    await task
+
+
+async def test_close_from_inside_the_handler(emu: Emulator) -> None:
+    """A handler may call close(); listen() then returns."""
+    seen: list[int] = []
+    listener: EventListener
+
+    async def handler(message: str | bytes) -> None:
+        data = json.loads(message)
+        if "id" in data:
+            seen.append(data["id"])
+            if len(seen) == 3:
+                await listener.close()
+
+    listener = EventListener(TOKEN, handler, url=emu.url)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.burst(3)
+    await asyncio.wait_for(task, 5)
+    assert len(seen) == 3
+
+
+def test_token_never_in_repr_or_config_errors() -> None:
+    """The token is absent from the repr; options are checked with clear errors."""
+    listener = EventListener("s3cr3t-value", url="ws://127.0.0.1:9")
+    assert "s3cr3t-value" not in repr(listener)
+    with pytest.raises(ConfigurationError, match="ws://"):
+        EventListener("t", url="http://127.0.0.1:9")
+    with pytest.raises(ConfigurationError):
+        EventListener("")
+    with pytest.raises(ConfigurationError):
+        EventListener("t", url="ws://127.0.0.1:9", ping_interval=0)
+
+
+def test_url_defaults_to_environment_then_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    """url=None reads NEUROIO_EVENTS_URL, else the production endpoint."""
+    monkeypatch.delenv("NEUROIO_EVENTS_URL", raising=False)
+    assert EventListener("t").url == "wss://events.neuroio.com"
+    monkeypatch.setenv("NEUROIO_EVENTS_URL", "ws://127.0.0.1:1234")
+    assert EventListener("t").url == "ws://127.0.0.1:1234"
+
+
+def test_works_under_uvloop() -> None:
+    """The listener runs unchanged on uvloop."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[int]:
+        async with Emulator(tokens=[TOKEN]) as emulator:
+            got = Collector()
+            listener = EventListener(TOKEN, got, url=emulator.url)
+            task = asyncio.create_task(listener.listen())
+            await emulator.wait_for_clients(1)
+            sent = [e["id"] for e in await emulator.burst(50)]
+            await got.wait(lambda: len(got.ids) == 50)
+            await listener.close()
+            await task
+            assert got.ids == sent
+            return sent
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert len(loop.run_until_complete(main())) == 50
+        assert "uvloop" in type(loop).__module__
+    finally:
+        loop.close()
+
+
+async def test_debug_logs_hold_no_token(emu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG, neither the listener nor aiohttp nor the emulator log the token."""
+    caplog.set_level(logging.DEBUG)
+    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=0.02)
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.burst(3)
+    await emu.close_clients(1011)
+    await emu.wait_for_clients(2)
+    await listener.close()
+    await task
+    assert caplog.records
+    assert TOKEN not in caplog.text
