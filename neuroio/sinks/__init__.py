@@ -1,0 +1,71 @@
+"""Destinations for the bridge's events, chosen by URI.
+
+=============================================  ==============================================
+URI                                            sink
+=============================================  ==============================================
+``file:PATH``, ``file:-``                      :class:`FileSink` (JSON lines; ``-`` is stdout)
+``http://...``, ``https://...``                :class:`~neuroio.sinks.webhook.WebhookSink`
+``redis://host:port/db?stream=...&maxlen=N``   :class:`~neuroio.sinks.redis.RedisSink`
+``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
+``memory:`` or ``memory:NAME``                 :class:`MemorySink`
+=============================================  ==============================================
+
+Implement :class:`Sink` for any other destination and pass the object to the bridge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from .base import Sink, SpooledEvent, redact_uri
+from .file import FileSink
+from .memory import MemorySink
+
+__all__ = ["FileSink", "MemorySink", "Sink", "SpooledEvent", "from_uri", "redact_uri"]
+
+_SCHEMES = ("file:", "memory:", "http://", "https://", "redis://", "rediss://", "nats://", "tls://")
+
+
+def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> Sink:
+    """Build the sink a URI names.
+
+    Args:
+        uri: one of the forms listed in this module's documentation.
+        webhook_secret: the HMAC key for ``http(s)://`` sinks (ignored by others).
+        options: keyword arguments passed on to the sink's constructor.
+
+    Raises:
+        ConfigurationError: the URI is malformed or its scheme unknown (the message shows
+            the URI with any password replaced by ``***``).
+        MissingExtraError: the sink's optional dependencies are not installed.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigurationError(f"sink URI must be a non-empty string, got {uri!r}")
+    uri = uri.strip()
+    lowered = uri.lower()
+    if lowered.startswith("file:"):
+        path = uri[len("file:") :]
+        if path.startswith("//"):
+            # file:///var/log/x.jsonl is the common spelling of an absolute path.
+            path = path[2:]
+        if not path:
+            raise ConfigurationError(f"sink {uri!r}: expected file:PATH or file:-")
+        return FileSink(path, **options)
+    if lowered.startswith("memory:"):
+        return MemorySink(uri[len("memory:") :] or "memory", **options)
+    if lowered.startswith(("http://", "https://")):
+        from .webhook import WebhookSink
+
+        return WebhookSink(uri, secret=webhook_secret, **options)
+    if lowered.startswith(("redis://", "rediss://")):
+        from .redis import RedisSink
+
+        return RedisSink(uri, **options)
+    if lowered.startswith(("nats://", "tls://")):
+        from .nats import NatsSink
+
+        return NatsSink(uri, **options)
+    raise ConfigurationError(
+        f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
+    )

@@ -1,0 +1,247 @@
+"""``nats://host:port?subject=neuroio.events&stream=NEUROIO``: events published to JetStream.
+
+Each event is published to ``subject`` with the header ``Nats-Msg-Id`` set to the event id, and
+the sink waits for JetStream's acknowledgement. JetStream drops a message whose id it has seen
+within the stream's duplicate window, so repeats from retries or from a second bridge are
+stored once. The stream is created if missing (file storage, the subject, a duplicate window
+of ``dedupe_window`` seconds, default one day); an existing stream is used as it is.
+
+Query options: ``subject``, ``stream``, ``dedupe_window`` (seconds), ``timeout`` (seconds to
+wait for the acknowledgements of a batch, default 10), ``name``. Credentials go in the URI
+(``nats://user:password@host:4222`` or ``nats://token@host:4222``); ``tls://`` uses TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from .base import Sink, SpooledEvent, parse_float, parse_int, redact_uri
+
+try:
+    import nats.errors
+    import nats.js.errors
+    from nats.aio.client import Client as NATS
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("nats", "the nats:// sink") from exc
+
+__all__ = ["NatsSink", "subject_matches"]
+
+log = logging.getLogger("neuroio.sinks")
+
+DEFAULT_SUBJECT = "neuroio.events"
+DEFAULT_STREAM = "NEUROIO"
+DEFAULT_DEDUPE_WINDOW = 86_400
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``pattern`` (with ``*`` and ``>`` wildcards) matches ``subject``."""
+    want = pattern.split(".")
+    have = subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+class NatsSink(Sink):
+    """Publishes events to a JetStream stream, acknowledged, each event id once.
+
+    Args:
+        uri: ``nats://[credentials@]host:port?subject=...&stream=...``.
+
+    Attributes:
+        duplicates: publishes JetStream acknowledged as repeats of a stored message.
+
+    Raises:
+        ConfigurationError: the URI or an option is invalid.
+    """
+
+    max_batch = 2000
+
+    def __init__(self, uri: str) -> None:
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"sink {redact_uri(uri)}: invalid URL: {exc}") from None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigurationError(f"sink {redact_uri(uri)}: expected nats://host:port")
+        self.subject = DEFAULT_SUBJECT
+        self.stream = DEFAULT_STREAM
+        self.dedupe_window = DEFAULT_DEDUPE_WINDOW
+        self.timeout = 10.0
+        name: str | None = None
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "subject":
+                if not value or " " in value or "*" in value or ">" in value:
+                    raise ConfigurationError(
+                        f"sink {redact_uri(uri)}: subject must be a literal subject, got {value!r}"
+                    )
+                self.subject = value
+            elif key == "stream":
+                if not value or any(c in value for c in " .*>"):
+                    raise ConfigurationError(
+                        f"sink {redact_uri(uri)}: invalid stream name {value!r}"
+                    )
+                self.stream = value
+            elif key == "dedupe_window":
+                self.dedupe_window = parse_int(value, option="dedupe_window", uri=uri, minimum=1)
+            elif key == "timeout":
+                self.timeout = parse_float(value, option="timeout", uri=uri)
+            elif key == "name":
+                name = value
+            else:
+                raise ConfigurationError(f"sink {redact_uri(uri)}: unknown option {key!r}")
+        self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        self._host = parts.hostname
+        self._port = port or 4222
+        host = f"{parts.hostname}:{self._port}"
+        self.name = name or f"{parts.scheme}://{host}?subject={self.subject}&stream={self.stream}"
+        self.duplicates = 0
+        self._nc: Any = None
+        self._js: Any = None
+        self._starting = False
+        self._last_error: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"<NatsSink {self.name}>"
+
+    async def start(self) -> None:
+        """Connect, and create the stream if it does not exist."""
+        # nats-py retries a first connection forever when reconnecting is allowed (and we
+        # want reconnects later), so the first connection is bounded here.
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise SinkError(
+                f"sink {self.name}: NATS is unreachable: {exc or type(exc).__name__}"
+            ) from exc
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        nc = NATS()
+        self._starting = True
+        self._last_error = None
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=[self._server],
+                    connect_timeout=max(1, math.ceil(self.timeout)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                self.timeout,
+            )
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            reason = self._last_error or exc
+            raise SinkError(
+                f"sink {self.name}: NATS is unreachable: {reason or type(reason).__name__}"
+            ) from exc
+        finally:
+            self._starting = False
+        self._nc = nc
+        self._js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            await self._ensure_stream()
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise SinkError(f"sink {self.name}: JetStream is not enabled on the server") from exc
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise SinkError(f"sink {self.name}: cannot set up the stream: {exc}") from exc
+
+    async def _ensure_stream(self) -> None:
+        try:
+            info = await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(
+                name=self.stream,
+                subjects=[self.subject],
+                duplicate_window=float(self.dedupe_window),
+            )
+            log.info("created JetStream stream %s for subject %s", self.stream, self.subject)
+            return
+        subjects = info.config.subjects or []
+        if not any(subject_matches(s, self.subject) for s in subjects):
+            raise ConfigurationError(
+                f"sink {self.name}: stream {self.stream} does not take subject {self.subject} "
+                f"(its subjects: {subjects})"
+            )
+        window = info.config.duplicate_window or 0
+        if window < self.dedupe_window:
+            log.warning(
+                "stream %s drops repeated events only within %.0f s (dedupe_window is %d s)",
+                self.stream,
+                window,
+                self.dedupe_window,
+            )
+
+    async def send(self, events: Sequence[SpooledEvent]) -> None:
+        """Publish the batch without waiting in between, then wait for every acknowledgement."""
+        if self._js is None:
+            raise SinkError(f"sink {self.name}: not started")
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for event in events:
+                futures.append(
+                    await self._js.publish_async(
+                        self.subject,
+                        event.payload,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": str(event.id)},
+                    )
+                )
+            acks = await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise SinkError(
+                f"sink {self.name}: no acknowledgement within {self.timeout} s"
+            ) from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise SinkError(f"sink {self.name}: no stream answers on {self.subject}") from exc
+        except nats.errors.Error as exc:
+            raise SinkError(f"sink {self.name}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            # Unanswered publishes would otherwise stay registered in nats-py forever.
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: no "never retrieved" warning
+        self.duplicates += sum(1 for ack in acks if ack.duplicate)
+
+    async def aclose(self) -> None:
+        """Flush and close the connection."""
+        nc, self._nc = self._nc, None
+        self._js = None
+        if nc is not None:
+            try:
+                await nc.drain()
+            except (nats.errors.Error, asyncio.TimeoutError, OSError):
+                await nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        if self._starting:
+            self._last_error = exc
+            return
+        log.warning("sink %s: NATS error: %s", self.name, exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("sink %s: disconnected from NATS, reconnecting", self.name)
+
+    async def _on_reconnected(self) -> None:
+        log.info("sink %s: reconnected to NATS", self.name)

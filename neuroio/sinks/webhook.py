@@ -1,0 +1,214 @@
+"""``http(s)://...``: events POSTed as JSON to a webhook.
+
+Each request carries:
+
+``Content-Type: application/json``
+    the body is one event (``{"id": ..., "data": {...}}``) or, with ``?batch=N`` (N > 1), a JSON
+    array of up to N events.
+``Idempotency-Key``
+    the event id; for a batch, ``batch-`` and the hex SHA-256 of the comma-joined ids. A retried
+    request carries the same key, so the receiver can drop repeats.
+``X-NeuroIO-Timestamp``, ``X-NeuroIO-Signature`` (with a webhook secret)
+    the Unix time in whole seconds, and ``sha256=`` followed by the hex HMAC-SHA256, keyed with
+    the secret, of ``"<timestamp>." + body``. See :func:`verify_signature`.
+
+Answers 2xx deliver the request. Connection errors, timeouts, 5xx, 408 and 429 are retried
+with backoff (at least ``Retry-After`` when the server sends it); any other status refuses the
+request for good and its events go to the dead-letter table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from ..exceptions import ConfigurationError, PermanentSinkError, SinkError
+from .base import Sink, SpooledEvent, parse_float, parse_int, redact_uri, sink_error
+
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "sign", "verify_signature"]
+
+SIGNATURE_HEADER = "X-NeuroIO-Signature"
+TIMESTAMP_HEADER = "X-NeuroIO-Timestamp"
+_RETRY_STATUSES = frozenset({408, 429})
+# A server asking for a longer pause than this is still retried after this long.
+_MAX_RETRY_AFTER = 3600.0
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    body: bytes,
+    timestamp: str,
+    signature: str,
+    *,
+    tolerance: float | None = 300.0,
+    now: float | None = None,
+) -> bool:
+    """Check a request a :class:`WebhookSink` signed (for receivers).
+
+    Args:
+        secret: the shared webhook secret.
+        body: the raw request body.
+        timestamp: the ``X-NeuroIO-Timestamp`` header.
+        signature: the ``X-NeuroIO-Signature`` header.
+        tolerance: reject timestamps further than this from ``now`` (seconds; ``None``
+            accepts any age). Retries are signed afresh, so a small tolerance is safe.
+        now: the current Unix time (default ``time.time()``).
+    """
+    try:
+        stamp = int(timestamp)
+    except ValueError:
+        return False
+    if tolerance is not None:
+        current = time.time() if now is None else now
+        if abs(current - stamp) > tolerance:
+            return False
+    return hmac.compare_digest(sign(secret, stamp, body), signature)
+
+
+class WebhookSink(Sink):
+    """POSTs events to an HTTP(S) endpoint.
+
+    Args:
+        uri: the endpoint. The query options ``batch`` (events per request, default 1),
+            ``timeout`` (seconds per request, default 10) and ``name`` are removed from it;
+            the rest of the query is kept.
+        secret: the HMAC key for the signature headers; ``None`` sends no signature.
+        headers: extra headers sent with every request.
+
+    Raises:
+        ConfigurationError: the URI is not a valid http(s) URL or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        secret: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"sink {redact_uri(uri)}: invalid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"sink {redact_uri(uri)}: expected http(s)://host/path")
+        self.batch = 1
+        self.timeout = 10.0
+        name: str | None = None
+        kept: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "batch":
+                self.batch = parse_int(value, option="batch", uri=uri, minimum=1)
+            elif key == "timeout":
+                self.timeout = parse_float(value, option="timeout", uri=uri)
+            elif key == "name":
+                name = value
+            else:
+                kept.append((key, value))
+        self.url = urlunsplit(
+            (parts.scheme, parts.netloc, parts.path or "/", urlencode(kept), parts.fragment)
+        )
+        self.host = parts.hostname
+        self.port = port if port is not None else (443 if parts.scheme == "https" else 80)
+        self.name = name or redact_uri(self.url)
+        self.max_batch = self.batch
+        self._secret = secret
+        self._headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        # The secret and the URL's credentials stay out of reprs.
+        return f"<WebhookSink {self.name} batch={self.batch} signed={self._secret is not None}>"
+
+    async def start(self) -> None:
+        """Check that the endpoint's host accepts TCP connections, and open a session."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise SinkError(
+                f"sink {self.name}: cannot connect to {self.host}:{self.port}: "
+                f"{exc or type(exc).__name__}"
+            ) from exc
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers={"User-Agent": "neuroio-events"},
+        )
+
+    async def send(self, events: Sequence[SpooledEvent]) -> None:
+        """POST the events, ``batch`` per request, in order."""
+        if self._session is None:
+            raise SinkError(f"sink {self.name}: not started")
+        for start in range(0, len(events), self.batch):
+            await self._post(self._session, events[start : start + self.batch])
+
+    async def _post(self, session: aiohttp.ClientSession, events: Sequence[SpooledEvent]) -> None:
+        if self.batch == 1:
+            body = events[0].payload
+            key = str(events[0].id)
+        else:
+            body = b"[" + b",".join(e.payload for e in events) + b"]"
+            ids = ",".join(str(e.id) for e in events)
+            key = "batch-" + hashlib.sha256(ids.encode()).hexdigest()
+        headers = {**self._headers, "Content-Type": "application/json", "Idempotency-Key": key}
+        if self._secret is not None:
+            stamp = int(time.time())
+            headers[TIMESTAMP_HEADER] = str(stamp)
+            headers[SIGNATURE_HEADER] = sign(self._secret, stamp, body)
+        try:
+            async with session.post(self.url, data=body, headers=headers) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                text = (await response.content.read(200)).decode(errors="replace")
+        except asyncio.TimeoutError as exc:
+            raise SinkError(f"sink {self.name}: no answer within {self.timeout} s") from exc
+        except aiohttp.ClientError as exc:
+            raise SinkError(f"sink {self.name}: {type(exc).__name__}: {exc}") from exc
+        if 200 <= status < 300:
+            return
+        detail = f"sink {self.name}: HTTP {status} {text.strip()[:200]!r}"
+        if status >= 500 or status in _RETRY_STATUSES:
+            raise sink_error(detail, retry_after=_parse_retry_after(retry_after))
+        raise PermanentSinkError(detail)
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)

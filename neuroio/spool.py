@@ -1,0 +1,734 @@
+"""The bridge's durable spool: a SQLite database (WAL mode) between the socket and the sinks.
+
+An event counts as received once it is committed here. Each sink reads the spool in order with
+its own cursor, and a row is removed once every sink's cursor has passed it. Layout:
+
+``events``
+    one row per event: ``seq`` (the spool order, contiguous), ``id`` (the event id, UNIQUE so a
+    repeated event is stored once), the event's compact JSON and the time it was received.
+``cursors``
+    per sink, the ``seq`` of the last event that sink confirmed.
+``delivered``
+    the ids of the most recently pruned events (bounded by ``dedupe_window``), so an event
+    repeated after its row was pruned is not delivered a second time.
+``dead_letters``
+    events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
+``state``
+    free key/value pairs for other parts of the bridge (the gap-recovery cursor).
+
+Only one process may use a spool: a ``<spool>.lock`` file is locked (``flock``) for as long as
+the spool is open, and the kernel releases it if the process is killed.
+
+Every method is synchronous and thread-safe, so the bridge calls them from worker threads and
+the event loop keeps reading the socket while SQLite works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .exceptions import ConfigurationError, SpoolError
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ROW_OVERHEAD",
+    "DeadLetter",
+    "Spool",
+    "SpooledEvent",
+    "default_spool_path",
+]
+
+log = logging.getLogger("neuroio.spool")
+
+DEFAULT_MAX_BYTES = 1 << 30
+"""Default limit of the data held in the spool: 1 GiB."""
+
+ROW_OVERHEAD = 48
+"""Bytes counted per stored event on top of its JSON: the row's other columns and index entry."""
+
+_SCHEMA_VERSION = 1
+_OUR_TABLES = frozenset({"events", "cursors", "delivered", "dead_letters", "state", "meta"})
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id INTEGER NOT NULL UNIQUE,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    seq INTEGER PRIMARY KEY,
+    id INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+# SQLite allows at least 32766 host parameters since 3.32; stay well below for older builds.
+_IN_CHUNK = 900
+
+_decoder = msgspec.json.Decoder()
+
+
+def default_spool_path() -> Path:
+    """``$XDG_DATA_HOME/neuroio-events/spool.db`` (``~/.local/share/...`` when unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "neuroio-events" / "spool.db"
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledEvent:
+    """One event as stored in the spool.
+
+    Attributes:
+        seq: position in the spool; increases by one per stored event.
+        id: the event id the platform gave it.
+        payload: the event exactly as the server sent it (``{"id": ..., "data": {...}}``,
+            every field kept), as compact JSON.
+        received_at: when the bridge received it (``time.time()``).
+    """
+
+    seq: int
+    id: int
+    payload: bytes
+    received_at: float
+
+    def json(self) -> Any:
+        """The event decoded from JSON."""
+        return _decoder.decode(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a sink refused for good, kept in the spool for inspection."""
+
+    sink: str
+    event: SpooledEvent
+    error: str
+    at: float
+
+
+class Spool:
+    """The SQLite spool. Opening it creates, checks and locks the database.
+
+    Args:
+        path: the database file; ``None`` for :func:`default_spool_path`. Parent directories
+            are created.
+        max_bytes: :attr:`full` once the stored events take this much (their JSON plus
+            :data:`ROW_OVERHEAD` per event). The file itself is larger by SQLite's pages,
+            indexes and write-ahead log. ``None`` for no limit.
+        synchronous: ``"full"`` (default) syncs the write-ahead log to disk at every commit,
+            so a committed event survives a power loss; ``"normal"`` syncs only at checkpoints,
+            which is faster and still survives the process being killed, but a power loss or
+            kernel crash can lose the last commits (never corrupts the database).
+        dedupe_window: how many ids of already delivered and pruned events are remembered to
+            drop repeats.
+        dead_letter_max: dead letters kept; the oldest are removed beyond it.
+        check: run SQLite's ``quick_check`` at open (reads the whole file).
+
+    Raises:
+        SpoolError: the file is not a spool, is corrupt, cannot be created or written, or is
+            locked by another bridge.
+        ConfigurationError: an option is out of range.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        synchronous: Literal["full", "normal"] = "full",
+        dedupe_window: int = 100_000,
+        dead_letter_max: int = 100_000,
+        check: bool = True,
+    ) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ConfigurationError(f"spool max_bytes must be positive, got {max_bytes}")
+        if synchronous not in ("full", "normal"):
+            raise ConfigurationError(
+                f"spool synchronous must be 'full' or 'normal', got {synchronous!r}"
+            )
+        if dedupe_window < 0 or dead_letter_max < 0:
+            raise ConfigurationError("spool dedupe_window and dead_letter_max must be >= 0")
+        self.path = Path(path) if path is not None else default_spool_path()
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self.dedupe_window = dedupe_window
+        self.dead_letter_max = dead_letter_max
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._closed = False
+        try:
+            self._open(check)
+        except BaseException:
+            self._release()
+            raise
+
+    def __repr__(self) -> str:
+        return (
+            f"Spool(path={str(self.path)!r}, depth={self.depth}, size_bytes={self._bytes}, "
+            f"max_bytes={self.max_bytes})"
+        )
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> SpoolError:
+        return SpoolError(f"spool {str(self.path)!r}: {what}: {exc}")
+
+    def _open(self, check: bool) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._fail("cannot create its directory", exc) from exc
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise SpoolError(f"spool {str(self.path)!r}: the file is not readable and writable")
+        self._lock()
+        try:
+            self._wconn = self._connect()
+            conn = self._wconn
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolError(
+                    f"spool {str(self.path)!r}: cannot use write-ahead logging (journal mode "
+                    f"{mode!r}); put the spool on a local file system"
+                )
+            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            if check:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise SpoolError(
+                        f"spool {str(self.path)!r} is corrupt ({'; '.join(problems[:3])}); "
+                        "move it aside to start with an empty spool"
+                    )
+            self._create_schema(conn)
+            self._rconn = self._connect()
+            self._rconn.execute("PRAGMA busy_timeout = 5000")
+            self._load_counters(conn)
+        except sqlite3.DatabaseError as exc:
+            # sqlite3 reports a garbage file as "file is not a database" on the first statement.
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise SpoolError(
+                    f"spool {str(self.path)!r} is corrupt or not a SQLite database ({exc}); "
+                    "move it aside to start with an empty spool"
+                ) from exc
+            raise self._fail("cannot open", exc) from exc
+
+    def _lock(self) -> None:
+        lock_path = f"{self.path}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._fail("cannot create its lock file", exc) from exc
+        self._lock_fd = fd
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory lock, single bridge assumed
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SpoolError(
+                f"spool {str(self.path)!r} is in use by another bridge (pid {holder}); "
+                "give each bridge its own --spool"
+            ) from None
+        except OSError as exc:
+            raise self._fail("cannot lock", exc) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        tables.discard("sqlite_sequence")
+        if version > _SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {str(self.path)!r} was written by a newer neuroio-events "
+                f"(schema {version}); upgrade, or use another --spool"
+            )
+        if version == 0 and tables - _OUR_TABLES:
+            raise SpoolError(
+                f"{str(self.path)!r} is a SQLite database but not a neuroio-events spool "
+                f"(it has tables {sorted(tables - _OUR_TABLES)}); choose another --spool"
+            )
+        if version == _SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _load_counters(self, conn: sqlite3.Connection) -> None:
+        rows, payload_bytes, max_seq = conn.execute(
+            "SELECT count(*), total(length(payload)), max(seq) FROM events"
+        ).fetchone()
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        cursor_max = conn.execute("SELECT max(seq) FROM cursors").fetchone()[0]
+        self._last_seq: int = max(max_seq or 0, cursor_max or 0, meta.get("last_seq", 0))
+        self._rows: int = rows
+        self._bytes: int = int(payload_bytes) + ROW_OVERHEAD * rows
+        self._pruned_upto: int = meta.get("pruned_upto", 0)
+        self._cursors: dict[str, int] = dict(
+            conn.execute("SELECT sink, seq FROM cursors").fetchall()
+        )
+        self._dead_letters: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest stored event (0 before the first)."""
+        return self._last_seq
+
+    @property
+    def depth(self) -> int:
+        """Events stored and not yet confirmed by every sink."""
+        return self._rows
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the stored events as counted against ``max_bytes``."""
+        return self._bytes
+
+    @property
+    def full(self) -> bool:
+        """Whether the stored events reached ``max_bytes``."""
+        return self.max_bytes is not None and self._bytes >= self.max_bytes
+
+    @property
+    def dead_letter_count(self) -> int:
+        """Dead letters currently kept."""
+        return self._dead_letters
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def file_bytes(self) -> int:
+        """Bytes the database and its write-ahead log take on disk."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except OSError:
+                pass
+        return total
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._wconn is None or self._closed:
+            raise SpoolError(f"spool {str(self.path)!r} is closed")
+        return self._wconn
+
+    def write(
+        self,
+        events: Sequence[tuple[int, bytes, float]] = (),
+        acks: Mapping[str, int] | None = None,
+    ) -> list[SpooledEvent]:
+        """Store events and sink acknowledgements in one transaction, then prune.
+
+        Args:
+            events: ``(event id, compact JSON, received_at)`` in arrival order. An id already
+                in the spool, repeated in the batch, or among the recently delivered ids is
+                skipped.
+            acks: sink name to the ``seq`` of the last event it confirmed. A cursor never
+                moves back; names not registered are ignored.
+
+        Returns:
+            The events newly stored, with their ``seq``.
+
+        Raises:
+            SpoolError: SQLite failed (disk full, I/O error); nothing of this call is stored.
+        """
+        with self._wlock:
+            conn = self._writer()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    stored = self._insert(conn, events) if events else []
+                    moved = self._ack(conn, acks) if acks else False
+                    pruned = self._prune(conn) if moved else None
+                    conn.execute(
+                        "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('pruned_upto', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (self._last_seq + len(stored), pruned[0] if pruned else self._pruned_upto),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    # The in-memory cursors may have moved inside _ack: reload them.
+                    self._cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fail("write failed", exc) from exc
+            self._last_seq += len(stored)
+            self._rows += len(stored)
+            self._bytes += sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
+            if pruned is not None:
+                self._pruned_upto, rows, payload_bytes = pruned
+                self._rows -= rows
+                self._bytes -= payload_bytes + ROW_OVERHEAD * rows
+            return stored
+
+    def _insert(
+        self, conn: sqlite3.Connection, events: Sequence[tuple[int, bytes, float]]
+    ) -> list[SpooledEvent]:
+        ids = [e[0] for e in events]
+        seen: set[int] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for table in ("events", "delivered"):
+                seen.update(
+                    row[0]
+                    for row in conn.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)
+                )
+        stored: list[SpooledEvent] = []
+        seq = self._last_seq
+        for event_id, payload, received_at in events:
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            seq += 1
+            stored.append(SpooledEvent(seq, event_id, payload, received_at))
+        if stored:
+            conn.executemany(
+                "INSERT INTO events(seq, id, payload, received_at) VALUES (?, ?, ?, ?)",
+                [(e.seq, e.id, e.payload, e.received_at) for e in stored],
+            )
+        return stored
+
+    def _ack(self, conn: sqlite3.Connection, acks: Mapping[str, int]) -> bool:
+        now = time.time()
+        moved = False
+        for name, seq in acks.items():
+            current = self._cursors.get(name)
+            if current is None or seq <= current:
+                continue
+            seq = min(seq, self._last_seq)
+            conn.execute(
+                "UPDATE cursors SET seq = ?, updated_at = ? WHERE sink = ?", (seq, now, name)
+            )
+            self._cursors[name] = seq
+            moved = True
+        return moved
+
+    def _prune(self, conn: sqlite3.Connection) -> tuple[int, int, int] | None:
+        if not self._cursors:
+            return None
+        upto = min(self._cursors.values())
+        if upto <= self._pruned_upto:
+            return None
+        rows, payload_bytes = conn.execute(
+            "SELECT count(*), total(length(payload)) FROM events WHERE seq <= ?", (upto,)
+        ).fetchone()
+        if self.dedupe_window:
+            conn.execute(
+                "INSERT OR IGNORE INTO delivered(seq, id) "
+                "SELECT seq, id FROM events WHERE seq <= ?",
+                (upto,),
+            )
+            # Pruned seqs are contiguous, so the newest ``dedupe_window`` ids are a seq range.
+            conn.execute("DELETE FROM delivered WHERE seq <= ?", (upto - self.dedupe_window,))
+        conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+        return upto, rows, int(payload_bytes)
+
+    # -- sinks -----------------------------------------------------------------------------
+
+    def register(self, names: Iterable[str]) -> dict[str, int]:
+        """Make the cursors match the configured sinks.
+
+        A new sink starts at the oldest event still held, so it receives the backlog the
+        spool keeps. The cursor of a sink no longer configured is deleted, so it does not hold
+        rows forever; its undelivered events stay only as long as another sink needs them.
+
+        Returns:
+            The removed sinks with the number of events they had not confirmed.
+
+        Raises:
+            SpoolError: SQLite failed.
+        """
+        wanted = list(dict.fromkeys(names))
+        with self._wlock:
+            conn = self._writer()
+            removed = {
+                name: self._last_seq - seq
+                for name, seq in self._cursors.items()
+                if name not in wanted
+            }
+            start = min(self._cursors.values(), default=self._pruned_upto)
+            start = max(start, self._pruned_upto)
+            now = time.time()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for name in removed:
+                        conn.execute("DELETE FROM cursors WHERE sink = ?", (name,))
+                    for name in wanted:
+                        if name not in self._cursors:
+                            conn.execute(
+                                "INSERT INTO cursors(sink, seq, updated_at) VALUES (?, ?, ?)",
+                                (name, start, now),
+                            )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fail("cannot register sinks", exc) from exc
+            self._cursors = {name: self._cursors.get(name, start) for name in wanted}
+        for name, backlog in removed.items():
+            if backlog:
+                log.warning(
+                    "sink %s is no longer configured: its cursor is removed with %d events it "
+                    "had not confirmed",
+                    name,
+                    backlog,
+                )
+        if removed:
+            # Rows held only for the removed sinks can go now.
+            with self._wlock:
+                self._prune_now()
+        return removed
+
+    def _prune_now(self) -> None:
+        conn = self._writer()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                pruned = self._prune(conn)
+                if pruned:
+                    conn.execute(
+                        "INSERT INTO meta(key, value) VALUES ('pruned_upto', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (pruned[0],),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail("prune failed", exc) from exc
+        if pruned:
+            self._pruned_upto, rows, payload_bytes = pruned
+            self._rows -= rows
+            self._bytes -= payload_bytes + ROW_OVERHEAD * rows
+
+    def cursors(self) -> dict[str, int]:
+        """Each registered sink's cursor (the ``seq`` of the last event it confirmed)."""
+        with self._wlock:
+            return dict(self._cursors)
+
+    def cursor(self, name: str) -> int:
+        """One sink's cursor; ``KeyError`` if it is not registered."""
+        return self._cursors[name]
+
+    def ack(self, name: str, seq: int) -> None:
+        """Record that sink ``name`` confirmed every event up to ``seq``."""
+        self.write(acks={name: seq})
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._rconn is None or self._closed:
+            raise SpoolError(f"spool {str(self.path)!r} is closed")
+        return self._rconn
+
+    def read(self, after: int, limit: int = 1000) -> list[SpooledEvent]:
+        """Up to ``limit`` stored events with ``seq > after``, in order."""
+        with self._rlock:
+            try:
+                rows = (
+                    self._reader()
+                    .execute(
+                        "SELECT seq, id, payload, received_at FROM events WHERE seq > ? "
+                        "ORDER BY seq LIMIT ?",
+                        (after, limit),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return [SpooledEvent(seq, id_, bytes(payload), at) for seq, id_, payload, at in rows]
+
+    def received_at(self, seq: int) -> float | None:
+        """When the event at ``seq`` was received, or ``None`` if it is not stored."""
+        with self._rlock:
+            try:
+                row = (
+                    self._reader()
+                    .execute("SELECT received_at FROM events WHERE seq = ?", (seq,))
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return None if row is None else float(row[0])
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letter(self, sink: str, event: SpooledEvent, error: str) -> None:
+        """Keep an event that ``sink`` refused for good."""
+        with self._wlock:
+            conn = self._writer()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(
+                        "INSERT INTO dead_letters(sink, seq, id, payload, received_at, error, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            sink,
+                            event.seq,
+                            event.id,
+                            event.payload,
+                            event.received_at,
+                            error,
+                            time.time(),
+                        ),
+                    )
+                    trimmed = 0
+                    if self._dead_letters + 1 > self.dead_letter_max:
+                        trimmed = conn.execute(
+                            "DELETE FROM dead_letters WHERE n <= "
+                            "(SELECT max(n) FROM dead_letters) - ?",
+                            (self.dead_letter_max,),
+                        ).rowcount
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fail("cannot store a dead letter", exc) from exc
+            self._dead_letters += 1 - max(trimmed, 0)
+        if trimmed > 0:
+            log.warning("dead-letter table is at its limit: removed the %d oldest", trimmed)
+
+    def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        """The oldest kept dead letters, of one sink or of all."""
+        query = "SELECT sink, seq, id, payload, received_at, error, at FROM dead_letters"
+        params: tuple[Any, ...] = ()
+        if sink is not None:
+            query += " WHERE sink = ?"
+            params = (sink,)
+        query += " ORDER BY n LIMIT ?"
+        with self._rlock:
+            try:
+                rows = self._reader().execute(query, (*params, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return [
+            DeadLetter(name, SpooledEvent(seq, id_, bytes(payload), received), error, at)
+            for name, seq, id_, payload, received, error, at in rows
+        ]
+
+    # -- state -----------------------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
+        with self._rlock:
+            try:
+                row = (
+                    self._reader()
+                    .execute("SELECT value FROM state WHERE key = ?", (key,))
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Store ``value`` under ``key`` durably; ``None`` deletes it."""
+        with self._wlock:
+            conn = self._writer()
+            try:
+                if value is None:
+                    conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                else:
+                    conn.execute(
+                        "INSERT INTO state(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+            except sqlite3.Error as exc:
+                raise self._fail("cannot store state", exc) from exc
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database and release the lock. Idempotent."""
+        with self._wlock, self._rlock:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._rconn = self._wconn = None
+        if self._lock_fd is not None:
+            # Closing the descriptor drops the flock; the lock file stays for the next bridge.
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

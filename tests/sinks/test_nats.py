@@ -1,0 +1,127 @@
+"""NatsSink against the real NATS JetStream: publish with acks, duplicates dropped, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+
+from neuroio.exceptions import ConfigurationError, SinkError
+from neuroio.sinks import SpooledEvent, from_uri
+from neuroio.sinks.nats import NatsSink, subject_matches
+
+pytestmark = pytest.mark.nats
+
+
+def events(*ids: int) -> list[SpooledEvent]:
+    return [SpooledEvent(i, i, b'{"id":%d,"data":{"n":%d}}' % (i, i), 0.0) for i in ids]
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[tuple[str, Any]]:
+    """A unique stream name, and a JetStream context to inspect it; the stream is deleted."""
+    name = f"T{uuid.uuid4().hex[:12].upper()}"
+    nc = await nats.connect(nats_url)
+    ctx = nc.jetstream()
+    yield name, ctx
+    try:
+        await ctx.delete_stream(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    await nc.close()
+
+
+async def started(uri: str) -> NatsSink:
+    sink = from_uri(uri)
+    assert isinstance(sink, NatsSink)
+    await sink.start()
+    return sink
+
+
+async def stored_ids(ctx: Any, stream: str) -> list[int]:
+    info = await ctx.stream_info(stream)
+    ids = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await ctx.get_msg(stream, seq)
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == str(
+            json.loads(msg.data)["id"]
+        )
+        ids.append(json.loads(msg.data)["id"])
+    return ids
+
+
+async def test_publishes_each_event_with_msg_id(nats_url: str, js: tuple[str, Any]) -> None:
+    """The stream is created with a long duplicate window; events are stored in order."""
+    stream, ctx = js
+    sink = await started(f"{nats_url}?subject={stream.lower()}.events&stream={stream}")
+    try:
+        await sink.send(events(*range(1, 301)))
+    finally:
+        await sink.aclose()
+    assert await stored_ids(ctx, stream) == list(range(1, 301))
+    info = await ctx.stream_info(stream)
+    assert info.config.duplicate_window == 86_400
+    assert info.config.subjects == [f"{stream.lower()}.events"]
+
+
+async def test_duplicates_from_retries_and_two_bridges_are_dropped(
+    nats_url: str, js: tuple[str, Any]
+) -> None:
+    """Two sinks publishing overlapping ids concurrently, then a retry: each id stored once."""
+    stream, ctx = js
+    uri = f"{nats_url}?subject={stream.lower()}.events&stream={stream}"
+    a = await started(uri)
+    b = await started(uri)
+    try:
+        await asyncio.gather(a.send(events(*range(1, 1001))), b.send(events(*range(500, 1501))))
+        await a.send(events(*range(1, 1001)))
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert sorted(await stored_ids(ctx, stream)) == list(range(1, 1501))
+    assert a.duplicates + b.duplicates == 1000 + 501
+
+
+async def test_existing_stream_is_used_and_checked(nats_url: str, js: tuple[str, Any]) -> None:
+    """An existing stream taking the subject (by wildcard) is used; one that does not take
+    it is a ConfigurationError."""
+    stream, ctx = js
+    await ctx.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+    sink = await started(f"{nats_url}?subject={stream.lower()}.a.b&stream={stream}")
+    try:
+        await sink.send(events(1))
+    finally:
+        await sink.aclose()
+    assert await stored_ids(ctx, stream) == [1]
+    other = from_uri(f"{nats_url}?subject=elsewhere.x&stream={stream}")
+    with pytest.raises(ConfigurationError, match="does not take subject"):
+        await other.start()
+    await other.aclose()
+
+
+async def test_unreachable_fails_at_start() -> None:
+    """Nothing on the port: SinkError at start-up."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = from_uri(f"nats://tok-secret@127.0.0.1:{port}")
+    with pytest.raises(SinkError, match="unreachable"):
+        await sink.start()
+    await sink.aclose()
+    assert "tok-secret" not in sink.name
+
+
+def test_bad_uris_and_subject_matching() -> None:
+    """Bad subjects, streams and options are ConfigurationErrors; wildcards match like NATS."""
+    for bad in ("subject=a.*", "stream=a.b", "dedupe_window=0", "colour=red"):
+        with pytest.raises(ConfigurationError):
+            from_uri(f"nats://127.0.0.1:4222?{bad}")
+    assert subject_matches("a.>", "a.b.c") and not subject_matches("a.>", "a")
+    assert subject_matches("a.*.c", "a.b.c") and not subject_matches("a.*", "a.b.c")
+    assert subject_matches("a.b", "a.b") and not subject_matches("a.b", "a.c")

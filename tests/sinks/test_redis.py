@@ -1,0 +1,144 @@
+"""RedisSink against the real Redis: stream entries, exactly-once per id, trimming, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from neuroio.exceptions import ConfigurationError, SinkError
+from neuroio.sinks import SpooledEvent, from_uri
+from neuroio.sinks.redis import RedisSink
+
+pytestmark = pytest.mark.redis
+
+
+def events(*ids: int) -> list[SpooledEvent]:
+    return [SpooledEvent(i, i, b'{"id":%d,"data":{"n":%d}}' % (i, i), 0.0) for i in ids]
+
+
+@pytest.fixture
+async def stream(redis_url: str) -> AsyncIterator[tuple[str, Any]]:
+    """A fresh stream name in db 15, and a client to inspect it; both cleaned up after."""
+    name = f"test:{uuid.uuid4().hex}"
+    client = aioredis.Redis.from_url(redis_url)
+    yield name, client
+    keys = [k async for k in client.scan_iter(f"{name}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def started(uri: str) -> RedisSink:
+    sink = from_uri(uri)
+    assert isinstance(sink, RedisSink)
+    await sink.start()
+    return sink
+
+
+async def entries(client: Any, name: str) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    for _, fields in await client.xrange(name):
+        out.append((int(fields[b"id"]), json.loads(fields[b"event"])))
+    return out
+
+
+async def test_events_become_stream_entries(redis_url: str, stream: tuple[str, Any]) -> None:
+    """Each event is one entry with fields id and event (its JSON), in order."""
+    name, client = stream
+    sink = await started(f"{redis_url}?stream={name}")
+    try:
+        await sink.send(events(*range(1, 501)))
+    finally:
+        await sink.aclose()
+    got = await entries(client, name)
+    assert [i for i, _ in got] == list(range(1, 501))
+    assert got[0][1] == {"id": 1, "data": {"n": 1}}
+    assert sink.added == 500
+    assert 0 < await client.ttl(f"{name}:seen:1") <= 86_400
+
+
+async def test_retry_and_two_bridges_add_each_id_once(
+    redis_url: str, stream: tuple[str, Any]
+) -> None:
+    """Two sinks (two bridges) sending overlapping batches concurrently, then a retry of a
+    batch, leave exactly one entry per id."""
+    name, client = stream
+    a = await started(f"{redis_url}?stream={name}")
+    b = await started(f"{redis_url}?stream={name}")
+    try:
+        await asyncio.gather(
+            a.send(events(*range(1, 1001))),
+            b.send(events(*range(500, 1501))),
+        )
+        await a.send(events(*range(1, 1001)))  # a retry after an unanswered send
+    finally:
+        await a.aclose()
+        await b.aclose()
+    ids = [i for i, _ in await entries(client, name)]
+    assert sorted(ids) == list(range(1, 1501))
+    assert a.added + b.added == 1500
+
+
+async def test_maxlen_trims_the_stream(redis_url: str, stream: tuple[str, Any]) -> None:
+    """?maxlen=N keeps the stream near N entries."""
+    name, client = stream
+    sink = await started(f"{redis_url}?stream={name}&maxlen=100")
+    try:
+        await sink.send(events(*range(1, 2001)))
+    finally:
+        await sink.aclose()
+    assert 100 <= await client.xlen(name) < 300
+
+
+async def test_dedupe_ttl_option(redis_url: str, stream: tuple[str, Any]) -> None:
+    """?dedupe_ttl sets how long an id is remembered."""
+    name, client = stream
+    sink = await started(f"{redis_url}?stream={name}&dedupe_ttl=60")
+    try:
+        await sink.send(events(1))
+    finally:
+        await sink.aclose()
+    assert 0 < await client.ttl(f"{name}:seen:1") <= 60
+
+
+async def test_wrong_key_type_is_retryable(redis_url: str, stream: tuple[str, Any]) -> None:
+    """A key that is not a stream makes send fail with SinkError (retried, never dropped)."""
+    name, client = stream
+    await client.set(name, "not a stream")
+    sink = await started(f"{redis_url}?stream={name}")
+    try:
+        with pytest.raises(SinkError, match="WRONGTYPE"):
+            await sink.send(events(1))
+    finally:
+        await sink.aclose()
+
+
+async def test_unreachable_fails_at_start() -> None:
+    """Nothing on the port: SinkError at start-up."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = from_uri(f"redis://:pw-secret@127.0.0.1:{port}/0")
+    with pytest.raises(SinkError, match="unreachable") as info:
+        await sink.start()
+    await sink.aclose()
+    assert "pw-secret" not in str(info.value)
+
+
+def test_bad_uris() -> None:
+    """Invalid databases and options are ConfigurationErrors; passwords are redacted."""
+    with pytest.raises(ConfigurationError, match="database"):
+        from_uri("redis://:pw-secret@127.0.0.1:6379/abc")
+    with pytest.raises(ConfigurationError, match="maxlen") as info:
+        from_uri("redis://:pw-secret@127.0.0.1:6379/0?maxlen=-1")
+    assert "pw-secret" not in str(info.value)
+    sink = from_uri("redis://:pw-secret@127.0.0.1:6379/2?stream=s1")
+    assert sink.name == "redis://:***@127.0.0.1:6379/2?stream=s1"
+    assert "pw-secret" not in repr(sink)

@@ -1,0 +1,210 @@
+"""WebhookSink against a real local aiohttp server: bodies, headers, signatures, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from neuroio.bridge import Pipeline
+from neuroio.exceptions import ConfigurationError, PermanentSinkError, SinkError
+from neuroio.sinks import SpooledEvent, from_uri
+from neuroio.sinks.base import retry_after_of
+from neuroio.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify_signature
+from neuroio.spool import Spool
+
+SECRET = "whsec-test-123"
+
+
+def events(*ids: int) -> list[SpooledEvent]:
+    return [SpooledEvent(i, i, b'{"id":%d,"data":{"n":%d}}' % (i, i), 0.0) for i in ids]
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint whose answers the test scripts."""
+
+    url: str = ""
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    refuse_ids: set[int] = field(default_factory=set)
+    hang: asyncio.Event | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.headers), body))
+        if self.hang is not None:
+            await self.hang.wait()
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return web.Response(status=status, headers=headers, text="scripted")
+        if json.loads(body)["id"] in self.refuse_ids if body.startswith(b"{") else False:
+            return web.Response(status=400, text="bad event")
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    yield rec
+    if rec.hang is not None:
+        rec.hang.set()
+    await runner.cleanup()
+
+
+async def started(uri: str, secret: str | None = None) -> WebhookSink:
+    sink = from_uri(uri, webhook_secret=secret)
+    assert isinstance(sink, WebhookSink)
+    await sink.start()
+    return sink
+
+
+async def test_posts_each_event_with_idempotency_key_and_signature(receiver: Receiver) -> None:
+    """One POST per event: the event JSON, its id as Idempotency-Key, a verifiable signature."""
+    sink = await started(receiver.url + "?keep=1", SECRET)
+    try:
+        await sink.send(events(1, 2))
+    finally:
+        await sink.aclose()
+    assert [json.loads(body)["id"] for _, body in receiver.requests] == [1, 2]
+    headers, body = receiver.requests[0]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Idempotency-Key"] == "1"
+    assert verify_signature(SECRET, body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+    assert not verify_signature("wrong", body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+    assert not verify_signature(
+        SECRET, body + b" ", headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
+    )
+    assert not verify_signature(
+        SECRET, body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER], now=0
+    )
+
+
+async def test_batches_are_json_arrays(receiver: Receiver) -> None:
+    """With ?batch=3, five events go in two requests holding arrays; no signature without secret."""
+    sink = await started(receiver.url + "?batch=3&timeout=2")
+    assert sink.max_batch == 3
+    try:
+        await sink.send(events(1, 2, 3))
+        await sink.send(events(4, 5))
+    finally:
+        await sink.aclose()
+    bodies = [json.loads(body) for _, body in receiver.requests]
+    assert [[e["id"] for e in b] for b in bodies] == [[1, 2, 3], [4, 5]]
+    assert receiver.requests[0][0]["Idempotency-Key"].startswith("batch-")
+    assert SIGNATURE_HEADER not in receiver.requests[0][0]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after"),
+    [
+        (500, {}, 0.0),
+        (503, {"Retry-After": "7"}, 7.0),
+        (429, {"Retry-After": "2"}, 2.0),
+        (408, {}, 0.0),
+    ],
+)
+async def test_retryable_statuses(
+    receiver: Receiver, status: int, headers: dict[str, str], retry_after: float
+) -> None:
+    """5xx, 408 and 429 raise a retryable SinkError carrying Retry-After."""
+    receiver.answers = [(status, headers)]
+    sink = await started(receiver.url)
+    try:
+        with pytest.raises(SinkError) as info:
+            await sink.send(events(1))
+    finally:
+        await sink.aclose()
+    assert not isinstance(info.value, PermanentSinkError)
+    assert f"HTTP {status}" in str(info.value)
+    assert retry_after_of(info.value) == retry_after
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+async def test_other_4xx_is_permanent(receiver: Receiver, status: int) -> None:
+    """Any other 4xx refuses the event for good."""
+    receiver.answers = [(status, {})]
+    sink = await started(receiver.url)
+    try:
+        with pytest.raises(PermanentSinkError, match=f"HTTP {status}"):
+            await sink.send(events(1))
+    finally:
+        await sink.aclose()
+
+
+async def test_timeout_is_retryable(receiver: Receiver) -> None:
+    """An endpoint that does not answer within ?timeout is a retryable error."""
+    receiver.hang = asyncio.Event()
+    sink = await started(receiver.url + "?timeout=0.2")
+    try:
+        with pytest.raises(SinkError, match="no answer within 0.2 s"):
+            await sink.send(events(1))
+    finally:
+        await sink.aclose()
+
+
+async def test_pipeline_retries_500_and_dead_letters_400(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Through the pipeline: a 500 and a 429 are retried, a 400 event is dead-lettered, every
+    other event is delivered, in order."""
+    receiver.answers = [(500, {}), (429, {"Retry-After": "0"})]
+    receiver.refuse_ids = {3}
+    with Spool(tmp_path / "s.db") as spool:
+        sink = await started(receiver.url, SECRET)
+        pipeline = Pipeline(spool, [sink], retry_delay=0.01, max_retry_delay=0.02)
+        await pipeline.start()
+        try:
+            for i in range(1, 6):
+                await pipeline.put(i, events(i)[0].payload)
+            await pipeline.wait_delivered(timeout=5)
+        finally:
+            await pipeline.close()
+            await sink.aclose()
+        assert [d.event.id for d in spool.dead_letters()] == [3]
+        assert "HTTP 400" in spool.dead_letters()[0].error
+    delivered = [json.loads(b)["id"] for _, b in receiver.requests]
+    # 1 failed twice then went through; 3 was refused; every request was signed afresh.
+    assert delivered == [1, 1, 1, 2, 3, 4, 5]
+    assert pipeline.status[sink.name].delivered == 4
+
+
+async def test_unreachable_endpoint_fails_at_start() -> None:
+    """No listener on the port: SinkError at start-up, naming the host and port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = from_uri(f"http://127.0.0.1:{port}/hook")
+    with pytest.raises(SinkError, match=f"127.0.0.1:{port}"):
+        await sink.start()
+    await sink.aclose()
+
+
+def test_bad_uris_and_redaction() -> None:
+    """Invalid options are ConfigurationErrors; credentials never show in names or errors."""
+    with pytest.raises(ConfigurationError, match="batch"):
+        from_uri("http://h/x?batch=0")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        from_uri("http://h/x?timeout=abc")
+    with pytest.raises(ConfigurationError) as info:
+        from_uri("https://user:pw-123@h:99999/x")
+    assert "pw-123" not in str(info.value)
+    sink = from_uri("https://user:pw-123@hooks.example/x?token=tk-9&batch=5", webhook_secret="s")
+    assert "pw-123" not in sink.name and "tk-9" not in sink.name
+    assert "pw-123" not in repr(sink) and "tk-9" not in repr(sink)
+    assert "batch" not in sink.name
+    assert from_uri("http://h/x?name=orders").name == "orders"
