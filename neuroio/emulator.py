@@ -463,6 +463,9 @@ class Emulator:
         if self.rate is not None:
             self.start_stream(self.rate)
         if self._replay_frames is not None and self._replay_task is None:
+            # After a stop() the recording plays again from its start.
+            assert self._replay_done is not None
+            self._replay_done.clear()
             self._replay_task = asyncio.create_task(self._run_replay(self._replay_frames))
         _log.info("emulator serving %s and %s", self.url, self.api_url)
         self._notify()
