@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl as _ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from types import TracebackType
@@ -199,6 +201,13 @@ class EventListener:
         self._failure: BaseException | None = None
         self._iter_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._last_failure = ""
+        if url.startswith("ws://") and not _is_loopback(url):
+            logger.warning(
+                "%s is not encrypted: the API token and events travel in clear text; "
+                "use wss:// outside a local test setup",
+                url,
+            )
 
     def __repr__(self) -> str:
         return f"<EventListener url={self.url!r} state={self.stats.state.value}>"
@@ -376,7 +385,7 @@ class EventListener:
             if self.max_retries is not None and failures > self.max_retries:
                 raise ConnectionFailedError(
                     f"could not connect to {self.url} after {failures} attempts "
-                    f"(last failure: {reason})"
+                    f"(last failure: {self._last_failure or reason})"
                 )
             self.stats.reconnects[reason] += 1
             delay = self._backoff.next_delay()
@@ -403,11 +412,20 @@ class EventListener:
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeout),
                     ssl=self._ssl if self._ssl is not None else True,
                 )
-        except _ssl.SSLCertVerificationError as exc:
-            logger.error("TLS certificate of %s rejected: %s", self.url, exc.verify_message)
-            return "connect_failed:tls", False
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Never accepted, but retried: a certificate can be fixed on the server side
+            # while this runs unattended. Loud, because it is not a network hiccup.
+            problem = _certificate_problem(exc.certificate_error)
+            self._last_failure = f"TLS certificate rejected: {problem}"
+            logger.error("TLS certificate of %s rejected: %s", self.url, problem)
+            return "connect_failed", False
+        except aiohttp.ClientSSLError as exc:
+            self._last_failure = f"TLS handshake failed: {_describe(exc)}"
+            logger.error("TLS handshake with %s failed: %s", self.url, _describe(exc))
+            return "connect_failed", False
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            logger.info("cannot connect to %s: %s", self.url, _describe(exc))
+            self._last_failure = _describe(exc)
+            logger.info("cannot connect to %s: %s", self.url, self._last_failure)
             return "connect_failed", False
         self.stats.connects += 1
         try:
@@ -728,6 +746,21 @@ def _older_than(entry: dict[str, Any], oldest: float) -> bool:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp() < oldest
+
+
+def _certificate_problem(error: BaseException) -> str:
+    message = getattr(error, "verify_message", None) or str(error)
+    return f"{message} (the certificate is not trusted for this host; pass ssl= with the right CA)"
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error_text(data: str | bytes) -> str:
