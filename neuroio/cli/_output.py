@@ -1,0 +1,409 @@
+"""What ``listen`` and ``demo`` write: JSON lines, pretty lines, recordings, the status line.
+
+All writes go through one :class:`OutputWorker` thread. A reader that stops reading (a paused
+terminal, a slow pipe) then blocks that thread only: the event loop keeps answering the
+server, and the listener's bounded queue pushes back on the socket instead of the PING
+timer declaring the connection dead. Writes use ``os.write`` on file descriptors, so a write
+stuck at exit holds no Python-level lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.text import Text
+
+from ..messages import AuthOk, Pong, ServerError, UnknownMessage
+from ..protocol import Kind, parse_message
+from ..recording import write_all
+from ..stats import ListenerStats, State
+
+__all__ = [
+    "FrameFormatter",
+    "OutputWorker",
+    "StatusLine",
+    "decode_frame",
+    "encode_compact",
+    "open_append",
+]
+
+# Numbers are decoded as Decimal and written back as numbers, so every value the server sent
+# is written exactly as it was (87.30 stays 87.30, 1e400 does not become null or an error).
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_encoder = msgspec.json.Encoder(decimal_format="number")
+
+_CLEAR = b"\r\x1b[K"
+
+
+def decode_frame(frame: str | bytes) -> Any:
+    """The JSON value of a frame, numbers kept exact. Raises ``msgspec.DecodeError``."""
+    return _decoder.decode(frame)
+
+
+def encode_compact(value: Any) -> bytes:
+    """``value`` as one line of compact JSON, with its ``\\n``."""
+    return _encoder.encode(value) + b"\n"
+
+
+def open_append(path: str | os.PathLike[str]) -> int:
+    """Open ``path`` for appending (created with mode 0600: events describe people)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+
+
+class OutputWorker:
+    """One thread that performs every write of the command, in submission order.
+
+    Args:
+        status_fd: the descriptor the status line is drawn on (stderr), or ``None`` for no
+            status line. It must be a terminal.
+        shared_tty_fds: other descriptors on the same terminal (stdout when it is one): the
+            status line is wiped before writing to them and redrawn after.
+    """
+
+    def __init__(self, *, status_fd: int | None = None, shared_tty_fds: tuple[int, ...] = ()):
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._status_fd = status_fd
+        self._tty_fds = frozenset(shared_tty_fds) | (
+            frozenset() if status_fd is None else frozenset({status_fd})
+        )
+        self._status = b""
+        self._drawn = False
+        self._thread = threading.Thread(target=self._run, name="neuroio-output", daemon=True)
+        self._finished: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the thread; call from the event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._finished = self._loop.create_future()
+        self._thread.start()
+
+    async def write(self, fd: int, data: bytes) -> None:
+        """Write ``data`` to ``fd`` and wait until it is written.
+
+        Raises:
+            OSError: the write failed (``BrokenPipeError`` when the reader went away).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put((fd, data, future, loop))
+        await future
+
+    def write_nowait(self, fd: int, data: bytes) -> None:
+        """Queue ``data`` for ``fd`` without waiting; errors are ignored (used for logs)."""
+        self._queue.put((fd, data, None, None))
+
+    def set_status(self, text: str) -> None:
+        """Replace the status line (already rendered, one line, ANSI codes allowed)."""
+        if self._status_fd is not None:
+            self._queue.put(text.encode("utf-8", "replace"))
+
+    async def aclose(self, timeout: float = 2.0) -> bool:
+        """Finish the queued writes, wipe the status line, stop the thread.
+
+        Returns ``False`` if the writes did not finish within ``timeout`` seconds (a reader
+        that stopped reading); the thread is then left behind, it does not delay the exit.
+        """
+        if self._finished is None:
+            return True
+        self._queue.put(_STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._finished), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                if isinstance(item, bytes):
+                    self._status = item
+                    if self._queue.empty():
+                        self._draw()
+                    continue
+                fd, data, future, loop = item
+                error: OSError | None = None
+                try:
+                    if self._drawn and fd in self._tty_fds:
+                        self._wipe()
+                    write_all(fd, data)
+                except OSError as exc:
+                    error = exc
+                if future is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(_settle, future, error)
+                if self._queue.empty():
+                    self._draw()
+            self._wipe()
+        finally:
+            loop = self._loop
+            finished = self._finished
+            if loop is not None and finished is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, finished, None)
+
+    def _draw(self) -> None:
+        fd = self._status_fd
+        if fd is None or not self._status:
+            return
+        try:
+            write_all(fd, b"\r" + self._status + b"\x1b[K")
+            self._drawn = True
+        except OSError:
+            self._status_fd = None
+
+    def _wipe(self) -> None:
+        fd = self._status_fd
+        if fd is None or not self._drawn:
+            return
+        self._drawn = False
+        try:
+            write_all(fd, _CLEAR)
+        except OSError:
+            self._status_fd = None
+
+
+def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+# ---------------------------------------------------------------------- pretty format
+
+_RESULT_STYLES = {
+    "exact": "bold green",
+    "ha": "green",
+    "new": "bold cyan",
+    "reinit": "cyan",
+    "junk": "yellow",
+    "nm": "dim",
+    "det": "dim",
+}
+_LIVENESS_STYLES = {"passed": "green", "failed": "bold red", "undetermined": "yellow"}
+_SEX = {0: "M", 1: "F"}
+_STATE_STYLES = {
+    State.LIVE: "bold green",
+    State.CONNECTING: "yellow",
+    State.AUTHENTICATING: "yellow",
+    State.BACKOFF: "bold red",
+    State.CLOSED: "dim",
+    State.IDLE: "dim",
+}
+
+
+def _text(value: Any, missing: str = "?") -> str:
+    return value if isinstance(value, str) and value else missing
+
+
+def _clock(created: Any) -> str:
+    """``HH:MM:SS`` of ``created`` in local time (UTC if it has no zone), else of now."""
+    moment = datetime.now()
+    if isinstance(created, str):
+        text = created.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat does not take "Z"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            moment = parsed.astimezone()
+    return moment.strftime("%H:%M:%S")
+
+
+def _camera(source: Any) -> str:
+    if isinstance(source, dict):
+        name = source.get("name")
+        if isinstance(name, str) and name:
+            return name
+        if source.get("id") is not None:
+            return f"source {source['id']}"
+    return "?"
+
+
+def _console(color: bool) -> Console:
+    # Rendered into a string, then written by the worker: rich never touches the real stdout.
+    return Console(
+        file=io.StringIO(),
+        force_terminal=color,
+        no_color=not color or None,
+        width=100_000,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def render(console: Console, text: Text) -> str:
+    """``text`` as a string with ANSI styles if ``console`` has colour, else plain."""
+    with console.capture() as capture:
+        console.print(text, end="")
+    return capture.get()
+
+
+class FrameFormatter:
+    """Turns frames into output lines (``bytes`` with ``\\n``) in one of the formats.
+
+    Args:
+        fmt: ``"jsonl"`` or ``"pretty"``.
+        color: colour the pretty lines (ANSI).
+        include_control: also format AUTH answers, PONGs, errors and unknown messages.
+    """
+
+    def __init__(self, fmt: str, *, color: bool = False, include_control: bool = False) -> None:
+        if fmt not in ("jsonl", "pretty"):
+            raise ValueError(f"unknown format {fmt!r}")
+        self.fmt = fmt
+        self.include_control = include_control
+        self._console = _console(color)
+
+    def event(self, value: dict[str, Any], frame: str | bytes, backfilled: bool) -> bytes:
+        """The line for an event whose decoded JSON is ``value``."""
+        if self.fmt == "jsonl":
+            return encode_compact(value)
+        return (render(self._console, self._pretty_event(value, backfilled)) + "\n").encode()
+
+    def control(self, value: Any, kind: Kind) -> bytes | None:
+        """The line for a control message, or ``None`` when they are not shown."""
+        if not self.include_control:
+            return None
+        if self.fmt == "jsonl":
+            return encode_compact(value)
+        return (render(self._console, self._pretty_control(value)) + "\n").encode()
+
+    def _pretty_event(self, value: dict[str, Any], backfilled: bool) -> Text:
+        # Read from the decoded JSON, not a typed Entry: a field of an unexpected type or
+        # a number out of float range must not cost the line.
+        data: dict[str, Any] = value["data"]
+        line = Text()
+        line.append(_clock(data.get("created")), style="dim")
+        line.append(f"  #{value['id']:<8}", style="dim")
+        result = _text(data.get("result"))
+        line.append(f"{result:<7}", style=_RESULT_STYLES.get(result, ""))
+        pid = _text(data.get("pid"), "-")[:8]
+        line.append(f"{pid:<9}", style="magenta")
+        age = data.get("age")
+        age_text = (
+            str(age) if isinstance(age, (int, Decimal)) and not isinstance(age, bool) else "?"
+        )
+        sex = data.get("sex")
+        sex_text = _SEX.get(sex, "?") if isinstance(sex, int) and not isinstance(sex, bool) else "?"
+        line.append(f"{age_text:>3} {sex_text} {_text(data.get('mood')):<10}")
+        liveness = _text(data.get("liveness"))
+        line.append(f"{liveness:<13}", style=_LIVENESS_STYLES.get(liveness, "dim"))
+        line.append(f"{_camera(data.get('source')):<16}", style="blue")
+        confidence = data.get("confidence")
+        if isinstance(confidence, (int, float, Decimal)) and not isinstance(confidence, bool):
+            line.append(f"{float(confidence):5.1f}")
+        else:
+            line.append("    ?", style="dim")
+        if backfilled:
+            line.append("  (recovered)", style="dim italic")
+        return line
+
+    def _pretty_control(self, value: Any) -> Text:
+        line = Text()
+        line.append(datetime.now().strftime("%H:%M:%S"), style="dim")
+        line.append("  ")
+        try:
+            message = parse_message(_encoder.encode(value))
+        except Exception:
+            message = UnknownMessage(value)
+        if isinstance(message, AuthOk):
+            line.append("auth ok", style="green")
+        elif isinstance(message, Pong):
+            line.append(f"PING {message.value}", style="dim")
+        elif isinstance(message, ServerError):
+            line.append(f"error: {message.message}", style="bold red")
+        else:
+            line.append(f"message {_encoder.encode(value).decode()}", style="dim")
+        return line
+
+
+class StatusLine:
+    """The one-line summary of a listener for a terminal: state, events, rate, reconnects, RTT.
+
+    Args:
+        stats: the listener's counters.
+        window: seconds over which the event rate is measured.
+    """
+
+    def __init__(self, stats: ListenerStats, *, window: float = 5.0) -> None:
+        self.stats = stats
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+        self._console = _console(True)
+
+    def rate(self, now: float | None = None) -> float:
+        """Events per second over the last ``window`` seconds (sampled at each render)."""
+        now = time.monotonic() if now is None else now
+        samples = self._samples
+        samples.append((now, self.stats.events))
+        while len(samples) > 1 and now - samples[0][0] > self.window:
+            samples.popleft()
+        first_t, first_n = samples[0]
+        span = now - first_t
+        return (self.stats.events - first_n) / span if span > 0 else 0.0
+
+    def text(self, now: float | None = None) -> Text:
+        """The status as rich text."""
+        stats = self.stats
+        state = stats.state
+        line = Text()
+        line.append("● ", style=_STATE_STYLES.get(state, ""))
+        line.append(f"{state.value:<14}", style=_STATE_STYLES.get(state, ""))
+        line.append(f"events {stats.events}", style="bold")
+        line.append(f"  {self.rate(now):.1f}/s")
+        line.append(f"  reconnects {stats.total_reconnects}")
+        if stats.last_rtt is not None:
+            line.append(f"  rtt {stats.last_rtt * 1000:.1f} ms")
+        else:
+            line.append("  rtt -", style="dim")
+        return line
+
+    def render(self, width: int | None = None) -> str:
+        """The status, cut to ``width`` columns (the terminal's by default), with ANSI styles."""
+        if width is None:
+            width = shutil.get_terminal_size((80, 24)).columns
+        line = self.text()
+        line.truncate(max(width - 1, 10))
+        return render(self._console, line)
+
+
+async def run_status(worker: OutputWorker, status: StatusLine, *, interval: float = 0.25) -> None:
+    """Redraw the status line every ``interval`` seconds until cancelled."""
+    while True:
+        worker.set_status(status.render())
+        await asyncio.sleep(interval)

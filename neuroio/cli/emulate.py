@@ -1,0 +1,208 @@
+"""``neuroio-events emulate``: run the local NeuroIO events service standalone.
+
+Prints the events URL and the REST URL on stdout (one per line, so a script can read them),
+then serves until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..emulator import Emulator
+from ._options import LogSettings, is_loopback, logging_options, loop_option
+from ._run import EXIT_OK, CommandFailed, StopSignals, run
+
+__all__ = ["command", "serve"]
+
+logger = logging.getLogger("neuroio.cli")
+
+
+async def serve(emulator: Emulator, *, replaying: bool) -> int:
+    """Start ``emulator``, print its URLs, serve until SIGINT/SIGTERM, stop it.
+
+    Raises:
+        CommandFailed: the port cannot be bound.
+    """
+    try:
+        await emulator.start()
+    except OSError as exc:
+        raise CommandFailed(
+            f"cannot listen on {emulator.host}:{_wanted_port(emulator)}: {exc.strerror or exc}"
+        ) from None
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(f"{emulator.url}\n{emulator.api_url}\n")
+            sys.stdout.flush()
+        tokens = (
+            "any non-empty token" if emulator.tokens is None else f"{len(emulator.tokens)} token(s)"
+        )
+        rate = f"{emulator.rate:g} events/s" if emulator.rate else "no generated events"
+        logger.info(
+            "emulating the NeuroIO events service on %s (REST %s): accepting %s, %s%s; "
+            "Ctrl-C to stop",
+            emulator.url,
+            emulator.api_url,
+            tokens,
+            rate,
+            ", replaying a recording once a client authenticates" if replaying else "",
+        )
+        with StopSignals() as signals:
+            waits: list[asyncio.Task[Any]] = [asyncio.create_task(signals.requested.wait())]
+            if replaying:
+                waits.append(asyncio.create_task(_report_replay(emulator)))
+            try:
+                await signals.requested.wait()
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+    finally:
+        await emulator.stop()
+    return EXIT_OK
+
+
+def _wanted_port(emulator: Emulator) -> str:
+    try:
+        return str(emulator.port)
+    except RuntimeError:
+        return "the port given"
+
+
+async def _report_replay(emulator: Emulator) -> None:
+    while True:
+        try:
+            await emulator.wait_replayed(timeout=3600.0)
+        except TimeoutError:
+            continue
+        logger.info("the recording has been replayed (%d events emitted)", emulator.emitted)
+        return
+
+
+@click.command("emulate", short_help="Run a local NeuroIO events service (for tests and demos).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="NEUROIO_EMULATE_HOST",
+    show_envvar=True,
+    help="Address to listen on; anything but loopback needs --public.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    envvar="NEUROIO_EMULATE_PORT",
+    show_envvar=True,
+    help="Port to listen on; 0 picks a free one (printed on stdout).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=None,
+    show_default="1, or 0 with --replay",
+    envvar="NEUROIO_EMULATE_RATE",
+    show_envvar=True,
+    help="Generated events per second; 0 for none.",
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    metavar="TOKEN",
+    envvar="NEUROIO_EMULATE_TOKENS",
+    show_envvar=True,
+    help="Accept this API token (repeatable); without any, accept every non-empty token.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    envvar="NEUROIO_EMULATE_SEED",
+    show_envvar=True,
+    help="Seed of the generated entries (the same seed gives the same entries).",
+)
+@click.option(
+    "--replay",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="NEUROIO_EMULATE_REPLAY",
+    show_envvar=True,
+    help="Play back a recording made with 'listen --record' once a client authenticates.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    envvar="NEUROIO_EMULATE_SPEED",
+    show_envvar=True,
+    help="Replay speed: 2 is twice as fast, 0 as fast as possible.",
+)
+@click.option(
+    "--push-while-disconnected/--no-push-while-disconnected",
+    default=True,
+    show_default=True,
+    envvar="NEUROIO_EMULATE_PUSH_WHILE_DISCONNECTED",
+    show_envvar=True,
+    help="Send events emitted while no client was connected once one authenticates; with "
+    "--no-push-while-disconnected they are lost, as on the platform (only the REST API "
+    "has them).",
+)
+@click.option(
+    "--public",
+    is_flag=True,
+    help="Allow listening on a non-loopback address (the emulator has no real security).",
+)
+@loop_option
+@logging_options
+def command(
+    host: str,
+    port: int,
+    rate: float | None,
+    tokens: tuple[str, ...],
+    seed: int | None,
+    replay: Path | None,
+    speed: float,
+    push_while_disconnected: bool,
+    public: bool,
+    use_uvloop: bool | None,
+    log: LogSettings,
+) -> None:
+    """Run the NeuroIO events emulator: WebSocket events and the REST entries list.
+
+    Prints the events URL and the REST URL on stdout, then serves until Ctrl-C.
+
+    \b
+    Examples:
+      neuroio-events emulate --rate 10 --token test-token
+      neuroio-events emulate --port 0 --replay incident.rec --speed 10
+    """
+    log.configure()
+    if not public and not is_loopback(host):
+        raise click.UsageError(
+            f"{host} is not a loopback address: anyone who can reach it could connect; "
+            "add --public if that is what you want"
+        )
+    if public and not is_loopback(host):
+        logger.warning("listening on %s: reachable from other machines", host)
+    if rate is None:
+        rate = 0.0 if replay is not None else 1.0
+    emulator = Emulator(
+        host=host,
+        port=port,
+        tokens=[t for t in tokens if t] or None,
+        rate=rate or None,
+        seed=seed,
+        push_while_disconnected=push_while_disconnected,
+        replay=replay,
+        replay_speed=speed,
+    )
+    run(lambda: serve(emulator, replaying=replay is not None), log=log, use_uvloop=use_uvloop)

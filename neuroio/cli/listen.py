@@ -1,0 +1,424 @@
+"""``neuroio-events listen``: print the events stream, one line per event.
+
+stdout carries the events and nothing else: in JSON Lines (the JSON value the server sent,
+re-serialised compactly, so even a frame the server spread over several lines is one line)
+or in a coloured one-line-per-event form. stderr carries the logs and, on a terminal, a live
+status line. :func:`stream` is the part ``demo`` reuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from ..listener import EventListener
+from ..messages import Backfilled
+from ..protocol import Kind, classify
+from ..recording import encode_record
+from ..stats import State
+from . import _logging
+from ._options import (
+    ConnectionSettings,
+    ListenerSettings,
+    LogSettings,
+    Secret,
+    connection_options,
+    listener_options,
+    logging_options,
+    loop_option,
+)
+from ._output import (
+    FrameFormatter,
+    OutputWorker,
+    StatusLine,
+    decode_frame,
+    encode_compact,
+    open_append,
+    run_status,
+)
+from ._run import EXIT_OK, CommandFailed, StopSignals, run
+
+__all__ = ["StreamSettings", "command", "stream"]
+
+logger = logging.getLogger("neuroio.cli")
+
+# After a stop request, how long the listener may take to write what it already received and
+# close the connection before it is cancelled; with the final flush this keeps the exit
+# within 5 s of SIGTERM even when the server does not answer the close frame.
+_SHUTDOWN_BUDGET = 3.0
+_FLUSH_BUDGET = 1.0
+
+
+@dataclass
+class StreamSettings:
+    """What :func:`stream` writes, and where.
+
+    Attributes:
+        fmt: the format of stdout, ``"jsonl"`` or ``"pretty"``; ``None`` writes nothing there.
+        output: a file to append JSON lines to.
+        record: a file to append every received frame to (see :mod:`neuroio.recording`).
+        include_control: also write AUTH answers, PONGs and error messages.
+        count: stop after this many events.
+        status: draw the live status line (only ever on a terminal).
+    """
+
+    fmt: str | None = "jsonl"
+    output: Path | None = None
+    record: Path | None = None
+    include_control: bool = False
+    count: int | None = None
+    status: bool = True
+
+
+class _OutputFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Printer:
+    """The listener's handler: formats every frame and hands the lines to the worker."""
+
+    def __init__(
+        self,
+        worker: OutputWorker,
+        targets: list[tuple[int, FrameFormatter, str]],
+        record_fd: int | None,
+        count: int | None,
+    ) -> None:
+        self._worker = worker
+        self._targets = targets
+        self._record_fd = record_fd
+        self._count = count
+        self.events = 0
+        self.finished = asyncio.Event()
+        self.failure: str | None = None
+
+    async def handle(self, frame: str | bytes) -> None:
+        if self.finished.is_set():
+            return  # --count reached, or the output failed: what follows is not written
+        received = time.time()
+        backfilled = isinstance(frame, Backfilled)
+        try:
+            if self._record_fd is not None:
+                line = encode_record(frame, received, backfilled=backfilled)
+                await self._worker.write(self._record_fd, line)
+            await self._output(frame, backfilled)
+        except _OutputFailed as exc:
+            self.failure = exc.message
+            self.finished.set()
+
+    async def _output(self, frame: str | bytes, backfilled: bool) -> None:
+        kind = classify(frame)
+        if kind is Kind.MALFORMED or kind is Kind.BINARY:
+            return  # the listener has logged it
+        try:
+            value = decode_frame(frame)
+        except msgspec.DecodeError as exc:
+            logger.warning("skipped a frame that is not valid JSON: %s", exc)
+            return
+        if kind is Kind.EVENT:
+            if not _is_event(value):
+                logger.warning(
+                    "skipped a frame shaped like an event without an integer id and an "
+                    "object data: %.200s",
+                    encode_compact(value).decode().rstrip(),
+                )
+                return
+            for fd, formatter, name in self._targets:
+                try:
+                    line = formatter.event(value, frame, backfilled)
+                except Exception as exc:
+                    logger.warning("cannot format event %s (%s); written as JSON", value["id"], exc)
+                    line = encode_compact(value)
+                await self._write(fd, line, name)
+            self.events += 1
+            if self._count is not None and self.events >= self._count:
+                self.finished.set()
+            return
+        if kind is Kind.UNKNOWN:
+            logger.info("message of an unknown shape: %.200s", encode_compact(value).decode())
+        for fd, formatter, name in self._targets:
+            control = formatter.control(value, kind)
+            if control is not None:
+                await self._write(fd, control, name)
+
+    async def _write(self, fd: int, line: bytes, name: str) -> None:
+        try:
+            await self._worker.write(fd, line)
+        except BrokenPipeError:
+            raise _OutputFailed(
+                f"{name} was closed by its reader (broken pipe); stopping"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+            raise _OutputFailed(f"cannot write to {name}: {reason}") from None
+
+
+class _AuthErrorFilter(logging.Filter):
+    """Drops the listener's log of an error message received while authenticating.
+
+    Such an error always ends the run as an AuthenticationError whose text quotes it: the
+    exit line says it once, instead of a warning and then the error.
+    """
+
+    def __init__(self, listener: EventListener) -> None:
+        super().__init__()
+        self._listener = listener
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            self._listener.state is State.AUTHENTICATING
+            and isinstance(record.msg, str)
+            and record.msg.startswith("server error message")
+        )
+
+
+def _is_event(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    event_id = value.get("id")
+    return (
+        isinstance(event_id, int)
+        and not isinstance(event_id, bool)
+        and isinstance(value.get("data"), dict)
+    )
+
+
+async def stream(
+    url: str,
+    token: Secret,
+    settings: StreamSettings,
+    listener_settings: ListenerSettings,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    signals: StopSignals | None = None,
+) -> int:
+    """Listen to ``url`` and write the stream as ``settings`` say until stopped.
+
+    Stops on SIGINT/SIGTERM (through ``signals``, installed here when not given) or after
+    ``settings.count`` events, writing to the end whatever is being written.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        AuthenticationError: the token was rejected.
+        ConnectionFailedError: ``max_retries`` was exhausted.
+        ConfigurationError: an output file cannot be opened, or a listener option is invalid.
+        CommandFailed: an output could not be written.
+    """
+    stdout_tty = os.isatty(1)
+    status_on = settings.status and os.isatty(2)
+    fds: list[int] = []
+    try:
+        targets: list[tuple[int, FrameFormatter, str]] = []
+        if settings.fmt is not None:
+            color = settings.fmt == "pretty" and stdout_tty
+            formatter = FrameFormatter(
+                settings.fmt, color=color, include_control=settings.include_control
+            )
+            targets.append((1, formatter, "stdout"))
+        if settings.output is not None:
+            fds.append(_open(settings.output, "output"))
+            jsonl = FrameFormatter("jsonl", include_control=settings.include_control)
+            targets.append((fds[-1], jsonl, str(settings.output)))
+        record_fd = None
+        if settings.record is not None:
+            record_fd = _open(settings.record, "recording")
+            fds.append(record_fd)
+        worker = OutputWorker(
+            status_fd=2 if status_on else None, shared_tty_fds=(1,) if stdout_tty else ()
+        )
+        printer = _Printer(worker, targets, record_fd, settings.count)
+        listener = EventListener(
+            token.reveal(),
+            printer.handle,
+            url=url,
+            ssl=ssl_context,
+            **listener_settings.kwargs(),
+        )
+        auth_filter = _AuthErrorFilter(listener)
+        listener_logger = logging.getLogger("neuroio.listener")
+        listener_logger.addFilter(auth_filter)
+        worker.start()
+        if status_on:
+            _logging.set_sink(lambda data: worker.write_nowait(2, data))
+        try:
+            await _supervise(listener, printer, worker, status_on, signals)
+        finally:
+            listener_logger.removeFilter(auth_filter)
+            _logging.set_sink(None)
+            if not await worker.aclose(_FLUSH_BUDGET):
+                logger.warning("output still blocked at exit; the last lines may be missing")
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if printer.failure is not None:
+        raise CommandFailed(printer.failure)
+    return EXIT_OK
+
+
+def _open(path: Path, what: str) -> int:
+    try:
+        return open_append(path)
+    except OSError as exc:
+        raise click.UsageError(f"cannot open the {what} file {path}: {exc.strerror}") from None
+
+
+async def _supervise(
+    listener: EventListener,
+    printer: _Printer,
+    worker: OutputWorker,
+    status_on: bool,
+    signals: StopSignals | None,
+) -> None:
+    listen_task = asyncio.create_task(listener.listen(), name="neuroio-cli-listen")
+    own_signals = signals is None
+    if signals is None:
+
+        def force() -> None:
+            listen_task.cancel()
+
+        signals = StopSignals(on_force=force)
+        signals.install()
+    helpers: list[asyncio.Task[Any]] = [
+        asyncio.create_task(signals.requested.wait()),
+        asyncio.create_task(printer.finished.wait()),
+    ]
+    if status_on:
+        helpers.append(asyncio.create_task(run_status(worker, StatusLine(listener.stats))))
+    try:
+        await asyncio.wait([listen_task, *helpers[:2]], return_when=asyncio.FIRST_COMPLETED)
+        if not listen_task.done():
+            closer = asyncio.create_task(listener.close())
+            await asyncio.wait([listen_task], timeout=_SHUTDOWN_BUDGET)
+            if not listen_task.done():
+                logger.warning("the listener did not stop in time; cancelling it")
+                listen_task.cancel()
+            await asyncio.gather(closer, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await listen_task  # raises AuthenticationError, ConnectionFailedError, ...
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        if not listen_task.done():
+            listen_task.cancel()
+            await asyncio.gather(listen_task, return_exceptions=True)
+        if own_signals:
+            signals.remove()
+
+
+@click.command(
+    "listen",
+    short_help="Print the events stream (JSON lines or pretty).",
+)
+@connection_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "pretty"]),
+    default=None,
+    show_default="pretty on a terminal, else jsonl",
+    envvar="NEUROIO_LISTEN_FORMAT",
+    show_envvar=True,
+    help="One JSON object per event per line, or one readable coloured line per event.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="NEUROIO_LISTEN_OUTPUT",
+    show_envvar=True,
+    help="Append the events as JSON lines to this file instead of stdout "
+    "(with an explicit --format, stdout gets them too).",
+)
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="NEUROIO_LISTEN_RECORD",
+    show_envvar=True,
+    help="Append every frame received, with its receive time, to this file "
+    "(replay it with: emulate --replay FILE).",
+)
+@click.option(
+    "--include-control",
+    is_flag=True,
+    envvar="NEUROIO_LISTEN_INCLUDE_CONTROL",
+    show_envvar=True,
+    help="Also print the AUTH answer, PONGs and error messages.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="NEUROIO_LISTEN_COUNT",
+    show_envvar=True,
+    help="Exit (with status 0) after this many events.",
+)
+@click.option(
+    "--status/--no-status",
+    default=True,
+    show_default="on when stderr is a terminal",
+    envvar="NEUROIO_LISTEN_STATUS",
+    show_envvar=True,
+    help="Live status line on stderr: state, events, events/s, reconnects, PONG round-trip.",
+)
+@listener_options
+@loop_option
+@logging_options
+def command(
+    conn: ConnectionSettings,
+    fmt: str | None,
+    output: Path | None,
+    record: Path | None,
+    include_control: bool,
+    count: int | None,
+    status: bool,
+    listener: ListenerSettings,
+    use_uvloop: bool | None,
+    log: LogSettings,
+) -> None:
+    """Listen to the events stream and print each event on stdout.
+
+    stdout gets one line per event and nothing else; logs and the status line go to stderr.
+    Stops with status 0 on Ctrl-C or SIGTERM (finishing the line being written) or after
+    --count events; 3 if the token is rejected, 4 if --max-retries is exhausted.
+
+    \b
+    Examples:
+      neuroio-events listen --token-file ~/.neuroio-token | jq .data.result
+      neuroio-events listen --output events.jsonl --record incident.rec
+    """
+    log.configure()
+    token = conn.api_token()
+    ssl_context = conn.ssl_context()
+    if fmt is None:
+        fmt = "pretty" if os.isatty(1) else "jsonl"
+        if output is not None:
+            fmt = None  # the file gets the events instead of stdout
+    settings = StreamSettings(
+        fmt=fmt,
+        output=output,
+        record=record,
+        include_control=include_control,
+        count=count,
+        status=status,
+    )
+    run(
+        lambda: stream(conn.url, token, settings, listener, ssl_context=ssl_context),
+        log=log,
+        use_uvloop=use_uvloop,
+    )

@@ -1,0 +1,83 @@
+"""``emulate`` and ``demo`` as real subprocesses; recording with listen, replaying with emulate."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from neuroio.emulator import Emulator
+
+from .conftest import TOKEN, StartCli
+
+
+async def test_emulate_prints_its_urls_and_stops_on_sigint(cli: StartCli) -> None:
+    """--port 0: the real URLs on stdout; a listener gets events; Ctrl-C exits 0."""
+    emu = await cli("emulate", "--port", "0", "--rate", "50", "--token", TOKEN)
+    url = (await emu.line()).decode().strip()
+    api_url = (await emu.line()).decode().strip()
+    assert url.startswith("ws://127.0.0.1:") and url.endswith("/")
+    assert api_url == "http://" + url.removeprefix("ws://").rstrip("/")
+    listener = await cli("listen", "--url", url, "--token", TOKEN, "--count", "3")
+    assert await listener.finish() == 0
+    assert len(listener.stdout.splitlines()) == 3
+    emu.send(signal.SIGINT)
+    assert await emu.finish() == 0
+
+
+async def test_emulate_refuses_a_public_address_without_public(cli: StartCli) -> None:
+    """Binding beyond loopback needs --public: a usage error otherwise."""
+    proc = await cli("emulate", "--host", "0.0.0.0", "--port", "0")
+    assert await proc.finish() == 2
+    assert "--public" in proc.err
+    assert proc.stdout == b""
+
+
+async def test_record_then_replay_gives_the_same_events(
+    cli: StartCli, emulator: Emulator, token_file: Path, tmp_path: Path
+) -> None:
+    """listen --record, then emulate --replay: a new listener prints the same events."""
+    recording = tmp_path / "incident.rec"
+    recorder = await cli(
+        "listen",
+        "--url",
+        emulator.url,
+        "--token-file",
+        str(token_file),
+        "--record",
+        str(recording),
+        "--count",
+        "10",
+    )
+    await emulator.wait_for_clients(1)
+    await emulator.burst(10)
+    assert await recorder.finish() == 0
+    original = recorder.stdout.splitlines()
+
+    replayer = await cli("emulate", "--port", "0", "--replay", str(recording), "--speed", "0")
+    url = (await replayer.line()).decode().strip()
+    await replayer.line()
+    listener = await cli("listen", "--url", url, "--token", TOKEN, "--count", "10")
+    assert await listener.finish() == 0
+    assert listener.stdout.splitlines() == original
+    replayer.send(signal.SIGTERM)
+    assert await replayer.finish() == 0
+
+
+async def test_demo_prints_events_with_no_token(cli: StartCli) -> None:
+    """demo --count 5: five events on stdout (JSON lines off a terminal), from loopback only."""
+    proc = await cli("demo", "--count", "5", "--rate", "50")
+    assert await proc.finish() == 0
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(events) == 5
+    assert all(e["id"] == e["data"]["id"] for e in events)
+    assert "ws://127.0.0.1:" in proc.err
+
+
+async def test_demo_pretty_format(cli: StartCli) -> None:
+    """--format pretty: one readable line per event (no colour off a terminal)."""
+    proc = await cli("demo", "--count", "3", "--rate", "50", "--format", "pretty", "--seed", "1")
+    assert await proc.finish() == 0
+    lines = proc.out.splitlines()
+    assert len(lines) == 3
+    assert all("#" in line and "\x1b[" not in line for line in lines)
