@@ -85,6 +85,9 @@ def command(
     No network and no token needed: the emulator runs in this process on 127.0.0.1.
     """
     log.configure()
+    if log.verbosity <= 0:
+        # The demo's own line says where the emulator is; its start/stop lines are noise here.
+        logging.getLogger("neuroio.emulator").setLevel(logging.WARNING)
     if fmt is None:
         fmt = "pretty" if os.isatty(1) else "jsonl"
     run(lambda: demo(rate, count, fmt, seed), log=log, use_uvloop=use_uvloop)

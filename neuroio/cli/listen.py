@@ -57,7 +57,7 @@ logger = logging.getLogger("neuroio.cli")
 # close the connection before it is cancelled; with the final flush this keeps the exit
 # within 5 s of SIGTERM even when the server does not answer the close frame.
 _SHUTDOWN_BUDGET = 3.0
-_FLUSH_BUDGET = 1.0
+_FLUSH_BUDGET = 0.5
 
 
 @dataclass

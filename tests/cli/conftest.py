@@ -6,12 +6,14 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 from neuroio.emulator import Emulator
 
@@ -43,14 +45,29 @@ class Cli:
         self.started = time.monotonic()
         self.stdout = bytearray()  # everything read from stdout so far
         self.stderr = bytearray()
+        self._stderr_grew = asyncio.Event()
         assert proc.stderr is not None
         # stderr is drained all the time so a chatty child never blocks on a full pipe.
-        self._stderr_task = asyncio.create_task(self._drain(proc.stderr, self.stderr))
+        self._stderr_task = asyncio.create_task(self._drain(proc.stderr))
 
-    @staticmethod
-    async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
-            into.extend(chunk)
+            self.stderr.extend(chunk)
+            self._stderr_grew.set()
+        self._stderr_grew.set()
+
+    async def wait_stderr(self, text: str, timeout: float = 5.0) -> None:
+        """Wait until ``text`` has appeared on stderr."""
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.stderr:
+            if self._stderr_task.done():
+                pytest.fail(f"stderr ended without {text!r}:\n{self.err}")
+            self._stderr_grew.clear()
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._stderr_grew.wait(), max(remaining, 0.001))
+            except asyncio.TimeoutError:
+                pytest.fail(f"{text!r} not on stderr within {timeout} s:\n{self.err}")
 
     async def line(self, timeout: float = 5.0) -> bytes:
         """The next stdout line (with its newline). Fails on timeout or end of output."""
@@ -68,6 +85,16 @@ class Cli:
         """The next ``n`` stdout lines, all within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         return [await self.line(max(deadline - time.monotonic(), 0.01)) for _ in range(n)]
+
+    async def stderr_closed(self, timeout: float = 5.0) -> None:
+        """Wait until the child's stderr is closed, i.e. the child has exited.
+
+        Unlike ``Process.wait()``, this does not also wait for unread stdout to be read.
+        """
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
+        except asyncio.TimeoutError:
+            pytest.fail(f"{self.args} still running after {timeout} s; stderr:\n{self.err}")
 
     def send(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the child."""
@@ -141,6 +168,29 @@ def token_file(tmp_path: Path) -> Path:
     path.write_text(TOKEN + "\n")
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A certificate authority of our own, for wss:// tests."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    """The CA's certificate as a PEM file (for --ca-file)."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+async def tls_emulator(ca: trustme.CA) -> AsyncIterator[Emulator]:
+    """A wss:// emulator (certificate for 127.0.0.1 from :func:`ca`) streaming 50 events/s."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with Emulator(tokens={TOKEN}, ssl=context, rate=50) as emu:
+        yield emu
 
 
 @pytest.fixture

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-import trustme
 
 from neuroio.emulator import Emulator
 
-from .conftest import TOKEN, Cli, StartCli, free_port
+from .conftest import Cli, StartCli, free_port
 
 STEPS = (
     "URL",
@@ -99,25 +94,10 @@ async def test_names_ping_against_a_frozen_emulator(
     assert "'PING/PONG' step failed" in proc.err
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-async def tls_emulator(ca: trustme.CA) -> AsyncIterator[Emulator]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    async with Emulator(tokens={TOKEN}, ssl=context, rate=50) as emu:
-        yield emu
-
-
 async def test_tls_verified_with_ca_file(
-    cli: StartCli, tls_emulator: Emulator, ca: trustme.CA, token_file: Path, tmp_path: Path
+    cli: StartCli, tls_emulator: Emulator, ca_file: Path, token_file: Path
 ) -> None:
     """wss:// with the CA given: the certificate is verified and its expiry shown."""
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
     proc = await doctor(cli, tls_emulator.url, token_file, "--ca-file", str(ca_file))
     assert await proc.finish() == 0
     assert verdicts(proc)["TLS"] == "✓"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import pty
 import signal
 import stat
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import pytest
+from aiohttp import web
 
 from neuroio.emulator import Emulator
 
@@ -59,13 +67,15 @@ async def test_multiline_frame_becomes_one_line(
 
 
 async def test_count_exits_zero_after_n_events(cli: StartCli, emulator: Emulator) -> None:
-    """--count N prints exactly N events and exits 0 (token from NEUROIO_API_TOKEN)."""
+    """--count N prints exactly N events and exits 0 (token from NEUROIO_API_TOKEN; the
+    standard asyncio loop instead of uvloop)."""
     proc = await cli(
         "listen",
         "--url",
         emulator.url,
         "--count",
         "5",
+        "--no-uvloop",
         env=clean_env(NEUROIO_API_TOKEN=TOKEN),
     )
     await emulator.wait_for_clients(1)
@@ -252,3 +262,188 @@ async def test_keeps_printing_after_the_server_drops_the_connection(
     assert await proc.line() == wire(second)
     proc.send(signal.SIGTERM)
     assert await proc.finish() == 0
+
+
+async def test_sigterm_while_reconnecting_exits_zero(cli: StartCli, token_file: Path) -> None:
+    """Stopped while waiting to reconnect to a dead service: exit 0 at once."""
+    proc = await cli(
+        "listen",
+        "--url",
+        f"ws://127.0.0.1:{free_port()}/",
+        "--token-file",
+        str(token_file),
+        "--reconnect-delay",
+        "30",
+        "--max-reconnect-delay",
+        "30",
+    )
+    await proc.wait_stderr("reconnecting in")
+    sent_at = time.monotonic()
+    proc.send(signal.SIGTERM)
+    assert await proc.finish() == 0
+    assert time.monotonic() - sent_at < 2.0
+
+
+@pytest.fixture
+async def unresponsive_server() -> AsyncIterator[str]:
+    """A service that accepts the token, then never reads again (not even a close frame)."""
+    holding: list[web.WebSocketResponse] = []
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False, autoclose=False)
+        await ws.prepare(request)
+        await ws.receive()  # the AUTH frame
+        await ws.send_str('{"auth":"ok"}')
+        await ws.send_str('{"id":1,"data":{"id":1}}')
+        holding.append(ws)
+        await asyncio.Event().wait()  # silence until the test ends
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        await runner.cleanup()
+
+
+async def test_sigterm_exits_within_5s_when_the_server_never_answers(
+    cli: StartCli, unresponsive_server: str, token_file: Path
+) -> None:
+    """Even when the close handshake never completes, SIGTERM exits 0 within 5 s."""
+    proc = await cli(
+        "listen",
+        "--url",
+        unresponsive_server,
+        "--token-file",
+        str(token_file),
+        "--timeout",
+        "30",  # the listener alone would wait this long for the close answer
+        "--ping-interval",
+        "30",
+    )
+    assert await proc.line() == b'{"id":1,"data":{"id":1}}\n'
+    sent_at = time.monotonic()
+    proc.send(signal.SIGTERM)
+    assert await proc.finish(timeout=6.0) == 0
+    assert time.monotonic() - sent_at < 5.0
+
+
+async def test_status_line_on_a_terminal_only(emulator: Emulator, token_file: Path) -> None:
+    """With stderr on a terminal the live status is drawn there (and wiped at exit);
+    stdout, a pipe, still gets plain JSON lines only."""
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "neuroio",
+        "listen",
+        "--url",
+        emulator.url,
+        "--token-file",
+        str(token_file),
+        "--ping-interval",
+        "0.1",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=slave,
+        env=clean_env(COLUMNS="200"),
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    terminal = bytearray()
+    loop = asyncio.get_running_loop()
+
+    async def read_terminal_until(marker: bytes, timeout: float = 5.0) -> None:
+        deadline = loop.time() + timeout
+        while marker not in terminal:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(master, _wake, ready)
+            try:
+                await asyncio.wait_for(ready, max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                pytest.fail(f"{marker!r} not on the terminal: {bytes(terminal)!r}")
+            finally:
+                loop.remove_reader(master)
+            try:
+                terminal.extend(os.read(master, 65536))
+            except OSError:  # EIO: the child closed the terminal
+                pytest.fail(f"{marker!r} not on the terminal: {bytes(terminal)!r}")
+
+    try:
+        await emulator.wait_for_clients(1)
+        await emulator.burst(3)
+        await read_terminal_until(b"events 3")
+        assert b"live" in terminal and b"rtt" in terminal
+        assert proc.stdout is not None
+        lines = [await asyncio.wait_for(proc.stdout.readline(), 5) for _ in range(3)]
+        assert all(line.startswith(b'{"id":') and b"\x1b" not in line for line in lines)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        with contextlib.suppress(OSError):
+            terminal.extend(os.read(master, 65536))
+        assert terminal.endswith(b"\r\x1b[K")  # the status line is transient
+        assert TOKEN.encode() not in terminal
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(master)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def test_sigterm_exits_within_5s_when_stdout_is_not_read(
+    cli: StartCli, emulator: Emulator, token_file: Path
+) -> None:
+    """A reader of stdout that stopped reading does not hold the exit past 5 s."""
+    proc = await cli("listen", "--url", emulator.url, "--token-file", str(token_file))
+    await emulator.wait_for_clients(1)
+    # Far more than a pipe holds: the writes block, the queue fills, reading pauses.
+    await emulator.burst(3000)
+    await proc.line()  # from here on, stdout is left unread
+    sent_at = time.monotonic()
+    proc.send(signal.SIGTERM)
+    await proc.stderr_closed(timeout=6.0)
+    assert time.monotonic() - sent_at < 5.0
+    assert await proc.finish() == 0
+    assert "output still blocked at exit" in proc.err
+    assert "Traceback" not in proc.err
+
+
+async def test_wss_with_a_private_ca(
+    cli: StartCli, tls_emulator: Emulator, ca_file: Path, token_file: Path
+) -> None:
+    """wss:// verified against --ca-file; without it the certificate is refused (exit 4)."""
+    proc = await cli(
+        "listen",
+        "--url",
+        tls_emulator.url,
+        "--token-file",
+        str(token_file),
+        "--ca-file",
+        str(ca_file),
+        "--count",
+        "3",
+    )
+    assert await proc.finish() == 0
+    assert len(proc.stdout.splitlines()) == 3
+    refused = await cli(
+        "listen",
+        "--url",
+        tls_emulator.url,
+        "--token-file",
+        str(token_file),
+        "--max-retries",
+        "0",
+    )
+    assert await refused.finish() == 4
+    assert "certificate" in refused.err.lower()
