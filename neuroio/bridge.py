@@ -39,16 +39,26 @@ import os
 import ssl as _ssl
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import aiohttp
 import msgspec
 
 from . import _redact
+from .backfill import EntriesClient, GapStart, parse_since
 from .backoff import Backoff
-from .exceptions import ConfigurationError, NeuroIOError, PermanentSinkError, SinkError, SpoolError
-from .protocol import Kind, classify
+from .exceptions import (
+    BackfillError,
+    ConfigurationError,
+    NeuroIOError,
+    PermanentSinkError,
+    SinkError,
+    SpoolError,
+)
+from .protocol import DEFAULT_API_URL, Kind, classify
 from .sinks import Sink, from_uri
 from .sinks.base import retry_after_of
 from .spool import DEFAULT_MAX_BYTES, ROW_OVERHEAD, Spool, SpooledEvent
@@ -73,6 +83,8 @@ _encoder = msgspec.json.Encoder()
 _TAIL = 16_384
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
+# Spool state key: where gap recovery must start if the bridge stops before it finished.
+RECOVER_AFTER = "recover_after"
 
 
 @dataclasses.dataclass(eq=False)
@@ -158,6 +170,8 @@ class Pipeline:
         """Frames that looked like events but had no integer ``id`` or object ``data``."""
         self.paused_since: float | None = None
         """``time.monotonic()`` since :meth:`put` has been waiting for room, else ``None``."""
+        self.newest_id: int | None = None
+        """The highest event id queued since the pipeline started."""
         self._full_episode = False
         self._full_warned_at = -math.inf
         self._pending: list[tuple[int, bytes, float]] = []
@@ -238,6 +252,9 @@ class Pipeline:
         """
         if classify(raw) is not Kind.EVENT:
             return
+        if type(raw) is not str and isinstance(raw, str):
+            # Recovered frames are a str subclass, which msgspec does not decode.
+            raw = str(raw)
         try:
             value = _decoder.decode(raw)
         except msgspec.DecodeError:
@@ -585,6 +602,13 @@ class BridgeConfig:
         health_max_sink_failure: ``/healthz`` fails once a sink has failed this many seconds
             in a row.
         sink_retry_delay, sink_max_retry_delay: backoff of a failing sink (seconds).
+        backfill: recover missed entries from the REST API (the socket never replays): at
+            start-up those after the last event the spool committed, and after each
+            reconnect those after the last event received.
+        api_url: the REST API for recovery (default: the listener's).
+        since: at start-up recover entries after this event id or ISO-8601 time instead.
+        backfill_max_events: recover at most this many (the newest) per gap; ``None``: all.
+        backfill_max_age: skip recovered entries older than this many seconds; ``None``: all.
         url, timeout, ping_interval, ping_timeout, reconnect_delay, max_reconnect_delay,
         max_message_size, max_queue, max_retries: passed to the
             :class:`~neuroio.listener.EventListener`.
@@ -609,6 +633,11 @@ class BridgeConfig:
     max_message_size: int = 8 * 2**20
     max_queue: int = 1024
     max_retries: int | None = None
+    backfill: bool = True
+    api_url: str | None = None
+    since: str | None = None
+    backfill_max_events: int | None = None
+    backfill_max_age: float | None = None
 
 
 _LISTENER_OPTIONS = (
@@ -621,6 +650,7 @@ _LISTENER_OPTIONS = (
     "max_message_size",
     "max_queue",
     "max_retries",
+    "api_url",
 )
 
 
@@ -695,6 +725,16 @@ class Bridge:
         self._started_sinks: list[Sink] = []
         self._closing: asyncio.Event | None = None
         self._state: Literal["new", "starting", "running", "closed"] = "new"
+        self._connected_before = False
+        self._last_frame_at = time.time()
+        self._gaps: list[GapStart] = []
+        self._recovery: asyncio.Task[None] | None = None
+        self._floor_kept = False
+        self._floor_lock = asyncio.Lock()
+        self.recovered = 0
+        """Entries recovered from the REST API and handed to the spool."""
+        self.backfill_error: BackfillError | None = None
+        """The last gap recovery the API refused (it is retried at the next start)."""
 
     @classmethod
     def from_config(cls, api_token: str, config: BridgeConfig, **extra: Any) -> Bridge:
@@ -763,8 +803,10 @@ class Bridge:
         from .listener import EventListener
 
         listener_options = {name: getattr(config, name) for name in _LISTENER_OPTIONS}
+        # The bridge recovers gaps itself (see _on_connected) so that where recovery must
+        # start is kept in the spool and survives a crash during the recovery.
         self.listener = EventListener(
-            self._token, self.pipeline.handle, ssl=self._ssl, **listener_options
+            self._token, self._handle, ssl=self._ssl, backfill=False, **listener_options
         )
         self._listen_task = asyncio.create_task(
             self.listener.listen(), name="neuroio-bridge-listen"
@@ -775,6 +817,96 @@ class Bridge:
             self.spool.depth,
             ", ".join(s.name for s in self.sinks),
         )
+
+    # -- gap recovery ----------------------------------------------------------------------
+
+    async def _handle(self, raw: str | bytes) -> None:
+        assert self.pipeline is not None
+        if isinstance(raw, str) and not raw.startswith('{"id":') and classify(raw) is Kind.AUTH_OK:
+            await self._on_connected()
+        else:
+            await self.pipeline.handle(raw)
+        self._last_frame_at = time.time()
+
+    async def _on_connected(self) -> None:
+        """Queue the gap this (re)connection leaves, and make sure recovery runs."""
+        assert self.pipeline is not None and self.spool is not None
+        first = not self._connected_before
+        self._connected_before = True
+        gap: GapStart | None = None
+        if first:
+            if self.config.since is not None:
+                gap = parse_since(self.config.since)
+            elif self.config.backfill:
+                floor = await asyncio.to_thread(self.spool.get_state, RECOVER_AFTER)
+                last = self.spool.last_event_id
+                if floor is not None:
+                    gap = parse_since(floor)
+                    if gap and gap.last_id is not None and last is not None:
+                        gap = GapStart(last_id=min(gap.last_id, last))
+                elif last is not None:
+                    gap = GapStart(last_id=last)
+        elif self.config.backfill:
+            # Every frame of the lost connection was handled before this AUTH answer.
+            newest = self.pipeline.newest_id or self.spool.last_event_id
+            if newest is not None:
+                gap = GapStart(last_id=newest)
+            else:
+                gap = GapStart(since_time=datetime.fromtimestamp(self._last_frame_at, timezone.utc))
+        if gap is None:
+            return
+        async with self._floor_lock:
+            if not self._floor_kept:
+                # Stored before any later frame is handled: if the bridge dies before the gap
+                # is spooled, the next start recovers from here, not from a later live event.
+                await asyncio.to_thread(self.spool.set_state, RECOVER_AFTER, _gap_text(gap))
+                self._floor_kept = True
+            self._gaps.append(gap)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(), name="neuroio-bridge-recovery")
+
+    async def _recover(self) -> None:
+        assert self.pipeline is not None and self.spool is not None
+        spool, pipeline = self.spool, self.pipeline
+        api_url = self.config.api_url or getattr(self.listener, "api_url", None) or DEFAULT_API_URL
+        async with aiohttp.ClientSession() as session:
+            client = EntriesClient(
+                session,
+                api_url,
+                self._token,
+                backoff=Backoff(self.config.reconnect_delay, self.config.max_reconnect_delay),
+                closing=lambda: self._state == "closed",
+            )
+            while True:
+                while self._gaps:
+                    gap = self._gaps[0]
+                    try:
+                        entries = await client.missed(gap)
+                    except BackfillError as exc:
+                        self.backfill_error = exc
+                        log.error("gap recovery failed (retried at the next start): %s", exc)
+                        self._gaps.clear()
+                        return
+                    if self._state == "closed":
+                        return
+                    entries = _limit(
+                        entries, self.config.backfill_max_events, self.config.backfill_max_age
+                    )
+                    for entry in entries:
+                        await pipeline.put_event({"id": entry["id"], "data": entry})
+                    self._gaps.pop(0)
+                    self.recovered += len(entries)
+                    if entries:
+                        log.info("recovered %d missed entries from the REST API", len(entries))
+                await pipeline.flush()
+                async with self._floor_lock:
+                    if self._gaps:
+                        continue  # a reconnect during the flush
+                    if self._state == "closed" or self.backfill_error is not None:
+                        return  # the stored start stays for the next run
+                    await asyncio.to_thread(spool.set_state, RECOVER_AFTER, None)
+                    self._floor_kept = False
+                    return
 
     async def run(self) -> None:
         """Start (if needed) and run until :meth:`close` or cancellation.
@@ -815,6 +947,10 @@ class Bridge:
         self._state = "closed"
         if self.listener is not None:
             await self.listener.close()
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
         if self._listen_task is not None:
             if not self._listen_task.done():
                 self._listen_task.cancel()
@@ -877,6 +1013,48 @@ class Bridge:
             "connection": state,
             "sinks": sinks,
         }
+
+
+def _gap_text(gap: GapStart) -> str:
+    if gap.last_id is not None:
+        return str(gap.last_id)
+    assert gap.since_time is not None
+    return gap.since_time.isoformat()
+
+
+def _limit(
+    entries: list[dict[str, Any]], max_events: int | None, max_age: float | None
+) -> list[dict[str, Any]]:
+    """Apply ``backfill_max_age`` and ``backfill_max_events`` (entries sorted by id)."""
+    if max_age is not None:
+        oldest = datetime.fromtimestamp(time.time() - max_age, timezone.utc)
+        kept = []
+        for entry in entries:
+            created = entry.get("created")
+            try:
+                moment = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+            except ValueError:
+                kept.append(entry)  # no usable time: keep rather than lose
+                continue
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            if moment >= oldest:
+                kept.append(entry)
+        if len(kept) < len(entries):
+            log.warning(
+                "gap recovery skipped %d entries older than %.0f s (backfill_max_age)",
+                len(entries) - len(kept),
+                max_age,
+            )
+        entries = kept
+    if max_events is not None and len(entries) > max_events:
+        log.warning(
+            "gap recovery skipped the %d oldest of %d missed entries (backfill_max_events)",
+            len(entries) - max_events,
+            len(entries),
+        )
+        entries = entries[len(entries) - max_events :]
+    return entries
 
 
 def _validate(config: BridgeConfig) -> None:

@@ -14,7 +14,9 @@ its own cursor, and a row is removed once every sink's cursor has passed it. Lay
 ``dead_letters``
     events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
 ``state``
-    free key/value pairs for other parts of the bridge (the gap-recovery cursor).
+    key/value pairs: the highest event id committed and its ``created`` (kept up to date
+    with every commit, so a restarted bridge knows where gap recovery starts), and any
+    other state a caller stores with :meth:`Spool.set_state`.
 
 Only one process may use a spool: a ``<spool>.lock`` file is locked (``flock``) for as long as
 the spool is open, and the kernel releases it if the process is killed.
@@ -41,6 +43,8 @@ from .exceptions import ConfigurationError, SpoolError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "LAST_EVENT_CREATED",
+    "LAST_EVENT_ID",
     "ROW_OVERHEAD",
     "DeadLetter",
     "Spool",
@@ -55,6 +59,11 @@ DEFAULT_MAX_BYTES = 1 << 30
 
 ROW_OVERHEAD = 48
 """Bytes counted per stored event on top of its JSON: the row's other columns and index entry."""
+
+LAST_EVENT_ID = "last_event_id"
+"""State key: the highest event id committed (see :attr:`Spool.last_event_id`)."""
+LAST_EVENT_CREATED = "last_event_created"
+"""State key: the ``created`` of that event, as the platform wrote it."""
 
 _SCHEMA_VERSION = 1
 _OUR_TABLES = frozenset({"events", "cursors", "delivered", "dead_letters", "state", "meta"})
@@ -320,6 +329,10 @@ class Spool:
             conn.execute("SELECT sink, seq FROM cursors").fetchall()
         )
         self._dead_letters: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        row = conn.execute("SELECT value FROM state WHERE key = ?", (LAST_EVENT_ID,)).fetchone()
+        self._newest_id: int | None = (
+            int(row[0]) if row and str(row[0]).lstrip("-").isdigit() else None
+        )
 
     # -- properties ------------------------------------------------------------------------
 
@@ -396,6 +409,7 @@ class Spool:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     stored = self._insert(conn, events) if events else []
+                    newest = self._record_newest(conn, stored)
                     moved = self._ack(conn, acks) if acks else False
                     pruned = self._prune(conn) if moved else None
                     conn.execute(
@@ -413,6 +427,8 @@ class Spool:
             except sqlite3.Error as exc:
                 raise self._fail("write failed", exc) from exc
             self._last_seq += len(stored)
+            if newest is not None:
+                self._newest_id = newest
             self._rows += len(stored)
             self._bytes += sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
             if pruned is not None:
@@ -448,6 +464,36 @@ class Spool:
                 [(e.seq, e.id, e.payload, e.received_at) for e in stored],
             )
         return stored
+
+    def _record_newest(self, conn: sqlite3.Connection, stored: list[SpooledEvent]) -> int | None:
+        # The highest event id ever spooled, and its ``created``, for gap recovery after a
+        # restart. Written in the same transaction as the events, so it never runs ahead.
+        if not stored:
+            return None
+        best = max(stored, key=lambda e: e.id)
+        if self._newest_id is not None and best.id <= self._newest_id:
+            return None
+        created: Any = None
+        try:
+            data = best.json().get("data")
+            if isinstance(data, dict):
+                created = data.get("created")
+        except (msgspec.DecodeError, AttributeError):
+            pass
+        rows = [(LAST_EVENT_ID, str(best.id))]
+        if isinstance(created, str):
+            rows.append((LAST_EVENT_CREATED, created))
+        conn.executemany(
+            "INSERT INTO state(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rows,
+        )
+        return best.id
+
+    @property
+    def last_event_id(self) -> int | None:
+        """The highest event id ever committed to this spool (kept after pruning)."""
+        return self._newest_id
 
     def _ack(self, conn: sqlite3.Connection, acks: Mapping[str, int]) -> bool:
         now = time.time()
