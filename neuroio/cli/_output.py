@@ -26,8 +26,8 @@ import msgspec
 from rich.console import Console
 from rich.text import Text
 
-from ..messages import AuthOk, Pong, ServerError, UnknownMessage
-from ..protocol import Kind, parse_message
+from .. import _redact
+from ..protocol import Kind
 from ..recording import write_all
 from ..stats import ListenerStats, State
 
@@ -80,7 +80,9 @@ class OutputWorker:
             status line is wiped before writing to them and redrawn after.
     """
 
-    def __init__(self, *, status_fd: int | None = None, shared_tty_fds: tuple[int, ...] = ()):
+    def __init__(
+        self, *, status_fd: int | None = None, shared_tty_fds: tuple[int, ...] = ()
+    ) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._status_fd = status_fd
         self._tty_fds = frozenset(shared_tty_fds) | (
@@ -300,8 +302,11 @@ class FrameFormatter:
         if not self.include_control:
             return None
         if self.fmt == "jsonl":
-            return encode_compact(value)
-        return (render(self._console, self._pretty_control(value)) + "\n").encode()
+            line = encode_compact(value).decode()
+        else:
+            line = render(self._console, self._pretty_control(value, kind)) + "\n"
+        # An error message may quote what the client sent; the token never goes out.
+        return _redact.redact(line).encode()
 
     def _pretty_event(self, value: dict[str, Any], backfilled: bool) -> Text:
         # Read from the decoded JSON, not a typed Entry: a field of an unexpected type or
@@ -333,23 +338,24 @@ class FrameFormatter:
             line.append("  (recovered)", style="dim italic")
         return line
 
-    def _pretty_control(self, value: Any) -> Text:
+    def _pretty_control(self, value: Any, kind: Kind) -> Text:
         line = Text()
         line.append(datetime.now().strftime("%H:%M:%S"), style="dim")
         line.append("  ")
-        try:
-            message = parse_message(_encoder.encode(value))
-        except Exception:
-            message = UnknownMessage(value)
-        if isinstance(message, AuthOk):
+        if kind is Kind.AUTH_OK:
             line.append("auth ok", style="green")
-        elif isinstance(message, Pong):
-            line.append(f"PING {message.value}", style="dim")
-        elif isinstance(message, ServerError):
-            line.append(f"error: {message.message}", style="bold red")
+        elif kind is Kind.PONG and isinstance(value, dict):
+            line.append(f"PING {_shown(value.get('PING'))}", style="dim")
+        elif kind in (Kind.ERROR, Kind.AUTH_REJECTED) and isinstance(value, dict):
+            detail = value.get("error", value.get("auth"))
+            line.append(f"error: {_shown(detail)}", style="bold red")
         else:
             line.append(f"message {_encoder.encode(value).decode()}", style="dim")
         return line
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else _encoder.encode(value).decode()
 
 
 class StatusLine:

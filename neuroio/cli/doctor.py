@@ -17,6 +17,7 @@ import ssl
 import statistics
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,7 @@ class Doctor:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 4.0,
         wait: float = 10.0,
-        report: Any = None,
+        report: Callable[[StepResult], None] | None = None,
     ) -> None:
         self.url = url
         self._token = token
@@ -131,7 +132,7 @@ class Doctor:
 
     async def run(self) -> int:
         """Run every step until one fails. Returns the exit code (0, 1, or 3 for AUTH)."""
-        steps: list[tuple[str, Any]] = [
+        steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
             ("URL", self._check_url),
             ("DNS", self._check_dns),
             ("TCP connect", self._check_tcp),
@@ -145,19 +146,20 @@ class Doctor:
             if ws is None:
                 return self.exit_code
             try:
-                for name, check in (
-                    ("AUTH", self._check_auth(ws)),
-                    ("PING/PONG", self._check_ping(ws)),
-                    ("First event", self._check_event(ws)),
-                ):
-                    if not await self._step(name, check):
+                on_socket: list[tuple[str, Callable[[Any], Awaitable[str]]]] = [
+                    ("AUTH", self._check_auth),
+                    ("PING/PONG", self._check_ping),
+                    ("First event", self._check_event),
+                ]
+                for name, socket_check in on_socket:
+                    if not await self._step(name, socket_check(ws)):
                         return self.exit_code
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), self.timeout)
         return self.exit_code
 
-    async def _step(self, name: str, check: Any) -> bool:
+    async def _step(self, name: str, check: Awaitable[str]) -> bool:
         try:
             detail = await check
         except _StepFailed as exc:
@@ -445,7 +447,7 @@ def _error_text(data: Any) -> str:
     return f"the server said {_redact.redact(text)!r}" if isinstance(text, str) else "an error"
 
 
-def _printer(console: Console) -> Any:
+def _printer(console: Console) -> Callable[[StepResult], None]:
     def report(result: StepResult) -> None:
         mark, style = _MARKS[result.status]
         line = Text()

@@ -110,6 +110,8 @@ class _Printer:
             return  # --count reached, or the output failed: what follows is not written
         received = time.time()
         backfilled = isinstance(frame, Backfilled)
+        if backfilled:
+            frame = str(frame)  # msgspec takes exact str only, not this subclass
         try:
             if self._record_fd is not None:
                 line = encode_record(frame, received, backfilled=backfilled)

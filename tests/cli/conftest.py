@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import ssl
@@ -22,8 +23,13 @@ TOKEN = "tok-7f3a9c1e5b2d4f60a8e1c3b5d7f9a2c4"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any NEUROIO_* variable, plus ``extra``."""
+    """The test process's environment without any NEUROIO_* variable, plus ``extra``.
+
+    Every Python warning is shown (unclosed sockets, unawaited coroutines, deprecations),
+    so that :meth:`Cli.finish` can require that there is none.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEUROIO_")}
+    env["PYTHONWARNINGS"] = "default"
     env.update(extra)
     return env
 
@@ -105,9 +111,10 @@ class Cli:
 
         Also checks that the API token never appeared on stdout or stderr.
         """
-        assert self.proc.stdout is not None
         try:
-            rest = await asyncio.wait_for(self.proc.stdout.read(), timeout)
+            rest = b""
+            if self.proc.stdout is not None:
+                rest = await asyncio.wait_for(self.proc.stdout.read(), timeout)
             code = await asyncio.wait_for(self.proc.wait(), timeout)
             await asyncio.wait_for(self._stderr_task, timeout)
         except asyncio.TimeoutError:
@@ -115,6 +122,8 @@ class Cli:
         self.stdout.extend(rest)
         assert TOKEN.encode() not in self.stdout, "the token leaked to stdout"
         assert TOKEN.encode() not in self.stderr, "the token leaked to stderr"
+        warnings = re.findall(rb"\w+Warning: .*", self.stderr)
+        assert not warnings, f"Python warnings in the child: {warnings}"
         return code
 
     @property
@@ -138,17 +147,20 @@ StartCli = Callable[..., Awaitable[Cli]]
 
 @pytest.fixture
 async def cli() -> AsyncIterator[StartCli]:
-    """Start ``python -m neuroio *args``; every child is killed at the end of the test."""
+    """Start ``python -m neuroio *args`` (stdout a pipe read with :meth:`Cli.line`, or a
+    descriptor given as ``stdout=``); every child is killed at the end of the test."""
     started: list[Cli] = []
 
-    async def start(*args: str, env: dict[str, str] | None = None) -> Cli:
+    async def start(
+        *args: str, env: dict[str, str] | None = None, stdout: int = asyncio.subprocess.PIPE
+    ) -> Cli:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "neuroio",
             *args,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=stdout,
             stderr=asyncio.subprocess.PIPE,
             env=env if env is not None else clean_env(),
         )

@@ -387,7 +387,8 @@ async def test_status_line_on_a_terminal_only(emulator: Emulator, token_file: Pa
         assert await asyncio.wait_for(proc.wait(), 5) == 0
         with contextlib.suppress(OSError):
             terminal.extend(os.read(master, 65536))
-        assert terminal.endswith(b"\r\x1b[K")  # the status line is transient
+        # The status line is transient: its last drawing is erased.
+        assert terminal.rfind(b"\r\x1b[K") > terminal.rfind(b"events ")
         assert TOKEN.encode() not in terminal
     finally:
         if proc.returncode is None:
@@ -447,3 +448,73 @@ async def test_wss_with_a_private_ca(
     )
     assert await refused.finish() == 4
     assert "certificate" in refused.err.lower()
+
+
+async def test_backfill_prints_and_records_what_was_missed(
+    cli: StartCli, token_file: Path, tmp_path: Path
+) -> None:
+    """--backfill: an event pushed while the connection was dead is fetched from the REST
+    API after the reconnect, printed in order, and recorded as backfilled."""
+    record = tmp_path / "gap.rec"
+    async with Emulator(tokens={TOKEN}, push_while_disconnected=False) as emulator:
+        proc = await cli(
+            "listen",
+            "--url",
+            emulator.url,
+            "--api-url",
+            emulator.api_url,
+            "--token-file",
+            str(token_file),
+            "--backfill",
+            "--record",
+            str(record),
+            "--ping-interval",
+            "0.1",
+            "--ping-timeout",
+            "0.3",
+            "--timeout",
+            "0.5",
+            "--reconnect-delay",
+            "0.05",
+        )
+        await emulator.wait_for_clients(1)
+        first = await emulator.emit()
+        assert await proc.line() == wire(first)
+        # The connection goes silent: the next event is lost for it, as on a dead network.
+        emulator.freeze(new_clients=True)
+        missed = await emulator.emit()
+        await emulator.wait_until(lambda: not emulator.clients[0].open)
+        emulator.unfreeze()
+        await emulator.wait_for_clients(2)
+        assert await proc.line() == wire(missed)
+        after = await emulator.emit()
+        assert await proc.line() == wire(after)
+        proc.send(signal.SIGTERM)
+        assert await proc.finish() == 0
+    recorded = [json.loads(line) for line in record.read_bytes().splitlines()]
+    backfilled = [r for r in recorded if r.get("backfilled")]
+    assert [json.loads(r["frame"])["id"] for r in backfilled] == [missed["id"]]
+
+
+async def test_a_closed_stdout_stops_with_status_1(
+    cli: StartCli, emulator: Emulator, token_file: Path
+) -> None:
+    """The reader of stdout went away (like `| head -1`): one line saying so, exit 1."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await cli(
+            "listen", "--url", emulator.url, "--token-file", str(token_file), stdout=write_fd
+        )
+    finally:
+        os.close(write_fd)
+    await emulator.wait_for_clients(1)
+    await emulator.emit()
+    with open(read_fd, "rb") as reader:  # closes read_fd
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, reader.readline), 5)
+        assert line.startswith(b'{"id":')
+    await emulator.emit()
+    assert await proc.finish() == 1
+    assert proc.err.splitlines()[-1] == (
+        "Error: stdout was closed by its reader (broken pipe); stopping"
+    )
