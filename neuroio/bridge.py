@@ -262,21 +262,17 @@ class Pipeline:
             log.warning("dropped a frame that is not valid JSON")
             return
         event_id = value.get("id") if isinstance(value, dict) else None
-        if (
-            not isinstance(event_id, int)
-            or isinstance(event_id, bool)
-            or not isinstance(value.get("data"), dict)
-        ):
+        if not _valid_id(event_id) or not isinstance(value.get("data"), dict):
             self.malformed += 1
-            log.warning("dropped an event frame without an integer id and an object data")
+            log.warning("dropped an event frame without a 64-bit integer id and an object data")
             return
         await self.put(event_id, _encoder.encode(value))
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
         event_id = event.get("id")
-        if not isinstance(event_id, int) or isinstance(event_id, bool):
-            raise ValueError("an event needs an integer 'id'")
+        if not _valid_id(event_id):
+            raise ValueError("an event needs a 64-bit integer 'id'")
         await self.put(event_id, _encoder.encode(event))
 
     async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
@@ -289,7 +285,10 @@ class Pipeline:
 
         Raises:
             SpoolError: the pipeline is closed.
+            ValueError: ``event_id`` is not a 64-bit integer (the spool could not store it).
         """
+        if not _valid_id(event_id):
+            raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
         while self._blocked():
             if self._closed:
                 break
@@ -403,7 +402,7 @@ class Pipeline:
             acks, self._acks = self._acks, {}
             try:
                 stored = await asyncio.to_thread(self.spool.write, events, acks)
-            except SpoolError as exc:
+            except Exception as exc:  # SpoolError, or a bug: never let the writer die
                 self._pending[:0] = events
                 for name, seq in acks.items():
                     self._acks[name] = max(seq, self._acks.get(name, 0))
@@ -1013,6 +1012,11 @@ class Bridge:
             "connection": state,
             "sinks": sinks,
         }
+
+
+def _valid_id(value: object) -> bool:
+    # SQLite integers are signed 64-bit; the platform's ids are far below that.
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _gap_text(gap: GapStart) -> str:

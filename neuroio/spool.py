@@ -9,8 +9,8 @@ its own cursor, and a row is removed once every sink's cursor has passed it. Lay
 ``cursors``
     per sink, the ``seq`` of the last event that sink confirmed.
 ``delivered``
-    the ids of the most recently pruned events (bounded by ``dedupe_window``), so an event
-    repeated after its row was pruned is not delivered a second time.
+    the highest ids of pruned events (about ``dedupe_window`` of them), so an event repeated
+    after its row was pruned is not delivered a second time.
 ``dead_letters``
     events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
 ``state``
@@ -28,6 +28,7 @@ the event loop keeps reading the socket while SQLite works.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -80,8 +81,7 @@ CREATE TABLE IF NOT EXISTS cursors (
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS delivered (
-    seq INTEGER PRIMARY KEY,
-    id INTEGER NOT NULL UNIQUE
+    id INTEGER PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -104,6 +104,15 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 # SQLite allows at least 32766 host parameters since 3.32; stay well below for older builds.
 _IN_CHUNK = 900
+
+_ROWS_PER_INSERT = 200
+
+
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO events(seq, id, payload, received_at) VALUES " + ",".join(
+        ["(?, ?, ?, ?)"] * rows
+    )
+
 
 _decoder = msgspec.json.Decoder()
 
@@ -165,6 +174,9 @@ class Spool:
             drop repeats.
         dead_letter_max: dead letters kept; the oldest are removed beyond it.
         check: run SQLite's ``quick_check`` at open (reads the whole file).
+        prune_rows, prune_interval: confirmed rows are deleted once this many are ready or
+            this many seconds passed since the last prune (deleting in ranges is cheaper);
+            at once when the spool is full.
 
     Raises:
         SpoolError: the file is not a spool, is corrupt, cannot be created or written, or is
@@ -181,6 +193,8 @@ class Spool:
         dedupe_window: int = 100_000,
         dead_letter_max: int = 100_000,
         check: bool = True,
+        prune_rows: int = 2000,
+        prune_interval: float = 0.5,
     ) -> None:
         if max_bytes is not None and max_bytes <= 0:
             raise ConfigurationError(f"spool max_bytes must be positive, got {max_bytes}")
@@ -195,6 +209,8 @@ class Spool:
         self.synchronous = synchronous
         self.dedupe_window = dedupe_window
         self.dead_letter_max = dead_letter_max
+        self.prune_rows = prune_rows
+        self.prune_interval = prune_interval
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._lock_fd: int | None = None
@@ -237,6 +253,7 @@ class Spool:
                     f"{mode!r}); put the spool on a local file system"
                 )
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            conn.execute("PRAGMA wal_autocheckpoint = 10000")
             if check:
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
@@ -325,6 +342,9 @@ class Spool:
         self._rows: int = rows
         self._bytes: int = int(payload_bytes) + ROW_OVERHEAD * rows
         self._pruned_upto: int = meta.get("pruned_upto", 0)
+        self._pruned_at = -math.inf
+        self._delivered: int = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
+        self._prune_deferred = False
         self._cursors: dict[str, int] = dict(
             conn.execute("SELECT sink, seq FROM cursors").fetchall()
         )
@@ -411,7 +431,7 @@ class Spool:
                     stored = self._insert(conn, events) if events else []
                     newest = self._record_newest(conn, stored)
                     moved = self._ack(conn, acks) if acks else False
-                    pruned = self._prune(conn) if moved else None
+                    pruned = self._prune(conn) if moved or self._prune_deferred else None
                     conn.execute(
                         "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('pruned_upto', ?) "
                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -421,8 +441,9 @@ class Spool:
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    # The in-memory cursors may have moved inside _ack: reload them.
+                    # The in-memory counters may have moved inside the transaction: reload.
                     self._cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
+                    self._delivered = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
                     raise
             except sqlite3.Error as exc:
                 raise self._fail("write failed", exc) from exc
@@ -442,8 +463,14 @@ class Spool:
     ) -> list[SpooledEvent]:
         ids = [e[0] for e in events]
         seen: set[int] = set()
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+        newest = self._newest_id
+        # Ids only grow in practice: a batch entirely above every id ever stored cannot
+        # repeat one, so the lookups are only needed for older ids (recovered gaps).
+        older = ids if newest is None else [i for i in ids if i <= newest]
+        if newest is None and not self._last_seq:
+            older = []
+        for start in range(0, len(older), _IN_CHUNK):
+            chunk = older[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             for table in ("events", "delivered"):
                 seen.update(
@@ -458,10 +485,21 @@ class Spool:
             seen.add(event_id)
             seq += 1
             stored.append(SpooledEvent(seq, event_id, payload, received_at))
-        if stored:
-            conn.executemany(
-                "INSERT INTO events(seq, id, payload, received_at) VALUES (?, ?, ?, ?)",
-                [(e.seq, e.id, e.payload, e.received_at) for e in stored],
+        # Many rows per statement: each statement releases and retakes the GIL once, not once
+        # per row, so the event loop thread is not slowed by the commit.
+        full, rest = divmod(len(stored), _ROWS_PER_INSERT)
+        if full:
+            sql = _insert_sql(_ROWS_PER_INSERT)
+            for i in range(full):
+                chunk = stored[i * _ROWS_PER_INSERT : (i + 1) * _ROWS_PER_INSERT]
+                conn.execute(
+                    sql, [v for e in chunk for v in (e.seq, e.id, e.payload, e.received_at)]
+                )
+        if rest:
+            chunk = stored[full * _ROWS_PER_INSERT :]
+            conn.execute(
+                _insert_sql(rest),
+                [v for e in chunk for v in (e.seq, e.id, e.payload, e.received_at)],
             )
         return stored
 
@@ -510,23 +548,43 @@ class Spool:
             moved = True
         return moved
 
-    def _prune(self, conn: sqlite3.Connection) -> tuple[int, int, int] | None:
+    def _prune(self, conn: sqlite3.Connection, force: bool = False) -> tuple[int, int, int] | None:
         if not self._cursors:
             return None
         upto = min(self._cursors.values())
         if upto <= self._pruned_upto:
+            self._prune_deferred = False
             return None
+        now = time.monotonic()
+        # Deleting in larger ranges costs less per row; a full spool prunes at once.
+        if (
+            upto - self._pruned_upto < self.prune_rows
+            and now - self._pruned_at < self.prune_interval
+        ):
+            if not (self.full or force):
+                self._prune_deferred = True
+                return None
+        self._prune_deferred = False
+        self._pruned_at = now
         rows, payload_bytes = conn.execute(
             "SELECT count(*), total(length(payload)) FROM events WHERE seq <= ?", (upto,)
         ).fetchone()
         if self.dedupe_window:
-            conn.execute(
-                "INSERT OR IGNORE INTO delivered(seq, id) "
-                "SELECT seq, id FROM events WHERE seq <= ?",
+            self._delivered += conn.execute(
+                "INSERT OR IGNORE INTO delivered(id) SELECT id FROM events WHERE seq <= ?",
                 (upto,),
-            )
-            # Pruned seqs are contiguous, so the newest ``dedupe_window`` ids are a seq range.
-            conn.execute("DELETE FROM delivered WHERE seq <= ?", (upto - self.dedupe_window,))
+            ).rowcount
+            # Trimmed in steps, keeping the highest ids: the walk to the cut-off is paid once
+            # per quarter window, not at every prune.
+            if self._delivered > self.dedupe_window * 5 // 4:
+                row = conn.execute(
+                    "SELECT id FROM delivered ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    (self.dedupe_window,),
+                ).fetchone()
+                if row is not None:
+                    self._delivered -= conn.execute(
+                        "DELETE FROM delivered WHERE id <= ?", (row[0],)
+                    ).rowcount
         conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
         return upto, rows, int(payload_bytes)
 
@@ -594,7 +652,7 @@ class Spool:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                pruned = self._prune(conn)
+                pruned = self._prune(conn, force=True)
                 if pruned:
                     conn.execute(
                         "INSERT INTO meta(key, value) VALUES ('pruned_upto', ?) "

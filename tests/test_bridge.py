@@ -83,7 +83,8 @@ async def test_events_reach_every_sink_in_order_as_sent(spool: Spool) -> None:
 
 
 async def test_repeated_and_malformed_events(spool: Spool) -> None:
-    """A repeated id is delivered once; an event frame without an integer id is dropped."""
+    """A repeated id is delivered once; an event frame without an integer id that SQLite can
+    hold is dropped (counted), and the pipeline goes on."""
     sink = MemorySink()
     pipeline = await run_pipeline(spool, [sink])
     try:
@@ -91,6 +92,8 @@ async def test_repeated_and_malformed_events(spool: Spool) -> None:
         await pipeline.handle(frame(1))
         await pipeline.handle('{"id": "x", "data": {}}')
         await pipeline.handle('{"id": 5, "data": []}')
+        await pipeline.handle('{"id":%d,"data":{}}' % 10**400)
+        await pipeline.handle('{"id":%d,"data":{}}' % 2**63)
         await pipeline.handle('{"id": 2, "data": {}}')
         await pipeline.wait_delivered(timeout=5)
         await pipeline.handle(frame(1))  # after delivery and prune
@@ -98,7 +101,9 @@ async def test_repeated_and_malformed_events(spool: Spool) -> None:
     finally:
         await pipeline.close()
     assert sink.ids == [1, 2]
-    assert pipeline.duplicates == 2 and pipeline.malformed == 2
+    assert pipeline.duplicates == 2 and pipeline.malformed == 4
+    with pytest.raises(ValueError):
+        await pipeline.put(2**63, b"{}")
 
 
 async def test_sink_down_then_up_loses_nothing(spool: Spool) -> None:

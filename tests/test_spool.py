@@ -50,7 +50,7 @@ def test_repeated_ids_are_stored_once(path: Path) -> None:
 
 def test_rows_pruned_only_when_every_sink_acked(path: Path) -> None:
     """A row stays until the slowest sink's cursor passed it; size accounting follows."""
-    with Spool(path) as spool:
+    with Spool(path, prune_rows=1) as spool:
         spool.register(["a", "b"])
         spool.write([ev(i) for i in range(1, 6)])
         per_row = len(ev(1)[1]) + ROW_OVERHEAD
@@ -66,6 +66,19 @@ def test_rows_pruned_only_when_every_sink_acked(path: Path) -> None:
         assert spool.cursors() == {"a": 5, "b": 5}
 
 
+def test_prune_waits_for_a_range_unless_full(path: Path) -> None:
+    """Confirmed rows are deleted in ranges (prune_rows) or after prune_interval."""
+    with Spool(path, prune_rows=3, prune_interval=3600) as spool:
+        spool.register(["a"])
+        spool.write([ev(i) for i in range(1, 6)])
+        spool.ack("a", 1)  # the first prune is immediate
+        assert spool.depth == 4
+        spool.ack("a", 3)
+        assert spool.depth == 4
+        spool.ack("a", 4)
+        assert spool.depth == 1
+
+
 def test_cursor_never_moves_back(path: Path) -> None:
     """An older acknowledgement does not rewind a cursor."""
     with Spool(path) as spool:
@@ -78,7 +91,7 @@ def test_cursor_never_moves_back(path: Path) -> None:
 
 def test_repeat_after_prune_is_dropped_within_window(path: Path) -> None:
     """Delivered and pruned ids are remembered (bounded) so a late repeat is not re-delivered."""
-    with Spool(path, dedupe_window=3) as spool:
+    with Spool(path, dedupe_window=3, prune_rows=1) as spool:
         spool.register(["a"])
         spool.write([ev(i) for i in range(1, 6)])
         spool.ack("a", 5)
@@ -107,7 +120,7 @@ def test_restart_keeps_events_cursors_and_sequence(path: Path) -> None:
 
 def test_sequence_continues_after_everything_was_pruned(path: Path) -> None:
     """Seq numbers are never reused, even when the spool was emptied before a restart."""
-    with Spool(path) as spool:
+    with Spool(path, prune_rows=1) as spool:
         spool.register(["a"])
         spool.write([ev(1), ev(2)])
         spool.ack("a", 2)
@@ -117,7 +130,7 @@ def test_sequence_continues_after_everything_was_pruned(path: Path) -> None:
 
 def test_new_sink_gets_backlog_and_removed_sink_releases_rows(path: Path) -> None:
     """A new sink starts at the oldest held event; a removed sink's cursor is dropped."""
-    with Spool(path) as spool:
+    with Spool(path, prune_rows=1) as spool:
         spool.register(["a", "b"])
         spool.write([ev(i) for i in range(1, 5)])
         spool.ack("a", 4)
@@ -133,7 +146,7 @@ def test_new_sink_gets_backlog_and_removed_sink_releases_rows(path: Path) -> Non
 def test_full_when_limit_reached_and_room_after_prune(path: Path) -> None:
     """``full`` turns on at max_bytes and off once acknowledged rows are pruned."""
     per_row = len(ev(1)[1]) + ROW_OVERHEAD
-    with Spool(path, max_bytes=3 * per_row) as spool:
+    with Spool(path, max_bytes=3 * per_row, prune_rows=10**6, prune_interval=3600) as spool:
         spool.register(["a"])
         spool.write([ev(1), ev(2)])
         assert not spool.full

@@ -1,0 +1,433 @@
+"""Benchmark of the bridge: socket → spool → sinks, beside the bare listener.
+
+A load server in its own process (``bench/_loadserver.py``) pushes realistic events (about
+850 bytes each) as fast as the socket takes them. Each variant runs in a fresh process:
+
+* ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
+* ``file`` / ``redis`` / ``nats``: a :class:`neuroio.bridge.Bridge` with a fresh spool
+  (``synchronous=full``: every commit synced) and that one sink; the clock runs from the first
+  event received to the last event confirmed by the sink;
+* ``all``: one bridge delivering to the three sinks at once.
+
+Then the delivery latency (an event received by the bridge → confirmed by the sink) at a
+steady ``--rate`` events/s for each sink, and, per variant, the peak RSS of its process.
+
+Usage::
+
+    .venv/bin/python bench/bridge.py            # about a minute
+    .venv/bin/python bench/bridge.py --quick    # a smoke run
+
+Redis on 127.0.0.1:6379 (db 14) and NATS JetStream on 127.0.0.1:4222 must be running; each run
+uses its own stream and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from neuroio.sinks import Sink
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TOKEN = "bench-token"
+REDIS = "redis://127.0.0.1:6379/14"
+NATS = "nats://127.0.0.1:4222"
+TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000}
+TARGET_P99_MS = 50.0
+TARGET_RSS_MB = 150.0
+
+
+# ---------------------------------------------------------------------------- child side
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
+    uris = {
+        "file": f"file:{tmp / 'events.jsonl'}",
+        "redis": f"{REDIS}?stream=bench:{tag}",
+        "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
+    }
+    return list(uris.values()) if kind == "all" else [uris[kind]]
+
+
+async def _cleanup(uris: Sequence[str], tag: str) -> None:
+    if any(u.startswith("redis") for u in uris):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS)
+        batch: list[bytes] = []
+        async for key in client.scan_iter(f"bench:{tag}*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+        await client.aclose()
+    if any(u.startswith("nats") for u in uris):
+        import nats
+
+        nc = await nats.connect(NATS)
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(f"BENCH{tag.upper()}")
+        await nc.close()
+
+
+async def child_bare(url: str, events: int) -> dict[str, Any]:
+    """Events/s through the listener alone, counting events in the handler."""
+    from neuroio import EventListener
+
+    done = asyncio.Event()
+    count = 0
+    first = 0.0
+
+    async def handler(message: str | bytes) -> None:
+        nonlocal count, first
+        if isinstance(message, str) and message.startswith('{"id":'):
+            if count == 0:
+                first = time.perf_counter()
+            count += 1
+            if count >= events:
+                done.set()
+
+    listener = EventListener(TOKEN, handler, url=url, ping_interval=5.0)
+    task = asyncio.create_task(listener.listen())
+    await asyncio.wait_for(done.wait(), 300)
+    seconds = time.perf_counter() - first
+    await listener.close()
+    await task
+    return {"events": count, "seconds": seconds, "rate": (count - 1) / seconds}
+
+
+class _TimedSink(Sink):
+    """Wraps a sink to record, per event, how long after receiving it the sink confirmed it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_batch = inner.max_batch
+        self.received: list[float] = []
+        self.sent: list[float] = []
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def send(self, events: Sequence[Any]) -> None:
+        await self.inner.send(events)
+        now = time.time()
+        for event in events:
+            self.received.append(now - event.received_at)
+            sent_at = event.json()["data"].get("sent_at")
+            if sent_at is not None:
+                self.sent.append(now - sent_at)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def child_bridge(
+    url: str, events: int, kind: str, timed: bool, spool_sync: str = "full"
+) -> dict[str, Any]:
+    """Events/s from the socket through the spool into the sinks (or latency when timed)."""
+    from neuroio.bridge import Bridge
+    from neuroio.sinks import from_uri
+
+    tag = uuid.uuid4().hex[:10]
+    with tempfile.TemporaryDirectory(prefix="neuroio-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        uris = _sink_uris(kind, tmp, tag)
+        sinks: list[Any] = [from_uri(u) for u in uris]
+        if timed:
+            sinks = [_TimedSink(s) for s in sinks]
+        bridge = Bridge(
+            TOKEN,
+            sinks,
+            url=url,
+            spool=tmp / "spool.db",
+            spool_sync=spool_sync,
+            backfill=False,
+            ping_interval=5.0,
+        )
+        try:
+            await bridge.start()
+            assert bridge.pipeline is not None
+            pipeline = bridge.pipeline
+            first = 0.0
+            while pipeline.received == 0 and not pipeline._pending:
+                await asyncio.sleep(0.001)
+            first = time.perf_counter()
+            deadline = time.monotonic() + 600
+            while min(s.cursor for s in pipeline.status.values()) < events:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("events not delivered")
+                await asyncio.sleep(0.002)
+            seconds = time.perf_counter() - first
+            result: dict[str, Any] = {
+                "events": events,
+                "seconds": seconds,
+                "rate": events / seconds,
+                "spool_file_mb": bridge.spool.file_bytes() / 2**20 if bridge.spool else 0,
+            }
+            if timed:
+                for t in sinks:
+                    result.setdefault("latency", {})[t.name.split(":")[0]] = {
+                        "received_p50_ms": _pct(t.received, 0.5) * 1000,
+                        "received_p99_ms": _pct(t.received, 0.99) * 1000,
+                        "received_max_ms": max(t.received) * 1000,
+                        "sent_p50_ms": _pct(t.sent, 0.5) * 1000,
+                        "sent_p99_ms": _pct(t.sent, 0.99) * 1000,
+                    }
+        finally:
+            await bridge.close()
+            await _cleanup(uris, tag)
+    return result
+
+
+def _pct(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
+
+
+async def child_main(args: argparse.Namespace) -> None:
+    if args.child == "bare":
+        result = await child_bare(args.url, args.events)
+    else:
+        result = await child_bridge(args.url, args.events, args.child, args.timed, args.spool_sync)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+class LoadServer:
+    """The load server process."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._n = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(BENCH / "_loadserver.py"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
+        self.port = hello["port"]
+        self._drain = asyncio.create_task(self._discard())
+
+    async def _discard(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for _ in self.proc.stdout:
+            pass
+
+    def url(self, **params: Any) -> str:
+        self._n += 1
+        query = "&".join(f"{k}={v}" for k, v in {**params, "tag": f"b{self._n}"}.items())
+        return f"ws://127.0.0.1:{self.port}/?{query}"
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self._drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._drain
+
+
+async def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {"error": f"no result within {timeout:.0f} s"}
+    lines = out.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (err.decode().strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def parent_main(args: argparse.Namespace) -> int:
+    server = LoadServer()
+    await server.start()
+    failures: list[str] = []
+    summary: dict[str, Any] = {"throughput": {}, "latency": {}}
+    try:
+        say(f"bridge benchmark on {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}; {args.events} events per run, "
+            f"{args.repeat} runs per variant (median)")  # fmt: skip
+        say()
+        say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
+        rates: dict[str, list[float]] = {}
+        rss: dict[str, float] = {}
+        variants = ["bare", "file", "redis", "nats", "all"]
+        for _ in range(args.repeat):
+            for variant in variants:
+                url = server.url(n=args.events)
+                result = await run_child(
+                    [
+                        "--child",
+                        variant,
+                        "--url",
+                        url,
+                        "--events",
+                        str(args.events),
+                        "--spool-sync",
+                        args.spool_sync,
+                    ],
+                    900,
+                )
+                if "error" in result:
+                    failures.append(f"{variant}: {result['error']}")
+                    continue
+                rates.setdefault(variant, []).append(result["rate"])
+                rss[variant] = max(rss.get(variant, 0.0), result["peak_rss_mb"])
+        bare = statistics.median(rates["bare"]) if rates.get("bare") else float("nan")
+        for variant in variants:
+            if variant not in rates:
+                continue
+            rate = statistics.median(rates[variant])
+            runs = ", ".join(f"{r:,.0f}" for r in rates[variant])
+            say(f"{variant:<8} {rate:>10,.0f} {rate / bare:>8.2f} {rss[variant]:>7.1f}MB  {runs}")
+            summary["throughput"][variant] = {"rate": rate, "peak_rss_mb": rss[variant]}
+            target = TARGETS.get(variant)
+            if target is not None and rate < target:
+                failures.append(f"{variant}: {rate:,.0f} events/s < target {target:,}")
+            if rss[variant] > TARGET_RSS_MB:
+                failures.append(f"{variant}: peak RSS {rss[variant]:.1f} MB > {TARGET_RSS_MB}")
+        say()
+        count = int(args.rate * args.latency_seconds)
+        say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
+        say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
+            f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
+        for variant in ("file", "redis", "nats"):
+            url = server.url(n=count, mode="rate", rate=args.rate)
+            result = await run_child(
+                [
+                    "--child",
+                    variant,
+                    "--url",
+                    url,
+                    "--events",
+                    str(count),
+                    "--timed",
+                    "--spool-sync",
+                    args.spool_sync,
+                ],
+                900,
+            )
+            if "error" in result:
+                failures.append(f"latency {variant}: {result['error']}")
+                continue
+            lat = next(iter(result["latency"].values()))
+            say(
+                f"{variant:<8} {lat['received_p50_ms']:>12.2f} {lat['received_p99_ms']:>8.2f} "
+                f"{lat['received_max_ms']:>8.2f} {lat['sent_p50_ms']:>12.2f} "
+                f"{lat['sent_p99_ms']:>8.2f} {result['peak_rss_mb']:>7.1f}MB"
+            )
+            summary["latency"][variant] = lat
+            if lat["received_p99_ms"] >= TARGET_P99_MS:
+                failures.append(
+                    f"latency {variant}: p99 {lat['received_p99_ms']:.1f} ms >= {TARGET_P99_MS}"
+                )
+            if result["peak_rss_mb"] > TARGET_RSS_MB:
+                failures.append(f"latency {variant}: peak RSS {result['peak_rss_mb']:.1f} MB")
+    finally:
+        await server.stop()
+    say()
+    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, p99 < 50 ms, RSS < 150 MB")
+    for failure in failures:
+        say(f"MISSED  {failure}")
+    if not failures:
+        say("all targets met")
+    say(json.dumps(summary))
+    return 1 if failures else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per variant")
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency run rate, events/s")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--spool-sync",
+        choices=["full", "normal"],
+        default="full",
+        help="the spool's synchronous level (the bridge's default is full)",
+    )
+    parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.repeat, args.latency_seconds = 50_000, 1, 3.0
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    runner: Any = asyncio.run
+    if not args.asyncio:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            runner = uvloop.run
+    if args.child:
+        runner(child_main(args))
+    else:
+        sys.exit(runner(parent_main(args)))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
