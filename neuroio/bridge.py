@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import aiohttp
 import msgspec
@@ -1014,7 +1014,7 @@ class Bridge:
         }
 
 
-def _valid_id(value: object) -> bool:
+def _valid_id(value: object) -> TypeGuard[int]:
     # SQLite integers are signed 64-bit; the platform's ids are far below that.
     return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 

@@ -470,12 +470,14 @@ class Spool:
         if newest is None and not self._last_seq:
             older = []
         for start in range(0, len(older), _IN_CHUNK):
-            chunk = older[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+            some_ids = older[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(some_ids))
             for table in ("events", "delivered"):
                 seen.update(
                     row[0]
-                    for row in conn.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)
+                    for row in conn.execute(
+                        f"SELECT id FROM {table} WHERE id IN ({marks})", some_ids
+                    )
                 )
         stored: list[SpooledEvent] = []
         seq = self._last_seq

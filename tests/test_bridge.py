@@ -92,8 +92,8 @@ async def test_repeated_and_malformed_events(spool: Spool) -> None:
         await pipeline.handle(frame(1))
         await pipeline.handle('{"id": "x", "data": {}}')
         await pipeline.handle('{"id": 5, "data": []}')
-        await pipeline.handle('{"id":%d,"data":{}}' % 10**400)
-        await pipeline.handle('{"id":%d,"data":{}}' % 2**63)
+        await pipeline.handle(f'{{"id":{10**400},"data":{{}}}}')
+        await pipeline.handle(f'{{"id":{2**63},"data":{{}}}}')
         await pipeline.handle('{"id": 2, "data": {}}')
         await pipeline.wait_delivered(timeout=5)
         await pipeline.handle(frame(1))  # after delivery and prune
