@@ -199,6 +199,7 @@ def _latency_result(samples: list[float]) -> dict[str, Any]:
     return {
         "events": len(samples),
         "p50_ms": percentile(samples, 0.50) * 1000,
+        "p90_ms": percentile(samples, 0.90) * 1000,
         "p99_ms": percentile(samples, 0.99) * 1000,
         "max_ms": samples[-1] * 1000 if samples else float("nan"),
     }

@@ -5,7 +5,7 @@ protocol (``shared/seed/protocol.md``: AUTH -> ``{"auth": "ok"}``, PING -> ``{"P
 to serve any client, and it sends events as pre-encoded frames: a block of templates is built
 once, and each block sent only has its entry ids rewritten in place (ids keep increasing, so a
 client that watches for gaps or duplicates sees a clean stream). That leaves the server with a
-few microseconds of work per event, far less than any client spends receiving one.
+fraction of a microsecond of work per event, far less than any client spends receiving one.
 
 Each connection is configured by its URL query:
 
@@ -144,7 +144,7 @@ class _Block:
             total += len(frame)
             self.ends.append(total)
         self.template = b"".join(frames)
-        self.payload_bytes = sum(len(f) for f in frames) / len(frames)
+        self.mean_frame = sum(len(f) for f in frames) / len(frames)
 
     def render(self, first_id: int, count: int) -> bytes:
         """The first ``count`` frames, numbered ``first_id``, ``first_id + 1``, ..."""
@@ -170,7 +170,7 @@ class _Server:
             _Block(self._pool[i : i + _BLOCK]) for i in range(0, len(self._pool), _BLOCK)
         ]
         self._next_id = _ID_BASE
-        self.frame_bytes = sum(b.payload_bytes for b in self._blocks) / len(self._blocks)
+        self.frame_bytes = sum(b.mean_frame for b in self._blocks) / len(self._blocks)
 
     def _take_ids(self, count: int) -> int:
         first = self._next_id
@@ -357,7 +357,7 @@ async def serve(
     *,
     seed: int = 1,
     report: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[asyncio.Server, float, str]:
+) -> tuple[asyncio.Server, float]:
     """Start the load server.
 
     Returns:

@@ -67,6 +67,7 @@ async def _main(args: argparse.Namespace) -> None:
         result = {
             "events": len(samples),
             "p50_ms": percentile(samples, 0.50) * 1000,
+            "p90_ms": percentile(samples, 0.90) * 1000,
             "p99_ms": percentile(samples, 0.99) * 1000,
             "max_ms": samples[-1] * 1000,
         }

@@ -63,6 +63,7 @@ LABELS = {
 BASELINE = {"raw": "bare", "typed": "bare-typed", "bare-typed": "bare", "null": "bare"}
 TARGETS = {"raw": (0.85, 3.0), "typed": (0.85, 2.5)}  # (x bare baseline, x reference)
 RSS_LIMIT_MB = 60.0
+SECTIONS = ("throughput", "memory", "stuck", "latency", "profile")
 
 
 def say(text: str = "") -> None:
@@ -378,8 +379,8 @@ class Bench:
             f"\n## Handler stuck forever ({loop}): the server pushes N events; client RSS once "
             "the server can send no more\n"
         )
-        say("| max_queue | N | server sent | queued (high water) | RSS at start | RSS | peak RSS |")
-        say("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        say("| max_queue | N | server sent | queued (high water) | RSS before connecting | RSS |")
+        say("| ---: | ---: | ---: | ---: | ---: | ---: |")
         out = self.results.setdefault("stuck", {})
         for max_queue in (16, 1024):
             rows = []
@@ -387,13 +388,12 @@ class Bench:
                 row = await self._stuck_once(loop, max_queue, n)
                 out[f"{max_queue}/{n}"] = row
                 if "error" in row:
-                    say(f"| {max_queue} | {n:,} | FAILED: {row['error']} | | | | |")
+                    say(f"| {max_queue} | {n:,} | FAILED: {row['error']} | | | |")
                     continue
                 rows.append(row)
                 say(
                     f"| {max_queue} | {n:,} | {row['sent']:,} | {row['queue_high_water']} "
-                    f"| {row['baseline_rss_kb'] / 1024:.1f} MB | {row['rss_kb'] / 1024:.1f} MB "
-                    f"| {row['peak_rss_kb'] / 1024:.1f} MB |"
+                    f"| {row['baseline_rss_kb'] / 1024:.1f} MB | {row['rss_kb'] / 1024:.1f} MB |"
                 )
             checks = self.results.setdefault("targets", [])
             if len(rows) == 2:
@@ -445,8 +445,8 @@ class Bench:
             f"\n## Latency, server send to handler call, at {args.latency_rate:,} events/s "
             f"({args.latency_events:,} events)\n"
         )
-        say("| variant | loop | p50 | p99 | max |")
-        say("| --- | --- | ---: | ---: | ---: |")
+        say("| variant | loop | p50 | p90 | p99 | max |")
+        say("| --- | --- | ---: | ---: | ---: | ---: |")
         out = self.results.setdefault("latency", {})
         timeout = 60 + 2 * args.latency_events / args.latency_rate
         for loop in args.loops:
@@ -461,11 +461,12 @@ class Bench:
                 )
                 out[f"{variant}/{loop}"] = result
                 if "error" in result:
-                    say(f"| {LABELS[variant]} | {loop} | FAILED: {result['error']} | | |")
+                    say(f"| {LABELS[variant]} | {loop} | FAILED: {result['error']} | | | |")
                     continue
                 say(
                     f"| {LABELS[variant]} | {loop} | {result['p50_ms']:.2f} ms "
-                    f"| {result['p99_ms']:.2f} ms | {result['max_ms']:.2f} ms |"
+                    f"| {result['p90_ms']:.2f} ms | {result['p99_ms']:.2f} ms "
+                    f"| {result['max_ms']:.2f} ms |"
                 )
 
     # -- profiles of the listener
@@ -519,7 +520,23 @@ def machine(server: LoadServer, ref_note: str) -> list[str]:
         except metadata.PackageNotFoundError:
             return "absent"
 
+    revision = "unknown revision"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "neuroio"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.split()[1::2]
+        revision = f"commit {head}"
+        if dirty:
+            shown = ", ".join(dirty[:4]) + (", ..." if len(dirty) > 4 else "")
+            revision += f" (uncommitted changes: {shown})"
     return [
+        f"- code: {revision}",
         f"- machine: {cpu}, {os.cpu_count()} cores{memory}; "
         f"{platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; aiohttp {version('aiohttp')}, "
@@ -555,11 +572,9 @@ async def amain(args: argparse.Namespace) -> int:
         say("\nneuroio.EventListener cannot be imported: listener variants skipped")
     bench = Bench(args, server, ref_python, ref_loops, listener_ok)
     try:
-        await bench.throughput()
-        await bench.memory()
-        await bench.stuck()
-        await bench.latency()
-        await bench.profile()
+        for section in SECTIONS:
+            if section in args.only:
+                await getattr(bench, section)()
     finally:
         await server.stop()
     bench.report_targets()
@@ -594,6 +609,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="small runs, one repetition: a smoke test"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this part (repeatable); default: all but profile",
+    )
     parser.add_argument("--profile", metavar="DIR", help="also cProfile the listener variants")
     parser.add_argument("--json", metavar="FILE", help="write every measurement here")
     args = parser.parse_args(argv)
@@ -604,6 +625,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.stuck_events = min(args.stuck_events, 40_000)
         args.latency_events = min(args.latency_events, 1_000)
     args.loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
+    if not args.only:
+        args.only = [section for section in SECTIONS if section != "profile" or args.profile]
+    elif "profile" in args.only and not args.profile:
+        parser.error("--only profile needs --profile DIR")
     return args
 
 
