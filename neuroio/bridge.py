@@ -80,9 +80,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 # Committed events kept in memory so a sink that keeps up reads them without a query.
-_TAIL = 16_384
+_TAIL = 8192
+# Events per transaction: large enough to amortise a commit, small enough to bound the memory
+# a commit holds (SQLite copies the segment it writes).
+_MAX_COMMIT = 4096
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
+_NO_ID = -(2**63) - 1
 # Spool state key: where gap recovery must start if the bridge stops before it finished.
 RECOVER_AFTER = "recover_after"
 
@@ -170,8 +174,7 @@ class Pipeline:
         """Frames that looked like events but had no integer ``id`` or object ``data``."""
         self.paused_since: float | None = None
         """``time.monotonic()`` since :meth:`put` has been waiting for room, else ``None``."""
-        self.newest_id: int | None = None
-        """The highest event id queued since the pipeline started."""
+        self._newest = _NO_ID
         self._full_episode = False
         self._full_warned_at = -math.inf
         self._pending: list[tuple[int, bytes, float]] = []
@@ -250,30 +253,31 @@ class Pipeline:
         The event is kept as the server sent it, every field included, re-encoded as compact
         JSON. Waits while the spool is full (so the listener pauses the socket).
         """
-        if classify(raw) is not Kind.EVENT:
-            return
-        if type(raw) is not str and isinstance(raw, str):
-            # Recovered frames are a str subclass, which msgspec does not decode.
-            raw = str(raw)
+        # Events dominate the stream and start this way (protocol.classify's fast path too).
+        if raw.__class__ is not str or not raw.startswith('{"id":'):
+            if classify(raw) is not Kind.EVENT:
+                return
+            if isinstance(raw, str):
+                raw = str(raw)  # a str subclass (recovered frames): msgspec wants str itself
         try:
             value = _decoder.decode(raw)
         except msgspec.DecodeError:
             self.malformed += 1
             log.warning("dropped a frame that is not valid JSON")
             return
-        event_id = value.get("id") if isinstance(value, dict) else None
-        if not _valid_id(event_id) or not isinstance(value.get("data"), dict):
+        event_id = value.get("id") if value.__class__ is dict else None
+        if not _valid_id(event_id) or value.get("data").__class__ is not dict:
             self.malformed += 1
             log.warning("dropped an event frame without a 64-bit integer id and an object data")
             return
-        await self.put(event_id, _encoder.encode(value))
+        await self._put(event_id, _encoder.encode(value), time.time())
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
         event_id = event.get("id")
         if not _valid_id(event_id):
             raise ValueError("an event needs a 64-bit integer 'id'")
-        await self.put(event_id, _encoder.encode(event))
+        await self._put(event_id, _encoder.encode(event), time.time())
 
     async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
         """Queue one event for the next commit, waiting while the spool is full.
@@ -289,6 +293,19 @@ class Pipeline:
         """
         if not _valid_id(event_id):
             raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
+        await self._put(event_id, payload, time.time() if received_at is None else received_at)
+
+    async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
+        if self._closed or self._blocked():
+            await self._wait_for_room()
+        if event_id > self._newest:
+            self._newest = event_id
+        self._pending.append((event_id, payload, received_at))
+        self._pending_bytes += len(payload) + ROW_OVERHEAD
+        self._enqueued += 1
+        self._wake_writer.set()
+
+    async def _wait_for_room(self) -> None:
         while self._blocked():
             if self._closed:
                 break
@@ -299,12 +316,11 @@ class Pipeline:
             raise SpoolError("the bridge is closed; the event was not spooled")
         if self.paused_since is not None:
             self._leave_pause()
-        self._pending.append(
-            (event_id, payload, time.time() if received_at is None else received_at)
-        )
-        self._pending_bytes += len(payload) + ROW_OVERHEAD
-        self._enqueued += 1
-        self._wake_writer.set()
+
+    @property
+    def newest_id(self) -> int | None:
+        """The highest event id queued since the pipeline started."""
+        return None if self._newest == _NO_ID else self._newest
 
     def _blocked(self) -> bool:
         if len(self._pending) >= self.max_pending:
@@ -398,7 +414,11 @@ class Pipeline:
                 await self._wake_writer.wait()
                 continue
             # Everything queued while the previous commit ran goes into this one.
-            events, self._pending = self._pending, []
+            if len(self._pending) <= _MAX_COMMIT:
+                events, self._pending = self._pending, []
+            else:
+                events = self._pending[:_MAX_COMMIT]
+                del self._pending[:_MAX_COMMIT]
             acks, self._acks = self._acks, {}
             try:
                 stored = await asyncio.to_thread(self.spool.write, events, acks)
@@ -847,7 +867,9 @@ class Bridge:
                     gap = GapStart(last_id=last)
         elif self.config.backfill:
             # Every frame of the lost connection was handled before this AUTH answer.
-            newest = self.pipeline.newest_id or self.spool.last_event_id
+            newest = self.pipeline.newest_id
+            if newest is None:
+                newest = self.spool.last_event_id
             if newest is not None:
                 gap = GapStart(last_id=newest)
             else:

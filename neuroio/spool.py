@@ -1,16 +1,20 @@
 """The bridge's durable spool: a SQLite database (WAL mode) between the socket and the sinks.
 
-An event counts as received once it is committed here. Each sink reads the spool in order with
-its own cursor, and a row is removed once every sink's cursor has passed it. Layout:
+An event counts as received once it is committed here. Each event has a ``seq``: its position
+in the spool, contiguous. Each sink reads the spool in order with its own cursor, and events are
+removed once every sink's cursor has passed them. Layout:
 
-``events``
-    one row per event: ``seq`` (the spool order, contiguous), ``id`` (the event id, UNIQUE so a
-    repeated event is stored once), the event's compact JSON and the time it was received.
+``segments``
+    the events of one commit in one row: their ids, receive times, lengths and JSON documents
+    packed side by side. Writing a few large rows instead of many small ones is what lets a
+    commit keep up with tens of thousands of events a second; a segment is deleted once every
+    sink confirmed its last event.
+``ids``
+    every event id in the spool, and those of the most recently removed events (about
+    ``dedupe_window`` of them): a repeated event is stored once, even when it arrives after
+    the first copy was delivered and removed.
 ``cursors``
     per sink, the ``seq`` of the last event that sink confirmed.
-``delivered``
-    the highest ids of pruned events (about ``dedupe_window`` of them), so an event repeated
-    after its row was pruned is not delivered a second time.
 ``dead_letters``
     events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
 ``state``
@@ -31,8 +35,10 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,21 +73,25 @@ LAST_EVENT_CREATED = "last_event_created"
 """State key: the ``created`` of that event, as the platform wrote it."""
 
 _SCHEMA_VERSION = 1
-_OUR_TABLES = frozenset({"events", "cursors", "delivered", "dead_letters", "state", "meta"})
+_OUR_TABLES = frozenset({"segments", "ids", "cursors", "dead_letters", "state", "meta"})
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    id INTEGER NOT NULL UNIQUE,
-    payload BLOB NOT NULL,
-    received_at REAL NOT NULL
+CREATE TABLE IF NOT EXISTS segments (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    ids BLOB NOT NULL,
+    times BLOB NOT NULL,
+    lengths BLOB NOT NULL,
+    payloads BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ids (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS delivered (
-    id INTEGER PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,13 +115,47 @@ CREATE TABLE IF NOT EXISTS meta (
 # SQLite allows at least 32766 host parameters since 3.32; stay well below for older builds.
 _IN_CHUNK = 900
 
-_ROWS_PER_INSERT = 200
+_IDS_PER_INSERT = 500
+_PAGE_SIZE = 65536
+_CHECKPOINT_BYTES = 40 << 20
+_LITTLE = sys.byteorder == "little"
 
 
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO events(seq, id, payload, received_at) VALUES " + ",".join(
-        ["(?, ?, ?, ?)"] * rows
-    )
+def _ids_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO ids(id, seq) VALUES " + ",".join(["(?, ?)"] * rows)
+
+
+def _pack(kind: str, values: list[Any]) -> bytes:
+    packed = array(kind, values)
+    if not _LITTLE:  # stored little-endian, so a spool moves between machines
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(kind: str, data: bytes) -> array[Any]:
+    packed = array(kind)
+    packed.frombytes(data)
+    if not _LITTLE:
+        packed.byteswap()
+    return packed
+
+
+def _decode_segment(
+    first_seq: int, ids: bytes, times: bytes, lengths: bytes, payloads: bytes
+) -> list[SpooledEvent]:
+    id_list = _unpack("q", ids)
+    time_list = _unpack("d", times)
+    events = []
+    offset = 0
+    view = memoryview(payloads)
+    for i, length in enumerate(_unpack("I", lengths)):
+        events.append(
+            SpooledEvent(
+                first_seq + i, id_list[i], bytes(view[offset : offset + length]), time_list[i]
+            )
+        )
+        offset += length
+    return events
 
 
 _decoder = msgspec.json.Decoder()
@@ -125,8 +169,7 @@ def default_spool_path() -> Path:
     return Path(base) / "neuroio-events" / "spool.db"
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledEvent:
+class SpooledEvent(msgspec.Struct, frozen=True):
     """One event as stored in the spool.
 
     Attributes:
@@ -246,6 +289,10 @@ class Spool:
             self._wconn = self._connect()
             conn = self._wconn
             conn.execute("PRAGMA busy_timeout = 5000")
+            # Large pages for a new spool: segments are big blobs, and each page of a blob's
+            # overflow chain is one read when the segment is deleted. No effect on an
+            # existing file.
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(
@@ -255,7 +302,7 @@ class Spool:
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             # Checkpoint every ~40 MB of log instead of 4 MB: rows inserted and pruned between
             # two checkpoints are copied into the database once, in their final state.
-            conn.execute("PRAGMA wal_autocheckpoint = 10000")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_BYTES // _PAGE_SIZE}")
             if check:
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
@@ -335,18 +382,21 @@ class Spool:
             raise
 
     def _load_counters(self, conn: sqlite3.Connection) -> None:
-        rows, payload_bytes, max_seq = conn.execute(
-            "SELECT count(*), total(length(payload)), max(seq) FROM events"
+        held, size, max_seq, min_seq = conn.execute(
+            "SELECT coalesce(sum(last_seq - first_seq + 1), 0), coalesce(sum(size), 0), "
+            "max(last_seq), min(first_seq) FROM segments"
         ).fetchone()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         cursor_max = conn.execute("SELECT max(seq) FROM cursors").fetchone()[0]
         self._last_seq: int = max(max_seq or 0, cursor_max or 0, meta.get("last_seq", 0))
-        self._rows: int = rows
-        self._bytes: int = int(payload_bytes) + ROW_OVERHEAD * rows
-        self._pruned_upto: int = meta.get("pruned_upto", 0)
+        self._held: int = held
+        self._bytes: int = size
+        # Events with seq <= this are gone (their segments were deleted).
+        self._pruned_upto: int = (min_seq - 1) if min_seq is not None else self._last_seq
+        self._prune_checked = self._pruned_upto
         self._pruned_at = -math.inf
-        self._delivered: int = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
         self._prune_deferred = False
+        self._ids_trimmed = self._pruned_upto
         self._cursors: dict[str, int] = dict(
             conn.execute("SELECT sink, seq FROM cursors").fetchall()
         )
@@ -366,7 +416,9 @@ class Spool:
     @property
     def depth(self) -> int:
         """Events stored and not yet confirmed by every sink."""
-        return self._rows
+        if not self._cursors:
+            return self._held
+        return max(0, self._last_seq - min(self._cursors.values()))
 
     @property
     def size_bytes(self) -> int:
@@ -434,31 +486,34 @@ class Spool:
                     newest = self._record_newest(conn, stored)
                     moved = self._ack(conn, acks) if acks else False
                     pruned = self._prune(conn) if moved or self._prune_deferred else None
-                    conn.execute(
-                        "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('pruned_upto', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (self._last_seq + len(stored), pruned[0] if pruned else self._pruned_upto),
-                    )
+                    if stored:
+                        conn.execute(
+                            "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (stored[-1].seq,),
+                        )
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    # The in-memory counters may have moved inside the transaction: reload.
+                    # The in-memory cursors may have moved inside the transaction: reload.
                     self._cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
-                    self._delivered = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
                     raise
             except sqlite3.Error as exc:
                 raise self._fail("write failed", exc) from exc
             self._last_seq += len(stored)
             if newest is not None:
                 self._newest_id = newest
-            self._rows += len(stored)
+            self._held += len(stored)
             self._bytes += sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
             if pruned is not None:
-                self._pruned_upto, rows, payload_bytes = pruned
-                self._rows -= rows
-                self._bytes -= payload_bytes + ROW_OVERHEAD * rows
+                self._apply_prune(pruned)
             return stored
+
+    def _apply_prune(self, pruned: tuple[int, int, int]) -> None:
+        self._pruned_upto, held, size = pruned
+        self._held -= held
+        self._bytes -= size
 
     def _insert(
         self, conn: sqlite3.Connection, events: Sequence[tuple[int, bytes, float]]
@@ -474,7 +529,7 @@ class Spool:
         for start in range(0, len(older), _IN_CHUNK):
             some_ids = older[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(some_ids))
-            for table in ("events", "delivered"):
+            for table in ("ids",):
                 seen.update(
                     row[0]
                     for row in conn.execute(
@@ -489,22 +544,27 @@ class Spool:
             seen.add(event_id)
             seq += 1
             stored.append(SpooledEvent(seq, event_id, payload, received_at))
-        # Many rows per statement: each statement releases and retakes the GIL once, not once
-        # per row, so the event loop thread is not slowed by the commit.
-        full, rest = divmod(len(stored), _ROWS_PER_INSERT)
-        if full:
-            sql = _insert_sql(_ROWS_PER_INSERT)
-            for i in range(full):
-                chunk = stored[i * _ROWS_PER_INSERT : (i + 1) * _ROWS_PER_INSERT]
-                conn.execute(
-                    sql, [v for e in chunk for v in (e.seq, e.id, e.payload, e.received_at)]
-                )
-        if rest:
-            chunk = stored[full * _ROWS_PER_INSERT :]
+        if stored:
+            # One row for the whole commit: a few large writes cost SQLite far less than
+            # many small ones.
             conn.execute(
-                _insert_sql(rest),
-                [v for e in chunk for v in (e.seq, e.id, e.payload, e.received_at)],
+                "INSERT INTO segments(first_seq, last_seq, size, ids, times, lengths, payloads) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stored[0].seq,
+                    stored[-1].seq,
+                    sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored),
+                    _pack("q", [e.id for e in stored]),
+                    _pack("d", [e.received_at for e in stored]),
+                    _pack("I", [len(e.payload) for e in stored]),
+                    b"".join(e.payload for e in stored),
+                ),
             )
+            pairs = [v for e in stored for v in (e.id, e.seq)]
+            step = 2 * _IDS_PER_INSERT
+            for k in range(0, len(pairs), step):
+                chunk = pairs[k : k + step]
+                conn.execute(_ids_sql(len(chunk) // 2), chunk)
         return stored
 
     def _record_newest(self, conn: sqlite3.Connection, stored: list[SpooledEvent]) -> int | None:
@@ -553,16 +613,17 @@ class Spool:
         return moved
 
     def _prune(self, conn: sqlite3.Connection, force: bool = False) -> tuple[int, int, int] | None:
+        """Delete the segments every sink confirmed; returns (pruned_upto, events, size)."""
         if not self._cursors:
             return None
         upto = min(self._cursors.values())
-        if upto <= self._pruned_upto:
+        if upto <= self._prune_checked:
             self._prune_deferred = False
             return None
         now = time.monotonic()
         # Deleting in larger ranges costs less per row; a full spool prunes at once.
         if (
-            upto - self._pruned_upto < self.prune_rows
+            upto - self._prune_checked < self.prune_rows
             and now - self._pruned_at < self.prune_interval
         ):
             if not (self.full or force):
@@ -570,27 +631,32 @@ class Spool:
                 return None
         self._prune_deferred = False
         self._pruned_at = now
-        rows, payload_bytes = conn.execute(
-            "SELECT count(*), total(length(payload)) FROM events WHERE seq <= ?", (upto,)
+        self._prune_checked = upto
+        # Segments are contiguous: those entirely at or below ``upto`` end before the one
+        # holding ``upto + 1`` (which stays, partly confirmed).
+        row = conn.execute(
+            "SELECT first_seq, last_seq FROM segments WHERE first_seq <= ? "
+            "ORDER BY first_seq DESC LIMIT 1",
+            (upto + 1,),
         ).fetchone()
-        if self.dedupe_window:
-            self._delivered += conn.execute(
-                "INSERT OR IGNORE INTO delivered(id) SELECT id FROM events WHERE seq <= ?",
-                (upto,),
-            ).rowcount
-            # Trimmed in steps, keeping the highest ids: the walk to the cut-off is paid once
-            # per quarter window, not at every prune.
-            if self._delivered > self.dedupe_window * 5 // 4:
-                row = conn.execute(
-                    "SELECT id FROM delivered ORDER BY id DESC LIMIT 1 OFFSET ?",
-                    (self.dedupe_window,),
-                ).fetchone()
-                if row is not None:
-                    self._delivered -= conn.execute(
-                        "DELETE FROM delivered WHERE id <= ?", (row[0],)
-                    ).rowcount
-        conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
-        return upto, rows, int(payload_bytes)
+        if row is None:
+            return None
+        cut = row[0] if row[1] > upto else row[0] + 1
+        held, size, last = conn.execute(
+            "SELECT coalesce(sum(last_seq - first_seq + 1), 0), coalesce(sum(size), 0), "
+            "max(last_seq) FROM segments WHERE first_seq < ?",
+            (cut,),
+        ).fetchone()
+        if not held:
+            return None
+        conn.execute("DELETE FROM segments WHERE first_seq < ?", (cut,))
+        # The ids of removed events are kept (about dedupe_window of them) to drop late
+        # repeats; trimming scans the table, so it is done once per quarter window.
+        keep_from = last - self.dedupe_window
+        if keep_from - self._ids_trimmed >= max(1, self.dedupe_window // 4):
+            conn.execute("DELETE FROM ids WHERE seq <= ?", (keep_from,))
+            self._ids_trimmed = keep_from
+        return last, held, size
 
     # -- sinks -----------------------------------------------------------------------------
 
@@ -657,12 +723,6 @@ class Spool:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 pruned = self._prune(conn, force=True)
-                if pruned:
-                    conn.execute(
-                        "INSERT INTO meta(key, value) VALUES ('pruned_upto', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (pruned[0],),
-                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -671,9 +731,7 @@ class Spool:
         except sqlite3.Error as exc:
             raise self._fail("prune failed", exc) from exc
         if pruned:
-            self._pruned_upto, rows, payload_bytes = pruned
-            self._rows -= rows
-            self._bytes -= payload_bytes + ROW_OVERHEAD * rows
+            self._apply_prune(pruned)
 
     def cursors(self) -> dict[str, int]:
         """Each registered sink's cursor (the ``seq`` of the last event it confirmed)."""
@@ -697,20 +755,33 @@ class Spool:
 
     def read(self, after: int, limit: int = 1000) -> list[SpooledEvent]:
         """Up to ``limit`` stored events with ``seq > after``, in order."""
+        out: list[SpooledEvent] = []
         with self._rlock:
             try:
-                rows = (
-                    self._reader()
-                    .execute(
-                        "SELECT seq, id, payload, received_at FROM events WHERE seq > ? "
-                        "ORDER BY seq LIMIT ?",
-                        (after, limit),
-                    )
-                    .fetchall()
+                conn = self._reader()
+                row = conn.execute(
+                    "SELECT first_seq FROM segments WHERE first_seq <= ? "
+                    "ORDER BY first_seq DESC LIMIT 1",
+                    (after + 1,),
+                ).fetchone()
+                begin = row[0] if row is not None else after + 1
+                cursor = conn.execute(
+                    "SELECT first_seq, ids, times, lengths, payloads FROM segments "
+                    "WHERE first_seq >= ? ORDER BY first_seq",
+                    (begin,),
                 )
+                while len(out) < limit:
+                    segment = cursor.fetchone()
+                    if segment is None:
+                        break
+                    events = _decode_segment(*segment)
+                    if events and events[0].seq <= after:
+                        events = events[after + 1 - events[0].seq :]
+                    out.extend(events)
+                cursor.close()
             except sqlite3.Error as exc:
                 raise self._fail("read failed", exc) from exc
-        return [SpooledEvent(seq, id_, bytes(payload), at) for seq, id_, payload, at in rows]
+        return out[:limit]
 
     def received_at(self, seq: int) -> float | None:
         """When the event at ``seq`` was received, or ``None`` if it is not stored."""
@@ -718,12 +789,18 @@ class Spool:
             try:
                 row = (
                     self._reader()
-                    .execute("SELECT received_at FROM events WHERE seq = ?", (seq,))
+                    .execute(
+                        "SELECT first_seq, last_seq, times FROM segments WHERE first_seq <= ? "
+                        "ORDER BY first_seq DESC LIMIT 1",
+                        (seq,),
+                    )
                     .fetchone()
                 )
             except sqlite3.Error as exc:
                 raise self._fail("read failed", exc) from exc
-        return None if row is None else float(row[0])
+        if row is None or row[1] < seq:
+            return None
+        return float(_unpack("d", row[2])[seq - row[0]])
 
     # -- dead letters ----------------------------------------------------------------------
 

@@ -49,14 +49,15 @@ def test_repeated_ids_are_stored_once(path: Path) -> None:
 
 
 def test_rows_pruned_only_when_every_sink_acked(path: Path) -> None:
-    """A row stays until the slowest sink's cursor passed it; size accounting follows."""
+    """Events stay until the slowest sink's cursor passed them; size accounting follows."""
     with Spool(path, prune_rows=1) as spool:
         spool.register(["a", "b"])
-        spool.write([ev(i) for i in range(1, 6)])
+        for i in range(1, 6):
+            spool.write([ev(i)])  # one commit each, as at a low rate
         per_row = len(ev(1)[1]) + ROW_OVERHEAD
         assert spool.size_bytes == 5 * per_row
         spool.ack("a", 5)
-        assert spool.depth == 5
+        assert spool.depth == 5 and spool.size_bytes == 5 * per_row
         spool.ack("b", 2)
         assert spool.depth == 3
         assert [e.id for e in spool.read(0)] == [3, 4, 5]
@@ -66,17 +67,31 @@ def test_rows_pruned_only_when_every_sink_acked(path: Path) -> None:
         assert spool.cursors() == {"a": 5, "b": 5}
 
 
+def test_a_commit_is_removed_once_all_its_events_are_confirmed(path: Path) -> None:
+    """Events committed together are removed together, after the last one is confirmed."""
+    with Spool(path, prune_rows=1) as spool:
+        spool.register(["a"])
+        spool.write([ev(i) for i in range(1, 4)])
+        spool.ack("a", 2)
+        assert spool.depth == 1 and [e.id for e in spool.read(2)] == [3]
+        assert spool.size_bytes == 3 * (len(ev(1)[1]) + ROW_OVERHEAD)
+        spool.ack("a", 3)
+        assert spool.size_bytes == 0 and spool.read(0) == []
+
+
 def test_prune_waits_for_a_range_unless_full(path: Path) -> None:
-    """Confirmed rows are deleted in ranges (prune_rows) or after prune_interval."""
+    """Confirmed events are deleted in ranges (prune_rows) or after prune_interval."""
+    per_row = len(ev(1)[1]) + ROW_OVERHEAD
     with Spool(path, prune_rows=3, prune_interval=3600) as spool:
         spool.register(["a"])
-        spool.write([ev(i) for i in range(1, 6)])
+        for i in range(1, 6):
+            spool.write([ev(i)])
         spool.ack("a", 1)  # the first prune is immediate
-        assert spool.depth == 4
+        assert spool.size_bytes == 4 * per_row
         spool.ack("a", 3)
-        assert spool.depth == 4
+        assert spool.size_bytes == 4 * per_row
         spool.ack("a", 4)
-        assert spool.depth == 1
+        assert spool.size_bytes == 1 * per_row
 
 
 def test_cursor_never_moves_back(path: Path) -> None:
@@ -105,7 +120,8 @@ def test_restart_keeps_events_cursors_and_sequence(path: Path) -> None:
     """After close and reopen, unconfirmed events, cursors and seq numbering continue."""
     with Spool(path) as spool:
         spool.register(["a", "b"])
-        spool.write([ev(i) for i in range(1, 4)])
+        for i in range(1, 4):
+            spool.write([ev(i)])
         spool.ack("a", 3)
         spool.ack("b", 1)
         spool.set_state("backfill", '{"last_id": 3}')
@@ -148,7 +164,8 @@ def test_full_when_limit_reached_and_room_after_prune(path: Path) -> None:
     per_row = len(ev(1)[1]) + ROW_OVERHEAD
     with Spool(path, max_bytes=3 * per_row, prune_rows=10**6, prune_interval=3600) as spool:
         spool.register(["a"])
-        spool.write([ev(1), ev(2)])
+        spool.write([ev(1)])
+        spool.write([ev(2)])
         assert not spool.full
         spool.write([ev(3)])
         assert spool.full
