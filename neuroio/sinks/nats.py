@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import msgspec
 
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
 from .base import Sink, SpooledEvent, parse_float, parse_int, redact_uri
@@ -34,6 +37,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["NatsSink", "subject_matches"]
 
 log = logging.getLogger("neuroio.sinks")
+
+_decoder = msgspec.json.Decoder()
 
 DEFAULT_SUBJECT = "neuroio.events"
 DEFAULT_STREAM = "NEUROIO"
@@ -50,6 +55,15 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(want) == len(have)
+
+
+@dataclasses.dataclass(eq=False)
+class _Batch:
+    expected: int
+    done: asyncio.Future[None]
+    acked: int = 0
+    duplicates: int = 0
+    error: str | None = None
 
 
 class NatsSink(Sink):
@@ -111,6 +125,9 @@ class NatsSink(Sink):
         self._js: Any = None
         self._starting = False
         self._last_error: Exception | None = None
+        self._inbox: str | None = None
+        self._batch_no = 0
+        self._batches: dict[str, _Batch] = {}
 
     def __repr__(self) -> str:
         return f"<NatsSink {self.name}>"
@@ -158,6 +175,8 @@ class NatsSink(Sink):
             self._starting = False
         self._nc = nc
         self._js = self._nc.jetstream(timeout=self.timeout)
+        self._inbox = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
         try:
             await self._ensure_stream()
         except nats.js.errors.ServiceUnavailableError as exc:
@@ -192,37 +211,58 @@ class NatsSink(Sink):
             )
 
     async def send(self, events: Sequence[SpooledEvent]) -> None:
-        """Publish the batch without waiting in between, then wait for every acknowledgement."""
-        if self._js is None:
+        """Publish the batch without waiting in between, then wait for every acknowledgement.
+
+        All messages of a batch carry one reply subject, so acknowledgements are counted per
+        batch instead of tracked per message (the client's per-message bookkeeping costs more
+        than the publish itself).
+        """
+        nc = self._nc
+        if nc is None or self._inbox is None:
             raise SinkError(f"sink {self.name}: not started")
-        futures: list[asyncio.Future[Any]] = []
+        self._batch_no += 1
+        reply = f"{self._inbox}.{self._batch_no}"
+        batch = _Batch(len(events), asyncio.get_running_loop().create_future())
+        self._batches[reply] = batch
         try:
+            subject, stream = self.subject, self.stream
             for event in events:
-                futures.append(
-                    await self._js.publish_async(
-                        self.subject,
-                        event.payload,
-                        stream=self.stream,
-                        headers={"Nats-Msg-Id": str(event.id)},
-                    )
+                await nc.publish(
+                    subject,
+                    event.payload,
+                    reply=reply,
+                    headers={"Nats-Msg-Id": str(event.id), "Nats-Expected-Stream": stream},
                 )
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
+            await asyncio.wait_for(asyncio.shield(batch.done), self.timeout)
         except asyncio.TimeoutError as exc:
             raise SinkError(
-                f"sink {self.name}: no acknowledgement within {self.timeout} s"
+                f"sink {self.name}: {batch.expected - batch.acked} of {batch.expected} "
+                f"acknowledgements missing after {self.timeout} s"
             ) from exc
-        except nats.js.errors.NoStreamResponseError as exc:
-            raise SinkError(f"sink {self.name}: no stream answers on {self.subject}") from exc
         except nats.errors.Error as exc:
             raise SinkError(f"sink {self.name}: {type(exc).__name__}: {exc}") from exc
         finally:
-            # Unanswered publishes would otherwise stay registered in nats-py forever.
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # retrieved: no "never retrieved" warning
-        self.duplicates += sum(1 for ack in acks if ack.duplicate)
+            self._batches.pop(reply, None)
+            if not batch.done.done():
+                batch.done.cancel()
+        if batch.error is not None:
+            raise SinkError(f"sink {self.name}: JetStream refused: {batch.error}")
+        self.duplicates += batch.duplicates
+
+    async def _on_ack(self, msg: Any) -> None:
+        batch = self._batches.get(msg.subject)
+        if batch is None or batch.done.done():
+            return  # a late answer to a batch given up on (it is being sent again)
+        data: bytes = msg.data
+        if msg.headers and msg.headers.get("Status") == "503":
+            batch.error = f"no stream answers on {self.subject}"
+        elif b'"error"' in data:
+            batch.error = data.decode(errors="replace")[:300]
+        elif b'"duplicate"' in data and _decoder.decode(data).get("duplicate") is True:
+            batch.duplicates += 1
+        batch.acked += 1
+        if batch.error is not None or batch.acked >= batch.expected:
+            batch.done.set_result(None)
 
     async def aclose(self) -> None:
         """Flush and close the connection."""
@@ -241,7 +281,8 @@ class NatsSink(Sink):
         log.warning("sink %s: NATS error: %s", self.name, exc)
 
     async def _on_disconnected(self) -> None:
-        log.warning("sink %s: disconnected from NATS, reconnecting", self.name)
+        if self._nc is not None:  # not when closing
+            log.warning("sink %s: disconnected from NATS, reconnecting", self.name)
 
     async def _on_reconnected(self) -> None:
         log.info("sink %s: reconnected to NATS", self.name)
