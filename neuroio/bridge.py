@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -38,11 +39,11 @@ import math
 import os
 import ssl as _ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import aiohttp
 import msgspec
@@ -73,6 +74,8 @@ __all__ = [
 
 log = logging.getLogger("neuroio.bridge")
 
+_T = TypeVar("_T")
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0, math.inf)  # fmt: skip
 """Upper bounds (seconds) of the delivery latency histogram."""
@@ -80,7 +83,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 # Committed events kept in memory so a sink that keeps up reads them without a query.
-_TAIL = 8192
+_TAIL = 4096
 # Events per transaction: large enough to amortise a commit, small enough to bound the memory
 # a commit holds (SQLite copies the segment it writes).
 _MAX_COMMIT = 4096
@@ -194,6 +197,15 @@ class Pipeline:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
         self._closed = False
+        # One thread for all spool work: SQLite serialises writers anyway, and a single
+        # thread keeps one malloc arena instead of one per pool thread.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="neuroio-spool"
+        )
+
+    async def run_spool(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a :class:`~neuroio.spool.Spool` method on the pipeline's spool thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -206,7 +218,7 @@ class Pipeline:
         if self._started:
             return
         self._started = True
-        await asyncio.to_thread(self.spool.register, [s.name for s in self.sinks])
+        await self.run_spool(self.spool.register, [s.name for s in self.sinks])
         for sink in self.sinks:
             self.status[sink.name].cursor = self.spool.cursor(sink.name)
         self._writer_task = asyncio.create_task(self._write_loop(), name="neuroio-spool-writer")
@@ -244,6 +256,7 @@ class Pipeline:
         if self._writer_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        self._executor.shutdown(wait=False)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -421,7 +434,7 @@ class Pipeline:
                 del self._pending[:_MAX_COMMIT]
             acks, self._acks = self._acks, {}
             try:
-                stored = await asyncio.to_thread(self.spool.write, events, acks)
+                stored = await self.run_spool(self.spool.write, events, acks)
             except Exception as exc:  # SpoolError, or a bug: never let the writer die
                 self._pending[:0] = events
                 for name, seq in acks.items():
@@ -477,7 +490,7 @@ class Pipeline:
             batch = self._from_tail(status.cursor, limit)
             if batch is None:
                 try:
-                    batch = await asyncio.to_thread(self.spool.read, status.cursor, limit)
+                    batch = await self.run_spool(self.spool.read, status.cursor, limit)
                 except SpoolError as exc:
                     log.error("sink %s: cannot read the spool: %s", sink.name, exc)
                     await self._pause(backoff.next_delay())
@@ -561,7 +574,7 @@ class Pipeline:
         backoff = Backoff(self.retry_delay, self.max_retry_delay)
         while True:
             try:
-                await asyncio.to_thread(self.spool.dead_letter, sink.name, event, reason)
+                await self.run_spool(self.spool.dead_letter, sink.name, event, reason)
                 break
             except SpoolError as error:
                 log.error("cannot store dead letter of event %d: %s", event.id, error)
@@ -857,7 +870,7 @@ class Bridge:
             if self.config.since is not None:
                 gap = parse_since(self.config.since)
             elif self.config.backfill:
-                floor = await asyncio.to_thread(self.spool.get_state, RECOVER_AFTER)
+                floor = await self.pipeline.run_spool(self.spool.get_state, RECOVER_AFTER)
                 last = self.spool.last_event_id
                 if floor is not None:
                     gap = parse_since(floor)
@@ -880,7 +893,7 @@ class Bridge:
             if not self._floor_kept:
                 # Stored before any later frame is handled: if the bridge dies before the gap
                 # is spooled, the next start recovers from here, not from a later live event.
-                await asyncio.to_thread(self.spool.set_state, RECOVER_AFTER, _gap_text(gap))
+                await self.pipeline.run_spool(self.spool.set_state, RECOVER_AFTER, _gap_text(gap))
                 self._floor_kept = True
             self._gaps.append(gap)
         if self._recovery is None or self._recovery.done():
@@ -925,7 +938,7 @@ class Bridge:
                         continue  # a reconnect during the flush
                     if self._state == "closed" or self.backfill_error is not None:
                         return  # the stored start stays for the next run
-                    await asyncio.to_thread(spool.set_state, RECOVER_AFTER, None)
+                    await pipeline.run_spool(spool.set_state, RECOVER_AFTER, None)
                     self._floor_kept = False
                     return
 
