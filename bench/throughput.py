@@ -156,6 +156,11 @@ async def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
         proc.kill()
         await proc.wait()
         return {"error": f"no result within {timeout:.0f}s"}
+    except BaseException:
+        # Interrupted: a listener left behind would reconnect forever to a server that is gone.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     lines = out.decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (err.decode().strip().splitlines() or ["(no output)"])[-1]
@@ -184,7 +189,7 @@ def reference_python(venv: Path) -> tuple[Path | None, str]:
 
     version = installed()
     if version is None:
-        say(f"installing {REF_SPEC} into {venv.relative_to(ROOT)} ...")
+        say(f"installing {REF_SPEC} into {_shown(venv)} ...")
         made = subprocess.run([PYTHON, "-m", "venv", str(venv)], capture_output=True, text=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         if made.returncode == 0:
@@ -197,7 +202,14 @@ def reference_python(venv: Path) -> tuple[Path | None, str]:
         version = installed()
         if version is None:
             return None, f"reference SDK skipped: {REF_SPEC} installed but does not import"
-    return python, f"reference SDK neuroio {version} in {venv.relative_to(ROOT)}"
+    return python, f"reference SDK neuroio {version} in {_shown(venv)}"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def has_uvloop(python: Path) -> bool:
@@ -552,7 +564,7 @@ async def amain(args: argparse.Namespace) -> int:
     ref_python: Path | None = None
     ref_note = "reference SDK not requested (--no-ref)"
     if not args.no_ref:
-        ref_python, ref_note = await asyncio.to_thread(reference_python, BENCH / ".venv-ref")
+        ref_python, ref_note = await asyncio.to_thread(reference_python, Path(args.ref_venv))
     ref_loops = {"asyncio"}
     if ref_python is not None and await asyncio.to_thread(has_uvloop, ref_python):
         ref_loops.add("uvloop")
@@ -566,8 +578,6 @@ async def amain(args: argparse.Namespace) -> int:
     say(f"# neuroio-events benchmark ({' '.join(['bench/throughput.py', *sys.argv[1:]])})\n")
     for line in machine(server, ref_note):
         say(line)
-    if ref_python is None and not args.no_ref:
-        say(f"\n{ref_note}")
     if not listener_ok:
         say("\nneuroio.EventListener cannot be imported: listener variants skipped")
     bench = Bench(args, server, ref_python, ref_loops, listener_ok)
@@ -606,6 +616,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latency-events", type=int, default=6_000, help="events of each latency run; 0 skips"
     )
     parser.add_argument("--no-ref", action="store_true", help="skip the reference SDK")
+    parser.add_argument(
+        "--ref-venv",
+        default=str(BENCH / ".venv-ref"),
+        metavar="DIR",
+        help=f"virtual environment for {REF_SPEC}, created when missing",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="small runs, one repetition: a smoke test"
     )
