@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -47,6 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = [
     "END_FRAME",
     "EntrySource",
+    "LoadServer",
     "client_handshake",
     "encode_client_frame",
     "encode_server_frame",
@@ -161,10 +163,20 @@ class _Block:
 # ---------------------------------------------------------------------------- server
 
 
-class _Server:
+class LoadServer:
+    """The load server's state: pre-encoded blocks, the id counter, open connections.
+
+    Args:
+        source: where entries come from.
+        report: called with each connection event (``done``, ``stalled``, ``closed``).
+    """
+
     def __init__(self, source: EntrySource, report: Callable[[dict[str, Any]], None]) -> None:
         self._source = source
         self._report = report
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.server: asyncio.Server | None = None
         self._pool = [source(i) for i in range(_BLOCK * 4)]
         self._blocks = [
             _Block(self._pool[i : i + _BLOCK]) for i in range(0, len(self._pool), _BLOCK)
@@ -177,7 +189,38 @@ class _Server:
         self._next_id += count
         return first
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the port."""
+        self.server = await asyncio.start_server(self._handle, host, port, backlog=64)
+        port_: int = self.server.sockets[0].getsockname()[1]
+        return port_
+
+    async def aclose(self) -> None:
+        """Stop listening and end every connection."""
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._connection(reader, writer)
+        except asyncio.CancelledError:
+            # Shutting down: end quietly instead of leaving a cancelled connection task for
+            # the stream machinery to complain about.
+            if not self._closing:
+                raise
+        finally:
+            self._connections.discard(task)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -357,15 +400,10 @@ async def serve(
     *,
     seed: int = 1,
     report: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[asyncio.Server, float]:
-    """Start the load server.
-
-    Returns:
-        the server and the mean size of an event frame in bytes.
-    """
-    state = _Server(make_entry_source(seed), report or (lambda _: None))
-    server = await asyncio.start_server(state.handle, host, port, backlog=64)
-    return server, state.frame_bytes
+) -> tuple[LoadServer, int]:
+    """Start a load server; returns it and the port it listens on."""
+    server = LoadServer(make_entry_source(seed), report or (lambda _: None))
+    return server, await server.start(host, port)
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -373,9 +411,8 @@ async def _main(args: argparse.Namespace) -> None:
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
-    server, frame_bytes = await serve(args.host, args.port, seed=args.seed, report=report)
-    port = server.sockets[0].getsockname()[1]
-    report({"port": port, "frame_bytes": frame_bytes})
+    server, port = await serve(args.host, args.port, seed=args.seed, report=report)
+    report({"port": port, "frame_bytes": server.frame_bytes})
     # The harness owns this process: it ends when the harness closes our stdin.
     loop = asyncio.get_running_loop()
     stdin_closed = asyncio.Event()
@@ -388,9 +425,13 @@ async def _main(args: argparse.Namespace) -> None:
         stdin_closed.set()
 
     watcher = asyncio.create_task(watch_stdin())
-    async with server:
+    try:
         await stdin_closed.wait()
-    await watcher
+    finally:
+        await server.aclose()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 def main() -> None:
@@ -407,7 +448,12 @@ def main() -> None:
             import uvloop
 
             runner = uvloop.run
-    runner(_main(args))
+    if not sys.stdin.isatty():
+        # Driven through a pipe: Ctrl-C reaches the whole process group, but the server ends
+        # cleanly when its driver exits and the pipe closes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(_main(args))
 
 
 if __name__ == "__main__":

@@ -580,6 +580,8 @@ async def amain(args: argparse.Namespace) -> int:
         say(line)
     if not listener_ok:
         say("\nneuroio.EventListener cannot be imported: listener variants skipped")
+    if args.quick:
+        say("\n--quick: short runs, one repetition: a smoke test, too noisy to compare figures")
     bench = Bench(args, server, ref_python, ref_loops, listener_ok)
     try:
         for section in SECTIONS:
@@ -657,7 +659,10 @@ def main() -> None:
         except ImportError:
             say("uvloop is not installed: running the default loop only")
             args.loops = ["asyncio"]
-    sys.exit(asyncio.run(amain(args)))
+    try:
+        sys.exit(asyncio.run(amain(args)))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":
