@@ -14,10 +14,10 @@ import contextlib
 import io
 import os
 import queue
-import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -68,20 +68,52 @@ class _Stop:
 
 
 _STOP = _Stop()
+# Consecutive lines for one descriptor are joined into writes of up to this many bytes.
+_MAX_JOINED = 256 * 1024
+
+
+class _Write:
+    __slots__ = ("fd", "data", "future", "loop", "report")
+
+    def __init__(
+        self,
+        fd: int,
+        data: bytes,
+        future: asyncio.Future[None] | None,
+        loop: asyncio.AbstractEventLoop | None,
+        report: bool,
+    ) -> None:
+        self.fd = fd
+        self.data = data
+        self.future = future
+        self.loop = loop
+        self.report = report
 
 
 class OutputWorker:
     """One thread that performs every write of the command, in submission order.
+
+    :meth:`submit` queues a line and returns at once; :meth:`room` makes the caller wait
+    while more than ``max_pending`` bytes are queued, so a reader that stopped reading slows
+    the producer down instead of growing memory. A failed write is reported once through
+    ``on_error`` (in the event loop); later writes to that descriptor are dropped.
 
     Args:
         status_fd: the descriptor the status line is drawn on (stderr), or ``None`` for no
             status line. It must be a terminal.
         shared_tty_fds: other descriptors on the same terminal (stdout when it is one): the
             status line is wiped before writing to them and redrawn after.
+        max_pending: bytes queued beyond which :meth:`room` waits.
+        on_error: called with the descriptor and the error of the first failed write to it.
     """
 
     def __init__(
-        self, *, status_fd: int | None = None, shared_tty_fds: tuple[int, ...] = ()
+        self,
+        *,
+        status_fd: int | None = None,
+        shared_tty_fds: tuple[int, ...] = (),
+        max_pending: int = 1 << 20,
+        on_error: Callable[[int, OSError], None] | None = None,
     ) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._status_fd = status_fd
@@ -90,6 +122,13 @@ class OutputWorker:
         )
         self._status = b""
         self._drawn = False
+        self._max_pending = max_pending
+        self._on_error = on_error
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+        self._pending = 0  # bytes submitted and not yet written; guarded by _lock
+        self._waiting = False  # room() waits for the thread's signal; guarded by _lock
+        self._room: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="neuroio-output", daemon=True)
         self._finished: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,7 +137,27 @@ class OutputWorker:
         """Start the thread; call from the event loop."""
         self._loop = asyncio.get_running_loop()
         self._finished = self._loop.create_future()
+        self._room = asyncio.Event()
         self._thread.start()
+
+    def submit(self, fd: int, data: bytes) -> None:
+        """Queue ``data`` for ``fd``; a failure is reported through ``on_error``."""
+        with self._lock:
+            self._pending += len(data)
+        self._queue.put(_Write(fd, data, None, None, True))
+
+    async def room(self) -> None:
+        """Wait until at most ``max_pending`` bytes are queued."""
+        room = self._room
+        assert room is not None, "start() first"
+        while True:
+            with self._lock:
+                if self._pending <= self._max_pending:
+                    return
+                self._waiting = True
+            # The thread's wake-up runs in this loop, so it cannot come before this clear.
+            room.clear()
+            await room.wait()
 
     async def write(self, fd: int, data: bytes) -> None:
         """Write ``data`` to ``fd`` and wait until it is written.
@@ -108,12 +167,16 @@ class OutputWorker:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put((fd, data, future, loop))
+        with self._lock:
+            self._pending += len(data)
+        self._queue.put(_Write(fd, data, future, loop, False))
         await future
 
     def write_nowait(self, fd: int, data: bytes) -> None:
-        """Queue ``data`` for ``fd`` without waiting; errors are ignored (used for logs)."""
-        self._queue.put((fd, data, None, None))
+        """Queue ``data`` for ``fd``, ignoring errors (used for logs: nowhere to report)."""
+        with self._lock:
+            self._pending += len(data)
+        self._queue.put(_Write(fd, data, None, None, False))
 
     def set_status(self, text: str) -> None:
         """Replace the status line (already rendered, one line, ANSI codes allowed)."""
@@ -139,35 +202,82 @@ class OutputWorker:
 
     def _run(self) -> None:
         try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    break
-                if isinstance(item, bytes):
-                    self._status = item
-                    if self._queue.empty():
-                        self._draw()
-                    continue
-                fd, data, future, loop = item
-                error: OSError | None = None
-                try:
-                    if self._drawn and fd in self._tty_fds:
-                        self._wipe()
-                    write_all(fd, data)
-                except OSError as exc:
-                    error = exc
-                if future is not None:
-                    with contextlib.suppress(RuntimeError):  # the loop is closed
-                        loop.call_soon_threadsafe(_settle, future, error)
-                if self._queue.empty():
-                    self._draw()
+            while self._run_batch():
+                pass
             self._wipe()
         finally:
             loop = self._loop
             finished = self._finished
             if loop is not None and finished is not None:
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(RuntimeError):  # the loop is closed
                     loop.call_soon_threadsafe(_settle, finished, None)
+
+    def _run_batch(self) -> bool:
+        """Handle what is queued (waiting for one item); ``False`` once stopped."""
+        batch = [self._queue.get()]
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < 4096:
+                batch.append(self._queue.get_nowait())
+        i = 0
+        while i < len(batch):
+            item = batch[i]
+            if item is _STOP:
+                return False
+            if isinstance(item, bytes):
+                self._status = item
+                i += 1
+                continue
+            # Join the lines that follow for the same descriptor into one system call.
+            group = [item]
+            size = len(item.data)
+            i += 1
+            while i < len(batch) and size < _MAX_JOINED:
+                nxt = batch[i]
+                if not isinstance(nxt, _Write) or nxt.fd != item.fd or nxt.future is not None:
+                    break
+                if item.future is not None:
+                    break
+                group.append(nxt)
+                size += len(nxt.data)
+                i += 1
+            self._write_group(group, size)
+        if self._queue.empty():
+            self._draw()
+        return True
+
+    def _write_group(self, group: list[_Write], size: int) -> None:
+        first = group[0]
+        fd = first.fd
+        error: OSError | None = None
+        if fd not in self._failed:
+            data = first.data if len(group) == 1 else b"".join(w.data for w in group)
+            try:
+                if self._drawn and fd in self._tty_fds:
+                    self._wipe()
+                write_all(fd, data)
+            except OSError as exc:
+                error = exc
+        with self._lock:
+            self._pending -= size
+            wake = self._waiting and self._pending <= self._max_pending // 4
+            if wake:
+                self._waiting = False
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            if wake:
+                loop.call_soon_threadsafe(self._wake)
+            if first.future is not None and first.loop is not None:
+                first.loop.call_soon_threadsafe(_settle, first.future, error)
+            if error is not None and any(w.report for w in group) and fd not in self._failed:
+                self._failed.add(fd)
+                if self._on_error is not None:
+                    loop.call_soon_threadsafe(self._on_error, fd, error)
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     def _draw(self) -> None:
         fd = self._status_fd
@@ -402,10 +512,23 @@ class StatusLine:
     def render(self, width: int | None = None) -> str:
         """The status, cut to ``width`` columns (the terminal's by default), with ANSI styles."""
         if width is None:
-            width = shutil.get_terminal_size((80, 24)).columns
+            width = _status_columns()
         line = self.text()
         line.truncate(max(width - 1, 10))
         return render(self._console, line)
+
+
+def _status_columns() -> int:
+    """Width of the terminal the status is drawn on (stderr); ``COLUMNS`` wins, as usual."""
+    with contextlib.suppress(ValueError):
+        columns = int(os.environ.get("COLUMNS", ""))
+        if columns > 0:
+            return columns
+    try:
+        columns = os.get_terminal_size(2).columns
+    except OSError:
+        columns = 0
+    return columns if columns > 0 else 80
 
 
 async def run_status(worker: OutputWorker, status: StatusLine, *, interval: float = 0.25) -> None:

@@ -81,47 +81,45 @@ class StreamSettings:
     status: bool = True
 
 
-class _OutputFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class _Printer:
-    """The listener's handler: formats every frame and hands the lines to the worker."""
+    """The listener's handler: formats every frame and queues the lines on the worker.
+
+    Lines are queued without waiting for each write (that would cost a thread round trip
+    per event); the handler waits only while the worker is more than its limit behind.
+    """
 
     def __init__(
         self,
-        worker: OutputWorker,
         targets: list[tuple[int, FrameFormatter, str]],
-        record_fd: int | None,
+        record: tuple[int, str] | None,
         count: int | None,
     ) -> None:
-        self._worker = worker
         self._targets = targets
-        self._record_fd = record_fd
+        self._record_fd = record[0] if record is not None else None
+        self._names = {fd: name for fd, _, name in targets}
+        if record is not None:
+            self._names[record[0]] = record[1]
         self._count = count
+        self.worker: OutputWorker | None = None
         self.events = 0
         self.finished = asyncio.Event()
         self.failure: str | None = None
 
     async def handle(self, frame: str | bytes) -> None:
         if self.finished.is_set():
-            return  # --count reached, or the output failed: what follows is not written
+            return  # --count reached, or an output failed: what follows is not written
+        worker = self.worker
+        assert worker is not None
         received = time.time()
         backfilled = isinstance(frame, Backfilled)
         if backfilled:
             frame = str(frame)  # msgspec takes exact str only, not this subclass
-        try:
-            if self._record_fd is not None:
-                line = encode_record(frame, received, backfilled=backfilled)
-                await self._worker.write(self._record_fd, line)
-            await self._output(frame, backfilled)
-        except _OutputFailed as exc:
-            self.failure = exc.message
-            self.finished.set()
+        if self._record_fd is not None:
+            worker.submit(self._record_fd, encode_record(frame, received, backfilled=backfilled))
+        self._output(worker, frame, backfilled)
+        await worker.room()
 
-    async def _output(self, frame: str | bytes, backfilled: bool) -> None:
+    def _output(self, worker: OutputWorker, frame: str | bytes, backfilled: bool) -> None:
         kind = classify(frame)
         if kind is Kind.MALFORMED or kind is Kind.BINARY:
             return  # the listener has logged it
@@ -138,34 +136,35 @@ class _Printer:
                     encode_compact(value).decode().rstrip(),
                 )
                 return
-            for fd, formatter, name in self._targets:
+            for fd, formatter, _ in self._targets:
                 try:
                     line = formatter.event(value, frame, backfilled)
                 except Exception as exc:
                     logger.warning("cannot format event %s (%s); written as JSON", value["id"], exc)
                     line = encode_compact(value)
-                await self._write(fd, line, name)
+                worker.submit(fd, line)
             self.events += 1
             if self._count is not None and self.events >= self._count:
                 self.finished.set()
             return
         if kind is Kind.UNKNOWN:
             logger.info("message of an unknown shape: %.200s", encode_compact(value).decode())
-        for fd, formatter, name in self._targets:
+        for fd, formatter, _ in self._targets:
             control = formatter.control(value, kind)
             if control is not None:
-                await self._write(fd, control, name)
+                worker.submit(fd, control)
 
-    async def _write(self, fd: int, line: bytes, name: str) -> None:
-        try:
-            await self._worker.write(fd, line)
-        except BrokenPipeError:
-            raise _OutputFailed(
-                f"{name} was closed by its reader (broken pipe); stopping"
-            ) from None
-        except OSError as exc:
+    def output_failed(self, fd: int, exc: OSError) -> None:
+        """The worker could not write to ``fd``: stop, and say why at exit."""
+        name = self._names.get(fd, f"descriptor {fd}")
+        if isinstance(exc, BrokenPipeError):
+            message = f"{name} was closed by its reader (broken pipe); stopping"
+        else:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-            raise _OutputFailed(f"cannot write to {name}: {reason}") from None
+            message = f"cannot write to {name}: {reason}"
+        if self.failure is None:
+            self.failure = message
+        self.finished.set()
 
 
 class _AuthErrorFilter(logging.Filter):
@@ -236,14 +235,17 @@ async def stream(
             fds.append(_open(settings.output, "output"))
             jsonl = FrameFormatter("jsonl", include_control=settings.include_control)
             targets.append((fds[-1], jsonl, str(settings.output)))
-        record_fd = None
+        record = None
         if settings.record is not None:
-            record_fd = _open(settings.record, "recording")
-            fds.append(record_fd)
+            fds.append(_open(settings.record, "recording"))
+            record = (fds[-1], str(settings.record))
+        printer = _Printer(targets, record, settings.count)
         worker = OutputWorker(
-            status_fd=2 if status_on else None, shared_tty_fds=(1,) if stdout_tty else ()
+            status_fd=2 if status_on else None,
+            shared_tty_fds=(1,) if stdout_tty else (),
+            on_error=printer.output_failed,
         )
-        printer = _Printer(worker, targets, record_fd, settings.count)
+        printer.worker = worker
         listener = EventListener(
             token.reveal(),
             printer.handle,
