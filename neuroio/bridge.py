@@ -491,8 +491,11 @@ class Pipeline:
             if batch is None:
                 try:
                     batch = await self.run_spool(self.spool.read, status.cursor, limit)
-                except SpoolError as exc:
+                except Exception as exc:  # SpoolError, or damaged data: retried, and reported
                     log.error("sink %s: cannot read the spool: %s", sink.name, exc)
+                    status.last_error = f"cannot read the spool: {exc}"
+                    if status.failing_since is None:
+                        status.failing_since = time.monotonic()
                     await self._pause(backoff.next_delay())
                     continue
             if not batch:
@@ -927,7 +930,11 @@ class Bridge:
                         entries, self.config.backfill_max_events, self.config.backfill_max_age
                     )
                     for entry in entries:
-                        await pipeline.put_event({"id": entry["id"], "data": entry})
+                        event_id = entry.get("id")
+                        if not _valid_id(event_id):
+                            log.warning("gap recovery skipped an entry without a usable id")
+                            continue
+                        await pipeline.put_event({"id": event_id, "data": entry})
                     self._gaps.pop(0)
                     self.recovered += len(entries)
                     if entries:

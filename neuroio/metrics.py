@@ -20,7 +20,7 @@ name                                       type       meaning
 ``neuroio_sink_lag_seconds``               gauge      age of the oldest unconfirmed event
 ``neuroio_sink_failing_seconds``           gauge      how long the sink has been failing
 ``neuroio_sink_delivery_seconds``          histogram  received → confirmed by the sink
-``neuroio_spool_events``                   gauge      events held in the spool
+``neuroio_spool_events``                   gauge      events not yet confirmed by every sink
 ``neuroio_spool_bytes``                    gauge      their size, counted against the limit
 ``neuroio_spool_max_bytes``                gauge      the limit (``--spool-max-bytes``)
 ``neuroio_spool_file_bytes``               gauge      database and WAL size on disk
@@ -146,7 +146,9 @@ class BridgeCollector(Collector):
         yield from (delivered, failures, dead, lag, lag_s, failing, latency)
 
         yield gauge(
-            "neuroio_spool_events", "Events held in the spool.", spool.depth if spool else 0
+            "neuroio_spool_events",
+            "Events in the spool not yet confirmed by every sink.",
+            spool.depth if spool else 0,
         )
         yield gauge(
             "neuroio_spool_bytes", "Size of the held events, counted against the limit.",
