@@ -3,7 +3,7 @@
 Exit codes (the same for every command)::
 
     0  done: stopped by SIGINT/SIGTERM, or --count reached, or every check passed
-    1  an unexpected error (one line; the traceback with -v), or a failed check
+    1  an error (one line; the traceback with -v), or a failed check
     2  a usage error: a bad option, no token, a bad file
     3  the API token was rejected
     4  no connection could be made within --max-retries attempts
@@ -22,7 +22,12 @@ from typing import Any, NoReturn
 import click
 
 from .. import _redact
-from ..exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError
+from ..exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailedError,
+    NeuroIOError,
+)
 from ..recording import write_all
 from ._options import LogSettings
 
@@ -98,6 +103,12 @@ def run(
     except CommandFailed as exc:
         fail(str(exc), log)
         code = exc.exit_code
+    except NeuroIOError as exc:
+        # A failure the library names (a spool, a sink, the REST API): its message says it all.
+        if log.verbose:
+            logger.error("stopped by an error", exc_info=exc)
+        fail(str(exc), log)
+        code = EXIT_ERROR
     except Exception as exc:
         if log.verbose:
             logger.error("unexpected error", exc_info=exc)

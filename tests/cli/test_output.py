@@ -66,20 +66,33 @@ def test_status_line_shows_state_counts_rate_and_rtt() -> None:
     assert len(status.render(width=20)) < 200  # cut to the width, plus ANSI codes
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    for fd in (read_fd, write_fd):
-        try:
+class Pipe:
+    """A pipe whose ends are closed once, by :meth:`close_reader` or at the end."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self._open = {self.read_fd, self.write_fd}
+
+    def close_reader(self) -> None:
+        os.close(self.read_fd)
+        self._open.discard(self.read_fd)
+
+    def close(self) -> None:
+        for fd in self._open:
             os.close(fd)
-        except OSError:
-            pass
+        self._open.clear()
 
 
-async def test_worker_writes_in_order_and_reports_errors(pipe: tuple[int, int]) -> None:
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    p = Pipe()
+    yield p
+    p.close()
+
+
+async def test_worker_writes_in_order_and_reports_errors(pipe: Pipe) -> None:
     """Writes land in submission order; a write to a closed pipe raises BrokenPipeError."""
-    read_fd, write_fd = pipe
+    read_fd, write_fd = pipe.read_fd, pipe.write_fd
     worker = OutputWorker()
     worker.start()
     await asyncio.gather(*(worker.write(write_fd, b"%d\n" % i) for i in range(100)))
@@ -88,7 +101,7 @@ async def test_worker_writes_in_order_and_reports_errors(pipe: tuple[int, int]) 
     data = os.read(read_fd, 65536)
     assert data == b"".join(b"%d\n" % i for i in range(100)) + b"last\n"
 
-    os.close(read_fd)
+    pipe.close_reader()
     worker = OutputWorker()
     worker.start()
     with pytest.raises(BrokenPipeError):
@@ -96,9 +109,9 @@ async def test_worker_writes_in_order_and_reports_errors(pipe: tuple[int, int]) 
     assert await worker.aclose()
 
 
-async def test_status_line_is_wiped_before_other_output(pipe: tuple[int, int]) -> None:
+async def test_status_line_is_wiped_before_other_output(pipe: Pipe) -> None:
     """On a shared terminal the status is erased before a line and redrawn after it."""
-    read_fd, write_fd = pipe
+    read_fd, write_fd = pipe.read_fd, pipe.write_fd
     # The same pipe stands for stderr (status) and stdout: the order of bytes is what counts.
     os.set_blocking(read_fd, False)
     worker = OutputWorker(status_fd=write_fd, shared_tty_fds=(write_fd,))
@@ -123,3 +136,42 @@ async def read_some(fd: int, timeout: float = 5.0) -> bytes:
     finally:
         loop.remove_reader(fd)
     return os.read(fd, 65536)
+
+
+async def test_room_waits_while_the_reader_is_behind(pipe: Pipe) -> None:
+    """More queued than max_pending: room() waits until the reader catches up."""
+    read_fd, write_fd = pipe.read_fd, pipe.write_fd
+    os.set_blocking(read_fd, False)
+    worker = OutputWorker(max_pending=1000)
+    worker.start()
+    for _ in range(4):
+        worker.submit(write_fd, b"x" * 50_000)  # more than a pipe holds: the thread blocks
+    waiter = asyncio.create_task(worker.room())
+    done, _ = await asyncio.wait({waiter}, timeout=0.2)
+    assert not done  # still 100+ kB queued
+    received = 0
+    while received < 200_000:
+        received += len(await read_some(read_fd))
+    await asyncio.wait_for(waiter, 5)
+    assert await worker.aclose()
+
+
+async def test_a_failed_write_is_reported_once(pipe: Pipe) -> None:
+    """The first failure of a descriptor goes to on_error; later lines to it are dropped."""
+    write_fd = pipe.write_fd
+    pipe.close_reader()
+    errors: list[tuple[int, OSError]] = []
+    reported = asyncio.Event()
+
+    def on_error(fd: int, exc: OSError) -> None:
+        errors.append((fd, exc))
+        reported.set()
+
+    worker = OutputWorker(on_error=on_error)
+    worker.start()
+    worker.submit(write_fd, b"one\n")
+    await asyncio.wait_for(reported.wait(), 5)
+    worker.submit(write_fd, b"two\n")
+    assert await worker.aclose()
+    assert len(errors) == 1
+    assert errors[0][0] == write_fd and isinstance(errors[0][1], BrokenPipeError)
