@@ -274,9 +274,9 @@ class Pipeline:
                 raw = str(raw)  # a str subclass (recovered frames): msgspec wants str itself
         try:
             value = _decoder.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             self.malformed += 1
-            log.warning("dropped a frame that is not valid JSON")
+            log.warning("dropped an event frame that is not valid (or absurdly nested) JSON")
             return
         event_id = value.get("id") if value.__class__ is dict else None
         if not _valid_id(event_id) or value.get("data").__class__ is not dict:

@@ -94,6 +94,7 @@ async def test_repeated_and_malformed_events(spool: Spool) -> None:
         await pipeline.handle('{"id": 5, "data": []}')
         await pipeline.handle(f'{{"id":{10**400},"data":{{}}}}')
         await pipeline.handle(f'{{"id":{2**63},"data":{{}}}}')
+        await pipeline.handle('{"id": 3, "data": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}")
         await pipeline.handle('{"id": 2, "data": {}}')
         await pipeline.wait_delivered(timeout=5)
         await pipeline.handle(frame(1))  # after delivery and prune
@@ -101,7 +102,7 @@ async def test_repeated_and_malformed_events(spool: Spool) -> None:
     finally:
         await pipeline.close()
     assert sink.ids == [1, 2]
-    assert pipeline.duplicates == 2 and pipeline.malformed == 4
+    assert pipeline.duplicates == 2 and pipeline.malformed == 5
     with pytest.raises(ValueError):
         await pipeline.put(2**63, b"{}")
 
