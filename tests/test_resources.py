@@ -132,39 +132,52 @@ class FloodServer:
             await self.proc.wait()
 
 
-async def test_stuck_handler_under_flood_keeps_memory_bounded() -> None:
-    """50 000 events at a handler stuck forever: the listener reads at most about max_queue
-    frames, TCP pushes back on the server, and this process grows by far less than 30 MB."""
+@pytest.mark.parametrize("mode", ["handler", "iterator"])
+async def test_stuck_consumer_under_flood_keeps_memory_bounded(mode: str) -> None:
+    """50 000 events at a handler stuck forever (or an ``async for`` that stopped iterating):
+    the listener reads at most about max_queue frames, TCP pushes back on the server, and
+    this process grows by far less than 30 MB."""
     max_queue = 1024
+    warm = 3000
     flood = 50_000
-    server = await FloodServer.start()
     stuck = asyncio.Event()
     never = asyncio.Event()
-    handled = 0
+    taken = 0
 
     async def handler(message: str | bytes) -> None:
-        nonlocal handled
+        nonlocal taken
         if stuck.is_set():
             await never.wait()
-        handled += 1
+        taken += 1
 
+    async def iterate(events: EventListener, n: int) -> None:
+        nonlocal taken
+        async for _ in events:
+            taken += 1
+            if taken == n:
+                return
+
+    server = await FloodServer.start()
     listener = EventListener(
         TOKEN,
-        handler,
+        handler if mode == "handler" else None,
         url=f"ws://127.0.0.1:{server.port}/",
         ping_interval=0.1,
         ping_timeout=0.3,
         max_queue=max_queue,
         drain_timeout=0.1,
     )
-    task = asyncio.create_task(listener.listen())
+    task = asyncio.create_task(listener.listen()) if mode == "handler" else None
+    if task is None:
+        await listener.__aenter__()
     try:
         await until(lambda: listener.state is State.LIVE)
         # Warm up: the same kinds of allocations as the flood, so the baseline includes them.
-        assert await server.call("warm 3000") == "ok"
-        await until(lambda: listener.stats.events == 3000)
-        await until(lambda: handled >= 3000)
-        stuck.set()
+        assert await server.call(f"warm {warm}") == "ok"
+        if mode == "iterator":
+            await asyncio.wait_for(iterate(listener, warm), 10)
+        await until(lambda: listener.stats.events == warm and taken >= warm)
+        stuck.set()  # from here on nothing is taken from the listener
         baseline = rss_bytes()
         fds = open_fds()
 
@@ -173,22 +186,25 @@ async def test_stuck_handler_under_flood_keeps_memory_bounded() -> None:
         grown = rss_bytes() - baseline
         sent = int(await server.call("sent"))
 
-        read_since_stuck = messages - listener.stats.pongs - 1 - 3000
+        read_since_stuck = messages - listener.stats.pongs - 1 - warm
         assert grown < 30 * MB, f"RSS grew by {grown / MB:.1f} MB"
         # The listener stopped reading: at most max_queue frames, aiohttp's read buffer and
         # a few PONGs beyond it, out of 50 000.
         assert read_since_stuck <= max_queue + 600, read_since_stuck
         # TCP pushed back on the server: it could not write the whole flood.
-        assert sent < 3000 + flood
+        assert sent < warm + flood
         assert open_fds() <= fds + 1
-        # Stuck, not dead: the heartbeat is paused while the handler holds the queue.
+        # Stuck, not dead: the heartbeat is paused while nothing is taken.
         assert listener.state is State.LIVE
         assert listener.stats.total_reconnects == 0
     finally:
-        await listener.close()
-        await asyncio.wait_for(task, 10)
+        if task is not None:
+            await listener.close()
+            await asyncio.wait_for(task, 10)
+        else:
+            await listener.__aexit__(None, None, None)
         await server.stop()
-    print(f"\nflood: RSS +{grown / MB:.1f} MB, read {read_since_stuck}, server wrote {sent}")
+    print(f"\nflood ({mode}): RSS +{grown / MB:.1f} MB, read {read_since_stuck}, wrote {sent}")
 
 
 async def test_descriptors_and_tasks_flat_across_30_reconnects() -> None:
