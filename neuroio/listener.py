@@ -1,10 +1,13 @@
 """The asyncio listener: one authenticated connection, kept alive for as long as it runs.
 
-This is the only module that owns a socket and tasks. Per connection it runs a reader task
-(frames → bounded queue) supervised by the connection loop, which also sends PINGs and judges
-the connection by :class:`~neuroio.heartbeat.Heartbeat`. One dispatcher task per ``listen()``
-hands queued frames to the user's handler, so frames received before a reconnect are still
-delivered after it. Reconnect delays come from :class:`~neuroio.backoff.Backoff`.
+This is the only module that owns a socket and tasks. Per connection it runs a reader task,
+supervised by the connection loop, which also sends PINGs and judges the connection by
+:class:`~neuroio.heartbeat.Heartbeat`. The reader hands each frame to the user's handler itself
+and reads the next one only when the handler returned: while the handler is busy the socket is
+not read, so TCP pushes back on the server and memory stays bounded. Frames recovered after a
+gap come from another task and take turns with the reader, so the handler is never called twice
+at once. Without a handler, the reader fills a bounded :class:`~neuroio.inbox.Inbox` that the
+async iterator empties. Reconnect delays come from :class:`~neuroio.backoff.Backoff`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ssl as _ssl
 import sys
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from types import TracebackType
@@ -36,6 +40,7 @@ from .exceptions import (
     ConnectionFailedError,
 )
 from .heartbeat import Heartbeat
+from .inbox import Inbox
 from .messages import Backfilled, Event
 from .protocol import (
     DEFAULT_API_URL,
@@ -68,7 +73,12 @@ _NEUTRAL_CLOSE_CODES = frozenset({1001, 1012, 1013})
 # A server that accepts the handshake and then drops us, without answering AUTH, this many times
 # in a row is refusing the token without saying so.
 _MAX_SILENT_REJECTIONS = 3
-_END = object()
+# Who holds the handler: the reader, the recovery task, close(), or a waiter it was handed to.
+_READER = "reader"
+_RECOVERY = "recovery"
+_CLOSER = "closer"
+_HANDED = "handed"
+_EVENT_PREFIX = '{"id":'
 _WebSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
 
 
@@ -97,14 +107,17 @@ class EventListener:
         reconnect_delay: cap of the first reconnect delay (full jitter, doubling per attempt).
         max_reconnect_delay: largest reconnect delay cap.
         max_message_size: largest frame accepted, bytes; a larger one drops the connection.
-        max_queue: frames received but not yet handled; when full the listener stops reading
-            the socket (TCP backpressure) rather than grow or drop.
+        max_queue: without a handler, events received but not yet taken by the iterator; when
+            full the listener stops reading the socket (TCP backpressure) rather than grow or
+            drop. With a handler, the socket is not read while the handler runs, so at most
+            aiohttp's read buffer (64 KiB) waits; ``max_queue`` then bounds recovered frames
+            waiting for their turn.
         max_retries: consecutive failed connection attempts before
             :class:`~neuroio.ConnectionFailedError`; ``None`` retries forever.
         ssl: an :class:`ssl.SSLContext` for ``wss://`` (certificates are always verified unless
             a context that does not verify is given).
-        drain_timeout: on :meth:`close`, seconds to go on handing already received frames to
-            the handler before abandoning them (the count abandoned is logged).
+        drain_timeout: on :meth:`close`, seconds allowed for the handler call in progress to
+            finish before it is cancelled.
         backoff: a :class:`~neuroio.backoff.Backoff` to use instead of the default one.
         backfill: after every reconnect, fetch the entries missed meanwhile from the REST API
             and deliver them (as :class:`~neuroio.messages.Backfilled` frames; typed events get
@@ -194,11 +207,15 @@ class EventListener:
         self.backfill_error: BackfillError | None = None
         """The last gap-recovery failure that could not be retried (e.g. a refused token)."""
         self.stats = ListenerStats()
-        self._queue: asyncio.Queue[Any] | None = None
+        self._inbox: Inbox[Any] | None = None
         self._closing: asyncio.Event | None = None
         self._listen_task: asyncio.Task[None] | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        # The handler turn: who holds it, who waits for it (each waiter is handed it in order).
+        self._owner: str | None = None
+        self._turns: deque[asyncio.Future[None]] = deque()
+        self._reader_waiting = False
+        self._reader_task: asyncio.Task[None] | None = None
         self._iter_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._last_failure = ""
@@ -235,12 +252,9 @@ class EventListener:
             raise RuntimeError("this EventListener is already listening")
         self._listen_task = asyncio.current_task()
         self._closing = asyncio.Event()
-        self._queue = asyncio.Queue(self.max_queue)
+        self._inbox = Inbox(self.max_queue)
         self._failure = None
-        if self._handler is not None:
-            self._dispatcher = asyncio.create_task(
-                self._dispatch(self._handler, self._queue), name="neuroio-dispatcher"
-            )
+        self._owner = None
         session = aiohttp.ClientSession()
         self._session = session
         try:
@@ -251,29 +265,31 @@ class EventListener:
         finally:
             self._set_state(State.CLOSED)
             await self._stop_backfill()
-            await self._stop_dispatcher()
             await session.close()
-            if self._handler is None:
-                self._put_end()
+            self._inbox.close()
+            self.stats.queue_high_water = max(self.stats.queue_high_water, self._inbox.high_water)
 
     async def close(self) -> None:
         """Stop listening: close the connection with code 1000 and end every task.
 
-        Frames already received are still handed to the handler for up to ``drain_timeout``
-        seconds. Idempotent; safe to call from inside the handler.
+        A handler call in progress may finish (up to ``drain_timeout`` seconds); frames not
+        yet read from the socket are not delivered. Idempotent; safe to call from inside the
+        handler (it then returns at once and ``listen()`` ends after the handler returns).
         """
         if self._closing is not None:
             self._closing.set()
         task = self._listen_task
-        current = asyncio.current_task()
-        if task is None or task.done() or current is task or current is self._dispatcher:
+        if task is None or task.done():
+            return
+        if asyncio.current_task() in (task, self._reader_task, self._backfill_task):
+            # Called from inside the handler: waiting here would wait for ourselves.
             return
         # asyncio.wait, not wait_for: wait_for can swallow a cancellation of the caller.
         await asyncio.wait({task}, timeout=self.drain_timeout + self.timeout + 1)
 
     async def __aenter__(self) -> EventListener:
         self._iter_task = asyncio.create_task(self._listen_quietly(), name="neuroio-listen")
-        # listen() creates the queue on its first step; make sure it has run.
+        # listen() creates the inbox on its first step; make sure it has run.
         await asyncio.sleep(0)
         return self
 
@@ -297,30 +313,27 @@ class EventListener:
 
     async def __anext__(self) -> Event:
         """The next event (control messages are not yielded)."""
+        inbox = self._inbox
+        if inbox is None:
+            raise RuntimeError("iterate inside 'async with EventListener(...)'")
         while True:
-            if self._queue is None:
-                raise RuntimeError("iterate inside 'async with EventListener(...)'")
-            item = await self._queue.get()
-            if isinstance(item, Backfilled):
+            try:
+                item = inbox.get_nowait()
+            except IndexError:
                 try:
-                    message = parse_message(item)
-                except Exception:
-                    continue
-                if isinstance(message, Event):
-                    return msgspec.structs.replace(message, backfilled=True)
-                continue
-            if item is _END:
-                self._put_end()  # every later __anext__ ends too
-                if self._failure is not None and not isinstance(
-                    self._failure, asyncio.CancelledError
-                ):
-                    raise self._failure
-                raise StopAsyncIteration
+                    item = await inbox.get()
+                except EOFError:
+                    failure = self._failure
+                    if failure is not None and not isinstance(failure, asyncio.CancelledError):
+                        raise failure from None
+                    raise StopAsyncIteration from None
             try:
                 message = parse_message(item)
             except Exception:
                 continue
             if isinstance(message, Event):
+                if isinstance(item, Backfilled):
+                    return msgspec.structs.replace(message, backfilled=True)
                 return message
 
     # ------------------------------------------------------------------ internals
@@ -329,18 +342,6 @@ class EventListener:
         # For ``async with``: the failure is re-raised by the iterator, not by a lost task.
         with contextlib.suppress(Exception):
             await self.listen()
-
-    def _put_end(self) -> None:
-        queue = self._queue
-        if queue is None:
-            return
-        while True:
-            try:
-                queue.put_nowait(_END)
-                return
-            except asyncio.QueueFull:
-                # Nobody is iterating any more; make room for the end marker.
-                queue.get_nowait()
 
     def _set_state(self, state: State) -> None:
         if self.stats.state is not state:
@@ -437,7 +438,7 @@ class EventListener:
                     await asyncio.wait_for(ws.close(code=1000), self.timeout)
 
     async def _serve(self, ws: _WebSocket, deadline: float) -> tuple[str, bool]:
-        assert self._queue is not None and self._closing is not None
+        assert self._closing is not None
         loop = asyncio.get_running_loop()
         self._set_state(State.AUTHENTICATING)
         await ws.send_str(encode_auth(self._token))
@@ -457,10 +458,20 @@ class EventListener:
         reader = asyncio.create_task(
             self._read(ws, heartbeat, live_since, outcome), name="neuroio-reader"
         )
+        self._reader_task = reader
         closing = asyncio.create_task(self._closing.wait(), name="neuroio-closing")
+        # While the reader is in the handler or waiting for room it reads nothing, so PONGs
+        # wait unread: the heartbeat is not judged then, and polled to resume promptly.
+        poll = min(self.ping_interval, self.ping_timeout) / 4
         try:
             while True:
                 now = loop.time()
+                if self._inbox is not None and self._inbox.high_water > self.stats.queue_high_water:
+                    self.stats.queue_high_water = self._inbox.high_water
+                if self._owner == _READER or self._reader_waiting:
+                    heartbeat.pause()
+                elif heartbeat.paused:
+                    heartbeat.resume(now)
                 if heartbeat.is_dead(now):
                     logger.warning(
                         "no PONG from %s within %.1fs of a PING: connection is dead",
@@ -475,12 +486,13 @@ class EventListener:
                         return "reset", True
                     heartbeat.ping_sent(loop.time())
                     self.stats.pings_sent += 1
+                wakeup = poll if heartbeat.paused else heartbeat.next_wakeup(loop.time())
                 done, _ = await asyncio.wait(
-                    (reader, closing),
-                    timeout=heartbeat.next_wakeup(loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    (reader, closing), timeout=wakeup, return_when=asyncio.FIRST_COMPLETED
                 )
                 if closing in done:
+                    # Let a handler call in progress finish before the reader is cancelled.
+                    await self._hold_handler()
                     return "closing", True
                 if reader in done:
                     reader.result()
@@ -492,7 +504,6 @@ class EventListener:
 
     async def _authenticate(self, ws: _WebSocket, deadline: float) -> str | None:
         """Wait for the AUTH reply; ``None`` once accepted, else why the connection ended."""
-        assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
             remaining = deadline - loop.time()
@@ -505,19 +516,22 @@ class EventListener:
                 logger.warning("no answer to AUTH from %s within %.1fs", self.url, self.timeout)
                 return "auth_timeout"
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                kind = self._account(msg.data)
-                if self._handler is not None or kind is Kind.EVENT:
-                    await self._enqueue(msg.data, None)
+                data = msg.data
+                kind = self._account(data)
+                if kind is Kind.EVENT:
+                    self.stats.events += 1
+                    self.stats.last_event_at = time.time()
+                    if self._recent is not None and not self._remember(data):
+                        continue
+                # Delivered before anything is raised: the handler sees the server's answer.
+                await self._hand_over(data, kind)
                 if kind is Kind.AUTH_OK:
                     return None
                 if kind in (Kind.ERROR, Kind.AUTH_REJECTED):
-                    detail = _error_text(msg.data)
-                    await self._flush_queue()
-                    raise _Rejected(f"server said: {detail}")
+                    raise _Rejected(f"server said: {_error_text(data)}")
                 continue
             code = ws.close_code
             if code in _AUTH_CLOSE_CODES:
-                await self._flush_queue()
                 raise _Rejected(f"connection closed with code {code}")
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return _error_reason(msg.data)
@@ -532,73 +546,164 @@ class EventListener:
         live_since: float,
         outcome: list[str],
     ) -> None:
+        # The hot path: everything it touches is a local, and an event written the way the
+        # platform writes them costs a prefix test, three counters and the handler call.
         loop = asyncio.get_running_loop()
-        raw_mode = self._handler is not None
+        handler = self._handler
+        inbox = self._inbox
+        assert inbox is not None
         recent = self._recent
         stats = self.stats
-        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
+        wall = time.time
+        receive = ws.receive
+        text = aiohttp.WSMsgType.TEXT
+        binary = aiohttp.WSMsgType.BINARY
         while True:
-            msg = await ws.receive()
-            if msg.type is text or msg.type is binary:
+            msg = await receive()
+            mtype = msg.type
+            if mtype is text:
                 data = msg.data
-                kind = self._account(data)
-                if kind is Kind.PONG:
-                    now = loop.time()
-                    rtt = heartbeat.pong_received(now)
-                    stats.pongs += 1
-                    if rtt is not None:
-                        stats.last_rtt = rtt
-                    if now - live_since >= self.ping_interval:
-                        # Healthy for a whole interval: the next loss starts from the
-                        # shortest delay again.
-                        self._backoff.reset()
-                if kind is Kind.EVENT and recent is not None and not self._remember(data):
+                if data.startswith(_EVENT_PREFIX) and data.endswith("}"):
+                    stats.messages += 1
+                    stats.events += 1
+                    stats.last_event_at = wall()
+                    if recent is not None and not self._remember(data):
+                        continue
+                else:
+                    kind = self._account(data)
+                    if kind is Kind.PONG:
+                        now = loop.time()
+                        rtt = heartbeat.pong_received(now)
+                        stats.pongs += 1
+                        if rtt is not None:
+                            stats.last_rtt = rtt
+                        if now - live_since >= self.ping_interval:
+                            # Healthy for a whole interval: the next loss starts from the
+                            # shortest delay again.
+                            self._backoff.reset()
+                    elif kind is Kind.EVENT:
+                        stats.events += 1
+                        stats.last_event_at = wall()
+                        if recent is not None and not self._remember(data):
+                            continue
+                    elif handler is None:
+                        continue
+            elif mtype is binary:
+                data = msg.data
+                self._account(data)
+                if handler is None:
                     continue
-                if raw_mode or kind is Kind.EVENT:
-                    await self._enqueue(data, heartbeat)
-                continue
-            if msg.type is aiohttp.WSMsgType.ERROR:
-                outcome.append(_error_reason(msg.data))
-                logger.warning("connection to %s failed: %s", self.url, _describe(msg.data))
-            elif ws.close_code is not None and ws.close_code != 1006:
-                outcome.append("closed")
-                logger.info("server closed the connection with code %s", ws.close_code)
             else:
-                outcome.append("reset")
-            return
+                if mtype is aiohttp.WSMsgType.ERROR:
+                    outcome.append(_error_reason(msg.data))
+                    logger.warning("connection to %s failed: %s", self.url, _describe(msg.data))
+                elif ws.close_code is not None and ws.close_code != 1006:
+                    outcome.append("closed")
+                    logger.info("server closed the connection with code %s", ws.close_code)
+                else:
+                    outcome.append("reset")
+                return
+            if handler is None:
+                if not inbox.put_nowait(data):
+                    self._reader_waiting = True
+                    try:
+                        await inbox.put(data)
+                    finally:
+                        self._reader_waiting = False
+            elif self._owner is None:
+                self._owner = _READER
+                try:
+                    await handler(data)
+                except Exception:
+                    self._handler_failed()
+                finally:
+                    if self._turns:
+                        self._pass_turn()
+                    else:
+                        self._owner = None
+            else:
+                self._reader_waiting = True
+                try:
+                    await self._call_handler(data, _READER)
+                finally:
+                    self._reader_waiting = False
 
     def _account(self, data: str | bytes) -> Kind:
-        stats = self.stats
-        stats.messages += 1
+        """Count and classify a frame that is not on the event fast path."""
+        self.stats.messages += 1
         kind = classify(data)
-        if kind is Kind.EVENT:
-            stats.events += 1
-            stats.last_event_at = time.time()
-        elif kind is Kind.MALFORMED or kind is Kind.BINARY:
-            stats.malformed += 1
+        if kind is Kind.MALFORMED or kind is Kind.BINARY:
+            self.stats.malformed += 1
             logger.warning("received a frame that is not a NeuroIO message (%s)", kind.value)
         elif kind is Kind.ERROR:
             logger.warning("server error message: %s", _error_text(data))
         return kind
 
-    async def _enqueue(self, data: str | bytes, heartbeat: Heartbeat | None) -> None:
-        queue = self._queue
-        assert queue is not None
+    async def _hand_over(self, data: str | bytes, kind: Kind) -> None:
+        """Deliver one frame outside the reader: to the handler, or events to the inbox."""
+        if self._handler is not None:
+            await self._call_handler(data, _READER)
+        elif kind is Kind.EVENT:
+            assert self._inbox is not None
+            await self._inbox.put(data)
+
+    async def _call_handler(self, data: str | bytes, owner: str) -> None:
+        """Call the handler once it is this caller's turn (one call at a time, in order)."""
+        await self._take_turn(owner)
+        assert self._handler is not None
         try:
-            queue.put_nowait(data)
-        except asyncio.QueueFull:
-            # The handler is behind. Stop reading (TCP pushes back on the server) and stop
-            # judging the heartbeat: unread PONGs are not missing PONGs.
-            if heartbeat is not None:
-                heartbeat.pause()
-            try:
-                await queue.put(data)
-            finally:
-                if heartbeat is not None:
-                    heartbeat.resume(asyncio.get_running_loop().time())
-        size = queue.qsize()
-        if size > self.stats.queue_high_water:
-            self.stats.queue_high_water = size
+            await self._handler(data)
+        except Exception:
+            self._handler_failed()
+        finally:
+            self._pass_turn()
+
+    async def _take_turn(self, owner: str) -> None:
+        if self._owner is None:
+            self._owner = owner
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(waiter)
+        if len(self._turns) > self.stats.queue_high_water:
+            self.stats.queue_high_water = len(self._turns)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._pass_turn()  # it was handed to us just as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._turns.remove(waiter)
+            raise
+        self._owner = owner
+
+    def _pass_turn(self) -> None:
+        turns = self._turns
+        while turns:
+            waiter = turns.popleft()
+            if not waiter.done():
+                # Handed over directly, so that nobody slips in before the waiter wakes.
+                self._owner = _HANDED
+                waiter.set_result(None)
+                return
+        self._owner = None
+
+    async def _hold_handler(self) -> None:
+        """Wait (up to ``drain_timeout``) for the handler call in progress, then keep the turn."""
+        if self._handler is None or self._owner is None:
+            return
+        try:
+            async with _timeout(self.drain_timeout):
+                await self._take_turn(_CLOSER)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "the event handler did not return within %.1fs of close(); cancelling it",
+                self.drain_timeout,
+            )
+
+    def _handler_failed(self) -> None:
+        self.stats.handler_errors += 1
+        logger.exception("event handler raised; continuing with the next message")
 
     def _remember(self, data: str | bytes) -> bool:
         """Track the recovery cursor; ``False`` if this event id was already delivered."""
@@ -658,7 +763,11 @@ class EventListener:
                     self._cursor_created = created if isinstance(created, str) else None
                 frame = Backfilled(_encoder.encode({"id": event_id, "data": entry}).decode())
                 self.stats.backfilled_events += 1
-                await self._enqueue(frame, None)
+                if self._handler is not None:
+                    await self._call_handler(frame, _RECOVERY)
+                else:
+                    assert self._inbox is not None
+                    await self._inbox.put(frame)
             if entries:
                 logger.info("recovered %d missed entries from the REST API", len(entries))
 
@@ -688,48 +797,13 @@ class EventListener:
     async def _stop_backfill(self) -> None:
         task = self._backfill_task
         self._backfill_task = None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _flush_queue(self) -> None:
-        """Let the handler see what was received before raising (e.g. the auth error)."""
-        if self._queue is None or self._dispatcher is None:
+        if task is None or task.done():
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            async with _timeout(self.drain_timeout):
-                await self._queue.join()
-
-    async def _dispatch(self, handler: Handler, queue: asyncio.Queue[Any]) -> None:
-        stats = self.stats
-        while True:
-            item = await queue.get()
-            try:
-                await handler(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                stats.handler_errors += 1
-                logger.exception("event handler raised; continuing with the next message")
-            finally:
-                queue.task_done()
-
-    async def _stop_dispatcher(self) -> None:
-        dispatcher = self._dispatcher
-        if dispatcher is None:
-            return
-        self._dispatcher = None
-        queue = self._queue
-        if queue is not None and not dispatcher.done() and queue.qsize():
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with _timeout(self.drain_timeout):
-                    await queue.join()
-            if queue.qsize():
-                logger.warning("closing with %d received messages not handled", queue.qsize())
-        dispatcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await dispatcher
+        if self._owner == _RECOVERY:
+            await self._hold_handler()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EOFError):
+            await task
 
 
 _encoder = msgspec.json.Encoder()
