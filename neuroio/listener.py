@@ -563,8 +563,7 @@ class EventListener:
             mtype = msg.type
             if mtype is text:
                 data = msg.data
-                if data.startswith(_EVENT_PREFIX) and data.endswith("}"):
-                    stats.messages += 1
+                if data.startswith(_EVENT_PREFIX):
                     stats.events += 1
                     stats.last_event_at = wall()
                     if recent is not None and not self._remember(data):
@@ -630,8 +629,9 @@ class EventListener:
 
     def _account(self, data: str | bytes) -> Kind:
         """Count and classify a frame that is not on the event fast path."""
-        self.stats.messages += 1
         kind = classify(data)
+        if kind is not Kind.EVENT:
+            self.stats.control += 1
         if kind is Kind.MALFORMED or kind is Kind.BINARY:
             self.stats.malformed += 1
             logger.warning("received a frame that is not a NeuroIO message (%s)", kind.value)

@@ -79,8 +79,12 @@ class Sex(enum.IntEnum):
     FEMALE = 1
 
 
-class Named(msgspec.Struct, frozen=True, kw_only=True):
-    """A camera (``source``) or a space: ``{"id": int, "name": str}``."""
+class Named(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A camera (``source``) or a space: ``{"id": int, "name": str}``.
+
+    An object with more keys than these does not fit: it is kept whole in
+    :attr:`Entry.extra` (and the field is ``None``), so nothing is lost on re-encoding.
+    """
 
     id: int | None = None
     name: str | None = None

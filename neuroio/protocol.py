@@ -71,6 +71,21 @@ class _IdProbe(msgspec.Struct):
     data: _DataProbe | None = None
 
 
+# What a decoder can raise on hostile input besides DecodeError: invalid UTF-8 inside a
+# bytes frame, a lone surrogate in a str, and nesting deeper than the interpreter allows.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
+# Event ids are SQLite integers downstream and cursors here: an id outside int64 is no id.
+_MAX_ID = 2**63
+
+
+def _plain(raw: str | bytes) -> str | bytes:
+    """``raw`` as exactly ``str`` or ``bytes``: msgspec refuses subclasses like Backfilled."""
+    kind = type(raw)
+    if kind is str or kind is bytes:
+        return raw
+    return str(raw) if isinstance(raw, str) else bytes(raw)
+
+
 _probe_decoder = msgspec.json.Decoder(_Probe)
 _id_probe_decoder = msgspec.json.Decoder(_IdProbe)
 _event_decoder = msgspec.json.Decoder(_EventFrame)
@@ -105,8 +120,8 @@ def classify(raw: str | bytes) -> Kind:
     else:
         return Kind.BINARY
     try:
-        probe = _probe_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeEncodeError):
+        probe = _probe_decoder.decode(_plain(raw))
+    except _DECODE_ERRORS:
         return Kind.MALFORMED
     return _kind_of(probe.auth, probe.PING, probe.error, probe.id)
 
@@ -118,11 +133,13 @@ def event_key(raw: str | bytes) -> tuple[int, str | None] | None:
     cursor and drop duplicates without building the typed event.
     """
     try:
-        probe = _id_probe_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeEncodeError):
+        probe = _id_probe_decoder.decode(_plain(raw))
+    except _DECODE_ERRORS:
         return None
     event_id = probe.id
     if not isinstance(event_id, int) or isinstance(event_id, bool):
+        return None
+    if not -_MAX_ID <= event_id < _MAX_ID:
         return None
     created = probe.data.created if probe.data is not None else None
     return event_id, created if isinstance(created, str) else None
@@ -143,8 +160,10 @@ def _kind_of(auth: Any, ping: Any, error: Any, id_: Any) -> Kind:
 def decode_json(raw: str | bytes) -> Any:
     """Decode one frame's JSON; raise :class:`MessageError` if it is not JSON."""
     try:
-        return _any_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        return _any_decoder.decode(_plain(raw))
+    except RecursionError:
+        raise MessageError("frame is nested too deeply to decode") from None
+    except _DECODE_ERRORS as exc:
         raise MessageError(f"frame is not valid JSON: {exc}") from exc
 
 
@@ -162,9 +181,10 @@ def parse_message(raw: str | bytes) -> Message:
         MessageError: the frame is not a JSON object, or an event lacks an integer ``id``
             or an object ``data``.
     """
+    raw = _plain(raw)
     try:
         frame = _event_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeEncodeError):
+    except _DECODE_ERRORS:
         pass
     else:
         return Event(id=frame.id, entry=frame.data)

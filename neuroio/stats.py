@@ -35,8 +35,8 @@ class ListenerStats:
     authenticated: int = 0
     """Connections on which the server accepted the token."""
     reconnects: Counter[str] = field(default_factory=Counter)
-    messages: int = 0
-    """Frames received (all kinds)."""
+    control: int = 0
+    """Frames received that are not events (auth replies, PONGs, errors, malformed)."""
     events: int = 0
     backfilled_events: int = 0
     duplicate_events: int = 0
@@ -52,6 +52,12 @@ class ListenerStats:
     last_event_at: float | None = None
     """Wall-clock time (``time.time()``) of the last event received."""
     last_event_id: int | None = None
+
+    @property
+    def messages(self) -> int:
+        """Frames received, of every kind."""
+        # Derived rather than counted: one counter less on the per-event path.
+        return self.events + self.control
 
     @property
     def total_reconnects(self) -> int:

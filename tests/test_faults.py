@@ -330,11 +330,6 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     await asyncio.wait_for(loop(), timeout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventListener.__anext__ drops Backfilled frames: parse_message raises TypeError "
-    "on a str subclass (msgspec refuses it) and the iterator skips frames that raise",
-)
 async def test_typed_iterator_recovers_blackholed_events_exactly_once() -> None:
     """`async for` over a backfilling listener yields the events lost in a blackhole."""
     async with (

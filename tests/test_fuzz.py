@@ -135,11 +135,6 @@ def test_parse_message_any_bytes_or_text_is_typed_or_message_error(raw: bytes | 
 _DEEP = "[" * 100_000 + "]" * 100_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol.decode_json/parse_message let msgspec's UnicodeDecodeError (invalid UTF-8 "
-    "in a bytes frame) and RecursionError (deep nesting) escape instead of MessageError",
-)
 @pytest.mark.parametrize(
     "raw",
     [
@@ -156,11 +151,6 @@ def test_parse_message_hostile_input_is_message_error(raw: str | bytes) -> None:
         parse_message(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol.event_key raises RecursionError on deeply nested data (and "
-    "UnicodeDecodeError on bad UTF-8 bytes); the listener calls it in its reader task",
-)
 @pytest.mark.parametrize(
     "raw",
     ['{"id":1,"data":{"x":' + _DEEP + "}}", b'{"id":1,"data":{"created":"\x80"}}'],
@@ -222,11 +212,6 @@ def test_parse_message_agrees_with_classify(value: dict[str, Any]) -> None:
         assert kind is Kind.UNKNOWN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_message raises TypeError for a str subclass such as Backfilled: "
-    "msgspec decoders accept only exact str/bytes",
-)
 @pytest.mark.parametrize(
     "text", ['{"id":1,"data":{"id":1}}', '{"data":{},"id":2}', '{"auth":"ok"}', "[]"]
 )
@@ -306,11 +291,6 @@ def test_entry_from_dict_never_raises_and_keeps_every_key(data: dict[str, Any]) 
     assert parse_message(event_to_json(event)) == event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Named (source/space) silently drops keys other than id and name, so an unknown "
-    "nested field never reaches Entry.extra and is lost on re-encoding",
-)
 @pytest.mark.parametrize("field", ["source", "space"])
 def test_unknown_nested_fields_are_kept(field: str) -> None:
     """A camera or space object with fields beyond id/name keeps them through a round trip."""
@@ -603,11 +583,6 @@ async def test_typed_iterator_survives_the_whole_hostile_catalogue(
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listener._read calls protocol.event_key, which raises RecursionError on deeply "
-    "nested event data; with backfill on, the reader task dies and listen() ends with it",
-)
 async def test_backfilling_listener_survives_deeply_nested_event_data() -> None:
     """A frame {"id":1,"data":{"x":[[[...]]]}} is skipped; listen() goes on (backfill on)."""
     got = Frames()
@@ -632,12 +607,6 @@ async def test_backfilling_listener_survives_deeply_nested_event_data() -> None:
                 await asyncio.wait_for(task, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an event frame with an id beyond 64 bits moves the listener's gap-recovery "
-    "cursor (listener._remember) to that id, so every later recovery asks for id_from past "
-    "it and silently recovers nothing",
-)
 async def test_out_of_range_event_id_does_not_poison_gap_recovery() -> None:
     """After the hostile huge-number frames, a gap is still recovered from the REST API."""
     got = Frames()
