@@ -7,6 +7,9 @@ Throughput variants (count ``--events`` events, timed from the first to the last
     load server can send, the ceiling every other client is measured against.
 ``bare``
     an aiohttp receive loop that counts event frames and decodes nothing.
+``bare-handler``
+    the same loop, awaiting for each frame the same async handler ``raw`` is given: what
+    calling a user's handler costs by itself, listener or not.
 ``bare-typed``
     the same loop, decoding each event with one reused msgspec decoder into
     :class:`neuroio.Event` / :class:`neuroio.Entry`.
@@ -146,9 +149,12 @@ async def null_client(url: str, events: int) -> dict[str, Any]:
     return result
 
 
-async def bare_client(url: str, events: int, typed: bool) -> dict[str, Any]:
+async def bare_client(
+    url: str, events: int, typed: bool, call_handler: bool = False
+) -> dict[str, Any]:
     counter = _Counter(events)
     decode = _wire_decoder.decode
+    handler = _counting_handler(counter)
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url, max_msg_size=8 * 2**20) as ws:
             await ws.send_str(encode_auth(TOKEN))
@@ -158,7 +164,9 @@ async def bare_client(url: str, events: int, typed: bool) -> dict[str, Any]:
                 if msg.type is not text:
                     raise ConnectionError(f"unexpected {msg.type!r} after {counter.count} events")
                 data = msg.data
-                if data.startswith(EVENT_PREFIX):
+                if call_handler:
+                    await handler(data)
+                elif data.startswith(EVENT_PREFIX):
                     if typed:
                         wire = decode(data)
                         Event(id=wire.id, entry=wire.data)
@@ -166,14 +174,17 @@ async def bare_client(url: str, events: int, typed: bool) -> dict[str, Any]:
     return counter.result()
 
 
-async def raw_client(url: str, events: int) -> dict[str, Any]:
-    counter = _Counter(events)
-
+def _counting_handler(counter: _Counter) -> Any:
     async def handler(message: str | bytes) -> None:
         if isinstance(message, str) and message.startswith(EVENT_PREFIX):
             counter.hit()
 
-    listener = _listener_class()(TOKEN, handler, url=url)
+    return handler
+
+
+async def raw_client(url: str, events: int) -> dict[str, Any]:
+    counter = _Counter(events)
+    listener = _listener_class()(TOKEN, _counting_handler(counter), url=url)
     task = asyncio.create_task(listener.listen())
     await asyncio.wait({task, counter.done}, return_when=asyncio.FIRST_COMPLETED)
     await listener.close()
@@ -294,8 +305,13 @@ async def _main(args: argparse.Namespace) -> None:
         return
     if variant == "null":
         result = await null_client(args.url, args.events)
-    elif variant in ("bare", "bare-typed"):
-        result = await bare_client(args.url, args.events, typed=variant == "bare-typed")
+    elif variant in ("bare", "bare-typed", "bare-handler"):
+        result = await bare_client(
+            args.url,
+            args.events,
+            typed=variant == "bare-typed",
+            call_handler=variant == "bare-handler",
+        )
     elif variant == "raw":
         result = await raw_client(args.url, args.events)
     elif variant == "typed":

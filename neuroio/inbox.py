@@ -60,7 +60,7 @@ class Inbox(Generic[T]):
             return False
         items.append(item)
         if len(items) > self.high_water:
-            self.high_water = len(items)
+            self.high_water += 1
         getter = self._getter
         if getter is not None:
             self._getter = None

@@ -46,6 +46,7 @@ from .protocol import (
     DEFAULT_API_URL,
     DEFAULT_EVENTS_URL,
     Kind,
+    _event_decoder,
     classify,
     encode_auth,
     encode_ping,
@@ -79,7 +80,54 @@ _RECOVERY = "recovery"
 _CLOSER = "closer"
 _HANDED = "handed"
 _EVENT_PREFIX = '{"id":'
+_decode_event = _event_decoder.decode
+# How stale ListenerStats.last_event_at may be, seconds.
+_STAMP_INTERVAL = 1.0
 _WebSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
+
+
+class _Turn:
+    """Whose turn it is to call the handler: one call at a time, waiters served in order.
+
+    The reader takes a free turn without awaiting anything (the hot path); the recovery
+    task and close() queue for it. A released turn is handed to the first waiter directly,
+    so nobody slips in before that waiter wakes.
+    """
+
+    __slots__ = ("owner", "waiters")
+
+    def __init__(self) -> None:
+        self.owner: str | None = None
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self, owner: str, stats: ListenerStats) -> None:
+        if self.owner is None:
+            self.owner = owner
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        if len(self.waiters) > stats.queue_high_water:
+            stats.queue_high_water = len(self.waiters)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # it was handed to us just as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+        self.owner = owner
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.owner = _HANDED
+                waiter.set_result(None)
+                return
+        self.owner = None
 
 
 class _Rejected(Exception):
@@ -212,8 +260,7 @@ class EventListener:
         self._listen_task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         # The handler turn: who holds it, who waits for it (each waiter is handed it in order).
-        self._owner: str | None = None
-        self._turns: deque[asyncio.Future[None]] = deque()
+        self._turn = _Turn()
         self._reader_waiting = False
         self._reader_task: asyncio.Task[None] | None = None
         self._iter_task: asyncio.Task[None] | None = None
@@ -254,7 +301,7 @@ class EventListener:
         self._closing = asyncio.Event()
         self._inbox = Inbox(self.max_queue)
         self._failure = None
-        self._owner = None
+        self._turn = _Turn()
         session = aiohttp.ClientSession()
         self._session = session
         try:
@@ -327,6 +374,14 @@ class EventListener:
                     if failure is not None and not isinstance(failure, asyncio.CancelledError):
                         raise failure from None
                     raise StopAsyncIteration from None
+            if type(item) is str:
+                # The common case, decoded in one pass as parse_message would.
+                try:
+                    frame = _decode_event(item)
+                except Exception:
+                    pass
+                else:
+                    return Event(id=frame.id, entry=frame.data)
             try:
                 message = parse_message(item)
             except Exception:
@@ -463,12 +518,17 @@ class EventListener:
         # While the reader is in the handler or waiting for room it reads nothing, so PONGs
         # wait unread: the heartbeat is not judged then, and polled to resume promptly.
         poll = min(self.ping_interval, self.ping_timeout) / 4
+        stats = self.stats
+        events_seen = stats.events
         try:
             while True:
                 now = loop.time()
+                if stats.events != events_seen:
+                    events_seen = stats.events
+                    stats.last_event_at = time.time()
                 if self._inbox is not None and self._inbox.high_water > self.stats.queue_high_water:
                     self.stats.queue_high_water = self._inbox.high_water
-                if self._owner == _READER or self._reader_waiting:
+                if self._turn.owner == _READER or self._reader_waiting:
                     heartbeat.pause()
                 elif heartbeat.paused:
                     heartbeat.resume(now)
@@ -487,6 +547,7 @@ class EventListener:
                     heartbeat.ping_sent(loop.time())
                     self.stats.pings_sent += 1
                 wakeup = poll if heartbeat.paused else heartbeat.next_wakeup(loop.time())
+                wakeup = min(wakeup, _STAMP_INTERVAL)
                 done, _ = await asyncio.wait(
                     (reader, closing), timeout=wakeup, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -547,7 +608,7 @@ class EventListener:
         outcome: list[str],
     ) -> None:
         # The hot path: everything it touches is a local, and an event written the way the
-        # platform writes them costs a prefix test, three counters and the handler call.
+        # platform writes them costs a prefix test, a counter, the turn and the handler call.
         loop = asyncio.get_running_loop()
         handler = self._handler
         inbox = self._inbox
@@ -556,6 +617,9 @@ class EventListener:
         stats = self.stats
         wall = time.time
         receive = ws.receive
+        turn = self._turn
+        prefix = _EVENT_PREFIX
+        reader = _READER
         text = aiohttp.WSMsgType.TEXT
         binary = aiohttp.WSMsgType.BINARY
         while True:
@@ -563,9 +627,10 @@ class EventListener:
             mtype = msg.type
             if mtype is text:
                 data = msg.data
-                if data.startswith(_EVENT_PREFIX):
+                if data.startswith(prefix):
+                    # last_event_at is stamped by the connection loop, once a second at most:
+                    # a clock read per event is a tenth of this path.
                     stats.events += 1
-                    stats.last_event_at = wall()
                     if recent is not None and not self._remember(data):
                         continue
                 else:
@@ -609,17 +674,17 @@ class EventListener:
                         await inbox.put(data)
                     finally:
                         self._reader_waiting = False
-            elif self._owner is None:
-                self._owner = _READER
+            elif turn.owner is None:
+                turn.owner = reader
                 try:
                     await handler(data)
                 except Exception:
                     self._handler_failed()
                 finally:
-                    if self._turns:
-                        self._pass_turn()
+                    if turn.waiters:
+                        turn.release()
                     else:
-                        self._owner = None
+                        turn.owner = None
             else:
                 self._reader_waiting = True
                 try:
@@ -649,52 +714,22 @@ class EventListener:
 
     async def _call_handler(self, data: str | bytes, owner: str) -> None:
         """Call the handler once it is this caller's turn (one call at a time, in order)."""
-        await self._take_turn(owner)
+        await self._turn.take(owner, self.stats)
         assert self._handler is not None
         try:
             await self._handler(data)
         except Exception:
             self._handler_failed()
         finally:
-            self._pass_turn()
-
-    async def _take_turn(self, owner: str) -> None:
-        if self._owner is None:
-            self._owner = owner
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turns.append(waiter)
-        if len(self._turns) > self.stats.queue_high_water:
-            self.stats.queue_high_water = len(self._turns)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._pass_turn()  # it was handed to us just as we were cancelled
-            else:
-                with contextlib.suppress(ValueError):
-                    self._turns.remove(waiter)
-            raise
-        self._owner = owner
-
-    def _pass_turn(self) -> None:
-        turns = self._turns
-        while turns:
-            waiter = turns.popleft()
-            if not waiter.done():
-                # Handed over directly, so that nobody slips in before the waiter wakes.
-                self._owner = _HANDED
-                waiter.set_result(None)
-                return
-        self._owner = None
+            self._turn.release()
 
     async def _hold_handler(self) -> None:
         """Wait (up to ``drain_timeout``) for the handler call in progress, then keep the turn."""
-        if self._handler is None or self._owner is None:
+        if self._handler is None or self._turn.owner is None:
             return
         try:
             async with _timeout(self.drain_timeout):
-                await self._take_turn(_CLOSER)
+                await self._turn.take(_CLOSER, self.stats)
         except asyncio.TimeoutError:
             logger.warning(
                 "the event handler did not return within %.1fs of close(); cancelling it",
@@ -799,7 +834,7 @@ class EventListener:
         self._backfill_task = None
         if task is None or task.done():
             return
-        if self._owner == _RECOVERY:
+        if self._turn.owner == _RECOVERY:
             await self._hold_handler()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, EOFError):

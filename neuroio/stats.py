@@ -20,7 +20,7 @@ class State(str, enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class ListenerStats:
     """What a listener has done since it was created.
 
@@ -50,7 +50,7 @@ class ListenerStats:
     """Round-trip of the last answered PING, seconds."""
     queue_high_water: int = 0
     last_event_at: float | None = None
-    """Wall-clock time (``time.time()``) of the last event received."""
+    """Wall-clock time (``time.time()``) of the last event received, to within a second."""
     last_event_id: int | None = None
 
     @property
