@@ -55,7 +55,7 @@ class _Probe(msgspec.Struct):
     id: Any = msgspec.UNSET
 
 
-class _EventFrame(msgspec.Struct, forbid_unknown_fields=True):
+class _EventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     # An event whose every field is known and well-typed decodes in one pass; anything else
     # (an unknown field, a new enum value) takes the tolerant path through a dict.
     id: int
