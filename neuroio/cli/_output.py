@@ -38,6 +38,8 @@ __all__ = [
     "decode_frame",
     "encode_compact",
     "open_append",
+    "render",
+    "run_status",
 ]
 
 # Numbers are decoded as Decimal and written back as numbers, so every value the server sent
@@ -401,7 +403,7 @@ class FrameFormatter:
         self.include_control = include_control
         self._console = _console(color)
 
-    def event(self, value: dict[str, Any], frame: str | bytes, backfilled: bool) -> bytes:
+    def event(self, value: dict[str, Any], backfilled: bool = False) -> bytes:
         """The line for an event whose decoded JSON is ``value``."""
         if self.fmt == "jsonl":
             return encode_compact(value)

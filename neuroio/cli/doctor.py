@@ -141,7 +141,11 @@ class Doctor:
         for name, check in steps:
             if not await self._step(name, check()):
                 return self.exit_code
-        async with aiohttp.ClientSession() as session:
+        # On Pythons whose SSL transports can outlive a closed session, aiohttp aborts them
+        # when asked; without that a wss:// check could leave a socket open at exit.
+        cleanup = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False))
+        connector = aiohttp.TCPConnector(enable_cleanup_closed=cleanup)
+        async with aiohttp.ClientSession(connector=connector) as session:
             ws = await self._handshake(session)
             if ws is None:
                 return self.exit_code
@@ -236,9 +240,7 @@ class Doctor:
                 errors.append(f"{shown}: {_reason(exc)}")
                 continue
             elapsed = time.perf_counter() - start
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _drop(writer)
             return f"connected to {shown} in {_ms(elapsed)}"
         raise _StepFailed("cannot connect: " + "; ".join(errors or ["no address"]))
 
@@ -271,9 +273,7 @@ class Doctor:
             cert = ssl_object.getpeercert() if ssl_object is not None else None
             version = ssl_object.version() if ssl_object is not None else "TLS"
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _drop(writer)
         subject = _name_of(cert.get("subject", ())) if cert else "?"
         issuer = _name_of(cert.get("issuer", ())) if cert else "?"
         days: float | None = None
@@ -419,6 +419,13 @@ class Doctor:
 
 class _Deadline(Exception):
     pass
+
+
+async def _drop(writer: asyncio.StreamWriter) -> None:
+    """Close a probe connection at once: no TLS close_notify exchange to wait for."""
+    writer.transport.abort()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
 
 
 def _name_of(rdns: Any) -> str:

@@ -138,7 +138,7 @@ class _Printer:
                 return
             for fd, formatter, _ in self._targets:
                 try:
-                    line = formatter.event(value, frame, backfilled)
+                    line = formatter.event(value, backfilled)
                 except Exception as exc:
                     logger.warning("cannot format event %s (%s); written as JSON", value["id"], exc)
                     line = encode_compact(value)
@@ -313,8 +313,9 @@ async def _supervise(
                 logger.warning("the listener did not stop in time; cancelling it")
                 listen_task.cancel()
             await asyncio.gather(closer, return_exceptions=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await listen_task  # raises AuthenticationError, ConnectionFailedError, ...
+        await asyncio.wait([listen_task])
+        if not listen_task.cancelled():
+            listen_task.result()  # raises AuthenticationError, ConnectionFailedError, ...
     finally:
         for task in helpers:
             task.cancel()

@@ -1,0 +1,343 @@
+"""``neuroio-events bridge``: every event to files, webhooks, Redis Streams and NATS JetStream.
+
+The command only parses options into a :class:`~neuroio.bridge.BridgeConfig` (its field names
+are the options' names) and runs the :class:`~neuroio.bridge.Bridge` until SIGINT/SIGTERM.
+Logs go to stderr; stdout stays empty unless a sink is ``file:-``. See ``docs/bridge.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .. import _redact
+from ..bridge import Bridge
+from ..spool import DEFAULT_MAX_BYTES
+from ._options import (
+    ConnectionSettings,
+    ListenerSettings,
+    LogSettings,
+    Secret,
+    connection_options,
+    listener_options,
+    logging_options,
+    loop_option,
+)
+from ._run import EXIT_OK, StopSignals, run
+
+__all__ = ["ByteSize", "command", "serve"]
+
+logger = logging.getLogger("neuroio.cli")
+
+# After a stop request: the bridge stops reading, commits what it received and lets each sink
+# finish the batch it is sending (the pipeline allows a send 5 s). Past this budget the rest
+# is abandoned: the spool still holds it, so it is delivered after a restart.
+_SHUTDOWN_BUDGET = 10.0
+
+# Gap recovery is what makes the bridge lose nothing across its own restarts, so for this
+# command it is on, and unbounded, unless the user says otherwise (listen's defaults differ).
+_DEFAULTS = {"backfill": True, "backfill_max_events": 0, "backfill_max_age": 0.0}
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+class ByteSize(click.ParamType):
+    """A positive number of bytes: ``1073741824``, ``512MiB``, ``1GiB``, ``2GB``."""
+
+    name = "bytes"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """Parse ``value`` into a number of bytes."""
+        if isinstance(value, int):
+            size = value
+        else:
+            match = _SIZE.match(str(value))
+            unit = _UNITS.get(match.group(2).lower()) if match else None
+            if match is None or unit is None:
+                self.fail(
+                    f"{value!r} is not a size (e.g. 1073741824, 512MiB, 1GiB, 2GB)", param, ctx
+                )
+            size = int(float(match.group(1)) * unit)
+        if size <= 0:
+            self.fail(f"{value!r} is not a positive size", param, ctx)
+        return size
+
+
+async def serve(
+    token: Secret,
+    options: dict[str, Any],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    signals: StopSignals | None = None,
+) -> int:
+    """Run a bridge built from CLI-style ``options`` until SIGINT/SIGTERM.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        ConfigurationError: a bad option or sink URI, a missing extra, the metrics port in use.
+        SpoolError: the spool is corrupt, unwritable or in use.
+        SinkError: a sink is unreachable at start-up.
+        AuthenticationError: the token was rejected.
+        ConnectionFailedError: ``max_retries`` was exhausted.
+    """
+    bridge = Bridge.from_options(token.reveal(), ssl=ssl_context, **options)
+    running: list[asyncio.Task[Any]] = []
+
+    def force() -> None:
+        for task in running:
+            task.cancel()
+
+    own_signals = signals is None
+    if signals is None:
+        signals = StopSignals(on_force=force)
+        signals.install()
+    stop = asyncio.create_task(signals.requested.wait(), name="neuroio-cli-stop")
+    try:
+        start = asyncio.create_task(bridge.start(), name="neuroio-cli-bridge-start")
+        running.append(start)
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            # Stopped while starting (e.g. a sink slow to answer): start() releases what it
+            # opened when cancelled.
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return EXIT_OK
+        start.result()  # a start-up error ends here, before anything was received
+        if bridge.metrics is not None:
+            host = options.get("metrics_host", "127.0.0.1")
+            where = f"[{host}]" if ":" in host else host
+            logger.info(
+                "metrics on http://%s:%s/metrics, health on /healthz", where, bridge.metrics.port
+            )
+        runner = asyncio.create_task(bridge.run(), name="neuroio-cli-bridge-run")
+        running.append(runner)
+        await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not runner.done():
+            closer = asyncio.create_task(bridge.close(), name="neuroio-cli-bridge-close")
+            running.append(closer)
+            await asyncio.wait({closer}, timeout=_SHUTDOWN_BUDGET)
+            if not closer.done():
+                logger.warning(
+                    "the bridge did not stop within %.0f s; what it had not delivered stays "
+                    "in the spool for the next start",
+                    _SHUTDOWN_BUDGET,
+                )
+                closer.cancel()
+            await asyncio.gather(closer, return_exceptions=True)
+            await asyncio.wait({runner})
+        if not runner.cancelled():
+            runner.result()  # AuthenticationError, ConnectionFailedError, a bridge task's end
+        return EXIT_OK
+    finally:
+        stop.cancel()
+        await asyncio.gather(stop, return_exceptions=True)
+        for task in running:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await bridge.close()
+        if own_signals:
+            signals.remove()
+
+
+def _hide_drain_timeout(command: click.Command) -> click.Command:
+    # The listener's --drain-timeout is a stdout-writing concern of `listen`; the bridge bounds
+    # its own shutdown (the handler commits to the spool, sinks get their batch in flight).
+    for param in command.params:
+        if param.name == "drain_timeout" and isinstance(param, click.Option):
+            param.hidden = True
+    return command
+
+
+@_hide_drain_timeout
+@click.command(
+    "bridge",
+    short_help="Deliver every event to files, webhooks, Redis, NATS (durable spool).",
+    context_settings={"default_map": _DEFAULTS},
+)
+@connection_options
+@click.option(
+    "--to",
+    "to",
+    metavar="URI",
+    multiple=True,
+    envvar="NEUROIO_BRIDGE_TO",
+    show_envvar=True,
+    help="A sink (repeatable): file:PATH, file:- (stdout), http(s)://..., "
+    "redis://host:port/db?stream=NAME&maxlen=N, nats://host:port?subject=S&stream=NAME. "
+    "The variable takes several separated by spaces.",
+)
+@click.option(
+    "--spool",
+    metavar="PATH",
+    default=None,
+    show_default="$XDG_DATA_HOME/neuroio-events/spool.db, ~/.local/share/... when unset",
+    envvar="NEUROIO_BRIDGE_SPOOL",
+    show_envvar=True,
+    help="The spool (SQLite) holding events until every sink confirmed them.",
+)
+@click.option(
+    "--spool-max-bytes",
+    type=ByteSize(),
+    default=DEFAULT_MAX_BYTES,
+    show_default="1GiB",
+    envvar="NEUROIO_BRIDGE_SPOOL_MAX_BYTES",
+    show_envvar=True,
+    help="When the spool holds this much, stop reading the socket until sinks catch up "
+    "(nothing is dropped). Accepts 512MiB, 4GiB, ...",
+)
+@click.option(
+    "--spool-sync",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_SPOOL_SYNC",
+    show_envvar=True,
+    help="full: each commit survives a power cut; normal: survives the process being killed.",
+)
+@click.option(
+    "--webhook-secret",
+    metavar="SECRET",
+    default=None,
+    envvar="NEUROIO_WEBHOOK_SECRET",
+    show_envvar=True,
+    help="Sign webhook requests with HMAC-SHA256 of this key (prefer the variable: a command "
+    "line is visible in ps).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    show_default="no metrics server",
+    envvar="NEUROIO_BRIDGE_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus /metrics and /healthz on this port (0: a free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_METRICS_HOST",
+    show_envvar=True,
+    help="Address the metrics server listens on.",
+)
+@click.option(
+    "--health-max-sink-failure",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_HEALTH_MAX_SINK_FAILURE",
+    show_envvar=True,
+    help="/healthz fails once a sink has failed this many seconds in a row.",
+)
+@click.option(
+    "--sink-retry-delay",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_SINK_RETRY_DELAY",
+    show_envvar=True,
+    help="Cap of the first retry delay of a failing sink, seconds (doubles per failure).",
+)
+@click.option(
+    "--sink-max-retry-delay",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_SINK_MAX_RETRY_DELAY",
+    show_envvar=True,
+    help="Largest retry delay of a failing sink, seconds.",
+)
+@listener_options
+@loop_option
+@logging_options
+def command(
+    conn: ConnectionSettings,
+    to: tuple[str, ...],
+    spool: str | None,
+    spool_max_bytes: int,
+    spool_sync: str,
+    webhook_secret: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    health_max_sink_failure: float,
+    sink_retry_delay: float,
+    sink_max_retry_delay: float,
+    listener: ListenerSettings,
+    use_uvloop: bool | None,
+    log: LogSettings,
+) -> None:
+    """Deliver every event to each --to sink through a durable spool, losing nothing.
+
+    Each event is committed to the spool (SQLite) before it counts as received, then
+    delivered to every sink at that sink's pace, retried with backoff until confirmed. Missed
+    entries are recovered from the REST API at start-up and after reconnects. Logs go to
+    stderr; stdout is empty unless a sink is file:-. Stops with status 0 on Ctrl-C or SIGTERM
+    (what was received is delivered now or after the next start); 1 on a start-up error
+    (spool, unreachable sink), 2 on a usage error, 3 if the token is rejected, 4 if
+    --max-retries is exhausted.
+
+    \b
+    Examples:
+      NEUROIO_API_TOKEN=... neuroio-events bridge --to file:/var/lib/neuroio/events.jsonl
+      neuroio-events bridge --token-file token \\
+          --to 'redis://127.0.0.1:6379/0?stream=neuroio:events' \\
+          --to 'nats://127.0.0.1:4222?subject=neuroio.events&stream=NEUROIO' \\
+          --metrics-port 9464
+    """
+    log.configure()
+    if not to:
+        raise click.UsageError(
+            "no sink: give at least one --to URI (e.g. --to file:events.jsonl); see --help"
+        )
+    if webhook_secret is not None:
+        _redact.guard(webhook_secret)
+        source = click.get_current_context().get_parameter_source("webhook_secret")
+        if source == ParameterSource.COMMANDLINE:
+            logger.warning(
+                "--webhook-secret on the command line is visible to other users in ps; "
+                "prefer NEUROIO_WEBHOOK_SECRET"
+            )
+    token = conn.api_token()
+    ssl_context = conn.ssl_context()
+    settings = listener.kwargs()
+    del settings["drain_timeout"]
+    options: dict[str, Any] = {
+        "to": to,
+        "spool": spool,
+        "spool_max_bytes": spool_max_bytes,
+        "spool_sync": spool_sync,
+        "webhook_secret": webhook_secret or None,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
+        "health_max_sink_failure": health_max_sink_failure,
+        "sink_retry_delay": sink_retry_delay,
+        "sink_max_retry_delay": sink_max_retry_delay,
+        "url": conn.url,
+        **settings,
+    }
+    run(lambda: serve(token, options, ssl_context=ssl_context), log=log, use_uvloop=use_uvloop)
