@@ -23,7 +23,7 @@ EVENT = (
 
 def test_jsonl_keeps_every_value_exactly() -> None:
     """Compact JSON with every number as the server wrote it, even beyond float range."""
-    line = FrameFormatter("jsonl").event(decode_frame(EVENT), EVENT, False)
+    line = FrameFormatter("jsonl").event(decode_frame(EVENT))
     assert line.endswith(b"}\n") and line.count(b"\n") == 1
     assert b'"confidence":87.30' in line and b"[1E+400,-0.0]" in line
     assert json.loads(line)["data"]["pid"] == "6f1c2a9e-1111-2222-3333-444455556666"
@@ -31,7 +31,7 @@ def test_jsonl_keeps_every_value_exactly() -> None:
 
 def test_pretty_line_has_the_fields_people_look_at() -> None:
     """Time, id, result, short person id, age/sex/mood, liveness, camera, confidence."""
-    text = FrameFormatter("pretty").event(decode_frame(EVENT), EVENT, True).decode()
+    text = FrameFormatter("pretty").event(decode_frame(EVENT), backfilled=True).decode()
     for part in ("#7", "exact", "6f1c2a9e", "34 F happiness", "passed", "Main entrance", "87.3"):
         assert part in text
     assert "(recovered)" in text
@@ -39,7 +39,7 @@ def test_pretty_line_has_the_fields_people_look_at() -> None:
 
 
 def test_pretty_colour_only_when_asked() -> None:
-    line = FrameFormatter("pretty", color=True).event(decode_frame(EVENT), EVENT, False)
+    line = FrameFormatter("pretty", color=True).event(decode_frame(EVENT))
     assert b"\x1b[" in line
 
 
