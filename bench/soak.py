@@ -1,0 +1,896 @@
+"""Soak: the bridge under a steady stream and a random fault every few seconds.
+
+The bridge runs as a child process (``neuroio-events bridge``) with a file, a Redis and a NATS
+sink, a spool and gap recovery, against the emulator in this process at a steady rate. TCP
+proxies sit between the bridge and the emulator's WebSocket, Redis and NATS, so faults are
+injected without touching the shared services:
+
+=================  ========================================================================
+fault              what is done, and when it counts as recovered
+=================  ========================================================================
+proxy_cut          every WebSocket connection is reset (RST); recovered at the bridge's
+                   next authenticated connection
+half_open          the WebSocket path drops every byte both ways, with no RST and no FIN;
+                   recovered at the next authenticated connection (heartbeat detection)
+emulator_restart   the emulator closes every client and refuses connections for a while
+rest_500           the REST API answers 500 for a few seconds while the WebSocket is cut,
+                   so the gap must wait; recovered at the first REST request after it heals
+redis_outage       the path to Redis drops everything for a few seconds (new connections
+                   too), then its connections are reset, as when a lost path comes back;
+                   recovered when the sink's lag is back to within 50 ms of the stream
+nats_outage        the same for NATS
+sigkill            ``kill -9`` of the bridge, restarted at once on the same spool;
+                   recovered at the new process's authenticated connection
+=================  ========================================================================
+
+Faults come one at a time, in shuffled rounds of all seven kinds (``--seed``), every
+``--fault-every`` seconds. At the end the stream stops, every sink is read back (the file's
+lines, ``XRANGE`` of the Redis stream, a pull consumer on the JetStream stream) and compared
+with the ids the emulator emitted (its REST history). The bridge's RSS and open descriptors
+are sampled every second, per process (a SIGKILL starts a new one).
+
+Usage::
+
+    .venv/bin/python bench/soak.py                  # 10 minutes
+    .venv/bin/python bench/soak.py --duration 60    # the CI's version
+    .venv/bin/python bench/soak.py --duration 600 --json soak.json --keep
+
+Exits 0 when every check passes, 1 when one fails, 2 when Redis or NATS is unreachable.
+Redis (127.0.0.1:6379) and NATS with JetStream (127.0.0.1:4222) must be running; each run uses
+its own Redis stream (database 13) and JetStream stream and deletes them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+import _soak_sinks as sinks  # noqa: E402
+import aiohttp  # noqa: E402
+
+from neuroio.emulator import Emulator  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+
+__all__ = ["KINDS", "Soak", "main"]
+
+TOKEN = "soak-" + uuid.uuid4().hex
+KINDS = (
+    "proxy_cut",
+    "half_open",
+    "emulator_restart",
+    "rest_500",
+    "redis_outage",
+    "nats_outage",
+    "sigkill",
+)
+CONNECTION_KINDS = ("proxy_cut", "half_open", "emulator_restart", "rest_500", "sigkill")
+# The bridge's heartbeat: a dead path is detected within PING_INTERVAL + PING_TIMEOUT.
+PING_INTERVAL = 0.5
+PING_TIMEOUT = 1.0
+RECONNECT_DELAY = 0.2
+# Resource bounds of one bridge process: its end against its start.
+RSS_BOUND_MB = 20.0
+FD_BOUND = 10
+# A process's "start" sample is taken once it has been live this long (imports, spool, sinks
+# and the first recovery settle first).
+WARMUP_S = 2.0
+# Longest wait for any single recovery before it counts as failed.
+RECOVERY_TIMEOUT_S = 60.0
+SAMPLE_EVERY_S = 1.0
+
+
+# ---------------------------------------------------------------------------- the bridge
+
+
+@dataclasses.dataclass
+class Generation:
+    """One bridge process: from its start to its death (SIGKILL) or the end of the soak."""
+
+    number: int
+    pid: int
+    started: float
+    live: float | None = None
+    ended: float | None = None
+    how_ended: str | None = None
+    samples: list[tuple[float, int, int]] = dataclasses.field(default_factory=list)
+    """(seconds since the soak's start, RSS kB, open descriptors)."""
+
+
+class BridgeProcess:
+    """Starts the bridge child, restarts it after a SIGKILL, and notices unexpected exits."""
+
+    def __init__(self, tmp: Path, url: str, api_url: str, to: list[str], t0: float) -> None:
+        self.tmp = tmp
+        self.url = url
+        self.api_url = api_url
+        self.to = to
+        self.t0 = t0
+        self.spool = tmp / "spool.db"
+        self.generations: list[Generation] = []
+        self.unexpected_exits: list[str] = []
+        self.metrics_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._expected_exit = False
+
+    @property
+    def current(self) -> Generation:
+        return self.generations[-1]
+
+    def command(self) -> list[str]:
+        """The ``neuroio-events bridge`` command line (the token goes in the environment)."""
+        cmd = [sys.executable, "-m", "neuroio", "bridge"]
+        for uri in self.to:
+            cmd += ["--to", uri]
+        cmd += [
+            "--spool",
+            str(self.spool),
+            "--url",
+            self.url,
+            "--api-url",
+            self.api_url,
+            "--ping-interval",
+            str(PING_INTERVAL),
+            "--ping-timeout",
+            str(PING_TIMEOUT),
+            "--reconnect-delay",
+            str(RECONNECT_DELAY),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-format",
+            "json",
+        ]  # fmt: skip  (option and value side by side)
+        return cmd
+
+    def start(self) -> Generation:
+        """Start a new process (generation) on the same spool."""
+        self.metrics_port = _free_port()
+        number = len(self.generations) + 1
+        self._log = (self.tmp / f"bridge-{number}.log").open("ab")
+        # Only the soak's settings: a NEUROIO_* variable of the caller would change the run.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEUROIO_")}
+        env.update(NEUROIO_API_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
+        self._proc = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._expected_exit = False
+        gen = Generation(number, self._proc.pid, time.monotonic() - self.t0)
+        self.generations.append(gen)
+        return gen
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def check_exit(self) -> None:
+        """Record and restart a process that ended without being told to."""
+        proc = self._proc
+        if proc is None or proc.poll() is None or self._expected_exit:
+            return
+        gen = self.current
+        gen.ended = time.monotonic() - self.t0
+        gen.how_ended = f"exited unexpectedly with code {proc.returncode}"
+        self.unexpected_exits.append(f"generation {gen.number}: {gen.how_ended}")
+        self._close_log()
+        self.start()
+
+    async def sigkill(self) -> None:
+        """``kill -9`` the process and start the next one at once."""
+        proc = self._proc
+        assert proc is not None
+        self._expected_exit = True
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+        self.current.ended = time.monotonic() - self.t0
+        self.current.how_ended = "SIGKILL"
+        self._close_log()
+        self.start()
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not end within 15 s; returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        self._expected_exit = True
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 15)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if self.current.ended is None:
+            self.current.ended = time.monotonic() - self.t0
+            self.current.how_ended = f"stopped (exit code {proc.returncode})"
+        self._close_log()
+        return proc.returncode
+
+    def kill_now(self) -> None:
+        """Last resort on an interrupted soak."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._close_log()
+
+    def sample(self) -> None:
+        """Record RSS and descriptors of the current process."""
+        if not self.alive():
+            return
+        gen = self.current
+        rss = _rss_kb(gen.pid)
+        fds = _fd_count(gen.pid)
+        if rss is not None and fds is not None:
+            gen.samples.append((time.monotonic() - self.t0, rss, fds))
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rss_kb(pid: int | str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _fd_count(pid: int | str) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------- the soak
+
+
+@dataclasses.dataclass
+class Fault:
+    """One injected fault and what it took to get over it."""
+
+    kind: str
+    at: float
+    duration: float = 0.0
+    detected: float | None = None
+    """Seconds from injection to the bridge's next authenticated connection."""
+    recovered: float | None = None
+    """Seconds from injection to recovery (see the module docstring)."""
+    caught_up_after_restore: float | None = None
+    error: str | None = None
+
+
+class Soak:
+    """The whole run: emulator, proxies, the bridge child, faults, checks."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.tag = uuid.uuid4().hex[:10]
+        self.redis_stream = f"soak:{self.tag}"
+        self.nats_subject = f"soak.{self.tag}"
+        self.nats_stream = f"SOAK_{self.tag.upper()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="neuroio-soak-"))
+        self.events_file = self.tmp / "events.jsonl"
+        self.t0 = time.monotonic()
+        self.faults: list[Fault] = []
+        self.bridge: BridgeProcess | None = None
+        self.emu: Emulator | None = None
+        self.ws_proxy: FaultProxy | None = None
+        self.redis_proxy: FaultProxy | None = None
+        self.nats_proxy: FaultProxy | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.soak_rss: list[tuple[float, int]] = []
+        self.result: dict[str, Any] = {}
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        args = self.args
+        self.emu = Emulator(
+            tokens={TOKEN},
+            push_while_disconnected=False,
+            history_size=int(args.rate * (args.duration + 300)) + 10_000,
+            seed=args.seed,
+        )
+        redis = await sinks.redis_client()
+        nc = None
+        try:
+            try:
+                await redis.ping()
+                nc = await sinks.nats_connect()
+                await nc.jetstream().account_info()
+            except Exception as exc:
+                print(
+                    f"soak: Redis ({sinks.REDIS_HOST}:{sinks.REDIS_PORT}) and NATS with "
+                    f"JetStream ({sinks.NATS_HOST}:{sinks.NATS_PORT}) must be running "
+                    f"(e.g. `redis-server` and `nats-server -js`): {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
+                return 2
+            async with (
+                self.emu,
+                FaultProxy(sinks.REDIS_HOST, sinks.REDIS_PORT) as self.redis_proxy,
+                FaultProxy(sinks.NATS_HOST, sinks.NATS_PORT) as self.nats_proxy,
+                FaultProxy("127.0.0.1", self.emu.port) as self.ws_proxy,
+                aiohttp.ClientSession() as self.http,
+            ):
+                try:
+                    return await self._soak(redis, nc)
+                finally:
+                    if self.bridge is not None:
+                        self.bridge.kill_now()
+        finally:
+            with contextlib.suppress(Exception):
+                await sinks.delete_redis(redis, self.redis_stream)
+            await redis.aclose()
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await sinks.delete_nats(nc, self.nats_stream)
+                await nc.close()
+            if args.keep:
+                print(f"soak: kept {self.tmp}")
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def sink_uris(self) -> list[str]:
+        assert self.redis_proxy is not None and self.nats_proxy is not None
+        return [
+            f"file:{self.events_file}",
+            f"redis://127.0.0.1:{self.redis_proxy.port}/{sinks.REDIS_DB}"
+            f"?stream={self.redis_stream}&socket_timeout=5",
+            f"nats://127.0.0.1:{self.nats_proxy.port}"
+            f"?subject={self.nats_subject}&stream={self.nats_stream}&timeout=5",
+        ]
+
+    def authenticated(self) -> int:
+        assert self.emu is not None
+        return sum(1 for r in self.emu.clients if r.authenticated)
+
+    async def _soak(self, redis: Any, nc: Any) -> int:
+        args = self.args
+        emu, ws_proxy = self.emu, self.ws_proxy
+        assert emu is not None and ws_proxy is not None
+        self.t0 = time.monotonic()
+        self.bridge = bridge = BridgeProcess(
+            self.tmp, ws_proxy.url_for(), emu.api_url, self.sink_uris(), self.t0
+        )
+        bridge.start()
+        await self._wait_connection(0, timeout=60)
+        bridge.current.live = self.now()
+        emu.start_stream(args.rate)
+        sampler = asyncio.create_task(self._sample_loop())
+        try:
+            await self._inject_faults()
+            stream_end = self.t0 + args.duration
+            # The stream runs its whole duration, and at least until the last fault is over.
+            await asyncio.sleep(max(0.0, stream_end - time.monotonic()))
+            await emu.stop_stream()
+            stopped_at = self.now()
+            emitted = await self._emitted_ids()
+            drained, stored = await self._drain(emitted, redis, nc)
+            drain_s = self.now() - stopped_at
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        exit_code = await bridge.stop()
+        self.result = self._report(emitted, stored, drained, drain_s, exit_code)
+        self._print(self.result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(self.result, indent=2) + "\n")
+        return 0 if self.result["passed"] else 1
+
+    async def _wait_connection(self, before: int, timeout: float = RECOVERY_TIMEOUT_S) -> None:
+        """Wait for the bridge's authenticated connection number ``before + 1``."""
+        assert self.emu is not None and self.bridge is not None
+        bridge = self.bridge
+        deadline = time.monotonic() + timeout
+        while self.authenticated() <= before:
+            bridge.check_exit()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no new authenticated connection within {timeout} s")
+            # Short slices so an exited bridge is noticed (and restarted) meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await self.emu.wait_until(
+                    lambda: self.authenticated() > before, timeout=min(left, 0.5)
+                )
+        if bridge.current.live is None:
+            bridge.current.live = self.now()
+
+    async def _sample_loop(self) -> None:
+        assert self.bridge is not None
+        while True:
+            self.bridge.check_exit()
+            self.bridge.sample()
+            rss = _rss_kb("self")
+            if rss is not None:
+                self.soak_rss.append((self.now(), rss))
+            await asyncio.sleep(SAMPLE_EVERY_S)  # the sampling period, not a synchronisation
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def _kinds(self) -> Iterator[str]:
+        while True:
+            round_ = list(KINDS)
+            self.rng.shuffle(round_)
+            yield from round_
+
+    async def _inject_faults(self) -> None:
+        args = self.args
+        # Leave time at the end for the last fault to be over before the stream stops.
+        last_start = args.duration - max(5.0, args.fault_every)
+        next_at = 3.0
+        kinds = self._kinds()
+        while next_at <= last_start:
+            await asyncio.sleep(max(0.0, next_at - self.now()))  # the fault schedule
+            fault = Fault(next(kinds), self.now())
+            self.faults.append(fault)
+            try:
+                await self._inject(fault)
+            except TimeoutError as exc:
+                fault.error = str(exc)
+                self._restore_all()
+            jitter = self.rng.uniform(0.7, 1.3)
+            next_at = max(next_at + args.fault_every * jitter, self.now() + 1.0)
+
+    def _restore_all(self) -> None:
+        assert self.emu is not None
+        for proxy in (self.ws_proxy, self.redis_proxy, self.nats_proxy):
+            if proxy is not None:
+                proxy.restore()
+        self.emu.heal_rest()
+
+    async def _inject(self, fault: Fault) -> None:
+        emu, bridge = self.emu, self.bridge
+        ws_proxy, redis_proxy, nats_proxy = self.ws_proxy, self.redis_proxy, self.nats_proxy
+        assert emu is not None and bridge is not None and ws_proxy is not None
+        assert redis_proxy is not None and nats_proxy is not None
+        start = time.monotonic()
+        before = self.authenticated()
+
+        def since() -> float:
+            return time.monotonic() - start
+
+        if fault.kind == "proxy_cut":
+            ws_proxy.cut()
+            await self._wait_connection(before)
+            fault.detected = fault.recovered = since()
+        elif fault.kind == "half_open":
+            ws_proxy.blackhole("both")
+            await self._wait_connection(before)
+            fault.detected = fault.recovered = since()
+            ws_proxy.restore()  # lets the dead connection's held close through
+        elif fault.kind == "emulator_restart":
+            fault.duration = round(self.rng.uniform(0.5, 2.0), 2)
+            restart = asyncio.create_task(emu.restart(downtime=fault.duration))
+            try:
+                await self._wait_connection(before)
+            finally:
+                await restart
+            fault.detected = fault.recovered = since()
+        elif fault.kind == "rest_500":
+            fault.duration = round(self.rng.uniform(2.0, 4.0), 2)
+            emu.fail_rest(500)
+            ws_proxy.cut()
+            try:
+                await self._wait_connection(before)
+                fault.detected = since()
+                await asyncio.sleep(max(0.0, fault.duration - since()))  # the outage itself
+            finally:
+                emu.heal_rest()
+            requests = len(emu.rest_requests)
+            await emu.wait_until(
+                lambda: len(emu.rest_requests) > requests,
+                timeout=RECOVERY_TIMEOUT_S,
+                what="a REST request after the API healed",
+            )
+            fault.recovered = since()
+        elif fault.kind in ("redis_outage", "nats_outage"):
+            proxy = redis_proxy if fault.kind == "redis_outage" else nats_proxy
+            sink = "redis" if fault.kind == "redis_outage" else "nats"
+            fault.duration = round(self.rng.uniform(2.0, 4.0), 2)
+            proxy.blackhole("both", new_connections=True)
+            try:
+                await asyncio.sleep(fault.duration)  # the outage itself
+            finally:
+                proxy.restore()
+                # The path is back but its connections' state is gone: the next packet
+                # of each is answered with a reset.
+                proxy.cut()
+            restored = time.monotonic()
+            await self._wait_caught_up(sink)
+            fault.recovered = since()
+            fault.caught_up_after_restore = time.monotonic() - restored
+        elif fault.kind == "sigkill":
+            await bridge.sigkill()
+            await self._wait_connection(before)
+            fault.detected = fault.recovered = since()
+        else:
+            raise AssertionError(fault.kind)
+
+    async def _sink_lags(self) -> dict[str, int] | None:
+        """Each sink kind's lag from the bridge's ``/healthz`` (``None``: not answering)."""
+        assert self.http is not None and self.bridge is not None
+        url = f"http://127.0.0.1:{self.bridge.metrics_port}/healthz"
+        try:
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+            return None
+        lags: dict[str, int] = {}
+        for name, status in body.get("sinks", {}).items():
+            kind = name.split(":", 1)[0]
+            lags[kind] = int(status.get("lag", 0))
+        return lags
+
+    async def _wait_caught_up(self, sink: str) -> None:
+        """Wait until the sink's lag is at most 50 ms of the stream."""
+        assert self.bridge is not None
+        limit = max(1, int(self.args.rate / 20))
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while True:
+            self.bridge.check_exit()
+            lags = await self._sink_lags()
+            if lags is not None and lags.get(sink, limit + 1) <= limit:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sink {sink} still behind after {RECOVERY_TIMEOUT_S} s")
+            await asyncio.sleep(0.02)  # polling period of an HTTP probe
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def _emitted_ids(self) -> list[int]:
+        """Every id the emulator emitted, read from its REST history."""
+        assert self.emu is not None and self.http is not None
+        ids: list[int] = []
+        url: str | None = f"{self.emu.api_url}/v1/entries/?limit=1000"
+        headers = {"Authorization": f"Token {TOKEN}"}
+        while url is not None:
+            async with self.http.get(url, headers=headers) as response:
+                response.raise_for_status()
+                page = await response.json()
+            ids.extend(int(e["id"]) for e in page["results"])
+            url = page["next"]
+        if len(ids) != self.emu.emitted:
+            raise RuntimeError(f"REST history holds {len(ids)} of {self.emu.emitted} emitted")
+        return ids
+
+    async def _drain(
+        self, emitted: list[int], redis: Any, nc: Any
+    ) -> tuple[bool, dict[str, sinks.Stored]]:
+        """Wait (bounded) until every sink holds every emitted id; returns what they hold."""
+        assert self.bridge is not None
+        want = set(emitted)
+        deadline = time.monotonic() + self.args.drain_timeout
+        stored: dict[str, sinks.Stored] = {}
+        while True:
+            self.bridge.check_exit()
+            counts = {
+                "file": sinks.count_file(self.events_file),
+                "redis": int(await redis.xlen(self.redis_stream)),
+                "nats": await sinks.nats_count(nc, self.nats_stream),
+            }
+            if all(n >= len(want) for n in counts.values()) or time.monotonic() > deadline:
+                stored = {
+                    "file": sinks.read_file(self.events_file),
+                    "redis": await sinks.read_redis(redis, self.redis_stream),
+                    "nats": await sinks.read_nats(nc, self.nats_stream, self.nats_subject),
+                }
+                if all(want <= set(s.ids) for s in stored.values()):
+                    return True, stored
+                if time.monotonic() > deadline:
+                    return False, stored
+            await asyncio.sleep(1.0)  # polling period of the read-back
+
+    # -- report ----------------------------------------------------------------------------
+
+    def _report(
+        self,
+        emitted: list[int],
+        stored: dict[str, sinks.Stored],
+        drained: bool,
+        drain_s: float,
+        exit_code: int | None,
+    ) -> dict[str, Any]:
+        assert self.bridge is not None and self.emu is not None
+        args = self.args
+        want = set(emitted)
+        checks: list[tuple[str, bool, str]] = []
+        per_sink: dict[str, Any] = {}
+        for name, s in stored.items():
+            counts = Counter(s.ids)
+            missing = len(want - counts.keys())
+            dupes = sum(n - 1 for n in counts.values() if n > 1)
+            extra = len(counts.keys() - want)
+            per_sink[name] = {
+                "delivered": len(s.ids),
+                "distinct": len(counts),
+                "missing": missing,
+                "duplicates": dupes,
+                "unknown_ids": extra,
+                "unreadable": s.unreadable,
+            }
+            checks.append((f"{name}: missing = 0", missing == 0, str(missing)))
+            if name in ("redis", "nats"):
+                checks.append((f"{name}: duplicates = 0", dupes == 0, str(dupes)))
+            checks.append(
+                (
+                    f"{name}: no unreadable entry or unknown id",
+                    s.unreadable + extra == 0,
+                    f"{s.unreadable} unreadable, {extra} unknown",
+                )
+            )
+        checks.append(("sinks drained", drained, f"{drain_s:.1f} s after the stream stopped"))
+
+        by_kind: dict[str, Any] = {}
+        for kind in KINDS:
+            mine = [f for f in self.faults if f.kind == kind]
+            ok = [f for f in mine if f.error is None and f.recovered is not None]
+            detected = [f.detected for f in ok if f.detected is not None]
+            recovered = [f.recovered for f in ok if f.recovered is not None]
+            caught_up = [f.caught_up_after_restore for f in ok if f.caught_up_after_restore]
+            by_kind[kind] = {
+                "injected": len(mine),
+                "recovered": len(ok),
+                "max_detected_s": _round(max(detected, default=None)),
+                "median_detected_s": _round(statistics.median(detected) if detected else None),
+                "max_recovered_s": _round(max(recovered, default=None)),
+                "max_caught_up_after_restore_s": _round(max(caught_up, default=None)),
+                "errors": [f.error for f in mine if f.error],
+            }
+            checks.append(
+                (
+                    f"{kind}: injected and recovered",
+                    bool(mine) and len(ok) == len(mine),
+                    f"{len(ok)}/{len(mine)}",
+                )
+            )
+        checks.append(
+            (
+                "bridge never exited on its own",
+                not self.bridge.unexpected_exits,
+                "; ".join(self.bridge.unexpected_exits) or "none",
+            )
+        )
+
+        generations = []
+        for gen in self.bridge.generations:
+            g = _resources(gen)
+            generations.append(g)
+            if g["start"] is None:
+                continue
+            rss_ok = g["end"]["rss_mb"] <= g["start"]["rss_mb"] + RSS_BOUND_MB
+            fd_ok = g["end"]["fds"] <= g["start"]["fds"] + FD_BOUND
+            checks.append(
+                (
+                    f"process {gen.number}: RSS end <= start + {RSS_BOUND_MB:.0f} MB",
+                    rss_ok,
+                    f"{g['start']['rss_mb']:.1f} -> {g['end']['rss_mb']:.1f} MB over "
+                    f"{g['lifetime_s']:.0f} s",
+                )
+            )
+            checks.append(
+                (
+                    f"process {gen.number}: fds end <= start + {FD_BOUND}",
+                    fd_ok,
+                    f"{g['start']['fds']} -> {g['end']['fds']}",
+                )
+            )
+        measured = [g for g in generations if g["start"] is not None]
+        longest = max(measured, key=lambda g: g["lifetime_s"], default=None)
+        if measured:
+            first, last = measured[0], measured[-1]
+            checks.append(
+                (
+                    f"across restarts: last process's end RSS <= first's start + "
+                    f"{RSS_BOUND_MB:.0f} MB",
+                    last["end"]["rss_mb"] <= first["start"]["rss_mb"] + RSS_BOUND_MB,
+                    f"{first['start']['rss_mb']:.1f} -> {last['end']['rss_mb']:.1f} MB",
+                )
+            )
+            checks.append(
+                (
+                    f"across restarts: last process's end fds <= first's start + {FD_BOUND}",
+                    last["end"]["fds"] <= first["start"]["fds"] + FD_BOUND,
+                    f"{first['start']['fds']} -> {last['end']['fds']}",
+                )
+            )
+        else:
+            checks.append(("resource samples taken", False, "no process lived long enough"))
+
+        connections = self.authenticated()
+        result: dict[str, Any] = {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}",
+            "duration_s": args.duration,
+            "rate": args.rate,
+            "fault_every_s": args.fault_every,
+            "seed": args.seed,
+            "bridge_command": _shown_command(self.bridge.command()),
+            "events_emitted": len(emitted),
+            "sinks": per_sink,
+            "faults_injected": len(self.faults),
+            "faults": by_kind,
+            "fault_log": [dataclasses.asdict(f) for f in self.faults],
+            "authenticated_connections": connections,
+            "bridge_processes": len(self.bridge.generations),
+            "reconnects": connections - len(self.bridge.generations),
+            "drain_s": round(drain_s, 2),
+            "bridge_exit_code": exit_code,
+            "resources": generations,
+            "longest_lived_process": longest["number"] if longest else None,
+            "soak_process_rss_mb": {
+                "start": _mb(self.soak_rss[0][1]) if self.soak_rss else None,
+                "end": _mb(self.soak_rss[-1][1]) if self.soak_rss else None,
+            },
+            "checks": [{"check": c, "passed": ok, "value": v} for c, ok, v in checks],
+            "passed": all(ok for _, ok, _ in checks),
+        }
+        return result
+
+    @staticmethod
+    def _print(r: dict[str, Any]) -> None:
+        out = print
+        out(f"\nsoak: {r['command']}  ({r['date']}, {r['machine']})")
+        out(f"bridge: {r['bridge_command']}")
+        out(
+            f"duration {r['duration_s']} s at {r['rate']} events/s, a fault every ~"
+            f"{r['fault_every_s']} s, seed {r['seed']}\n"
+        )
+        out(f"events emitted: {r['events_emitted']}")
+        out(f"{'sink':8} {'delivered':>10} {'distinct':>10} {'missing':>8} {'duplicates':>11}")
+        for name, s in r["sinks"].items():
+            out(
+                f"{name:8} {s['delivered']:>10} {s['distinct']:>10} {s['missing']:>8} "
+                f"{s['duplicates']:>11}"
+            )
+        out(
+            f"\nfaults injected: {r['faults_injected']}; authenticated connections "
+            f"{r['authenticated_connections']} = {r['bridge_processes']} bridge processes + "
+            f"{r['reconnects']} reconnects; sinks drained {r['drain_s']} s after the stream "
+            "stopped"
+        )
+        out(
+            f"{'fault':17} {'injected':>8} {'recovered':>9} {'detect max':>11} "
+            f"{'recover max':>12} {'caught up max':>14}"
+        )
+        for kind, f in r["faults"].items():
+            out(
+                f"{kind:17} {f['injected']:>8} {f['recovered']:>9} "
+                f"{_s(f['max_detected_s']):>11} {_s(f['max_recovered_s']):>12} "
+                f"{_s(f['max_caught_up_after_restore_s']):>14}"
+            )
+        out(
+            "  (detect: injection -> next authenticated connection; recover: injection -> "
+            "recovered; caught up: outage over -> sink lag within 50 ms of the stream)"
+        )
+        out(f"\n{'process':8} {'lived':>7} {'RSS start/mid/end MB':>24} {'fds start/mid/end':>19}")
+        for g in r["resources"]:
+            if g["start"] is None:
+                out(f"{g['number']:<8} {g['lifetime_s']:>6.0f}s {'(too short to sample)':>24}")
+                continue
+            rss = "/".join(f"{g[k]['rss_mb']:.1f}" for k in ("start", "middle", "end"))
+            fds = "/".join(str(g[k]["fds"]) for k in ("start", "middle", "end"))
+            mark = "  <- longest-lived" if g["number"] == r["longest_lived_process"] else ""
+            out(f"{g['number']:<8} {g['lifetime_s']:>6.0f}s {rss:>24} {fds:>19}{mark}")
+        out("\nchecks:")
+        for c in r["checks"]:
+            out(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['check']}  ({c['value']})")
+        out(f"\nsoak {'PASSED' if r['passed'] else 'FAILED'}")
+
+
+def _resources(gen: Generation) -> dict[str, Any]:
+    """Start (after warm-up), middle and end samples of one process."""
+    end_t = gen.ended if gen.ended is not None else (gen.samples[-1][0] if gen.samples else 0)
+    live = gen.live if gen.live is not None else gen.started
+    usable = [s for s in gen.samples if s[0] >= live + WARMUP_S]
+    out: dict[str, Any] = {
+        "number": gen.number,
+        "pid": gen.pid,
+        "lifetime_s": round(end_t - gen.started, 1),
+        "ended": gen.how_ended,
+        "samples": len(gen.samples),
+        "start": None,
+        "middle": None,
+        "end": None,
+        "max_rss_mb": _mb(max((s[1] for s in gen.samples), default=0)),
+    }
+    if len(usable) < 2:
+        return out
+    first, last = usable[0], usable[-1]
+    midpoint = (first[0] + last[0]) / 2
+    middle = min(usable, key=lambda s: abs(s[0] - midpoint))
+    for key, s in (("start", first), ("middle", middle), ("end", last)):
+        out[key] = {"t": round(s[0], 1), "rss_mb": _mb(s[1]), "fds": s[2]}
+    return out
+
+
+def _mb(kb: int) -> float:
+    return round(kb / 1024, 1)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _shown_command(cmd: list[str]) -> str:
+    shown = ["neuroio-events" if i == 0 else a for i, a in enumerate(cmd) if i not in (1, 2)]
+    return " ".join(shown).replace(str(Path(tempfile.gettempdir())), "$TMP")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and run the soak; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of stream")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second")
+    parser.add_argument(
+        "--fault-every", type=float, default=5.0, help="mean seconds between faults"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=120.0, help="seconds allowed to catch up at the end"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.duration < 7 * args.fault_every + 10:
+        parser.error("--duration must leave room for one fault of each of the 7 kinds")
+    soak = Soak(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(soak.run())
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
