@@ -350,7 +350,7 @@ def listener_options(func: F) -> F:
             show_default=True,
             envvar="NEUROIO_MAX_QUEUE",
             show_envvar=True,
-            help="Frames received but not yet written; when full, reading pauses.",
+            help="Recovered (--backfill) frames waiting their turn to be written.",
         ),
         click.option(
             "--max-message-size",
@@ -368,7 +368,7 @@ def listener_options(func: F) -> F:
             show_default=True,
             envvar="NEUROIO_DRAIN_TIMEOUT",
             show_envvar=True,
-            help="On stop, seconds to go on writing frames already received.",
+            help="On stop, seconds allowed for the frame being handled to be written.",
         ),
         click.option(
             "--backfill/--no-backfill",
