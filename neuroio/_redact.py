@@ -13,6 +13,7 @@ import threading
 __all__ = ["REDACTED", "TokenRedactor", "redact"]
 
 REDACTED = "***"
+MIN_SECRET_LENGTH = 6
 
 # Logger filters only apply to records created on that very logger, so each logger that could
 # carry a frame or a URL is listed, not just the parents.
@@ -44,8 +45,12 @@ class TokenRedactor(logging.Filter):
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
-        """Start redacting ``secret`` (reference-counted)."""
-        if not secret:
+        """Start redacting ``secret`` (reference-counted).
+
+        Strings shorter than :data:`MIN_SECRET_LENGTH` are not redacted: masking every
+        occurrence of ``"x"`` would make logs unreadable, and such a string is no secret.
+        """
+        if len(secret) < MIN_SECRET_LENGTH:
             return
         with self._lock:
             self._secrets[secret] = self._secrets.get(secret, 0) + 1

@@ -81,6 +81,7 @@ _CLOSER = "closer"
 _HANDED = "handed"
 _EVENT_PREFIX = '{"id":'
 _decode_event = _event_decoder.decode
+_NEEDS_CLEANUP_CLOSED = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False))
 # How stale ListenerStats.last_event_at may be, seconds.
 _STAMP_INTERVAL = 1.0
 _WebSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
@@ -302,7 +303,11 @@ class EventListener:
         self._inbox = Inbox(self.max_queue)
         self._failure = None
         self._turn = _Turn()
-        session = aiohttp.ClientSession()
+        # enable_cleanup_closed: aiohttp's advice for Pythons whose SSL transports can linger
+        # after close; a listener that reconnects for months must not leak them.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED)
+        )
         self._session = session
         try:
             await self._connection_cycle(session)
@@ -635,7 +640,11 @@ class EventListener:
                         continue
                 else:
                     kind = self._account(data)
-                    if kind is Kind.PONG:
+                    if kind is Kind.ERROR:
+                        # During authentication an error ends listen() with its own message;
+                        # on a live connection it is only worth a warning.
+                        logger.warning("server error message: %s", _error_text(data))
+                    elif kind is Kind.PONG:
                         now = loop.time()
                         rtt = heartbeat.pong_received(now)
                         stats.pongs += 1
@@ -700,8 +709,6 @@ class EventListener:
         if kind is Kind.MALFORMED or kind is Kind.BINARY:
             self.stats.malformed += 1
             logger.warning("received a frame that is not a NeuroIO message (%s)", kind.value)
-        elif kind is Kind.ERROR:
-            logger.warning("server error message: %s", _error_text(data))
         return kind
 
     async def _hand_over(self, data: str | bytes, kind: Kind) -> None:
