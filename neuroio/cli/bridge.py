@@ -41,6 +41,10 @@ logger = logging.getLogger("neuroio.cli")
 # is abandoned: the spool still holds it, so it is delivered after a restart.
 _SHUTDOWN_BUDGET = 10.0
 
+# After a second signal: how long the bridge may still take to close its sinks and spool.
+_FORCE_GRACE = 1.0
+_WRITER_TASK = "neuroio-spool-writer"
+
 # Gap recovery is what makes the bridge lose nothing across its own restarts, so for this
 # command it is on, and unbounded, unless the user says otherwise (listen's defaults differ).
 _DEFAULTS = {"backfill": True, "backfill_max_events": 0, "backfill_max_age": 0.0}
@@ -107,10 +111,21 @@ async def serve(
     """
     bridge = Bridge.from_options(token.reveal(), ssl=ssl_context, **options)
     running: list[asyncio.Task[Any]] = []
+    closing: list[asyncio.Task[None]] = []
 
     def force() -> None:
+        # Abandon the sends in flight (their events stay in the spool) so the bridge closes
+        # its sinks and spool at once; the writer is spared: it commits what was received.
+        if bridge.pipeline is not None:
+            for task in bridge.pipeline.tasks:
+                if task.get_name() != _WRITER_TASK:
+                    task.cancel()
         for task in running:
-            task.cancel()
+            if task not in closing:
+                task.cancel()
+        loop = asyncio.get_running_loop()
+        for closer in closing:
+            loop.call_later(_FORCE_GRACE, closer.cancel)
 
     own_signals = signals is None
     if signals is None:
@@ -145,6 +160,7 @@ async def serve(
         if not runner.done():
             closer = asyncio.create_task(bridge.close(), name="neuroio-cli-bridge-close")
             running.append(closer)
+            closing.append(closer)
             await asyncio.wait({closer}, timeout=_SHUTDOWN_BUDGET)
             if not closer.done():
                 logger.warning(

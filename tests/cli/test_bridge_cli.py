@@ -535,3 +535,44 @@ async def test_metrics_port_0_serves_documented_metrics_and_health(
 
 async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_second_signal_stops_at_once_while_a_send_hangs(
+    cli: StartCli, server: IndependentServer, tmp_path: Path
+) -> None:
+    """A webhook that accepts the request and never answers: the first SIGTERM waits for the
+    batch in flight; a second one stops at once, with status 0 and nothing lost (the spool
+    still holds the unconfirmed events)."""
+    release = asyncio.Event()
+    requests = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()  # a connection opened and closed unused
+            return
+        requests.set()  # a request is in flight, and will never be answered
+        await release.wait()
+        writer.close()
+
+    hang = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = hang.sockets[0].getsockname()[1]
+    spool = tmp_path / "spool.db"
+    try:
+        proc = await cli(*bridge_args(server, spool, f"http://127.0.0.1:{port}/"), env=env())
+        await server.wait_live(1)
+        sent = await server.emit(10)
+        await asyncio.wait_for(requests.wait(), 5)
+        proc.send(signal.SIGTERM)
+        await proc.wait_stderr("SIGTERM received")
+        proc.send(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert await proc.finish(timeout=5) == 0
+        assert time.monotonic() - stopped < 2
+    finally:
+        release.set()
+        hang.close()
+        await hang.wait_closed()
+    with Spool(spool) as held:
+        assert [e.id for e in held.read(0, 100)] == sent
