@@ -30,7 +30,6 @@ from ._options import (
     loop_option,
 )
 from ._run import EXIT_OK, StopSignals, run
-from .listen import _AuthErrorFilter
 
 __all__ = ["ByteSize", "command", "serve"]
 
@@ -132,8 +131,6 @@ async def serve(
         signals = StopSignals(on_force=force)
         signals.install()
     stop = asyncio.create_task(signals.requested.wait(), name="neuroio-cli-stop")
-    listener_logger = logging.getLogger("neuroio.listener")
-    auth_filter: logging.Filter | None = None
     try:
         start = asyncio.create_task(bridge.start(), name="neuroio-cli-bridge-start")
         running.append(start)
@@ -145,9 +142,6 @@ async def serve(
             await asyncio.gather(start, return_exceptions=True)
             return EXIT_OK
         start.result()  # a start-up error ends here, before anything was received
-        # A rejected token ends the run with one line quoting the server; not a warning too.
-        auth_filter = _AuthErrorFilter(bridge.listener)
-        listener_logger.addFilter(auth_filter)
         if bridge.metrics is not None:
             host = options.get("metrics_host", "127.0.0.1")
             where = f"[{host}]" if ":" in host else host
@@ -182,8 +176,6 @@ async def serve(
                 task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await bridge.close()
-        if auth_filter is not None:
-            listener_logger.removeFilter(auth_filter)
         if own_signals:
             signals.remove()
 
