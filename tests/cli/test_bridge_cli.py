@@ -576,3 +576,57 @@ async def test_second_signal_stops_at_once_while_a_send_hangs(
         await hang.wait_closed()
     with Spool(spool) as held:
         assert [e.id for e in held.read(0, 100)] == sent
+
+
+# -- help and option parsing (no process) ---------------------------------------------------
+
+
+def test_help_shows_every_option_with_its_default_and_variable() -> None:
+    """bridge --help: the documented options, each value option with a NEUROIO_ variable,
+    gap recovery on and unbounded by default, the listener-only --drain-timeout hidden."""
+    from click.testing import CliRunner
+
+    from neuroio.cli import cli as group
+
+    result = CliRunner().invoke(group, ["bridge", "--help"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    text = result.output.partition("Options:")[2]
+    for option, variable in (
+        ("--to URI", "NEUROIO_BRIDGE_TO"),
+        ("--spool PATH", "NEUROIO_BRIDGE_SPOOL"),
+        ("--spool-max-bytes", "NEUROIO_BRIDGE_SPOOL_MAX_BYTES"),
+        ("--spool-sync", "NEUROIO_BRIDGE_SPOOL_SYNC"),
+        ("--webhook-secret", "NEUROIO_WEBHOOK_SECRET"),
+        ("--metrics-port", "NEUROIO_BRIDGE_METRICS_PORT"),
+        ("--metrics-host", "NEUROIO_BRIDGE_METRICS_HOST"),
+        ("--health-max-sink-failure", "NEUROIO_BRIDGE_HEALTH_MAX_SINK_FAILURE"),
+        ("--token-file", "NEUROIO_API_TOKEN_FILE"),
+        ("--since", "NEUROIO_SINCE"),
+    ):
+        entry = re.search(rf"^ +{re.escape(option)}.*?(?=^ +-|\Z)", text, re.M | re.S)
+        assert entry and f"env var: {variable}" in entry.group(), (option, entry)
+    assert re.search(r"--backfill / --no-backfill .*default: backfill\]", text)
+    assert re.search(r"--backfill-max-events [^-]*default: 0;", text)
+    assert "--drain-timeout" not in text
+
+
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [("1073741824", 2**30), ("512MiB", 512 * 2**20), ("1.5GiB", 3 * 2**29), ("2GB", 2 * 10**9)],
+)
+def test_spool_max_bytes_takes_sizes_with_units(given: str, size: int) -> None:
+    """--spool-max-bytes accepts plain bytes and KiB/MiB/GiB/KB/MB/GB suffixes."""
+    from neuroio.cli.bridge import ByteSize
+
+    assert ByteSize().convert(given, None, None) == size
+
+
+@pytest.mark.parametrize("given", ["", "0", "lots", "5 parsecs", "-1GiB"])
+def test_spool_max_bytes_refuses_what_is_not_a_positive_size(given: str) -> None:
+    """Anything else is a usage error naming the value."""
+    import click
+
+    from neuroio.cli.bridge import ByteSize
+
+    with pytest.raises(click.BadParameter, match="size"):
+        ByteSize().convert(given, None, None)
