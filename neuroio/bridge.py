@@ -233,6 +233,12 @@ class Pipeline:
         writer = [self._writer_task] if self._writer_task is not None else []
         return writer + list(self._tasks.values())
 
+    def abandon_sends(self) -> None:
+        """Cancel the sends in progress now (their events stay in the spool and are sent
+        again after a restart); the spool writer goes on, so nothing received is lost."""
+        for task in self._tasks.values():
+            task.cancel()
+
     async def close(self) -> None:
         """Commit what is queued, stop delivering, and persist the sinks' cursors.
 

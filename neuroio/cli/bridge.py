@@ -42,7 +42,6 @@ _SHUTDOWN_BUDGET = 10.0
 
 # After a second signal: how long the bridge may still take to close its sinks and spool.
 _FORCE_GRACE = 1.0
-_WRITER_TASK = "neuroio-spool-writer"
 
 # Gap recovery is what makes the bridge lose nothing across its own restarts, so for this
 # command it is on, and unbounded, unless the user says otherwise (listen's defaults differ).
@@ -116,9 +115,7 @@ async def serve(
         # Abandon the sends in flight (their events stay in the spool) so the bridge closes
         # its sinks and spool at once; the writer is spared: it commits what was received.
         if bridge.pipeline is not None:
-            for task in bridge.pipeline.tasks:
-                if task.get_name() != _WRITER_TASK:
-                    task.cancel()
+            bridge.pipeline.abandon_sends()
         for task in running:
             if task not in closing:
                 task.cancel()
