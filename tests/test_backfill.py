@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -13,6 +12,7 @@ from neuroio import EventListener
 from neuroio.backfill import GapStart, RecentIds, parse_since
 from neuroio.messages import Backfilled
 
+from .helpers import until
 from .independent_server import IndependentServer
 
 TOKEN = "secret-token"
@@ -53,14 +53,6 @@ def test_parse_since_rejects_garbage() -> None:
         parse_since("yesterday")
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
 async def test_events_emitted_while_disconnected_are_recovered_once_in_order() -> None:
     """2,000 events, three forced disconnects with events emitted during each: every id once.
 
@@ -92,13 +84,13 @@ async def test_events_emitted_while_disconnected_are_recovered_once_in_order() -
         for n in range(3):
             sent += await server.emit(400)
             expected = len(sent)
-            await _until(lambda: len(got) >= expected)  # noqa: B023 (read at once)
+            await until(lambda: len(got) >= expected)  # noqa: B023 (read at once)
             await server.drop_all()
             # No client is connected now: these go to the history only.
             sent += await server.emit(100 + n)
             await server.wait_live(n + 2)
         sent += await server.emit(2000 - len(sent))
-        await _until(lambda: len(set(got)) >= len(sent))
+        await until(lambda: len(set(got)) >= len(sent))
         await listener.close()
         await task
     assert len(sent) == 2000
@@ -123,7 +115,7 @@ async def test_since_recovers_before_the_first_connection() -> None:
             TOKEN, handler, url=server.url, api_url=server.api_url, since=old[9]
         )
         task = asyncio.create_task(listener.listen())
-        await _until(lambda: len(got) >= 20)
+        await until(lambda: len(got) >= 20)
         await listener.close()
         await task
     assert got == old[10:]
@@ -145,9 +137,9 @@ async def test_refused_rest_token_is_a_clear_error_and_live_events_continue(
         server.token_rest = "another-token"
         task = asyncio.create_task(listener.listen())
         await server.wait_live()
-        await _until(lambda: listener.backfill_error is not None)
+        await until(lambda: listener.backfill_error is not None)
         live = await server.emit(5)
-        await _until(lambda: len(got) >= 5)
+        await until(lambda: len(got) >= 5)
         await listener.close()
         await task
     assert got == live

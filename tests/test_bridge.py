@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +25,7 @@ from neuroio.sinks import MemorySink, Sink, SpooledEvent
 from neuroio.sinks.base import sink_error
 from neuroio.spool import ROW_OVERHEAD, Spool
 
+from .helpers import until
 from .independent_server import IndependentServer
 
 TOKEN = "bridge-secret-token-42"
@@ -33,15 +34,6 @@ TOKEN = "bridge-secret-token-42"
 def frame(event_id: int, **extra: object) -> str:
     data = {"id": event_id, "created": "2024-05-01T10:00:00Z", "result": "exact", **extra}
     return json.dumps({"id": event_id, "data": data})
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition another task brings about (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,45 +29,13 @@ from neuroio.emulator import Emulator
 from neuroio.messages import Backfilled, Entry
 
 from .faultproxy import Direction, FaultProxy
+from .helpers import Frames, until
 
 TOKEN = "fault-test-token"
 PING_INTERVAL = 0.1
 PING_TIMEOUT = 0.3
 # Event-loop slack on a loaded two-core machine, on top of the documented bound.
 MARGIN = 0.35
-
-
-class Collector:
-    """A raw handler keeping every frame, waking waiters on each one."""
-
-    def __init__(self) -> None:
-        self.frames: list[str | bytes] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, message: str | bytes) -> None:
-        self.frames.append(message)
-        self._changed.set()
-
-    def events(self) -> list[Event]:
-        """Every frame that is an event, typed."""
-        out = []
-        for frame in self.frames:
-            message = parse_message(str(frame) if isinstance(frame, str) else frame)
-            if isinstance(message, Event):
-                out.append(message)
-        return out
-
-    @property
-    def ids(self) -> list[int]:
-        return [e.id for e in self.events()]
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async def loop() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
 
 
 class DeathLog(logging.Handler):
@@ -101,13 +69,13 @@ async def rig(
     ping_interval: float = PING_INTERVAL,
     ping_timeout: float = PING_TIMEOUT,
     **listener_options: Any,
-) -> AsyncIterator[tuple[Emulator, FaultProxy, EventListener, Collector]]:
+) -> AsyncIterator[tuple[Emulator, FaultProxy, EventListener, Frames]]:
     """Emulator, proxy in front of it, and a running listener connected through the proxy."""
     async with (
         Emulator(tokens=[TOKEN], seed=7, push_while_disconnected=push_while_disconnected) as emu,
         FaultProxy("127.0.0.1", emu.port) as proxy,
     ):
-        got = Collector()
+        got = Frames()
         listener = EventListener(
             TOKEN,
             got,
@@ -320,16 +288,6 @@ async def test_backfill_recovers_events_lost_in_a_blackhole_exactly_once() -> No
         assert listener.stats.reconnects["heartbeat_timeout"] == 1
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition the listener exposes no notification for (its stats)."""
-
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(loop(), timeout)
-
-
 async def test_typed_iterator_recovers_blackholed_events_exactly_once() -> None:
     """`async for` over a backfilling listener yields the events lost in a blackhole."""
     async with (
@@ -358,7 +316,7 @@ async def test_typed_iterator_recovers_blackholed_events_exactly_once() -> None:
             await emu.flush()
             await emu.wait_for_clients(2, timeout=3)
             # Every recovered frame is queued before the marker is even emitted.
-            await _until(lambda: listener.stats.backfilled_events >= len(lost))
+            await until(lambda: listener.stats.backfilled_events >= len(lost))
             marker = (await emu.emit())["id"]
             async for event in events:
                 received.append(event)

@@ -10,7 +10,6 @@ import logging
 import shutil
 import string
 import tempfile
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from neuroio.messages import (
 from neuroio.protocol import Kind, classify, event_key, event_to_json
 from neuroio.sinks import MemorySink
 from neuroio.spool import Spool
+
+from .helpers import Frames
 
 FUZZ = settings(
     max_examples=250,
@@ -460,38 +461,6 @@ async def test_bridge_pipeline_keeps_spooling_after_out_of_range_ids(tmp_path: P
 TOKEN = "fuzz-hostile-token"
 
 
-class Frames:
-    """A raw handler keeping frames, waking waiters on each one."""
-
-    def __init__(self) -> None:
-        self.frames: list[str | bytes] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, message: str | bytes) -> None:
-        self.frames.append(message)
-        self._changed.set()
-
-    def event_ids(self) -> list[int]:
-        out = []
-        for frame in self.frames:
-            try:
-                message = parse_message(frame)
-            except (MessageError, RecursionError):
-                # RecursionError: a known bug, see test_parse_message_hostile_input_is_...
-                continue
-            if isinstance(message, Event):
-                out.append(message.id)
-        return out
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async def loop() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-
 # The kinds that end the connection, and the reason the listener gives. An invalid UTF-8
 # text frame must fail the connection (RFC 6455, 8.1); the others are read and skipped.
 _ENDS_CONNECTION = {
@@ -502,7 +471,7 @@ _ENDS_CONNECTION = {
 
 
 def _emitted(frames: Frames, emitted: set[int]) -> list[int]:
-    return [i for i in frames.event_ids() if i in emitted]
+    return [i for i in frames.ids if i in emitted]
 
 
 @pytest.mark.parametrize("kind", HOSTILE_KINDS)
@@ -596,7 +565,7 @@ async def test_backfilling_listener_survives_deeply_nested_event_data() -> None:
             await emu.send_raw('{"id":1,"data":{"x":' + _DEEP + "}}")
             later = [e["id"] for e in await emu.burst(3)]
             done, _ = await asyncio.wait(
-                {task, asyncio.ensure_future(got.wait(lambda: set(later) <= set(got.event_ids())))},
+                {task, asyncio.ensure_future(got.wait(lambda: set(later) <= set(got.ids)))},
                 return_when=asyncio.FIRST_COMPLETED,
                 timeout=5,
             )
@@ -619,12 +588,12 @@ async def test_out_of_range_event_id_does_not_poison_gap_recovery() -> None:
             await emu.wait_for_clients(1)
             await emu.send_hostile(["huge_numbers"])
             before = [e["id"] for e in await emu.burst(3)]
-            await got.wait(lambda: set(before) <= set(got.event_ids()))
+            await got.wait(lambda: set(before) <= set(got.ids))
             await emu.abort_clients()
             missed = [e["id"] for e in await emu.burst(3)]
             await emu.wait_until(lambda: bool(emu.rest_requests))
             assert emu.rest_requests[0].get("id_from") == str(before[-1] + 1)
-            await got.wait(lambda: set(missed) <= set(got.event_ids()))
+            await got.wait(lambda: set(missed) <= set(got.ids))
         finally:
             await listener.close()
             await asyncio.wait_for(task, 10)

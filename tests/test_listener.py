@@ -21,6 +21,8 @@ from neuroio import (
 )
 from neuroio.emulator import Emulator
 
+from .helpers import Frames
+
 TOKEN = "listener-test-token"
 
 
@@ -28,38 +30,6 @@ TOKEN = "listener-test-token"
 async def emu() -> AsyncIterator[Emulator]:
     async with Emulator(tokens=[TOKEN], seed=1) as emulator:
         yield emulator
-
-
-class Collector:
-    """A raw handler that keeps every frame and wakes waiters."""
-
-    def __init__(self) -> None:
-        self.frames: list[str | bytes] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, message: str | bytes) -> None:
-        self.frames.append(message)
-        self.changed.set()
-
-    @property
-    def ids(self) -> list[int]:
-        out = []
-        for frame in self.frames:
-            try:
-                data = json.loads(frame)
-            except ValueError:
-                continue
-            if isinstance(data, dict) and "id" in data:
-                out.append(data["id"])
-        return out
-
-    async def wait(self, predicate: object, timeout: float = 5.0) -> None:
-        async def loop() -> None:
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
 
 
 async def _wait_state(listener: EventListener, state: State, timeout: float = 5.0) -> None:
@@ -72,7 +42,7 @@ async def _wait_state(listener: EventListener, state: State, timeout: float = 5.
 
 async def test_handler_gets_every_frame_kind_in_order(emu: Emulator) -> None:
     """The raw handler sees the auth reply, PONGs, events, malformed and binary frames."""
-    got = Collector()
+    got = Frames()
     listener = EventListener(TOKEN, got, url=emu.url, ping_interval=0.05)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
@@ -93,7 +63,7 @@ async def test_handler_gets_every_frame_kind_in_order(emu: Emulator) -> None:
 
 async def test_close_sends_1000_and_ends_every_task(emu: Emulator) -> None:
     """close() ends listen() with a 1000 close frame and no task left behind."""
-    listener = EventListener(TOKEN, Collector(), url=emu.url)
+    listener = EventListener(TOKEN, Frames(), url=emu.url)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
     await listener.close()
@@ -110,7 +80,7 @@ async def test_cancelling_listen_closes_cleanly(
     emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Cancelling the listen() task closes with 1000 and leaves nothing unclosed."""
-    listener = EventListener(TOKEN, Collector(), url=emu.url)
+    listener = EventListener(TOKEN, Frames(), url=emu.url)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
     task.cancel()
@@ -149,7 +119,7 @@ async def test_typed_iterator_raises_on_rejected_token(emu: Emulator) -> None:
 
 async def test_rejected_token_is_not_retried(emu: Emulator) -> None:
     """An {"error": ...} answer to AUTH raises at once: one connection, no loop."""
-    got = Collector()
+    got = Frames()
     listener = EventListener("wrong-token", got, url=emu.url)
     with pytest.raises(AuthenticationError, match="rejected the API token"):
         await asyncio.wait_for(listener.listen(), 5)
@@ -160,7 +130,7 @@ async def test_rejected_token_is_not_retried(emu: Emulator) -> None:
 @pytest.mark.parametrize("how", ["close_1011", "close_1001", "abort", "restart"])
 async def test_reconnects_after_any_loss(emu: Emulator, how: str) -> None:
     """Close frames of any code, resets and server restarts are all followed by a reconnect."""
-    got = Collector()
+    got = Frames()
     listener = EventListener(TOKEN, got, url=emu.url, reconnect_delay=0.01)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
@@ -187,7 +157,7 @@ async def test_reconnects_after_any_loss(emu: Emulator, how: str) -> None:
 async def test_frozen_connection_is_detected_and_replaced(emu: Emulator) -> None:
     """No PONG within ping_timeout: the connection is dropped and a new one made."""
     listener = EventListener(
-        TOKEN, Collector(), url=emu.url, ping_interval=0.1, ping_timeout=0.3, reconnect_delay=0.01
+        TOKEN, Frames(), url=emu.url, ping_interval=0.1, ping_timeout=0.3, reconnect_delay=0.01
     )
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
@@ -201,7 +171,7 @@ async def test_frozen_connection_is_detected_and_replaced(emu: Emulator) -> None
 async def test_auth_without_answer_times_out_and_retries(emu: Emulator) -> None:
     """A server that never answers AUTH costs `timeout` seconds, then a new attempt."""
     emu.freeze(new_clients=True)
-    listener = EventListener(TOKEN, Collector(), 0.2, url=emu.url, reconnect_delay=0.01)
+    listener = EventListener(TOKEN, Frames(), 0.2, url=emu.url, reconnect_delay=0.01)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(2, authenticated=False, timeout=3)
     emu.unfreeze()
@@ -234,7 +204,7 @@ async def test_failed_handshake_is_retried(emu: Emulator) -> None:
 async def test_backoff_grows_while_connections_never_become_healthy(emu: Emulator) -> None:
     """Accept-then-drop servers see growing delays: a handshake alone does not reset them."""
     backoff = Backoff(0.001, 1.0)
-    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=5, backoff=backoff)
+    listener = EventListener(TOKEN, Frames(), url=emu.url, ping_interval=5, backoff=backoff)
     task = asyncio.create_task(listener.listen())
     for n in range(1, 5):
         await emu.wait_for_clients(n)
@@ -249,7 +219,7 @@ async def test_backoff_resets_after_a_healthy_interval(emu: Emulator) -> None:
     """A connection that answered PING over a whole interval resets the delays."""
     backoff = Backoff(0.001, 1.0)
     backoff.attempts = 7
-    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=0.05, backoff=backoff)
+    listener = EventListener(TOKEN, Frames(), url=emu.url, ping_interval=0.05, backoff=backoff)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
     await emu.wait_until(lambda: len(emu.clients[0].ping_times) >= 3)
@@ -321,7 +291,7 @@ async def _until_stable(value: object, quiet: float = 0.3) -> None:
 
 async def test_oversized_frame_drops_the_connection_not_the_listener(emu: Emulator) -> None:
     """A frame above max_message_size ends that connection; the listener reconnects."""
-    got = Collector()
+    got = Frames()
     listener = EventListener(TOKEN, got, url=emu.url, max_message_size=4096, reconnect_delay=0.01)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
@@ -380,7 +350,7 @@ def test_works_under_uvloop() -> None:
 
     async def main() -> list[int]:
         async with Emulator(tokens=[TOKEN]) as emulator:
-            got = Collector()
+            got = Frames()
             listener = EventListener(TOKEN, got, url=emulator.url)
             task = asyncio.create_task(listener.listen())
             await emulator.wait_for_clients(1)
@@ -402,7 +372,7 @@ def test_works_under_uvloop() -> None:
 async def test_debug_logs_hold_no_token(emu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
     """At DEBUG, neither the listener nor aiohttp nor the emulator log the token."""
     caplog.set_level(logging.DEBUG)
-    listener = EventListener(TOKEN, Collector(), url=emu.url, ping_interval=0.02)
+    listener = EventListener(TOKEN, Frames(), url=emu.url, ping_interval=0.02)
     task = asyncio.create_task(listener.listen())
     await emu.wait_for_clients(1)
     await emu.burst(3)

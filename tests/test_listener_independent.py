@@ -11,17 +11,10 @@ import pytest
 
 from neuroio import AuthenticationError, EventListener
 
+from .helpers import until
 from .independent_server import IndependentServer
 
 TOKEN = "secret-token"
-
-
-async def _until(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 async def test_thousand_events_arrive_in_order() -> None:
@@ -38,7 +31,7 @@ async def test_thousand_events_arrive_in_order() -> None:
         task = asyncio.create_task(listener.listen())
         await server.wait_live()
         sent = await server.emit(1000)
-        await _until(lambda: len(got) >= 1000)
+        await until(lambda: len(got) >= 1000)
         await listener.close()
         await task
     assert got == sent
@@ -88,7 +81,7 @@ async def test_one_ping_stream_per_live_connection_after_reconnects() -> None:
         assert len(live) == 1
         counts = [len(c.pings) for c in server.conns]
         window_start = time.monotonic()
-        await _until(lambda: len(live[0].pings) >= counts[-1] + 5)
+        await until(lambda: len(live[0].pings) >= counts[-1] + 5)
         elapsed = time.monotonic() - window_start
         after = [len(c.pings) for c in server.conns]
         # While the live connection received 5 more PINGs, no old one received any, and the
@@ -117,7 +110,7 @@ async def test_slow_handler_causes_no_reconnect() -> None:
         task = asyncio.create_task(listener.listen())
         await server.wait_live()
         sent = await server.emit(200)
-        await _until(lambda: len(got) >= 200, timeout=30)
+        await until(lambda: len(got) >= 200, timeout=30)
         assert got == sent
         assert listener.stats.total_reconnects == 0
         await listener.close()
@@ -142,7 +135,7 @@ async def test_handler_raising_on_every_other_event_gets_every_event(
         task = asyncio.create_task(listener.listen())
         await server.wait_live()
         sent = await server.emit(50)
-        await _until(lambda: len(got) >= 50)
+        await until(lambda: len(got) >= 50)
         await listener.close()
         await task
     assert got == sent

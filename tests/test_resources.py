@@ -19,6 +19,7 @@ from neuroio import EventListener, State
 from neuroio.emulator import Emulator
 
 from .faultproxy import FaultProxy
+from .helpers import until
 
 TOKEN = "resource-test-token"
 MB = 1024 * 1024
@@ -37,16 +38,6 @@ def rss_bytes() -> int:
 def open_fds() -> int:
     """File descriptors open in this process."""
     return len(os.listdir("/proc/self/fd"))
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition the listener exposes no notification for (its stats)."""
-
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(loop(), timeout)
 
 
 async def settled(read: Callable[[], int], *, quiet: float = 0.3, timeout: float = 5.0) -> int:

@@ -1,0 +1,58 @@
+"""Waiting helpers shared by the asyncio tests: bounded, never a bare sleep."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from neuroio import Event, MessageError, parse_message
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, polling a state that has no notification of its own
+    (listener stats, a server's records); ``TimeoutError`` after ``timeout`` seconds."""
+
+    async def loop() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+class Frames:
+    """A raw handler keeping every frame it is given, waking waiters on each one."""
+
+    def __init__(self) -> None:
+        self.frames: list[str | bytes] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, message: str | bytes) -> None:
+        self.frames.append(message)
+        self._changed.set()
+
+    def events(self) -> list[Event]:
+        """Every frame that is an event, typed (anything else is skipped)."""
+        out = []
+        for frame in self.frames:
+            try:
+                message = parse_message(frame)
+            except MessageError:
+                continue
+            if isinstance(message, Event):
+                out.append(message)
+        return out
+
+    @property
+    def ids(self) -> list[int]:
+        """The ids of the events received, in order."""
+        return [event.id for event in self.events()]
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking it after each frame."""
+
+        async def loop() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
