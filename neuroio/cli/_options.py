@@ -101,6 +101,7 @@ class ConnectionSettings:
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     ca_file: Path | None = None
+    insecure: bool = False
     token_source: ParameterSource | None = None
     token_file_source: ParameterSource | None = None
 
@@ -133,9 +134,24 @@ class ConnectionSettings:
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context trusting ``--ca-file`` too; ``None`` without it.
 
+        With ``--insecure``, a context that verifies nothing, and a warning each time: it
+        exists for local tests against a self-signed certificate, never for the platform.
+
         Raises:
             click.BadParameter: the CA file cannot be loaded.
+            click.UsageError: ``--insecure`` and ``--ca-file`` together.
         """
+        if self.insecure:
+            if self.ca_file is not None:
+                raise click.UsageError("give either --ca-file or --insecure, not both")
+            logger.warning(
+                "--insecure: TLS certificates are NOT verified; anyone on the path can read "
+                "the token and the events. Use it only against a local test server."
+            )
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
         if self.ca_file is None:
             return None
         try:
@@ -236,7 +252,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def connection_options(func: F) -> F:
-    """``--token``, ``--token-file``, ``--url``, ``--ca-file`` as ``conn: ConnectionSettings``."""
+    """``--token``, ``--token-file``, ``--url``, ``--ca-file``, ``--insecure`` as ``conn``."""
 
     def make(**values: Any) -> ConnectionSettings:
         ctx = click.get_current_context()
@@ -245,6 +261,7 @@ def connection_options(func: F) -> F:
             token=values["token"],
             token_file=values["token_file"],
             ca_file=values["ca_file"],
+            insecure=values["insecure"],
             token_source=ctx.get_parameter_source("token"),
             token_file_source=ctx.get_parameter_source("token_file"),
         )
@@ -281,8 +298,16 @@ def connection_options(func: F) -> F:
             show_envvar=True,
             help="Also trust the CA certificates in this PEM file (for wss://).",
         ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            envvar="NEUROIO_INSECURE",
+            show_envvar=True,
+            help="Do not verify the TLS certificate. Only for a local test server with a "
+            "self-signed certificate: logs a warning.",
+        ),
     ]
-    names = ("token_file", "token", "url", "ca_file")
+    names = ("token_file", "token", "url", "ca_file", "insecure")
     return _apply(_gather("conn", make, names)(func), options)
 
 

@@ -450,6 +450,37 @@ async def test_wss_with_a_private_ca(
     assert "certificate" in refused.err.lower()
 
 
+async def test_insecure_accepts_a_self_signed_certificate_with_a_warning(
+    cli: StartCli, tls_emulator: Emulator, ca_file: Path, token_file: Path
+) -> None:
+    """--insecure is for local tests: it connects without verifying, and says so loudly."""
+    proc = await cli(
+        "listen",
+        "--url",
+        tls_emulator.url,
+        "--token-file",
+        str(token_file),
+        "--insecure",
+        "--count",
+        "2",
+    )
+    assert await proc.finish() == 0
+    assert len(proc.stdout.splitlines()) == 2
+    assert "NOT verified" in proc.err
+    both = await cli(
+        "listen",
+        "--url",
+        tls_emulator.url,
+        "--token-file",
+        str(token_file),
+        "--insecure",
+        "--ca-file",
+        str(ca_file),
+    )
+    assert await both.finish() == 2
+    assert "not both" in both.err
+
+
 async def test_backfill_prints_and_records_what_was_missed(
     cli: StartCli, token_file: Path, tmp_path: Path
 ) -> None:
