@@ -81,11 +81,11 @@ async def delete_redis(client: Any, stream: str) -> int:
     async for key in client.scan_iter(f"{stream}:seen:*", count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
-            deleted += await client.unlink(*batch)
+            deleted += int(await client.unlink(*batch))
             batch = []
     if batch:
-        deleted += await client.unlink(*batch)
-    deleted += await client.unlink(stream)
+        deleted += int(await client.unlink(*batch))
+    deleted += int(await client.unlink(stream))
     return deleted
 
 
@@ -132,8 +132,8 @@ async def read_nats(nc: Any, stream: str, subject: str) -> Stored:
                 seen += 1
                 header = (msg.headers or {}).get("Nats-Msg-Id")
                 try:
-                    out.ids.append(int(header))
-                except (TypeError, ValueError):
+                    out.ids.append(int(str(header)))
+                except ValueError:
                     out.unreadable += 1
     finally:
         with contextlib.suppress(Exception):

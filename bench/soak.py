@@ -86,7 +86,6 @@ KINDS = (
     "nats_outage",
     "sigkill",
 )
-CONNECTION_KINDS = ("proxy_cut", "half_open", "emulator_restart", "rest_500", "sigkill")
 # The bridge's heartbeat: a dead path is detected within PING_INTERVAL + PING_TIMEOUT.
 PING_INTERVAL = 0.5
 PING_TIMEOUT = 1.0
@@ -97,6 +96,11 @@ FD_BOUND = 10
 # A process's "start" sample is taken once it has been live this long (imports, spool, sinks
 # and the first recovery settle first).
 WARMUP_S = 2.0
+# A process living this long after warm-up must also be flat after it: its end against its
+# RSS this long after it went live (the spool's in-memory tail, SQLite's page cache and the
+# allocator's arenas fill during the first minute).
+SETTLED_S = 60.0
+SETTLED_RSS_BOUND_MB = 10.0
 # Longest wait for any single recovery before it counts as failed.
 RECOVERY_TIMEOUT_S = 60.0
 SAMPLE_EVERY_S = 1.0
@@ -306,6 +310,7 @@ class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
+        self.kinds: tuple[str, ...] = args.kinds
         self.tag = uuid.uuid4().hex[:10]
         self.redis_stream = f"soak:{self.tag}"
         self.nats_subject = f"soak.{self.tag}"
@@ -456,7 +461,7 @@ class Soak:
 
     def _kinds(self) -> Iterator[str]:
         while True:
-            round_ = list(KINDS)
+            round_ = list(self.kinds)
             self.rng.shuffle(round_)
             yield from round_
 
@@ -466,7 +471,8 @@ class Soak:
         last_start = args.duration - max(5.0, args.fault_every)
         next_at = 3.0
         kinds = self._kinds()
-        while next_at <= last_start:
+        # A short run goes on until each kind has been injected once (the first round).
+        while next_at <= last_start or len(self.faults) < len(self.kinds):
             await asyncio.sleep(max(0.0, next_at - self.now()))  # the fault schedule
             fault = Fault(next(kinds), self.now())
             self.faults.append(fault)
@@ -668,7 +674,7 @@ class Soak:
         checks.append(("sinks drained", drained, f"{drain_s:.1f} s after the stream stopped"))
 
         by_kind: dict[str, Any] = {}
-        for kind in KINDS:
+        for kind in self.kinds:
             mine = [f for f in self.faults if f.kind == kind]
             ok = [f for f in mine if f.error is None and f.recovered is not None]
             detected = [f.detected for f in ok if f.detected is not None]
@@ -697,6 +703,14 @@ class Soak:
                 "; ".join(self.bridge.unexpected_exits) or "none",
             )
         )
+        logs = _scan_logs(self.tmp)
+        checks.append(
+            (
+                "the token never appears in the bridge's output",
+                logs["token"] == 0,
+                f"{logs['token']} lines",
+            )
+        )
 
         generations = []
         for gen in self.bridge.generations:
@@ -721,6 +735,15 @@ class Soak:
                     f"{g['start']['fds']} -> {g['end']['fds']}",
                 )
             )
+            if g["settled"] is not None:
+                checks.append(
+                    (
+                        f"process {gen.number}: RSS end <= RSS {SETTLED_S:.0f} s after start "
+                        f"+ {SETTLED_RSS_BOUND_MB:.0f} MB",
+                        g["end"]["rss_mb"] <= g["settled"]["rss_mb"] + SETTLED_RSS_BOUND_MB,
+                        f"{g['settled']['rss_mb']:.1f} -> {g['end']['rss_mb']:.1f} MB",
+                    )
+                )
         measured = [g for g in generations if g["start"] is not None]
         longest = max(measured, key=lambda g: g["lifetime_s"], default=None)
         if measured:
@@ -753,6 +776,7 @@ class Soak:
             "rate": args.rate,
             "fault_every_s": args.fault_every,
             "seed": args.seed,
+            "kinds": list(self.kinds),
             "bridge_command": _shown_command(self.bridge.command()),
             "events_emitted": len(emitted),
             "sinks": per_sink,
@@ -764,6 +788,7 @@ class Soak:
             "reconnects": connections - len(self.bridge.generations),
             "drain_s": round(drain_s, 2),
             "bridge_exit_code": exit_code,
+            "bridge_log_lines": logs,
             "resources": generations,
             "longest_lived_process": longest["number"] if longest else None,
             "soak_process_rss_mb": {
@@ -782,7 +807,7 @@ class Soak:
         out(f"bridge: {r['bridge_command']}")
         out(
             f"duration {r['duration_s']} s at {r['rate']} events/s, a fault every ~"
-            f"{r['fault_every_s']} s, seed {r['seed']}\n"
+            f"{r['fault_every_s']} s, seed {r['seed']}, faults: {', '.join(r['kinds'])}\n"
         )
         out(f"events emitted: {r['events_emitted']}")
         out(f"{'sink':8} {'delivered':>10} {'distinct':>10} {'missing':>8} {'duplicates':>11}")
@@ -791,6 +816,8 @@ class Soak:
                 f"{name:8} {s['delivered']:>10} {s['distinct']:>10} {s['missing']:>8} "
                 f"{s['duplicates']:>11}"
             )
+        logs = r["bridge_log_lines"]
+        out("bridge log lines: " + ", ".join(f"{k} {v}" for k, v in sorted(logs.items())))
         out(
             f"\nfaults injected: {r['faults_injected']}; authenticated connections "
             f"{r['authenticated_connections']} = {r['bridge_processes']} bridge processes + "
@@ -826,6 +853,22 @@ class Soak:
         out(f"\nsoak {'PASSED' if r['passed'] else 'FAILED'}")
 
 
+def _scan_logs(tmp: Path) -> dict[str, int]:
+    """Count the bridge's log lines by level, its tracebacks, and lines holding the token."""
+    counts: Counter[str] = Counter()
+    for path in sorted(tmp.glob("bridge-*.log")):
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                counts["token"] += TOKEN in line
+                counts["traceback"] += "Traceback" in line
+                try:
+                    level = json.loads(line).get("level", "other")
+                except (ValueError, AttributeError):
+                    level = "not_json"
+                counts[str(level)] += 1
+    return {"token": 0, "traceback": 0, **counts}
+
+
 def _resources(gen: Generation) -> dict[str, Any]:
     """Start (after warm-up), middle and end samples of one process."""
     end_t = gen.ended if gen.ended is not None else (gen.samples[-1][0] if gen.samples else 0)
@@ -842,6 +885,8 @@ def _resources(gen: Generation) -> dict[str, Any]:
         "end": None,
         "max_rss_mb": _mb(max((s[1] for s in gen.samples), default=0)),
     }
+    out["series"] = [[round(t, 1), _mb(rss), fds] for t, rss, fds in gen.samples]
+    out["settled"] = None
     if len(usable) < 2:
         return out
     first, last = usable[0], usable[-1]
@@ -849,6 +894,10 @@ def _resources(gen: Generation) -> dict[str, Any]:
     middle = min(usable, key=lambda s: abs(s[0] - midpoint))
     for key, s in (("start", first), ("middle", middle), ("end", last)):
         out[key] = {"t": round(s[0], 1), "rss_mb": _mb(s[1]), "fds": s[2]}
+    settled = [s for s in usable if s[0] >= live + SETTLED_S]
+    if settled and last[0] - settled[0][0] >= SETTLED_S:
+        s = settled[0]
+        out["settled"] = {"t": round(s[0], 1), "rss_mb": _mb(s[1]), "fds": s[2]}
     return out
 
 
@@ -869,6 +918,14 @@ def _shown_command(cmd: list[str]) -> str:
     return " ".join(shown).replace(str(Path(tempfile.gettempdir())), "$TMP")
 
 
+def _kinds_arg(value: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown fault kinds {unknown}; known: {KINDS}")
+    return tuple(dict.fromkeys(kinds))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the soak; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -881,11 +938,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="seconds allowed to catch up at the end"
     )
+    parser.add_argument(
+        "--kinds",
+        type=_kinds_arg,
+        default=KINDS,
+        help=f"comma-separated fault kinds to inject (default: all of {','.join(KINDS)})",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    if args.duration < 7 * args.fault_every + 10:
-        parser.error("--duration must leave room for one fault of each of the 7 kinds")
+    if args.duration < len(args.kinds) * args.fault_every + 10:
+        parser.error("--duration must leave room for one fault of each kind")
     soak = Soak(args)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(soak.run())
