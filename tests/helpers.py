@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
 
 from neuroio import Event, MessageError, parse_message
 
@@ -17,6 +20,23 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(loop(), timeout)
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float
+) -> None:
+    """Poll ``predicate`` (plain or async) until true; fail naming ``what`` after ``timeout``
+    seconds. For conditions outside this process: files, brokers, child processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
 
 
 class Frames:

@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +26,8 @@ import pytest
 from aiohttp import web
 
 from tests.independent_server import IndependentServer
+
+from .helpers import eventually
 
 # Distinctive: any occurrence of it anywhere can only be a leak.
 TOKEN = "SeCrEt-TOKEN-b9e2c4f81d7a43e5a06c9d3b2f1e8a7c"
@@ -75,20 +77,6 @@ async def start(tmp_path: Path, name: str, *args: str, env: dict[str, str]) -> C
             env=env,
         )
     return Child(proc, out, err)
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 def lines_with_ids(path: Path) -> set[int]:
@@ -247,26 +235,26 @@ async def test_no_artefact_of_a_full_bridge_run_holds_the_token(
         children = (bridge, listen)
         try:
             await server.wait_live(2, timeout=10)
-            await until(lambda: len(server.live()) == 2, "both clients live", 10)
+            await eventually(lambda: len(server.live()) == 2, "both clients live", 10)
             sent = set(await server.emit(50))
             await server.drop_all()
             sent |= set(await server.emit(20))  # recovered through the REST API, with the token
             await server.wait_live(4, timeout=10)
-            await until(lambda: len(server.live()) == 2, "both clients live again", 10)
+            await eventually(lambda: len(server.live()) == 2, "both clients live again", 10)
             sent |= set(await server.emit(30))
 
-            await until(lambda: lines_with_ids(out) == sent, "file sink complete", 10)
-            await until(lambda: receiver.ids == sent, "webhook complete", 10)
-            await until(lambda: lines_with_ids(listen_out) == sent, "listen complete", 10)
+            await eventually(lambda: lines_with_ids(out) == sent, "file sink complete", 10)
+            await eventually(lambda: receiver.ids == sent, "webhook complete", 10)
+            await eventually(lambda: lines_with_ids(listen_out) == sent, "listen complete", 10)
 
             async def brokers_complete() -> bool:
                 redis_entries = (await redis_dump(redis_url, stream, False)).count(b"event=")
                 _, nats_count = await nats_dump(nats_url, js_stream, False)
                 return redis_entries == len(sent) and nats_count == len(sent)
 
-            await until(brokers_complete, "Redis and NATS complete", 10)
+            await eventually(brokers_complete, "Redis and NATS complete", 10)
 
-            await until(lambda: "/healthz" in bridge.err, "metrics port logged", 5)
+            await eventually(lambda: "/healthz" in bridge.err, "metrics port logged", 5)
             port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", bridge.err)
             assert port, bridge.err
             async with aiohttp.ClientSession() as session:

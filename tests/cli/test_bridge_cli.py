@@ -8,7 +8,7 @@ import json
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +18,7 @@ from aiohttp import web
 from neuroio.spool import Spool
 from tests.independent_server import IndependentServer
 
+from ..helpers import eventually
 from .conftest import TOKEN, Cli, StartCli, clean_env, free_port
 
 # Short timings so reconnects, retries and the end of a test take milliseconds.
@@ -52,23 +53,9 @@ def file_ids(path: Path) -> list[int]:
     return [json.loads(line)["id"] for line in complete.splitlines()]
 
 
-async def until(predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-
-
 async def file_reaches(path: Path, count: int, timeout: float = 10.0) -> None:
     """Wait until the file sink holds at least ``count`` lines."""
-    await until(lambda: len(file_ids(path)) >= count, f"{count} lines in {path.name}", timeout)
+    await eventually(lambda: len(file_ids(path)) >= count, f"{count} lines in {path.name}", timeout)
 
 
 class Brokers:
@@ -192,14 +179,14 @@ async def test_three_sigkills_lose_nothing_and_brokers_hold_each_id_once(
     sent += await emit_spread(server, 200)
     assert len(sent) == 2000
 
-    await until(lambda: set(file_ids(out)) >= set(sent), "every id in the file", 20)
+    await eventually(lambda: set(file_ids(out)) >= set(sent), "every id in the file", 20)
 
     async def brokers_have_all() -> bool:
         return len(await brokers.redis_ids()) >= len(sent) and len(await brokers.nats_ids()) >= len(
             sent
         )
 
-    await until(brokers_have_all, "every id in Redis and NATS", 20)
+    await eventually(brokers_have_all, "every id in Redis and NATS", 20)
     proc.send(signal.SIGTERM)
     assert await proc.finish() == 0
     assert set(file_ids(out)) == set(sent)  # at least once, nothing else
@@ -234,7 +221,7 @@ async def test_forced_disconnects_and_sigkills_lose_nothing(
     await server.wait_live(connections + 1, timeout=10)
     sent += await emit_spread(server, 200)
     assert len(sent) == 2000
-    await until(lambda: set(file_ids(out)) >= set(sent), "every id in the file", 20)
+    await eventually(lambda: set(file_ids(out)) >= set(sent), "every id in the file", 20)
     proc.send(signal.SIGTERM)
     assert await proc.finish() == 0
     missing = sorted(set(sent) - set(file_ids(out)))
@@ -289,8 +276,8 @@ async def test_sigterm_exits_zero_promptly_and_the_spool_delivers_after_restart(
     proc = await cli(*args, env=env())
     await server.wait_live(1)
     sent = await emit_spread(server, 300)
-    await until(lambda: file_ids(out) == sent, "every id in the file", 10)
-    await until(lambda: hook.attempts > 0, "the webhook tried", 5)
+    await eventually(lambda: file_ids(out) == sent, "every id in the file", 10)
+    await eventually(lambda: hook.attempts > 0, "the webhook tried", 5)
     proc.send(signal.SIGTERM)
     stopped = time.monotonic()
     assert await proc.finish(timeout=10) == 0
@@ -301,7 +288,7 @@ async def test_sigterm_exits_zero_promptly_and_the_spool_delivers_after_restart(
 
     hook.status = 200
     proc = await cli(*args, "--no-backfill", env=env())
-    await until(lambda: sorted(hook.ids) == sent, "every id at the webhook", 10)
+    await eventually(lambda: sorted(hook.ids) == sent, "every id at the webhook", 10)
     proc.send(signal.SIGINT)
     assert await proc.finish() == 0
     assert file_ids(out) == sent  # the file sink had confirmed them: not written twice
@@ -499,14 +486,14 @@ async def test_metrics_port_0_serves_documented_metrics_and_health(
     base = f"http://127.0.0.1:{port}"
     await server.wait_live(1)
     sent = await server.emit(20)
-    await until(lambda: file_ids(out) == sent, "events in the file", 5)
+    await eventually(lambda: file_ids(out) == sent, "events in the file", 5)
     async with aiohttp.ClientSession() as session:
 
         async def health() -> int:
             async with session.get(f"{base}/healthz") as answer:
                 return answer.status
 
-        await until(lambda: _is(health(), 200), "/healthz 200", 5)
+        await eventually(lambda: _is(health(), 200), "/healthz 200", 5)
         async with session.get(f"{base}/healthz") as answer:
             report = await answer.text()
         assert json.loads(report)["connection"] == "live"
@@ -523,7 +510,7 @@ async def test_metrics_port_0_serves_documented_metrics_and_health(
 
         server.reject = "silent"  # the next connection is refused: not live any more
         await server.drop_all()
-        await until(lambda: _is(health(), 503), "/healthz 503", 5)
+        await eventually(lambda: _is(health(), 503), "/healthz 503", 5)
         async with session.get(f"{base}/metrics") as answer:
             metrics = await answer.text()
         assert re.search(r"^neuroio_reconnects_total\{reason=", metrics, re.M), metrics
