@@ -93,9 +93,9 @@ RECONNECT_DELAY = 0.2
 # Resource bounds of one bridge process: its end against its start.
 RSS_BOUND_MB = 20.0
 FD_BOUND = 10
-# A process's "start" sample is taken once it has been live this long (imports, spool, sinks
-# and the first recovery settle first).
-WARMUP_S = 2.0
+# A process's "start" sample is taken once it has been live this long: imports, opening the
+# spool and sinks, the first gap recovery and the first batches have allocated what they keep.
+WARMUP_S = 10.0
 # A process living this long after warm-up must also be flat after it: its end against its
 # RSS this long after it went live (the spool's in-memory tail, SQLite's page cache and the
 # allocator's arenas fill during the first minute).
