@@ -246,7 +246,7 @@ class NatsSink(Sink):
             if not batch.done.done():
                 batch.done.cancel()
         if batch.error is not None:
-            raise SinkError(f"sink {self.name}: JetStream refused: {batch.error}")
+            raise SinkError(f"sink {self.name}: {batch.error}")
         self.duplicates += batch.duplicates
 
     async def _on_ack(self, msg: Any) -> None:
@@ -255,9 +255,9 @@ class NatsSink(Sink):
             return  # a late answer to a batch given up on (it is being sent again)
         data: bytes = msg.data
         if msg.headers and msg.headers.get("Status") == "503":
-            batch.error = f"no stream answers on {self.subject}"
+            batch.error = f"JetStream refused: no stream answers on {self.subject}"
         elif b'"error"' in data:
-            batch.error = data.decode(errors="replace")[:300]
+            batch.error = "JetStream refused: " + data.decode(errors="replace")[:300]
         elif b'"duplicate"' in data and _decoder.decode(data).get("duplicate") is True:
             batch.duplicates += 1
         batch.acked += 1
@@ -283,6 +283,13 @@ class NatsSink(Sink):
     async def _on_disconnected(self) -> None:
         if self._nc is not None:  # not when closing
             log.warning("sink %s: disconnected from NATS, reconnecting", self.name)
+        # Acknowledgements still awaited were addressed to the lost connection and will never
+        # come: fail those batches now rather than after the whole timeout. They are sent
+        # again, and JetStream drops what it already stored (Nats-Msg-Id).
+        for batch in self._batches.values():
+            if not batch.done.done():
+                batch.error = "the connection to NATS was lost before every acknowledgement"
+                batch.done.set_result(None)
 
     async def _on_reconnected(self) -> None:
         log.info("sink %s: reconnected to NATS", self.name)

@@ -125,3 +125,40 @@ def test_bad_uris_and_subject_matching() -> None:
     assert subject_matches("a.>", "a.b.c") and not subject_matches("a.>", "a")
     assert subject_matches("a.*.c", "a.b.c") and not subject_matches("a.*", "a.b.c")
     assert subject_matches("a.b", "a.b") and not subject_matches("a.b", "a.c")
+
+
+async def test_lost_connection_fails_the_batch_at_once(nats_url: str, js: tuple[str, Any]) -> None:
+    """Acks addressed to a lost connection never come: the send fails when the connection
+    drops, not a whole timeout later; sent again, each event is stored once."""
+    from ..faultproxy import FaultProxy
+
+    stream, ctx = js
+    async with FaultProxy("127.0.0.1", 4222) as proxy:
+        sink = await started(
+            f"nats://127.0.0.1:{proxy.port}?subject={stream.lower()}.ev&stream={stream}&timeout=30"
+        )
+        try:
+            await sink.send(events(1, 2))
+            proxy.blackhole("down")  # the publishes go out, their acks never come back
+            send = asyncio.create_task(sink.send(events(3, 4)))
+            await asyncio.sleep(0)
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
+            proxy.cut()
+            with pytest.raises(SinkError, match="connection to NATS was lost"):
+                await asyncio.wait_for(send, 10)
+            assert loop.time() - started_at < 10  # far below the 30 s timeout
+            proxy.restore()
+
+            async def resend() -> None:
+                while True:
+                    try:
+                        await sink.send(events(3, 4))
+                        return
+                    except SinkError:
+                        await asyncio.sleep(0.05)  # the client reconnects by itself
+
+            await asyncio.wait_for(resend(), 15)
+        finally:
+            await sink.aclose()
+    assert await stored_ids(ctx, stream) == [1, 2, 3, 4]
