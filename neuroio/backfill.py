@@ -14,7 +14,7 @@ import logging
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -165,44 +165,58 @@ class EntriesClient:
         return f"<EntriesClient {self._base}>"
 
     async def missed(self, gap: GapStart) -> list[dict[str, Any]]:
-        """Every entry after ``gap``, sorted by id.
+        """Every entry after ``gap``, sorted by id, each once.
+
+        Holds the whole gap in memory; :meth:`pages` streams it instead.
+
+        Raises:
+            BackfillError: see :meth:`pages`.
+        """
+        unique: dict[int, dict[str, Any]] = {}
+        async for page in self.pages(gap):
+            for entry in page:
+                event_id = _entry_id(entry)
+                if event_id is not None:
+                    unique[event_id] = entry
+        return [unique[i] for i in sorted(unique)]
+
+    async def pages(self, gap: GapStart) -> AsyncIterator[list[dict[str, Any]]]:
+        """The entries after ``gap``, one page at a time as fetched, so memory does not grow
+        with the length of an outage. Entries are in the server's order (undocumented) and
+        may repeat across pages; :meth:`missed` sorts and de-duplicates.
 
         Raises:
             BackfillError: the API refused the token (401/403) or answered something that is
                 not an entries list. Other failures are retried until they pass or the
-                listener closes (then the entries fetched so far are returned).
+                listener closes (then the pages fetched so far are all there is).
         """
         if gap.last_id is not None:
-            params = {"id_from": str(gap.last_id + 1)}
-            entries = await self._all_pages(params)
             last = gap.last_id
-            stray = any((i := _entry_id(e)) is not None and i <= last for e in entries)
-            if stray and gap.last_created is not None:
-                # The server ignored id_from: ask by time instead, and filter by id here.
-                logger.info("the entries API ignores id_from; recovering by date_from instead")
-                since = gap.last_created - timedelta(seconds=self.overlap)
-                entries = await self._all_pages({"date_from": _iso(since)})
-            entries = [e for e in entries if (_entry_id(e) or 0) > gap.last_id]
+            async for page in self._pages({"id_from": str(last + 1)}):
+                stray = any((i := _entry_id(e)) is not None and i <= last for e in page)
+                if stray and gap.last_created is not None:
+                    # The server ignored id_from: ask by time instead, and filter by id here.
+                    logger.info("the entries API ignores id_from; recovering by date_from instead")
+                    since = gap.last_created - timedelta(seconds=self.overlap)
+                    async for by_time in self._pages({"date_from": _iso(since)}):
+                        yield [e for e in by_time if (_entry_id(e) or 0) > last]
+                    return
+                yield [e for e in page if (_entry_id(e) or 0) > last]
         elif gap.since_time is not None:
-            since = gap.since_time
-            entries = await self._all_pages({"date_from": _iso(since)})
-            entries = [e for e in entries if (c := _created(e)) is None or c >= since]
-        else:
-            return []
-        unique = {i: e for e in entries if (i := _entry_id(e)) is not None}
-        return [unique[i] for i in sorted(unique)]
+            since_time = gap.since_time
+            async for page in self._pages({"date_from": _iso(since_time)}):
+                yield [e for e in page if (c := _created(e)) is None or c >= since_time]
 
-    async def _all_pages(self, params: dict[str, str]) -> list[dict[str, Any]]:
+    async def _pages(self, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
         query = dict(params, limit=str(self.page_size), offset="0")
         url: str | None = f"{self._base}/v1/entries/?{urllib.parse.urlencode(query)}"
-        out: list[dict[str, Any]] = []
         offset = 0
         while url is not None and not self._closing():
             page = await self._get(url)
             results = page.get("results")
             if not isinstance(results, list):
                 raise BackfillError("the entries API answered without a 'results' list")
-            out.extend(r for r in results if isinstance(r, dict))
+            yield [r for r in results if isinstance(r, dict)]
             offset += len(results)
             nxt = page.get("next")
             if not results or not nxt:
@@ -213,7 +227,6 @@ class EntriesClient:
                 # Never send the token to another host than the one configured.
                 query["offset"] = str(offset)
                 url = f"{self._base}/v1/entries/?{urllib.parse.urlencode(query)}"
-        return out
 
     def _same_origin(self, url: str) -> bool:
         parts = urllib.parse.urlsplit(url)
