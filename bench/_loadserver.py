@@ -33,15 +33,18 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -454,6 +457,73 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
         runner(_main(args))
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+class LoadServerProcess:
+    """This server run as a child process by a benchmark (``bench/throughput.py``,
+    ``bench/bridge.py``); reports its connection events keyed by each connection's tag."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.frame_bytes = 0.0
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self._tags = itertools.count(1)
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).resolve()),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
+        self.port = hello["port"]
+        self.frame_bytes = hello["frame_bytes"]
+        self._pump = asyncio.create_task(self._read_reports())
+
+    async def _read_reports(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            report = json.loads(line)
+            self.queue(report.get("tag", "")).put_nowait(report)
+
+    def queue(self, tag: str) -> asyncio.Queue[dict[str, Any]]:
+        return self._queues.setdefault(tag, asyncio.Queue())
+
+    def url(self, **params: Any) -> tuple[str, str]:
+        """A fresh connection URL and its tag."""
+        tag = f"c{next(self._tags)}"
+        query = "&".join(f"{k}={v}" for k, v in {**params, "tag": tag}.items())
+        return f"ws://127.0.0.1:{self.port}/?{query}", tag
+
+    async def wait_for(self, tag: str, events: set[str], timeout: float) -> dict[str, Any]:
+        queue = self.queue(tag)
+        while True:
+            report = await asyncio.wait_for(queue.get(), timeout)
+            if report["event"] in events:
+                return report
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _loadserver import LoadServerProcess
+
 from neuroio.sinks import Sink
 
 BENCH = Path(__file__).resolve().parent
@@ -221,52 +223,6 @@ async def child_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- parent side
 
 
-class LoadServer:
-    """The load server process."""
-
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._n = 0
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(BENCH / "_loadserver.py"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        hello = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
-        self.port = hello["port"]
-        self._drain = asyncio.create_task(self._discard())
-
-    async def _discard(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for _ in self.proc.stdout:
-            pass
-
-    def url(self, **params: Any) -> str:
-        self._n += 1
-        query = "&".join(f"{k}={v}" for k, v in {**params, "tag": f"b{self._n}"}.items())
-        return f"ws://127.0.0.1:{self.port}/?{query}"
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        self._drain.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._drain
-
-
 async def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -295,7 +251,7 @@ def say(text: str = "") -> None:
 
 
 async def parent_main(args: argparse.Namespace) -> int:
-    server = LoadServer()
+    server = LoadServerProcess()
     await server.start()
     failures: list[str] = []
     summary: dict[str, Any] = {"throughput": {}, "latency": {}}
@@ -310,7 +266,7 @@ async def parent_main(args: argparse.Namespace) -> int:
         variants = ["bare", "file", "redis", "nats", "all"]
         for _ in range(args.repeat):
             for variant in variants:
-                url = server.url(n=args.events)
+                url, _tag = server.url(n=args.events)
                 result = await run_child(
                     [
                         "--child",
@@ -348,7 +304,7 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
         for variant in ("file", "redis", "nats"):
-            url = server.url(n=count, mode="rate", rate=args.rate)
+            url, _tag = server.url(n=count, mode="rate", rate=args.rate)
             result = await run_child(
                 [
                     "--child",

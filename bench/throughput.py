@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -39,6 +38,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _loadserver import LoadServerProcess
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -79,69 +80,6 @@ def say(text: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-class LoadServer:
-    """The load server process; reports connection events keyed by the connection's tag."""
-
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.frame_bytes = 0.0
-        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
-        self._pump: asyncio.Task[None] | None = None
-        self._tags = itertools.count(1)
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            PYTHON,
-            str(BENCH / "_loadserver.py"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        hello = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
-        self.port = hello["port"]
-        self.frame_bytes = hello["frame_bytes"]
-        self._pump = asyncio.create_task(self._read_reports())
-
-    async def _read_reports(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            report = json.loads(line)
-            self.queue(report.get("tag", "")).put_nowait(report)
-
-    def queue(self, tag: str) -> asyncio.Queue[dict[str, Any]]:
-        return self._queues.setdefault(tag, asyncio.Queue())
-
-    def url(self, **params: Any) -> tuple[str, str]:
-        """A fresh connection URL and its tag."""
-        tag = f"c{next(self._tags)}"
-        query = "&".join(f"{k}={v}" for k, v in {**params, "tag": tag}.items())
-        return f"ws://127.0.0.1:{self.port}/?{query}", tag
-
-    async def wait_for(self, tag: str, events: set[str], timeout: float) -> dict[str, Any]:
-        queue = self.queue(tag)
-        while True:
-            report = await asyncio.wait_for(queue.get(), timeout)
-            if report["event"] in events:
-                return report
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
 
 
 @dataclass
@@ -229,7 +167,7 @@ def has_uvloop(python: Path) -> bool:
 @dataclass
 class Bench:
     args: argparse.Namespace
-    server: LoadServer
+    server: LoadServerProcess
     ref_python: Path | None
     ref_loops: set[str]
     listener_ok: bool
@@ -526,7 +464,7 @@ class Bench:
             say(f"- [{'x' if ok else ' '}] {'met' if ok else 'MISSED'}: {text}")
 
 
-def machine(server: LoadServer, ref_note: str) -> list[str]:
+def machine(server: LoadServerProcess, ref_note: str) -> list[str]:
     """A description of where the figures were made."""
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -586,7 +524,7 @@ async def amain(args: argparse.Namespace) -> int:
     )
     listener_ok = await probe.wait() == 0
 
-    server = LoadServer()
+    server = LoadServerProcess()
     await server.start()
     say(f"# neuroio-events benchmark ({' '.join(['bench/throughput.py', *sys.argv[1:]])})\n")
     for line in machine(server, ref_note):
