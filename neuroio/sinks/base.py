@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -120,3 +122,15 @@ def parse_float(value: str, *, option: str, uri: str) -> float:
     if not number > 0:
         raise ConfigurationError(f"sink {redact_uri(uri)}: {option} must be > 0")
     return number
+
+
+async def check_reachable(host: str, port: int, timeout: float) -> None:
+    """Open and close one TCP connection, so an unreachable sink fails at start-up.
+
+    Raises:
+        OSError, asyncio.TimeoutError: nothing answers at ``host:port`` within ``timeout``.
+    """
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

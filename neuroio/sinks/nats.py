@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import msgspec
 
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
-from .base import Sink, SpooledEvent, parse_float, parse_int, redact_uri
+from .base import Sink, SpooledEvent, check_reachable, parse_float, parse_int, redact_uri
 
 try:
     import nats.errors
@@ -137,16 +137,11 @@ class NatsSink(Sink):
         # nats-py retries a first connection forever when reconnecting is allowed (and we
         # want reconnects later), so the first connection is bounded here.
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self.timeout
-            )
+            await check_reachable(self._host, self._port, self.timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise SinkError(
                 f"sink {self.name}: NATS is unreachable: {exc or type(exc).__name__}"
             ) from exc
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
         nc = NATS()
         self._starting = True
         self._last_error = None

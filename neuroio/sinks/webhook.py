@@ -30,7 +30,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from ..exceptions import ConfigurationError, PermanentSinkError, SinkError
-from .base import Sink, SpooledEvent, parse_float, parse_int, redact_uri, sink_error
+from .base import (
+    Sink,
+    SpooledEvent,
+    check_reachable,
+    parse_float,
+    parse_int,
+    redact_uri,
+    sink_error,
+)
 
 __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -138,19 +146,12 @@ class WebhookSink(Sink):
     async def start(self) -> None:
         """Check that the endpoint's host accepts TCP connections, and open a session."""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout
-            )
+            await check_reachable(self.host, self.port, self.timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise SinkError(
                 f"sink {self.name}: cannot connect to {self.host}:{self.port}: "
                 f"{exc or type(exc).__name__}"
             ) from exc
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             headers={"User-Agent": "neuroio-events"},
