@@ -116,15 +116,6 @@ class Inbox(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def clear(self) -> int:
-        """Drop every item held; return how many there were."""
-        count = len(self._items)
-        self._items.clear()
-        for waiter in self._putters:
-            if not waiter.done():
-                waiter.set_result(None)
-        return count
-
     def _wake_getter(self) -> None:
         getter = self._getter
         if getter is not None:

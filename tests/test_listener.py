@@ -32,14 +32,6 @@ async def emu() -> AsyncIterator[Emulator]:
         yield emulator
 
 
-async def _wait_state(listener: EventListener, state: State, timeout: float = 5.0) -> None:
-    async def loop() -> None:
-        while listener.state is not state:
-            await asyncio.sleep(0.002)
-
-    await asyncio.wait_for(loop(), timeout)
-
-
 async def test_handler_gets_every_frame_kind_in_order(emu: Emulator) -> None:
     """The raw handler sees the auth reply, PONGs, events, malformed and binary frames."""
     got = Frames()
@@ -262,7 +254,7 @@ async def test_iterator_queue_is_bounded_when_nobody_iterates(emu: Emulator) -> 
     ) as events:
         await emu.wait_for_clients(1)
         sent = [e["id"] for e in await emu.burst(5_000)]
-        await asyncio.wait_for(_until_stable(lambda: listener_messages(events)), 10)
+        await asyncio.wait_for(_until_stable(lambda: events.stats.messages), 10)
         assert events.stats.messages < 5_000
         assert events.stats.total_reconnects == 0
         got = []
@@ -272,10 +264,6 @@ async def test_iterator_queue_is_bounded_when_nobody_iterates(emu: Emulator) -> 
                 break
     assert got == sent
     assert events.stats.queue_high_water <= 8
-
-
-def listener_messages(listener: EventListener) -> int:
-    return listener.stats.messages
 
 
 async def _until_stable(value: object, quiet: float = 0.3) -> None:
