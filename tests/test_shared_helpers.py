@@ -139,3 +139,18 @@ async def test_retrying_polls_a_closing_callable() -> None:
     assert await retry.wait() is True
     flag[0] = True
     assert await retry.wait() is False
+
+
+def test_listener_option_defaults_are_valid_and_checked() -> None:
+    """The shared defaults validate; an option out of range is named in the error."""
+    from neuroio._config import ConnectionOptions, RecoveryOptions
+    from neuroio.exceptions import ConfigurationError
+
+    ConnectionOptions().validate()
+    RecoveryOptions().validate()
+    with pytest.raises(ConfigurationError, match="ping_timeout"):
+        ConnectionOptions(ping_timeout=0).validate()
+    with pytest.raises(ConfigurationError, match="ws://"):
+        ConnectionOptions(url="http://x").validate()
+    with pytest.raises(ConfigurationError, match="backfill_max_events"):
+        RecoveryOptions(backfill_max_events=0).validate()
