@@ -1,39 +1,31 @@
 """Keeps API tokens out of log records, whoever logs them.
 
-The AUTH frame carries the token, and WebSocket libraries may log frames at DEBUG. A filter on
-the loggers that could see a frame replaces every registered token before any handler formats
-the record. Tokens are registered by the objects that hold them, for as long as they live.
+The AUTH frame carries the token, and WebSocket libraries may log frames at DEBUG. The log-record
+factory replaces every registered token in each record of a ``neuroio.*``, ``aiohttp.*`` or
+``asyncio`` logger as it is created, before any filter or handler sees it, so a module added
+later cannot forget to guard its logger. Tokens are registered by the objects that hold them, for
+as long as they live; :func:`secrets` lets other writers (recordings) clean what they write.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
-__all__ = ["REDACTED", "TokenRedactor", "redact"]
+__all__ = ["REDACTED", "TokenRedactor", "guard", "redact", "release", "secrets"]
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 6
 
-# Logger filters only apply to records created on that very logger, so each logger that could
-# carry a frame or a URL is listed, not just the parents.
-_GUARDED_LOGGERS = (
-    "neuroio",
-    "neuroio.listener",
-    "neuroio.emulator",
-    "neuroio.backfill",
-    "neuroio.bridge",
-    "neuroio.cli",
-    "neuroio.sinks",
-    "aiohttp",
-    "aiohttp.client",
-    "aiohttp.websocket",
-    "aiohttp.internal",
-    "aiohttp.server",
-    "aiohttp.web",
-    "aiohttp.access",
-    "asyncio",
-)
+# Logger filters only apply to records created on that very logger, and a module added later
+# could forget to install one; so the redactor sits in the log-record factory and cleans every
+# record whose logger name falls under one of these prefixes, whatever module created it.
+_GUARDED_PREFIXES = ("neuroio", "aiohttp", "asyncio")
+
+
+def _guarded(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in _GUARDED_PREFIXES)
 
 
 class TokenRedactor(logging.Filter):
@@ -41,7 +33,10 @@ class TokenRedactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+        # Read without the lock by every log call and redact(), from any thread: an immutable
+        # tuple swapped whole, never a dict iterated while another thread changes it.
+        self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
@@ -53,16 +48,27 @@ class TokenRedactor(logging.Filter):
         if len(secret) < MIN_SECRET_LENGTH:
             return
         with self._lock:
-            self._secrets[secret] = self._secrets.get(secret, 0) + 1
+            self._counts[secret] = self._counts.get(secret, 0) + 1
+            self._secrets = tuple(self._counts)
 
     def discard(self, secret: str) -> None:
         """Stop redacting ``secret`` once every holder released it."""
         with self._lock:
-            count = self._secrets.get(secret, 0) - 1
+            count = self._counts.get(secret, 0) - 1
             if count <= 0:
-                self._secrets.pop(secret, None)
+                self._counts.pop(secret, None)
             else:
-                self._secrets[secret] = count
+                self._counts[secret] = count
+            self._secrets = tuple(self._counts)
+
+    @property
+    def active(self) -> bool:
+        """Whether any secret is registered (the common case of no secret costs one test)."""
+        return bool(self._secrets)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every registered secret (for cleaning text that is not a log record)."""
+        return self._secrets
 
     def redact(self, text: str) -> str:
         """``text`` with every registered secret replaced."""
@@ -93,19 +99,37 @@ _redactor = TokenRedactor()
 _installed = False
 
 
-def guard(secret: str) -> None:
-    """Register ``secret`` and make sure the guarded loggers filter it out."""
+def _install() -> None:
+    """Chain the redactor into the log-record factory (once per process)."""
     global _installed
-    if not _installed:
-        for name in _GUARDED_LOGGERS:
-            logging.getLogger(name).addFilter(_redactor)
-        _installed = True
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _redactor.active and _guarded(record.name):
+            _redactor.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+def guard(secret: str) -> None:
+    """Register ``secret``: from now on no record of a guarded logger carries it."""
+    _install()
     _redactor.add(secret)
 
 
 def release(secret: str) -> None:
     """Unregister a secret registered with :func:`guard`."""
     _redactor.discard(secret)
+
+
+def secrets() -> tuple[str, ...]:
+    """Every secret currently guarded (longest first is not promised)."""
+    return _redactor.secrets()
 
 
 def redact(text: str) -> str:
