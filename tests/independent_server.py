@@ -85,7 +85,7 @@ class IndependentServer:
             await asyncio.sleep(0.005)
 
     async def emit(self, count: int = 1) -> list[int]:
-        ids = []
+        ids: list[int] = []
         for _ in range(count):
             self._next_id += 1
             entry = {
@@ -98,7 +98,7 @@ class IndependentServer:
                 "face_image": f"https://example.invalid/faces/{self._next_id}.jpg",
             }
             self.history.append(entry)
-            ids.append(entry["id"])
+            ids.append(self._next_id)
             frame = json.dumps({"id": entry["id"], "data": entry})
             for conn in self.live():
                 if not conn.frozen:

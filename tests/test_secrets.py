@@ -115,6 +115,10 @@ async def hook() -> AsyncIterator[tuple[Hook, str]]:
     await runner.cleanup()
 
 
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 async def redis_dump(redis_url: str, stream: str, delete: bool) -> bytes:
     """Every entry of the stream (ids, fields, values) and the names of its keys."""
     import redis.asyncio as aioredis
@@ -122,8 +126,10 @@ async def redis_dump(redis_url: str, stream: str, delete: bool) -> bytes:
     client = aioredis.Redis.from_url(redis_url)
     try:
         dump = bytearray()
-        for entry_id, fields in await client.xrange(stream):
-            dump += entry_id + b"".join(k + b"=" + v for k, v in fields.items()) + b"\n"
+        for entry_id, fields in await client.xrange(stream) or []:
+            assert isinstance(entry_id, bytes) and isinstance(fields, dict)
+            dump += entry_id + b"".join(_b(k) + b"=" + _b(v) for k, v in fields.items())
+            dump += b"\n"
         keys = [k async for k in client.scan_iter(f"{stream}*")]
         dump += b"\n".join(keys)
         if delete and keys:
@@ -148,7 +154,7 @@ async def nats_dump(nats_url: str, stream: str, delete: bool) -> tuple[bytes, in
         dump = bytearray()
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg(stream, seq)
-            dump += repr(msg.headers).encode() + msg.subject.encode() + (msg.data or b"") + b"\n"
+            dump += repr(msg.headers).encode() + (msg.subject or "").encode() + (msg.data or b"") + b"\n"
         if delete:
             await js.delete_stream(stream)
         return bytes(dump), info.state.messages

@@ -25,7 +25,9 @@ from .conftest import TOKEN, StartCli, clean_env, free_port
 
 def wire(entry: dict[str, object]) -> bytes:
     """The frame the emulator sends for ``entry``, as one line."""
-    return b'{"id":%d,"data":' % entry["id"] + msgspec.json.encode(entry) + b"}\n"
+    event_id = entry["id"]
+    assert isinstance(event_id, int)
+    return b'{"id":%d,"data":' % event_id + msgspec.json.encode(entry) + b"}\n"
 
 
 async def test_jsonl_is_every_event_exactly_as_sent(

@@ -130,7 +130,7 @@ async def read_some(fd: int, timeout: float = 5.0) -> bytes:
     """What a non-blocking pipe holds once it is readable."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
     try:
         await asyncio.wait_for(ready, timeout)
     finally:
