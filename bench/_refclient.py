@@ -18,6 +18,7 @@ from typing import Any
 from _common import EVENT_PREFIX, emit, peak_rss_kb, percentile, rates, run
 
 import neuroio
+
 # The reference package, not this project: its names are not this project's types.
 from neuroio import EventListener, constants  # type: ignore[attr-defined]
 

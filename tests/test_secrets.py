@@ -154,7 +154,12 @@ async def nats_dump(nats_url: str, stream: str, delete: bool) -> tuple[bytes, in
         dump = bytearray()
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg(stream, seq)
-            dump += repr(msg.headers).encode() + (msg.subject or "").encode() + (msg.data or b"") + b"\n"
+            dump += (
+                repr(msg.headers).encode()
+                + (msg.subject or "").encode()
+                + (msg.data or b"")
+                + b"\n"
+            )
         if delete:
             await js.delete_stream(stream)
         return bytes(dump), info.state.messages
