@@ -18,7 +18,7 @@ from ._emulator import BOGUS_ID, Emulator
 from ._entries import OMIT, EntryFactory
 from ._frames import REDACTED_AUTH
 from ._hostile import HOSTILE_KINDS
-from ._rest import REST_ORDERS, REST_SHAPES
+from ._rest import REST_ORDERS, REST_SHAPES, RestOrder, RestShape
 from ._server import ClientRecord
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "REST_ORDERS",
     "REST_SHAPES",
     "ClientRecord",
+    "RestOrder",
+    "RestShape",
     "Emulator",
     "EntryFactory",
 ]
