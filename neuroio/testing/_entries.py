@@ -1,7 +1,7 @@
 """Realistic NeuroIO entries for the emulator, the demo and tests.
 
 :class:`EntryFactory` produces the entries of one space as the platform would push them
-(``shared/seed/protocol.md``): every documented field, ids that increase, ``created`` in
+(``docs/protocol.md``): every documented field, ids that increase, ``created`` in
 ISO-8601 UTC with milliseconds and ``Z``, people who come back (``exact``/``ha`` results reuse
 a ``pid`` seen before, ``new`` starts one), confidences on the right side of the platform's
 default thresholds, and a few cameras with uneven traffic. Seeded, it is reproducible.
@@ -19,7 +19,7 @@ from ..exceptions import ConfigurationError
 
 __all__ = ["OMIT", "EntryFactory"]
 
-# Default recognition thresholds (shared/seed/protocol.md): a confidence at or above
+# Default recognition thresholds (docs/protocol.md): a confidence at or above
 # EXACT is an exact match, at or above HA a high-accuracy one, at or above JUNK junk.
 _EXACT = 79.3
 _HA = 75.5

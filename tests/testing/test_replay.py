@@ -12,6 +12,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from neuroio.exceptions import ConfigurationError
+from neuroio.recording import RecordingWriter
 from neuroio.testing import Emulator
 
 from .conftest import AUTH, STEP, TOKEN, connected, recv, recv_json, rest
@@ -101,3 +102,38 @@ async def test_replay_file_errors(tmp_path: Path, content: str) -> None:
         await Emulator(replay=tmp_path / "missing.jsonl").start()
     with pytest.raises(ConfigurationError):
         await Emulator().wait_replayed()
+
+
+async def test_replay_plays_a_recording_whose_last_line_was_torn(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A recorder killed mid-line leaves half a record at the end: the emulator plays every
+    whole record before it, as the recording reader reads it, instead of refusing the file."""
+    path = write_recording(tmp_path / "torn.rec", [(float(i), event_frame(i)) for i in (1, 2, 3)])
+    with path.open("a") as f:
+        f.write('{"t": 4.0, "frame": "{\\"id\\":4,\\"da')
+    async with Emulator(replay=path, replay_speed=0) as emu:
+        async with connected(session, emu, token="t") as ws:
+            await emu.wait_replayed(timeout=STEP)
+            ids = [(await recv_json(ws))["id"] for _ in range(3)]
+    assert ids == [1, 2, 3]
+    assert emu.emitted == 3
+
+
+async def test_replay_reads_what_the_recorder_writes(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A file written by RecordingWriter (text, binary, backfilled frames) plays back."""
+    path = tmp_path / "written.rec"
+    with RecordingWriter(path) as writer:
+        writer.write('{"auth":"ok"}', 1.0)
+        writer.write(event_frame(7), 1.1)
+        writer.write(event_frame(8), 1.2, backfilled=True)
+        writer.write(b"\x00\xffbin", 1.3)
+    async with Emulator(replay=path, replay_speed=0) as emu:
+        async with connected(session, emu, token="t") as ws:
+            await emu.wait_replayed(timeout=STEP)
+            first = [(await recv_json(ws))["id"] for _ in range(2)]
+            last = await recv(ws)
+    assert first == [7, 8]
+    assert last.type is WSMsgType.BINARY and last.data == b"\x00\xffbin"

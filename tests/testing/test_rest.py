@@ -204,3 +204,51 @@ async def test_fail_rest_429_retry_after(session: aiohttp.ClientSession, emu: Em
         assert "detail" in await resp.json()
     with pytest.raises(ConfigurationError):
         emu.fail_rest(200)
+
+
+# ---------------------------------------------------------------- order and shape
+
+
+async def ids_of(session: aiohttp.ClientSession, emu: Emulator, **params: Any) -> list[int]:
+    body = await rest(session, emu, **params)
+    items = body if isinstance(body, list) else body["results"]
+    return [e["id"] for e in items]
+
+
+async def test_rest_order_asc_serves_oldest_first(session: aiohttp.ClientSession) -> None:
+    """rest_order="asc": oldest first, with id_from, filters, pagination and ids emitted out
+    of order; the attribute can be switched back to "desc" at any time."""
+    async with Emulator(tokens={TOKEN}, rest_order="asc") as emu:
+        await emu.burst(30)
+        page = await rest(session, emu, limit=10, offset=10)
+        assert [e["id"] for e in page["results"]] == list(range(11, 21))
+        assert page["count"] == 30 and "offset=20" in page["next"]
+        assert await ids_of(session, emu, id_from=27) == [27, 28, 29, 30]
+        assert await ids_of(session, emu, id_from=27, limit=2, offset=1) == [28, 29]
+        await emu.emit(id=5, result="exact")  # ids out of order from here on
+        await emu.emit(id=3, result="exact")
+        assert (await ids_of(session, emu, limit=3)) == [1, 2, 3]
+        assert await ids_of(session, emu, id_from=29, limit=100) == [29, 30]
+        exact = [e["id"] for e in (await rest(session, emu, result="exact", limit=100))["results"]]
+        assert exact == sorted(exact) and {3, 5} <= set(exact)
+        emu.rest_order = "desc"
+        assert await ids_of(session, emu, limit=2) == [30, 29]
+
+
+async def test_rest_shape_list_is_a_bare_list(session: aiohttp.ClientSession) -> None:
+    """rest_shape="list": a JSON list of entries, honouring limit, offset, filters and order."""
+    async with Emulator(tokens={TOKEN}, rest_shape="list") as emu:
+        sent = await emu.burst(30)
+        body = await rest(session, emu)
+        assert isinstance(body, list)
+        assert body == sent[::-1][:20]  # the default limit, newest first
+        assert await ids_of(session, emu, limit=5, offset=5) == [25, 24, 23, 22, 21]
+        assert await ids_of(session, emu, id_from=29) == [30, 29]
+        assert await ids_of(session, emu, offset=100) == []
+        emu.rest_order = "asc"
+        assert await ids_of(session, emu, limit=3) == [1, 2, 3]
+        emu.rest_shape = "page"
+        assert (await rest(session, emu, limit=1))["count"] == 30
+        emu.rest_shape = "list"
+        assert "detail" in await rest(session, emu, status=400, id_from="x")
+        assert "detail" in await rest(session, emu, token="nope", status=401)
