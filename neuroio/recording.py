@@ -104,9 +104,11 @@ def _redact_text(text: str) -> str:
         return clean
     try:
         value = _decoder.decode(clean)
-    except (msgspec.DecodeError, UnicodeEncodeError):
+        redacted = _redact_value(value)
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+        # Not JSON, or nested too deep to walk (a hostile frame, not a server echoing a
+        # token in an error message): the plain search above is what can be done.
         return clean
-    redacted = _redact_value(value)
     if redacted == value:
         return clean
     return _encoder.encode(redacted).decode("utf-8", "surrogatepass")

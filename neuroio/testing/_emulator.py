@@ -122,10 +122,8 @@ class Emulator:
         self.ignore_id_from = ignore_id_from
         self.close_timeout = close_timeout
         self.compress = compress
-        self.rest_order: RestOrder = rest_order
-        """Order of REST results, ``"desc"`` or ``"asc"``; may be changed at any time."""
-        self.rest_shape: RestShape = rest_shape
-        """Shape of REST answers, ``"page"`` or ``"list"``; may be changed at any time."""
+        self._rest_order: RestOrder = rest_order
+        self._rest_shape: RestShape = rest_shape
         self.factory = EntryFactory(seed, clock_offset=clock_offset)
         """The generator behind :meth:`emit`; ``factory.make()`` builds entries to pass in."""
         self._ssl = ssl
@@ -324,6 +322,28 @@ class Emulator:
         if host == "::":
             return "[::1]"
         return f"[{host}]" if ":" in host else host
+
+    # ------------------------------------------------------------------ REST answers
+
+    @property
+    def rest_order(self) -> RestOrder:
+        """Order of REST results, ``"desc"`` or ``"asc"``; may be changed at any time."""
+        return self._rest_order
+
+    @rest_order.setter
+    def rest_order(self, order: RestOrder) -> None:
+        check_rest_options(order, self._rest_shape)
+        self._rest_order = order
+
+    @property
+    def rest_shape(self) -> RestShape:
+        """Shape of REST answers, ``"page"`` or ``"list"``; may be changed at any time."""
+        return self._rest_shape
+
+    @rest_shape.setter
+    def rest_shape(self, shape: RestShape) -> None:
+        check_rest_options(self._rest_order, shape)
+        self._rest_shape = shape
 
     # ------------------------------------------------------------------ the server's clock
 

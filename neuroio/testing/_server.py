@@ -204,11 +204,6 @@ class WebSocketSide:
         """Records of the connections open and authenticated now."""
         return [c.record for c in self._open.values() if c.token is not None]
 
-    @property
-    def live_count(self) -> int:
-        """How many connections are open and authenticated now."""
-        return sum(len(clients) for clients in self._live.values())
-
     # ------------------------------------------------------------------ pushing
 
     def push_event(self, frame: bytes) -> None:

@@ -131,6 +131,15 @@ def test_redact_frame_text_binary_and_escaped(guarded: str) -> None:
     assert redact_frame(b"\xff\xfe") == b"\xff\xfe"
 
 
+def test_redact_frame_survives_a_frame_too_deep_to_decode(guarded: str) -> None:
+    """A hostile frame nested 100 000 deep with escapes in it is still redacted by the plain
+    search, and recording it raises nothing."""
+    frame = "[" * 100_000 + json.dumps(f"\\ {guarded}") + "]" * 100_000
+    clean = redact_frame(frame)
+    assert isinstance(clean, str) and guarded not in clean and "***" in clean
+    assert guarded.encode() not in encode_record(frame, 1.0)
+
+
 def test_encode_record_redacts_before_writing(guarded: str, tmp_path: Path) -> None:
     """What RecordingWriter writes holds no registered token, in text or base64 form."""
     path = tmp_path / "r.rec"

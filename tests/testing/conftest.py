@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
 from neuroio.testing import Emulator
+
+if TYPE_CHECKING:
+    # A socket opened with decode_text=False hands text as bytes: aiohttp types it apart.
+    from aiohttp.http import WSMessageTextBytes
 
 TOKEN = "tok-3f9a1c77e2"
 OTHER = "tok-other-55aa"
@@ -36,11 +40,13 @@ async def emu() -> AsyncIterator[Emulator]:
         yield e
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+async def recv(
+    ws: aiohttp.ClientWebSocketResponse[bool],
+) -> aiohttp.WSMessage | WSMessageTextBytes:
     return await ws.receive(timeout=STEP)
 
 
-async def recv_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
+async def recv_json(ws: aiohttp.ClientWebSocketResponse[bool]) -> Any:
     msg = await recv(ws)
     assert msg.type is WSMsgType.TEXT, msg
     return json.loads(msg.data)
@@ -49,7 +55,7 @@ async def recv_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
 @asynccontextmanager
 async def connected(
     session: aiohttp.ClientSession, emu: Emulator, token: str | None = TOKEN, **kwargs: Any
-) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse[bool]]:
     """A WebSocket to the emulator, authenticated with ``token`` unless it is None."""
     async with session.ws_connect(emu.url, **kwargs) as ws:
         if token is not None:

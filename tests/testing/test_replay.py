@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -58,7 +59,7 @@ async def test_replay_keeps_order_and_timing(
             assert emu.emitted == 0  # nothing before the first AUTH
             await ws.send_str(AUTH)
             assert await recv_json(ws) == {"auth": "ok"}
-            got: list[tuple[float, aiohttp.WSMessage]] = []
+            got: list[tuple[float, Any]] = []
             for _ in range(5):
                 msg = await recv(ws)
                 got.append((time.monotonic(), msg))

@@ -217,7 +217,7 @@ async def ids_of(session: aiohttp.ClientSession, emu: Emulator, **params: Any) -
 
 async def test_rest_order_asc_serves_oldest_first(session: aiohttp.ClientSession) -> None:
     """rest_order="asc": oldest first, with id_from, filters, pagination and ids emitted out
-    of order; the attribute can be switched back to "desc" at any time."""
+    of order; the attribute can be switched back to "desc" at any time, and is checked."""
     async with Emulator(tokens={TOKEN}, rest_order="asc") as emu:
         await emu.burst(30)
         page = await rest(session, emu, limit=10, offset=10)
@@ -233,6 +233,11 @@ async def test_rest_order_asc_serves_oldest_first(session: aiohttp.ClientSession
         assert exact == sorted(exact) and {3, 5} <= set(exact)
         emu.rest_order = "desc"
         assert await ids_of(session, emu, limit=2) == [30, 29]
+        with pytest.raises(ConfigurationError):
+            emu.rest_order = "sideways"  # type: ignore[assignment]
+        with pytest.raises(ConfigurationError):
+            emu.rest_shape = "dict"  # type: ignore[assignment]
+        assert (emu.rest_order, emu.rest_shape) == ("desc", "page")
 
 
 async def test_rest_shape_list_is_a_bare_list(session: aiohttp.ClientSession) -> None:
