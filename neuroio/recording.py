@@ -9,6 +9,9 @@ A recording is a JSON Lines file, one frame per line::
 ``frame``, binary ones base64-encoded in ``frame_b64``. A frame recovered from the REST API
 after a gap (not pushed over the socket) also carries ``"backfilled": true``. Only the
 server's frames are recorded: the client's AUTH frame, the one that holds the token, never is.
+A server frame may still hold a token (an error message that echoes it): every token the
+process knows (those registered with :mod:`neuroio._redact`) is replaced by ``***`` in every
+frame, text and binary, before it is written.
 
 ``neuroio-events listen --record FILE`` writes recordings; ``neuroio-events emulate --replay
 FILE`` plays them back.
@@ -30,9 +33,11 @@ from typing import Any
 
 import msgspec
 
+from . import _redact
+from ._io import write_all as write_all  # re-exported: it used to live here
 from .exceptions import ConfigurationError
 
-__all__ = ["RecordedFrame", "RecordingWriter", "encode_record", "read_recording"]
+__all__ = ["RecordedFrame", "RecordingWriter", "encode_record", "read_recording", "redact_frame"]
 
 logger = logging.getLogger("neuroio.recording")
 
@@ -58,12 +63,15 @@ class RecordedFrame:
 def encode_record(frame: str | bytes, t: float | None = None, *, backfilled: bool = False) -> bytes:
     """One line of a recording (with its ``\\n``) for ``frame`` received at ``t``.
 
+    Every token the process knows is redacted from ``frame`` first (see :func:`redact_frame`).
+
     Args:
         frame: the frame as received: ``str`` for text, ``bytes`` for binary.
         t: when it was received; ``None`` means now.
         backfilled: mark the frame as recovered from the REST API.
     """
     record: dict[str, Any] = {"t": time.time() if t is None else t}
+    frame = redact_frame(frame)
     if isinstance(frame, str):
         record["frame"] = frame
     else:
@@ -71,6 +79,50 @@ def encode_record(frame: str | bytes, t: float | None = None, *, backfilled: boo
     if backfilled:
         record["backfilled"] = True
     return _encoder.encode(record) + b"\n"
+
+
+def redact_frame(frame: str | bytes) -> str | bytes:
+    """``frame`` with every registered token replaced by ``***``, of the same type.
+
+    A text frame is searched as it is, and also as JSON: a server may write a token with
+    escapes (``\\u0041...``), which a plain search would miss; such a frame is then written
+    re-encoded from its redacted JSON value. A binary frame is searched as UTF-8, with the bytes
+    that are not UTF-8 carried through unchanged.
+    """
+    if isinstance(frame, str):
+        return _redact_text(frame)
+    # surrogateescape maps every byte that is not UTF-8 to a lone surrogate and back, so the
+    # bytes around a token come out exactly as they went in.
+    text = frame.decode("utf-8", "surrogateescape")
+    clean = _redact_text(text)
+    return frame if clean == text else clean.encode("utf-8", "surrogateescape")
+
+
+def _redact_text(text: str) -> str:
+    clean = _redact.redact(text)
+    if "\\" not in clean:
+        return clean
+    try:
+        value = _decoder.decode(clean)
+        redacted = _redact_value(value)
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+        # Not JSON, or nested too deep to walk (a hostile frame, not a server echoing a
+        # token in an error message): the plain search above is what can be done.
+        return clean
+    if redacted == value:
+        return clean
+    return _encoder.encode(redacted).decode("utf-8", "surrogatepass")
+
+
+def _redact_value(value: Any) -> Any:
+    """A JSON value with every registered token redacted from its strings and keys."""
+    if isinstance(value, str):
+        return _redact.redact(value)
+    if isinstance(value, list):
+        return [_redact_value(item) for item in value]
+    if isinstance(value, dict):
+        return {_redact.redact(k): _redact_value(v) for k, v in value.items()}
+    return value
 
 
 class RecordingWriter:
@@ -134,14 +186,6 @@ class RecordingWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (``os.write`` may write only part)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def read_recording(path: str | os.PathLike[str]) -> Iterator[RecordedFrame]:

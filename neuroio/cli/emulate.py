@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from ..emulator import Emulator
+from ..exceptions import ConfigurationError
+from ..testing import REST_ORDERS, REST_SHAPES, Emulator, RestOrder, RestShape
 from ._options import LogSettings, is_loopback, logging_options, loop_option
 from ._run import EXIT_OK, CommandFailed, StopSignals, run
 
@@ -157,6 +158,36 @@ async def _report_replay(emulator: Emulator) -> None:
     "has them).",
 )
 @click.option(
+    "--clock-offset",
+    type=click.FloatRange(min=-1e9, max=1e9),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    envvar="NEUROIO_EMULATE_CLOCK_OFFSET",
+    show_envvar=True,
+    help="Run the server's clock this many seconds off (negative: behind): the 'created' of "
+    "generated entries, and so the REST date_from/date_to filters, follow it.",
+)
+@click.option(
+    "--rest-order",
+    type=click.Choice(REST_ORDERS),
+    default="desc",
+    show_default=True,
+    envvar="NEUROIO_EMULATE_REST_ORDER",
+    show_envvar=True,
+    help="Order of GET /v1/entries/ results: desc (newest first) or asc (oldest first).",
+)
+@click.option(
+    "--rest-shape",
+    type=click.Choice(REST_SHAPES),
+    default="page",
+    show_default=True,
+    envvar="NEUROIO_EMULATE_REST_SHAPE",
+    show_envvar=True,
+    help="Shape of GET /v1/entries/ answers: page ({count, next, previous, results}) or "
+    "list (a bare JSON list, still honouring limit and offset).",
+)
+@click.option(
     "--public",
     is_flag=True,
     help="Allow listening on a non-loopback address (the emulator has no real security).",
@@ -172,6 +203,9 @@ def command(
     replay: Path | None,
     speed: float,
     push_while_disconnected: bool,
+    clock_offset: float,
+    rest_order: RestOrder,
+    rest_shape: RestShape,
     public: bool,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -195,14 +229,21 @@ def command(
         logger.warning("listening on %s: reachable from other machines", host)
     if rate is None:
         rate = 0.0 if replay is not None else 1.0
-    emulator = Emulator(
-        host=host,
-        port=port,
-        tokens=[t for t in tokens if t] or None,
-        rate=rate or None,
-        seed=seed,
-        push_while_disconnected=push_while_disconnected,
-        replay=replay,
-        replay_speed=speed,
-    )
+    try:
+        emulator = Emulator(
+            host=host,
+            port=port,
+            tokens=[t for t in tokens if t] or None,
+            rate=rate or None,
+            seed=seed,
+            push_while_disconnected=push_while_disconnected,
+            replay=replay,
+            replay_speed=speed,
+            clock_offset=clock_offset,
+            rest_order=rest_order,
+            rest_shape=rest_shape,
+        )
+    except ConfigurationError as exc:
+        # nan passes click's number ranges; the emulator's own check words it.
+        raise click.UsageError(str(exc)) from None
     run(lambda: serve(emulator, replaying=replay is not None), log=log, use_uvloop=use_uvloop)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+
+from neuroio._times import parse_time
 from neuroio.emulator import Emulator
+from neuroio.recording import RecordingWriter
 
+from ..helpers import eventually
 from .conftest import TOKEN, StartCli
 
 
@@ -81,3 +88,61 @@ async def test_demo_pretty_format(cli: StartCli) -> None:
     lines = proc.out.splitlines()
     assert len(lines) == 3
     assert all("#" in line and "\x1b[" not in line for line in lines)
+
+
+async def test_replay_accepts_a_recording_torn_by_a_killed_recorder(
+    cli: StartCli, tmp_path: Path
+) -> None:
+    """emulate --replay plays a recording whose last line a killed recorder cut short (the
+    frames before it), instead of refusing the file the recording reader accepts."""
+    recording = tmp_path / "torn.rec"
+    with RecordingWriter(recording) as writer:
+        for i in (1, 2, 3):
+            writer.write(json.dumps({"id": i, "data": {"id": i, "result": "exact"}}), float(i))
+    with recording.open("ab") as f:
+        f.write(b'{"t": 4.0, "frame": "{\\"id\\":4,')
+    replayer = await cli("emulate", "--port", "0", "--replay", str(recording), "--speed", "0")
+    url = (await replayer.line()).decode().strip()
+    await replayer.line()
+    listener = await cli("listen", "--url", url, "--token", TOKEN, "--count", "3")
+    assert await listener.finish() == 0
+    assert [json.loads(line)["id"] for line in listener.stdout.splitlines()] == [1, 2, 3]
+    await replayer.wait_stderr("incomplete last record skipped")
+    replayer.send(signal.SIGTERM)
+    assert await replayer.finish() == 0
+
+
+async def test_emulate_clock_offset_rest_order_and_shape_flags(cli: StartCli) -> None:
+    """--clock-offset -600 --rest-order asc --rest-shape list: entries created ten minutes
+    in the past, served oldest first as a bare list."""
+    emu = await cli(
+        "emulate", "--port", "0", "--rate", "100", "--token", TOKEN,
+        "--clock-offset", "-600", "--rest-order", "asc", "--rest-shape", "list",
+    )  # fmt: skip
+    await emu.line()
+    api_url = (await emu.line()).decode().strip()
+    headers = {"Authorization": f"Token {TOKEN}"}
+    got: list[Any] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def three() -> bool:
+            async with session.get(f"{api_url}/v1/entries/?limit=3", headers=headers) as resp:
+                got[:] = [await resp.json()]
+            return isinstance(got[0], list) and len(got[0]) == 3
+
+        await eventually(three, "three entries served", 5.0)
+    entries = got[0]
+    assert [e["id"] for e in entries] == [1, 2, 3]
+    for entry in entries:
+        created = parse_time(entry["created"])
+        assert created is not None
+        assert 540 < time.time() - created.timestamp() < 660
+    emu.send(signal.SIGINT)
+    assert await emu.finish() == 0
+
+
+async def test_emulate_refuses_a_bad_clock_offset_in_one_line(cli: StartCli) -> None:
+    """A clock offset that is not a finite number is a usage error, not a traceback."""
+    proc = await cli("emulate", "--port", "0", "--clock-offset", "nan")
+    assert await proc.finish() == 2
+    assert "clock_offset" in proc.err and "Traceback" not in proc.err

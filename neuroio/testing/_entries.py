@@ -1,7 +1,7 @@
 """Realistic NeuroIO entries for the emulator, the demo and tests.
 
 :class:`EntryFactory` produces the entries of one space as the platform would push them
-(``shared/seed/protocol.md``): every documented field, ids that increase, ``created`` in
+(``docs/protocol.md``): every documented field, ids that increase, ``created`` in
 ISO-8601 UTC with milliseconds and ``Z``, people who come back (``exact``/``ha`` results reuse
 a ``pid`` seen before, ``new`` starts one), confidences on the right side of the platform's
 default thresholds, and a few cameras with uneven traffic. Seeded, it is reproducible.
@@ -10,17 +10,29 @@ default thresholds, and a few cameras with uneven traffic. Seeded, it is reprodu
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..exceptions import ConfigurationError
+
 __all__ = ["OMIT", "EntryFactory"]
 
-# Default recognition thresholds (shared/seed/protocol.md): a confidence at or above
+# Default recognition thresholds (docs/protocol.md): a confidence at or above
 # EXACT is an exact match, at or above HA a high-accuracy one, at or above JUNK junk.
 _EXACT = 79.3
 _HA = 75.5
 _JUNK = 68.84
+
+# The confidence range of each result (``nm``/``det``: 0).
+_CONFIDENCE_RANGES = {
+    "exact": (_EXACT, 99.6),
+    "reinit": (_EXACT, 99.6),
+    "ha": (_HA, _EXACT - 0.01),
+    "junk": (_JUNK, _HA - 0.01),
+    "new": (12.0, _JUNK - 0.01),
+}
 
 _RESULTS = ("exact", "new", "ha", "junk", "reinit", "nm", "det")
 _RESULT_WEIGHTS = (52, 14, 11, 8, 3, 6, 6)
@@ -122,6 +134,8 @@ class EntryFactory:
         start_time: simulate ``created``: the first entry is at this time and the next ones
             follow at random gaps (about two seconds). ``None``: ``created`` is the current
             time, never going backwards.
+        clock_offset: seconds added to the wall clock for ``created`` (a server whose clock
+            is off); ignored with ``start_time``. Also the :attr:`clock_offset` attribute.
 
     Each :meth:`make` returns a new ``dict`` holding every field of ``protocol.md``; its JSON
     is about 800 bytes.
@@ -133,14 +147,18 @@ class EntryFactory:
         *,
         start_id: int = 1,
         start_time: datetime | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
+        if not math.isfinite(clock_offset):
+            raise ConfigurationError("clock_offset must be a finite number of seconds")
         self._rng = random.Random(seed)
+        self._offset = float(clock_offset)
         self.next_id = start_id
         """The id the next generated entry gets (never lower than an id already seen)."""
         if start_time is not None and start_time.tzinfo is None:
             start_time = start_time.replace(tzinfo=timezone.utc)
         self._simulated = start_time is not None
-        self._clock = start_time or datetime.now(timezone.utc)
+        self._clock = start_time or self._wall_clock()
         self._first = True
         self._pool: list[_Person] = []
         for _ in range(_POOL_PRESEED):
@@ -150,6 +168,32 @@ class EntryFactory:
 
     def __repr__(self) -> str:
         return f"EntryFactory(next_id={self.next_id})"
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds added to the wall clock for ``created``.
+
+        Changing it steps the clock at once, backwards too, as a server whose clock is
+        corrected does; ``created`` then follows the new clock, never going backwards again.
+        """
+        return self._offset
+
+    @clock_offset.setter
+    def clock_offset(self, seconds: float) -> None:
+        if not math.isfinite(seconds):
+            raise ConfigurationError("clock_offset must be a finite number of seconds")
+        self._offset = float(seconds)
+        if not self._simulated:
+            self._clock = self._wall_clock()
+
+    def now(self) -> datetime:
+        """The wall clock plus :attr:`clock_offset` (``created`` follows it without
+        ``start_time``)."""
+        return self._wall_clock()
+
+    def _wall_clock(self) -> datetime:
+        now = datetime.now(timezone.utc)
+        return now + timedelta(seconds=self._offset) if self._offset else now
 
     def observe(self, entry_id: int) -> None:
         """Note an id used elsewhere, so generated ids stay above it."""
@@ -192,23 +236,8 @@ class EntryFactory:
         else:
             person = None
 
-        if result in ("exact", "reinit"):
-            confidence = rng.uniform(_EXACT, 99.6)
-        elif result == "ha":
-            confidence = rng.uniform(_HA, _EXACT - 0.01)
-        elif result == "junk":
-            confidence = rng.uniform(_JUNK, _HA - 0.01)
-        elif result == "new":
-            confidence = rng.uniform(12.0, _JUNK - 0.01)
-        else:
-            confidence = 0.0
-
-        if result == "det":
-            mood = "det"
-        elif result == "nm":
-            mood = "nm"
-        else:
-            mood = _pick(_MOODS, _MOOD_CUM, rng.random())
+        confidence = self._confidence(result)
+        mood = result if result in ("det", "nm") else _pick(_MOODS, _MOOD_CUM, rng.random())
         liveness = (
             "undetermined" if result == "det" else _pick(_LIVENESS, _LIVENESS_CUM, rng.random())
         )
@@ -259,6 +288,11 @@ class EntryFactory:
                 entry[key] = value
         return entry
 
+    def _confidence(self, result: str) -> float:
+        """A confidence on the right side of the default thresholds for ``result``."""
+        low, high = _CONFIDENCE_RANGES.get(result, (0.0, 0.0))
+        return self._rng.uniform(low, high) if high else 0.0
+
     def _tick(self) -> datetime:
         if self._simulated:
             if self._first:
@@ -266,7 +300,7 @@ class EntryFactory:
             else:
                 self._clock += timedelta(seconds=self._rng.expovariate(1.0 / _MEAN_GAP))
             return self._clock
-        now = datetime.now(timezone.utc)
+        now = self._wall_clock()
         # The wall clock may step back (NTP); ``created`` must not, ids and times go together.
         if now > self._clock:
             self._clock = now
