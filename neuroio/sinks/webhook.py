@@ -91,8 +91,7 @@ class WebhookSink(Sink):
     Args:
         uri: the endpoint. The query options ``batch`` (events per request, default 1),
             ``timeout`` (seconds per request, default 10; a duration such as ``500ms``) and
-            ``name`` are removed from it;
-            the rest of the query is kept.
+            ``name`` are removed from it; the rest of the query is kept.
         secret: the HMAC key for the signature headers; ``None`` sends no signature.
         headers: extra headers sent with every request.
 
