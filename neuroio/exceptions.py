@@ -86,7 +86,21 @@ class SpoolError(NeuroIOError):
 
 
 class SinkError(NeuroIOError):
-    """A sink could not take events now; the bridge retries with backoff."""
+    """A sink could not take events now; the bridge retries with backoff.
+
+    Args:
+        message: what failed, one line (never a secret).
+        retry_after: the least delay, in seconds, before the next attempt, when the
+            destination asked for one (an HTTP ``Retry-After``); ``None`` leaves the delay to
+            the bridge's backoff.
+
+    Attributes:
+        retry_after: as given.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentSinkError(SinkError):
