@@ -229,6 +229,7 @@ class Connection:
         "_on_live",
         "_session",
         "_heartbeat",
+        "_live_since",
         "_not_reading",
         "_deferred",
         "_waker",
@@ -269,6 +270,7 @@ class Connection:
         self._on_live = on_live
         self._session = Session()
         self._heartbeat = Heartbeat(options.ping_interval, options.ping_timeout)
+        self._live_since = 0.0
         # The reader says it is not reading by holding the handler's turn, or with this flag
         # while it waits for room in the inbox or for its turn.
         self._not_reading = False
@@ -379,9 +381,10 @@ class Connection:
     # ------------------------------------------------------------------ the live connection
 
     async def _live(self, ws: _WebSocket) -> Verdict:
-        loop = asyncio.get_running_loop()
-        self._heartbeat.start(loop.time())
-        reader = self.reader_task = asyncio.create_task(self._read(ws), name="neuroio-reader")
+        self._live_since = asyncio.get_running_loop().time()
+        self._heartbeat.start(self._live_since)
+        read = self._read_to_inbox if self._handoff.handler is None else self._read_to_handler
+        reader = self.reader_task = asyncio.create_task(read(ws), name="neuroio-reader")
         keepalive = asyncio.create_task(self._keepalive(ws), name="neuroio-keepalive")
         closing = asyncio.create_task(self._closing.wait(), name="neuroio-closing")
         tasks = (reader, keepalive, closing)
@@ -454,22 +457,19 @@ class Connection:
         if self._waker is not None:
             _wake(self._waker)
 
-    # The hot path, inlined on purpose: a helper call per frame costs several per cent of the
-    # raw handler's throughput (bench/throughput.py), so its branches stay in one function.
-    async def _read(self, ws: _WebSocket) -> Verdict:  # noqa: C901
-        # Everything it touches is a local, and an event written the way the platform writes
-        # them costs a prefix test, a counter, the turn and the handler call.
-        loop = asyncio.get_running_loop()
+    # The hot paths: one loop per consumer, so that neither tests which one it feeds per
+    # frame. Everything they touch is a local, and an event written the way the platform
+    # writes them costs a prefix test, a counter, the turn and the handler call (or a put);
+    # every other frame goes through _control.
+
+    async def _read_to_handler(self, ws: _WebSocket) -> Verdict:
         handoff = self._handoff
         handler = handoff.handler
-        inbox = handoff.inbox
+        assert handler is not None
         turn = handoff.turn
         remember = self._remember
         stats = self._stats
-        heartbeat = self._heartbeat
-        ping_interval = heartbeat.interval
-        live_since = loop.time()
-        wall = time.time
+        control = self._control
         receive = ws.receive
         prefix = EVENT_PREFIX
         reader = READER
@@ -485,40 +485,14 @@ class Connection:
                     stats.events += 1
                     if remember is not None and not remember(data):
                         continue
-                else:
-                    kind = self._account(data)
-                    if kind is Kind.ERROR:
-                        # During authentication an error ends listen() with its own message;
-                        # on a live connection it is only worth a warning.
-                        logger.warning("server error message: %s", error_text(data))
-                    elif kind is Kind.PONG:
-                        now = loop.time()
-                        rtt = heartbeat.pong_received(now)
-                        stats.pongs += 1
-                        if rtt is not None:
-                            stats.last_rtt = rtt
-                        if now - live_since >= ping_interval:
-                            # Healthy for a whole interval: the next loss starts from the
-                            # shortest delay again.
-                            self._backoff.reset()
-                    elif kind is Kind.EVENT:
-                        stats.events += 1
-                        stats.last_event_at = wall()
-                        if remember is not None and not remember(data):
-                            continue
-                    elif handler is None:
-                        continue
+                elif not control(data, True):
+                    continue
             elif mtype is binary:
                 data = msg.data
                 self._account(data)
-                if handler is None:
-                    continue
             else:
                 return self._ended(ws, msg.data if mtype is aiohttp.WSMsgType.ERROR else None)
-            if handler is None:
-                if not inbox.put_nowait(data):
-                    await self._wait(inbox.put(data))
-            elif turn.owner is None:
+            if turn.owner is None:
                 turn.owner = reader  # also tells the keepalive: not reading
                 try:
                     await handler(data)
@@ -532,7 +506,66 @@ class Connection:
                 if self._deferred:
                     self._reading_again()
             else:
-                await self._wait(handoff.call(data, READER))
+                await self._wait(handoff.call(data, reader))
+
+    async def _read_to_inbox(self, ws: _WebSocket) -> Verdict:
+        inbox = self._handoff.inbox
+        remember = self._remember
+        stats = self._stats
+        control = self._control
+        receive = ws.receive
+        prefix = EVENT_PREFIX
+        text = aiohttp.WSMsgType.TEXT
+        binary = aiohttp.WSMsgType.BINARY
+        while True:
+            msg = await receive()
+            mtype = msg.type
+            if mtype is text:
+                data = msg.data
+                if data.startswith(prefix):
+                    stats.events += 1
+                    if remember is not None and not remember(data):
+                        continue
+                elif not control(data, False):
+                    continue
+            elif mtype is binary:
+                self._account(msg.data)
+                continue
+            else:
+                return self._ended(ws, msg.data if mtype is aiohttp.WSMsgType.ERROR else None)
+            if not inbox.put_nowait(data):
+                await self._wait(inbox.put(data))
+
+    def _control(self, data: str, deliver_all: bool) -> bool:
+        """A text frame off the event fast path; whether it goes to the consumer.
+
+        ``deliver_all``: a raw handler gets every frame but a duplicate event; the iterator
+        only events.
+        """
+        kind = self._account(data)
+        if kind is Kind.EVENT:
+            stats = self._stats
+            stats.events += 1
+            stats.last_event_at = time.time()
+            return self._remember is None or self._remember(data)
+        if kind is Kind.ERROR:
+            # During authentication an error ends listen() with its own message; on a live
+            # connection it is only worth a warning.
+            logger.warning("server error message: %s", error_text(data))
+        elif kind is Kind.PONG:
+            self._pong()
+        return deliver_all
+
+    def _pong(self) -> None:
+        now = asyncio.get_running_loop().time()
+        stats = self._stats
+        rtt = self._heartbeat.pong_received(now)
+        stats.pongs += 1
+        if rtt is not None:
+            stats.last_rtt = rtt
+        if now - self._live_since >= self._heartbeat.interval:
+            # Healthy for a whole interval: the next loss starts from the shortest delay again.
+            self._backoff.reset()
 
     async def _wait(self, step: Awaitable[None]) -> None:
         """Await ``step`` (room in the inbox, the handler's turn) without being judged."""
