@@ -567,3 +567,31 @@ def test_errors_still_take_a_message_alone() -> None:
     failed = ConnectionFailedError("gave up")
     assert str(auth) == "refused" and auth.close_code is None and auth.server_message is None
     assert str(failed) == "gave up" and failed.attempts is None and failed.last_reason is None
+
+
+async def test_a_dead_connection_is_still_detected_after_a_busy_handler(emu: Emulator) -> None:
+    """A handler busy for several ping_timeouts is not a dead connection; once it reads
+    again, a connection that stopped answering is detected as dead as usual."""
+    release = asyncio.Event()
+
+    async def busy(message: str | bytes) -> None:
+        if '"id"' in str(message):
+            await release.wait()
+
+    listener = EventListener(
+        TOKEN, busy, url=emu.url, ping_interval=0.05, ping_timeout=0.15, reconnect_delay=0.01
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.emit()
+    pings = len(emu.clients[0].ping_times)
+    # Busy for well over ping_timeout, PINGs going out meanwhile: no verdict.
+    await emu.wait_until(lambda: len(emu.clients[0].ping_times) >= pings + 8)
+    assert listener.stats.total_reconnects == 0
+    release.set()
+    await until(lambda: listener.stats.pongs >= 2)
+    emu.freeze()
+    await emu.wait_for_clients(2, timeout=3)
+    assert listener.stats.reconnects == {"heartbeat_timeout": 1}
+    await listener.close()
+    await task
