@@ -32,7 +32,7 @@ from ._config import ConnectionOptions
 from ._protocol.backoff import Backoff
 from ._protocol.frames import EVENT_PREFIX, PING_FRAME, Kind, classify, encode_auth, error_text
 from ._protocol.heartbeat import Heartbeat
-from ._protocol.session import Accepted, LossReason, Lost, Rejected, Session, Verdict
+from ._protocol.session import Accepted, Ending, LossReason, Lost, Session, Verdict
 from .inbox import Inbox
 from .stats import ListenerStats, State
 
@@ -254,7 +254,7 @@ class Connection:
         self.url = url
         self.last_failure = ""
         """Why the connection could not be made, for the error after the last attempt."""
-        self.reader_task: asyncio.Task[Verdict] | None = None
+        self.reader_task: asyncio.Task[Ending] | None = None
         """The task that calls the handler while the connection is live."""
         self._token = token
         self._options = options
@@ -282,7 +282,7 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection url={self.url!r} phase={self._session.phase.value}>"
 
-    async def run(self) -> Rejected | Lost:
+    async def run(self) -> Ending:
         """Connect, authenticate and deliver frames until the connection ends; say why."""
         ws = await self._connect()
         if ws is None:
@@ -295,7 +295,6 @@ class Connection:
                 # A dead peer never answers the close frame: do not wait for it long.
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(ws.close(code=1000), self._options.timeout)
-        assert not isinstance(verdict, Accepted)
         return verdict
 
     # ------------------------------------------------------------------ connect and AUTH
@@ -326,7 +325,7 @@ class Connection:
             logger.info("cannot connect to %s: %s", self.url, self.last_failure)
         return None
 
-    async def _serve(self, ws: _WebSocket) -> Verdict:
+    async def _serve(self, ws: _WebSocket) -> Ending:
         deadline = asyncio.get_running_loop().time() + self._options.timeout
         self._set_state(State.AUTHENTICATING)
         await ws.send_str(encode_auth(self._token))
@@ -348,16 +347,14 @@ class Connection:
         loop = asyncio.get_running_loop()
         session = self._session
         while True:
+            # Not receive(timeout=0): aiohttp reads a zero timeout as "none".
             remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self._auth_timed_out()
             try:
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
                 msg = await ws.receive(timeout=remaining)
             except asyncio.TimeoutError:
-                logger.warning(
-                    "no answer to AUTH from %s within %.1fs", self.url, self._options.timeout
-                )
-                return session.timeout()
+                return self._auth_timed_out()
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return session.error(_error_reason(msg.data), ws.close_code)
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -378,9 +375,13 @@ class Connection:
             if verdict is not None:
                 return verdict
 
+    def _auth_timed_out(self) -> Ending:
+        logger.warning("no answer to AUTH from %s within %.1fs", self.url, self._options.timeout)
+        return self._session.timeout()
+
     # ------------------------------------------------------------------ the live connection
 
-    async def _live(self, ws: _WebSocket) -> Verdict:
+    async def _live(self, ws: _WebSocket) -> Ending:
         self._live_since = asyncio.get_running_loop().time()
         self._heartbeat.start(self._live_since)
         read = self._read_to_inbox if self._handoff.handler is None else self._read_to_handler
@@ -400,7 +401,7 @@ class Connection:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _keepalive(self, ws: _WebSocket) -> Verdict:
+    async def _keepalive(self, ws: _WebSocket) -> Ending:
         """Send PINGs on schedule and judge the PONGs while the reader reads."""
         loop = asyncio.get_running_loop()
         heartbeat = self._heartbeat
@@ -462,7 +463,7 @@ class Connection:
     # writes them costs a prefix test, a counter, the turn and the handler call (or a put);
     # every other frame goes through _control.
 
-    async def _read_to_handler(self, ws: _WebSocket) -> Verdict:
+    async def _read_to_handler(self, ws: _WebSocket) -> Ending:
         handoff = self._handoff
         handler = handoff.handler
         assert handler is not None
@@ -508,7 +509,7 @@ class Connection:
             else:
                 await self._wait(handoff.call(data, reader))
 
-    async def _read_to_inbox(self, ws: _WebSocket) -> Verdict:
+    async def _read_to_inbox(self, ws: _WebSocket) -> Ending:
         inbox = self._handoff.inbox
         remember = self._remember
         stats = self._stats
@@ -577,7 +578,7 @@ class Connection:
         if self._deferred:
             self._reading_again()
 
-    def _ended(self, ws: _WebSocket, error: BaseException | None) -> Verdict:
+    def _ended(self, ws: _WebSocket, error: BaseException | None) -> Ending:
         """The socket ended: with a transport ``error``, or closed (``None``)."""
         if error is not None:
             logger.warning("connection to %s failed: %s", self.url, _describe(error))

@@ -26,6 +26,7 @@ __all__ = [
     "Rejected",
     "Session",
     "SilentRejections",
+    "Ending",
     "Verdict",
 ]
 
@@ -103,6 +104,8 @@ class Lost:
     authenticated: bool = False
 
 
+Ending: TypeAlias = "Rejected | Lost"
+"""A verdict that ends the connection."""
 Verdict: TypeAlias = "Accepted | Rejected | Lost"
 
 
@@ -148,7 +151,7 @@ class Session:
             return self._end(_refused(f"server said: {said}", server_message=said))
         return None
 
-    def closed(self, code: int | None) -> Verdict:
+    def closed(self, code: int | None) -> Ending:
         """The socket was closed, with ``code`` (``None`` when no close frame came)."""
         if self.phase is Phase.AUTHENTICATING:
             if code in AUTH_CLOSE_CODES:
@@ -160,26 +163,26 @@ class Session:
             return self._end(Lost(LossReason.CLOSED, code, self._authenticated()))
         return self._end(Lost(LossReason.RESET, code, self._authenticated()))
 
-    def error(self, reason: LossReason, code: int | None = None) -> Verdict:
+    def error(self, reason: LossReason, code: int | None = None) -> Ending:
         """The transport failed (``reason`` says how); ``code`` is its close code, if any."""
         if self.phase is Phase.AUTHENTICATING and code in AUTH_CLOSE_CODES:
             return self._end(_refused(f"connection closed with code {code}", close_code=code))
         return self._end(Lost(reason, code, self._authenticated()))
 
-    def timeout(self) -> Verdict:
+    def timeout(self) -> Ending:
         """No answer in time: to AUTH while authenticating, else to a PING."""
         if self.phase is Phase.AUTHENTICATING:
             return self._end(Lost(LossReason.AUTH_TIMEOUT))
         return self._end(Lost(LossReason.HEARTBEAT_TIMEOUT, authenticated=True))
 
-    def closing(self) -> Verdict:
+    def closing(self) -> Ending:
         """The listener is being closed."""
         return self._end(Lost(LossReason.CLOSING, authenticated=self._authenticated()))
 
     def _authenticated(self) -> bool:
         return self.phase is Phase.LIVE
 
-    def _end(self, verdict: Rejected | Lost) -> Rejected | Lost:
+    def _end(self, verdict: Ending) -> Ending:
         self.phase = Phase.ENDED
         return verdict
 
