@@ -10,8 +10,11 @@ writer
     one task commits whatever has queued, with the sinks' acknowledgements, in one SQLite
     transaction on the pipeline's spool thread, while the event loop goes on reading. A commit
     that fails (a full disk, an I/O error) is retried by itself with backoff, in smaller and
-    smaller pieces so that however little room comes back is used; it never gives up and
-    never drops what it holds.
+    smaller pieces so that however little room comes back is used; after a full disk it
+    checkpoints SQLite's write-ahead log so the log's space is reused instead of waiting for
+    room it cannot get. It never gives up and never drops what it holds; while commits fail,
+    :attr:`Pipeline.commit_failing_since` and :attr:`Pipeline.commit_error` say so (and the
+    bridge's ``/healthz`` answers 503).
 backpressure
     the handler waits (so the listener stops reading the socket, and the server's pushes wait
     in TCP buffers or are recovered from the REST API later) while the spool is at its size
@@ -28,10 +31,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
 import msgspec
@@ -58,10 +64,13 @@ _TAIL = 4096
 # a commit holds (SQLite copies the segment it writes).
 _MAX_COMMIT = 4096
 # While commits fail, the handler waits once this many events wait uncommitted: a full disk
-# pauses the socket at once instead of filling memory until the disk has room.
+# pauses the socket at once instead of filling memory until the disk has room. (What was
+# accepted while the first failing commit ran, at most max_pending, stays held.)
 FAILING_MAX_PENDING = 64
 # Longest wait between two attempts of a failing commit: room that comes back is used soon.
 _MAX_COMMIT_RETRY_DELAY = 2.0
+# After a commit failed for want of disk space, each commit is checkpointed for this long.
+_LOW_ROOM_PERIOD = 60.0
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
 _NO_ID = -(2**63) - 1
@@ -138,6 +147,8 @@ class Pipeline:
         """``time.monotonic()`` of the first failure of the current run of failed commits."""
         self.commit_error: str | None = None
         """Why the last commit failed, while commits fail."""
+        self.commit_failures = 0
+        """Failed commit attempts (each retried)."""
         self._newest = _NO_ID
         self._full_episode = False
         self._full_warned_at = -math.inf
@@ -433,6 +444,7 @@ class Pipeline:
             closing=self._stop_writer,
         )
         size = _MAX_COMMIT
+        low_room_until = -math.inf
         while True:
             if not self._pending and not self._acks:
                 if self._stop_writer.is_set():
@@ -459,6 +471,9 @@ class Pipeline:
                 # A smaller commit needs less room: however little comes back is used.
                 size = max(1, len(events) // 2)
                 await retry.wait()
+                if _disk_full(exc):
+                    low_room_until = time.monotonic() + _LOW_ROOM_PERIOD
+                    await self.run_spool(_checkpoint, self.spool.path)
                 continue
             self._committing = 0
             if self.commit_failing_since is not None:
@@ -470,8 +485,13 @@ class Pipeline:
                 retry.reset()
             size = min(_MAX_COMMIT, size * 2)
             await self._committed_batch(events, stored)
+            if time.monotonic() < low_room_until:
+                # Soon after a full disk: fold each commit into the database at once, so the
+                # log never holds more than the database could take in with the room left.
+                await self.run_spool(_checkpoint, self.spool.path)
 
     def _commit_failed(self, exc: Exception) -> None:
+        self.commit_failures += 1
         self.commit_error = str(exc) or type(exc).__name__
         if self.commit_failing_since is None:
             self.commit_failing_since = time.monotonic()
@@ -538,6 +558,38 @@ class Pipeline:
         if received is None:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - received)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failed commit ran out of disk space (SQLite says "database or disk is full";
+    a spool may also raise with ``ENOSPC`` as the cause)."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _checkpoint(path: Path) -> None:
+    """Copy the spool's write-ahead log into the database and truncate the log.
+
+    On a full disk the log cannot grow, and SQLite reuses its space only after a checkpoint,
+    which the spool runs only once the log is large: without one, room that comes back is
+    eaten by the next commit or two and commits stall again. A checkpoint needs room only for
+    the database pages it copies, and truncating the log then frees all of its space. Run on
+    the spool thread, between two commits, on a connection of its own (any connection may
+    checkpoint a database in WAL mode); a failure only means there is not room enough yet.
+    """
+    try:
+        conn = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        log.debug("spool checkpoint after a failed commit did not complete: %s", exc)
+    finally:
+        conn.close()
 
 
 def valid_id(value: object) -> TypeGuard[int]:
