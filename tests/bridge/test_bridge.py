@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +19,7 @@ from neuroio.exceptions import (
     SinkError,
     SpoolError,
 )
-from neuroio.sinks import MemorySink
+from neuroio.sinks import MemorySink, SpooledEvent
 from neuroio.spool import Spool
 
 from ..helpers import until
@@ -137,3 +138,37 @@ async def test_permanent_error_from_sink_start_is_reported(tmp_path: Path) -> No
     bridge = Bridge(TOKEN, [Broken()], url="ws://127.0.0.1:9", spool=tmp_path / "s.db")
     with pytest.raises(SinkError, match="cannot"):
         await bridge.start()
+
+
+async def test_second_stop_request_abandons_a_send_that_hangs(tmp_path: Path) -> None:
+    """request_stop() once: run() stops reading and waits for the send in flight; a second
+    request abandons it, run() returns at once, and the spool keeps the unconfirmed events."""
+
+    class Hanging(MemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sending = asyncio.Event()
+
+        async def send(self, events: Sequence[SpooledEvent]) -> None:
+            self.sending.set()
+            await asyncio.Event().wait()  # never answers
+
+    sink = Hanging()
+    async with IndependentServer(TOKEN) as server:
+        bridge = Bridge(TOKEN, [sink], **bridge_options(server, tmp_path))  # type: ignore[arg-type]
+        runner = asyncio.create_task(bridge.run())
+        await server.wait_live()
+        sent = await server.emit(10)
+        await asyncio.wait_for(sink.sending.wait(), 5)
+        bridge.request_stop()
+        assert bridge.should_exit and not bridge.force_exit
+        assert bridge.listener is not None
+        await until(
+            lambda: bridge.listener is not None and bridge.listener.stats.state.value == "closed"
+        )
+        assert not runner.done()  # the send in flight has drain_timeout (5 s) to finish
+        bridge.request_stop()
+        assert bridge.force_exit
+        await asyncio.wait_for(runner, 2)
+    with Spool(tmp_path / "spool.db") as held:
+        assert [e.id for e in held.read(0, 100)] == sent
