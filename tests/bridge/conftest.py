@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from neuroio.spool import Spool
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+def spool(tmp_path: Path) -> Iterator[Spool]:
     s = Spool(tmp_path / "spool.db")
-    yield s  # type: ignore[misc]
+    yield s
     s.close()

@@ -30,7 +30,7 @@ class ThreadRecordingList(list[SpooledEvent]):
         self.threads.add(threading.get_ident())
         return super().__len__()
 
-    def __getitem__(self, index: SupportsIndex | slice) -> Any:  # type: ignore[override]
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
         self.threads.add(threading.get_ident())
         return super().__getitem__(index)
 
