@@ -1,0 +1,1 @@
+"""The NeuroIO protocol without I/O: pure state machines and parsers, tested without sockets."""
