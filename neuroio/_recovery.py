@@ -2,7 +2,8 @@
 
 :class:`Recovery` fetches the entries of the gaps a :class:`~neuroio._protocol.gaps.GapTracker`
 holds and hands them to a ``deliver`` coroutine, a page at a time, in ascending id order. It
-never holds more than one page (``page_size`` plus a small slack) however long the gap.
+never holds more than one page (``page_size`` plus a slack that grows only with the entries
+created while it pages) however long the gap.
 
 The list's order is not documented (``docs/protocol.md``), so it is learnt, not assumed:
 :meth:`Recovery.newest` reads the first and the last entry of the list (two requests of one
@@ -17,8 +18,9 @@ a page the order may be anything: every page is sorted by id here. How a gap is 
   The answer is used only if it reaches the entries already handled (an id at or below the
   cursor, a short page, or ``offset + len(results) >= count - handled``): entries created
   meanwhile are at the front and move the end, which the check catches; the request is then
-  repeated with the new ``count`` (or, for a bare list, a doubling guess). Whatever the page
-  holds past the boundary was handled already and is dropped by id.
+  repeated with the new ``count`` (or, for a bare list, a doubling guess) and a page longer by
+  twice what moved, so a steady inflow is caught up. Whatever the page holds past the
+  boundary was handled already and is dropped by id.
 - **the server ignores ``id_from``** (an answer holds an id at or below ``id_from - 1``): the
   gap is walked by ``date_from`` = the cursor entry's ``created`` minus a margin (both on the
   server's clock), the same two ways (ascending: offsets from the start, which entries created
@@ -69,6 +71,10 @@ _RETRY_STATUSES = frozenset({408, 429})
 # A page holds at most this many entries more than page_size, absorbing entries created
 # between two requests of a descending walk without a repeated request.
 _SLACK_DIVISOR = 4
+# A descending walk lengthens its pages up to this many extra entries to catch up with
+# entries created while it pages, and gives up after this many pages in a row that missed.
+_MAX_SLACK = 1000
+_MAX_MISSES = 50
 
 
 @dataclass
@@ -133,6 +139,7 @@ class Recovery:
         """The list's order as last learnt (``None``: not known yet)."""
         self.ignores_id_from = False
         """The server was seen ignoring ``id_from``."""
+        self._scan_logged = False
         self.requests = 0
         self.retries = 0
         self.held_high_water = 0
@@ -152,7 +159,8 @@ class Recovery:
         closed first.
 
         Two requests of one entry each: the first and the last of the list (a bare list:
-        the first two, then, if it is ascending, ``id_from`` probes doubling their step).
+        the first and the one a page further, then, if it is ascending, ``id_from`` probes
+        doubling their step).
         Failures are retried (see the module docstring).
 
         Raises:
@@ -174,9 +182,16 @@ class Recovery:
             last = await self._get({"limit": "1", "offset": str(first.count - 1)})
             tail = last.results[0] if last.results else head
         else:
-            second = await self._get({"limit": "1", "offset": "1"})
+            # No count: compare with the entry a page further, so that entries created
+            # between the two requests (up to a page of them) cannot reverse the verdict.
+            second = await self._get({"limit": "1", "offset": str(self.page_size)})
             if not second.results:
-                return _newest(head, None)
+                # At most a page: any gap is one page, its order does not matter.
+                whole = await self._get({"limit": str(self.page_size)})
+                self._ids(whole)
+                if not whole.results:
+                    return Newest(None)
+                return _newest(max(whole.results, key=_sort_key), None)
             tail = second.results[0]
         head_id, tail_id = entry_id(head), entry_id(tail)
         if head_id is None or tail_id is None:
@@ -190,6 +205,8 @@ class Recovery:
     async def _gallop(self, known: dict[str, Any]) -> dict[str, Any]:
         # An ascending bare list: id_from=x answers the smallest id >= x; double the step
         # until nothing is past it, then halve back. O(log(newest - known)) requests.
+        if self.ignores_id_from:
+            return await self._scan_last()
         lo, low_entry = entry_id(known) or 0, known
         step, hi = 1, None
         while hi is None or hi - lo > 1:
@@ -198,13 +215,35 @@ class Recovery:
             found = entry_id(page.results[0]) if page.results else None
             if found is not None and found < probe:
                 self.ignores_id_from = True
-                return low_entry  # no way to find it cheaply; the walk reads to the end
+                return await self._scan_last()
             if found is None:
                 hi = probe
             else:
                 lo, low_entry = found, page.results[0]
                 step *= 2
         return low_entry
+
+    async def _scan_last(self) -> dict[str, Any]:
+        # An ascending bare list that ignores id_from: the newest is at the end, which only
+        # reading the list to it finds (a page at a time, keeping one entry).
+        if not self._scan_logged:
+            self._scan_logged = True
+            logger.warning(
+                "the entries API answers a bare list, oldest first, and ignores id_from: "
+                "each connection reads the whole list to find its newest entry"
+            )
+        offset, size, last = 0, self.page_size, None
+        while True:
+            page = await self._get({"limit": str(size), "offset": str(offset)})
+            self._ids(page)
+            if page.results:
+                last = max(page.results, key=_sort_key)
+            offset += len(page.results)
+            if len(page.results) < size:
+                break
+        if last is None:
+            raise BackfillError("the entries list emptied while it was read")
+        return last
 
     async def connected(self) -> Gap | None:
         """At each (re)connection: learn the newest entry (the floor and the server's clock)
@@ -346,7 +385,6 @@ class Recovery:
         # Walks from the end of the list (the oldest) towards its front. ``unhandled``: the
         # entries of the list in front of those handled; ``handled``: those at its end.
         size, slack = self.page_size, self._slack
-        limit = size + slack
         after = gap.start.last_id
         cursor = after  # the largest id handled in this gap
         handled = 0
@@ -362,27 +400,41 @@ class Recovery:
                 self._skip(unhandled - keep)
                 cursor = edge_ids[0] if cursor is None else max(cursor, edge_ids[0])
                 handled, unhandled = unhandled - keep, keep
-        guess = slack
+        misses = 0
         while unhandled > 0 and not self._closing():
             offset = max(0, unhandled - size)
+            limit = size + slack
             page = await self._get(dict(params, limit=str(limit), offset=str(offset)))
             ids = self._ids(page)
             if check_ids and after is not None and ids and min(ids) <= after:
                 raise _IgnoresIdFrom
+            if offset > 0 and ids and cursor is not None and max(ids) <= cursor:
+                # Overshot (a guess too large): the boundary is in front of this page.
+                unhandled = offset
+                continue
             reached = len(page.results) < limit or (
                 cursor is not None and bool(ids) and min(ids) <= cursor
             )
             if page.count is not None and offset + len(page.results) >= page.count - handled:
                 reached = True
             if not reached:
-                # Entries created meanwhile moved the end: ask again where it now is.
+                # Entries created meanwhile moved the end past this page: look further, with
+                # a page longer by twice what moved, so that a steady inflow is caught up.
+                misses += 1
+                if misses > _MAX_MISSES:
+                    raise BackfillError(
+                        "entries are created faster than the entries API can be paged; "
+                        "the gap was not recovered"
+                    )
                 if page.count is not None:
+                    moved = page.count - handled - unhandled
                     unhandled = page.count - handled
                 else:
-                    unhandled = offset + len(page.results) + guess
-                    guess *= 2
+                    moved = slack
+                    unhandled = offset + len(page.results) + slack
+                slack = min(max(slack, 2 * moved), _MAX_SLACK)
                 continue
-            guess = slack
+            misses = 0
             if page.count is not None:
                 handled = page.count - offset
             # Past the boundary the page holds entries handled already: dropped by id.
