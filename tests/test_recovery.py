@@ -458,3 +458,19 @@ async def test_emulator_failures_are_retried_and_the_token_is_read_at_each_reque
         assert got.ids == missed
         assert rec.retries == 4
         assert len(calls) == rec.requests
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_since_a_time_recovers_the_entries_created_from_it(order: str) -> None:
+    """since=<time> (before the first connection): the entries created from that time on
+    the server's clock, ascending, nothing older."""
+    async with EntriesServer(order=order) as server:
+        server.add(300)
+        since = parse_time(server.entries[199]["created"])
+        assert since is not None
+        tracker = GapTracker()
+        tracker.restore(GapStart(since_time=since))
+        async with recovery(server.api_url, tracker, page_size=30) as (rec, got):
+            await rec.connected()
+            await rec.run()
+        assert got.ids == [e["id"] for e in server.entries[199:]]

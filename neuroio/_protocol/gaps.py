@@ -255,8 +255,14 @@ class GapTracker:
 
         A new id above the cursor moves it, unless it is beyond the sanity bound.
         """
-        if not self.recent.add(event_id):
+        # RecentIds.add inlined: this runs for every live event.
+        recent = self.recent
+        ids = recent._ids
+        if event_id in ids:
             return False
+        ids[event_id] = None
+        if len(ids) > recent.maxlen:
+            ids.popitem(last=False)
         cursor = self.cursor
         if cursor is None or event_id > cursor:
             limit = self._limit
