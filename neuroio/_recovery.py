@@ -140,6 +140,7 @@ class Recovery:
         self.ignores_id_from = False
         """The server was seen ignoring ``id_from``."""
         self._scan_logged = False
+        self._wake: asyncio.Event | None = None
         self.requests = 0
         self.retries = 0
         self.held_high_water = 0
@@ -257,6 +258,38 @@ class Recovery:
         if newest is None or self._closing():
             return None
         return self.tracker.connected(newest)
+
+    def notify_connected(self) -> None:
+        """A connection was just authenticated: :meth:`serve` learns the newest entry and
+        recovers what is pending. Cheap and synchronous, for the owner's connection loop."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+
+    async def serve(self, on_error: Callable[[BackfillError], None] | None = None) -> None:
+        """Run until cancelled (or closing): after each :meth:`notify_connected`, call
+        :meth:`connected` and :meth:`run`. Connections notified while a gap is being
+        recovered are served when it is done (their gaps queue in the tracker).
+
+        Args:
+            on_error: given a :class:`~neuroio.exceptions.BackfillError` (a refused token, an
+                answer that is not an entries list); the queued gaps are dropped and the next
+                connection is served. Without it, the error is raised.
+        """
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        while not self._closing():
+            await wake.wait()
+            wake.clear()
+            try:
+                await self.connected()
+                await self.run()
+            except BackfillError as exc:
+                self.tracker.drop_pending()
+                if on_error is None:
+                    raise
+                on_error(exc)
 
     # -- walking gaps ----------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from neuroio.backoff import Backoff
 from neuroio.emulator import Emulator
 from neuroio.exceptions import BackfillError
 
+from .helpers import until
+
 TOKEN = "recovery-secret-token"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -390,8 +392,7 @@ async def test_connection_errors_are_retried_until_closing() -> None:
         url = server.api_url
     async with recovery(url, closing=closing) as (rec, _):
         task = asyncio.create_task(rec.connected())
-        while rec.retries < 3:
-            await asyncio.sleep(0.005)
+        await until(lambda: rec.retries >= 3)
         closing.set()
         assert await asyncio.wait_for(task, 5) is None
 
@@ -474,3 +475,33 @@ async def test_since_a_time_recovers_the_entries_created_from_it(order: str) -> 
             await rec.connected()
             await rec.run()
         assert got.ids == [e["id"] for e in server.entries[199:]]
+
+
+async def test_serve_recovers_after_each_notified_connection() -> None:
+    """The owner's loop only calls notify_connected() and tracker.lost(): serve() learns
+    the floor at each connection and recovers each gap; a refused token goes to on_error
+    and the next connection is served."""
+    errors: list[BackfillError] = []
+    async with EntriesServer() as server:
+        server.add(10)
+        async with recovery(server.api_url) as (rec, got):
+            task = asyncio.create_task(rec.serve(errors.append))
+            rec.notify_connected()
+            await until(lambda: rec.tracker.floor is not None)
+            rec.tracker.lost()
+            first = server.add(30)
+            rec.notify_connected()
+            await until(lambda: len(got.ids) >= 30)
+            rec.tracker.lost()
+            server.failures = [(403, {})]
+            rec.notify_connected()
+            await until(lambda: bool(errors))
+            rec.tracker.lost()
+            second = server.add(20)
+            rec.notify_connected()
+            await until(lambda: len(got.ids) >= 50)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert got.ids == first + second
+        assert len(errors) == 1 and "HTTP 403" in str(errors[0])

@@ -289,6 +289,13 @@ class GapTracker:
         top = self._trusted_top()
         self._limit = None if top is None else top + self.max_id_jump
 
+    def plausible(self, event_id: int) -> bool:
+        """Whether ``event_id`` is within the sanity bound of the highest trusted id (the
+        cursor or the floor); ``True`` while nothing is known. For a caller choosing among
+        stored ids (the bridge's spool) which to restore."""
+        top = self._trusted_top()
+        return top is None or event_id <= top + self.max_id_jump
+
     # -- connections -----------------------------------------------------------------------
 
     def restore(self, start: GapStart) -> None:

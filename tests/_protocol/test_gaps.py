@@ -231,3 +231,11 @@ def test_options_out_of_range_are_refused(options: dict[str, int]) -> None:
     """A limit out of range is a ValueError at construction."""
     with pytest.raises(ValueError):
         GapTracker(**options)  # type: ignore[arg-type]
+
+
+def test_plausible_ids_are_within_the_bound_of_the_floor() -> None:
+    """A stored id can be checked before it is restored: beyond the bound it is not."""
+    tracker = GapTracker(max_id_jump=100)
+    assert tracker.plausible(2**62), "nothing known yet"
+    tracker.connected(Newest(1000))
+    assert tracker.plausible(1100) and not tracker.plausible(1101)
