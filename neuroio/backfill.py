@@ -24,6 +24,7 @@ from . import _redact
 from ._http import parse_retry_after
 from ._protocol.gaps import GapStart, GapTracker, Newest, RecentIds, entry_id, parse_since
 from ._recovery import Recovery
+from ._retry import Retrying
 from ._times import iso, parse_time
 from .backoff import Backoff
 from .exceptions import BackfillError
@@ -79,7 +80,12 @@ class EntriesClient:
         self._headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
         self.page_size = page_size
         self.overlap = overlap
-        self._backoff = backoff or Backoff(0.5, 30.0)
+        self._retry = Retrying(
+            backoff or Backoff(0.5, 30.0),
+            closing=closing,
+            logger=logger,
+            what="entries API request",
+        )
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._closing = closing
         self.requests = 0
@@ -161,7 +167,7 @@ class EntriesClient:
         return (parts.scheme, parts.netloc) == self._origin
 
     async def _get(self, url: str) -> dict[str, Any]:
-        backoff = self._backoff
+        retry = self._retry
         while True:
             self.requests += 1
             delay: float | None = None
@@ -177,7 +183,7 @@ class EntriesClient:
                             raise BackfillError(
                                 f"the entries API answered with invalid JSON: {exc}"
                             ) from None
-                        backoff.reset()
+                        retry.reset()
                         return page
                     if response.status in (401, 403):
                         raise BackfillError(
@@ -193,9 +199,6 @@ class EntriesClient:
                         )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 problem = _redact.redact(str(exc) or type(exc).__name__)
-            if self._closing():
-                return {"results": []}
-            wait = backoff.next_delay() if delay is None else delay
             self.retries += 1
-            logger.warning("entries API request failed (%s); retrying in %.2fs", problem, wait)
-            await asyncio.sleep(wait)
+            if not await retry.wait(delay, reason=problem):
+                return {"results": []}
