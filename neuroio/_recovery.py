@@ -30,6 +30,16 @@ a page the order may be anything: every page is sorted by id here. How a gap is 
   ``count``, so what is needed of it is counted by paging with ``limit``/``offset`` to the
   first short page (nothing kept), and the end of the list is recognised by a short page.
 
+How an owner uses it (the listener; the bridge the same way, with its spool's floor)::
+
+    tracker = GapTracker(max_events=..., max_age=..., on_suspect=log_once)
+    tracker.restore(parse_since(since))                # optional, before the first connection
+    recovery = Recovery(session, api_url, token, tracker, deliver, closing=closing)
+    task = asyncio.create_task(recovery.serve(on_error=remember))
+    # per live event (the hot path):   if not tracker.seen(event_id, created): drop it
+    # per authenticated connection:    recovery.notify_connected()
+    # per lost connection:             tracker.lost()
+
 ``next`` links are never followed: every URL is built from ``api_url``, so the token goes to
 no other host. Failures: connection errors, timeouts, 408, 429 and 5xx are retried through
 :class:`~neuroio._retry.Retrying` (``Retry-After`` honoured); 401/403 and answers that are not
