@@ -19,9 +19,17 @@ Each runs for the spool of this tree and for the previous design, the spool of c
 tree), with ``synchronous`` FULL and NORMAL. The CRC-32 the new spool computes per stored
 batch is timed on the same payloads and shown beside the time of a commit.
 
+With ``--bridge``, it measures what users meet instead: the ``neuroio-events bridge`` CLI as
+a subprocess, with a file sink, fed by ``neuroio-events emulate --rate 5`` (and ``--rate``
+1000 for ``--fast-seconds``), the bridge of this tree beside the bridge of ``3b6f9e2`` (its
+tree extracted with ``git archive`` into a temporary directory). The figure is the bridge
+process's ``write_bytes``, shown whole and less the growth of the sink's events file (the
+events themselves, which any sink writes).
+
 Usage::
 
     .venv/bin/python bench/spool_writes.py [--seconds 60] [--fast-seconds 10] [--event-bytes 800]
+    .venv/bin/python bench/spool_writes.py --bridge [--seconds 60] [--fast-seconds 10]
 
 The directory (``--dir``, a temporary one on the file system of ``/var/tmp`` by default) must
 be on a disk-backed file system: tmpfs counts no writes.
@@ -189,12 +197,113 @@ def _spawn(
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
+def _proc_write_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no write_bytes for pid {pid}")
+
+
+def _lines(path: Path) -> tuple[int, int]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    return data.count(b"\n"), len(data)
+
+
+class _BridgeRun:
+    """One emulator and one ``neuroio-events bridge`` with a file sink, both subprocesses."""
+
+    def __init__(self, tree: Path, work: Path, rate: float, sync: str) -> None:
+        work.mkdir(parents=True)
+        self.events = work / "events.jsonl"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEUROIO_")}
+        env.update(NEUROIO_API_TOKEN="bench-token", PYTHONPATH=str(tree))
+        self.emulator = subprocess.Popen(
+            [sys.executable, "-m", "neuroio", "emulate", "--port", "0", "--rate", str(rate),
+             "--token", "bench-token"],
+            cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.emulator.stdout is not None
+        url = self.emulator.stdout.readline().strip()
+        api_url = self.emulator.stdout.readline().strip()
+        self.bridge = subprocess.Popen(
+            [sys.executable, "-m", "neuroio", "bridge", "--to", f"file:{self.events}",
+             "--spool", str(work / "spool.db"), "--spool-sync", sync, "--url", url,
+             "--api-url", api_url, "--metrics-port", "0"],
+            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def mark(self) -> tuple[int, int, int]:
+        """(bridge write_bytes, events in the sink's file, the file's size)."""
+        return (_proc_write_bytes(self.bridge.pid), *_lines(self.events))
+
+    def stop(self) -> None:
+        for proc in (self.bridge, self.emulator):
+            proc.terminate()
+        for proc in (self.bridge, self.emulator):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def bridge_main(args: argparse.Namespace, tmp: Path) -> None:
+    """The CLI bridge of this tree and of the base commit, side by side."""
+    base = tmp / "base-tree"
+    base.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", BASE_COMMIT, "neuroio"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    cases = [("previous (3b6f9e2)", base), ("this tree", ROOT)]
+    print(
+        f"{'workload':14} {'bridge':20} {'sync':6} {'event B':>7} {'events':>7} "
+        f"{'KiB/event':>9} {'w/o file':>9} {'GB/day':>8}"
+    )
+    for rate, seconds in ((5, args.seconds), (1000, args.fast_seconds)):
+        runs = [
+            (name, sync, _BridgeRun(tree, tmp / f"bridge-{rate}-{i}-{sync}", rate, sync))
+            for i, (name, tree) in enumerate(cases)
+            for sync in ("full", "normal")
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            while any(_lines(r.events)[0] == 0 for _, _, r in runs):
+                if time.monotonic() > deadline:
+                    raise SystemExit("a bridge delivered nothing within 30 s")
+                time.sleep(0.1)
+            starts = [r.mark() for _, _, r in runs]
+            time.sleep(seconds)
+            ends = [r.mark() for _, _, r in runs]
+        finally:
+            for _, _, run in runs:
+                run.stop()
+        for (name, sync, _), start, end in zip(runs, starts, ends, strict=True):
+            events = max(1, end[1] - start[1])
+            per_event = (end[0] - start[0]) / events
+            sink = (end[2] - start[2]) / events
+            print(
+                f"{f'{rate}/s':14} {name:20} {sync:6} {sink:7.0f} {events:7d} "
+                f"{per_event / 1024:9.2f} {(per_event - sink) / 1024:9.2f} "
+                f"{per_event * rate * 86400 / 1e9:8.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="5 events/s run length")
     parser.add_argument("--fast-seconds", type=float, default=10.0, help="1,000/s run length")
     parser.add_argument("--event-bytes", type=int, default=800)
     parser.add_argument("--dir", default=None, help="a directory on a disk (not tmpfs)")
+    parser.add_argument(
+        "--bridge", action="store_true", help="the neuroio-events bridge CLI, file sink"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="new", help=argparse.SUPPRESS)
     parser.add_argument("--sync", default="normal", help=argparse.SUPPRESS)
@@ -207,6 +316,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir=args.dir or "/var/tmp", prefix="spool-writes-") as d:
         tmp = Path(d)
+        if args.bridge:
+            bridge_main(args, tmp)
+            return
         base = _base_spool_file(tmp)
         designs = [
             ("previous (3b6f9e2)", base, "full"),

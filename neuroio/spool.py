@@ -477,6 +477,8 @@ class Spool:
             new = conn.execute("PRAGMA page_count").fetchone()[0] == 0
             if new:
                 conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only a new file takes it
+            else:
+                self._repage(conn)
             self._configure(conn)
             if check and not new:
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
@@ -496,6 +498,32 @@ class Spool:
                     "move it aside to start with an empty spool"
                 ) from exc
             raise self._fail("cannot open", exc) from exc
+
+    def _repage(self, conn: sqlite3.Connection) -> None:
+        """Rewrite a spool of another page size (schema 1 used 64 KiB) once, with 4 KiB pages.
+
+        The only ``VACUUM`` the spool runs: large pages cost many times the bytes written per
+        event for as long as the file lives. Needs room for a copy of the file; without it
+        the spool goes on with its old pages.
+        """
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        if size == _PAGE_SIZE:
+            return
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")  # the page size cannot change in WAL
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            log.warning(
+                "spool %s: cannot rewrite its %d-byte pages as %d-byte pages (%s); going on "
+                "with the larger pages, which write more per event",
+                self.path,
+                size,
+                _PAGE_SIZE,
+                exc,
+            )
+        else:
+            log.info("spool %s: rewritten with %d-byte pages", self.path, _PAGE_SIZE)
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -1132,49 +1160,68 @@ class Spool:
             self._set_aside(damaged)
         return out[:limit]
 
+    _ROW = "first_seq, last_seq, size, crc, ids_crc, ids, times, lengths, payloads"
+
     def _read_segments(
         self, conn: sqlite3.Connection, after: int, limit: int
     ) -> tuple[list[SpooledEvent], list[DamagedBatch]]:
-        out: list[SpooledEvent] = []
-        damaged: list[DamagedBatch] = []
         row = conn.execute(
             "SELECT first_seq FROM segments WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
             (after + 1,),
         ).fetchone()
         begin = row[0] if row is not None else after + 1
+        try:
+            # One pass over whole rows; a row SQLite itself cannot read (a broken overflow
+            # chain) fails the pass, and the second one fetches row by row to find it.
+            rows = conn.execute(
+                f"SELECT {self._ROW} FROM segments WHERE first_seq >= ? ORDER BY first_seq",
+                (begin,),
+            )
+            return self._collect(conn, after, limit, ((r[0], r) for r in rows))
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
         keys = conn.execute(
             "SELECT first_seq FROM segments WHERE first_seq >= ? ORDER BY first_seq", (begin,)
-        )
-        while len(out) < limit:
-            key = keys.fetchone()
-            if key is None:
+        ).fetchall()
+        return self._collect(conn, after, limit, ((k[0], None) for k in keys))
+
+    def _collect(
+        self,
+        conn: sqlite3.Connection,
+        after: int,
+        limit: int,
+        rows: Iterator[tuple[int, Sequence[Any] | None]],
+    ) -> tuple[list[SpooledEvent], list[DamagedBatch]]:
+        out: list[SpooledEvent] = []
+        damaged: list[DamagedBatch] = []
+        for first_seq, row in rows:
+            if len(out) >= limit:
                 break
-            if key[0] in self._skip:
+            if first_seq in self._skip:
                 continue
-            events, bad = self._segment(conn, key[0])
+            events, bad = self._segment(conn, first_seq, row)
             if bad is not None:
                 damaged.append(bad)
                 continue
             if events and events[0].seq <= after:
                 events = events[after + 1 - events[0].seq :]
             out.extend(events)
-        keys.close()
         return out, damaged
 
     def _segment(
-        self, conn: sqlite3.Connection, first_seq: int
+        self, conn: sqlite3.Connection, first_seq: int, row: Sequence[Any] | None = None
     ) -> tuple[list[SpooledEvent], DamagedBatch | None]:
         """One segment's events, verified; or the reason it cannot be delivered."""
-        try:
-            row = conn.execute(
-                "SELECT first_seq, last_seq, size, crc, ids_crc, ids, times, lengths, payloads "
-                "FROM segments WHERE first_seq = ?",
-                (first_seq,),
-            ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):
-                raise  # locked, I/O: not the row's fault
-            return [], self._damaged(conn, first_seq, None, f"SQLite cannot read it ({exc})")
+        if row is None:
+            try:
+                row = conn.execute(
+                    f"SELECT {self._ROW} FROM segments WHERE first_seq = ?", (first_seq,)
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise  # locked, I/O: not the row's fault
+                return [], self._damaged(conn, first_seq, None, f"SQLite cannot read it ({exc})")
         if row is None:
             return [], None
         problem = _segment_problem(row)

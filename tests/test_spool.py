@@ -387,7 +387,8 @@ def test_ids_and_newest_id_survive_a_restart_before_any_prune(path: Path) -> Non
 
 def test_a_previous_version_spool_is_upgraded_in_place(path: Path, tmp_path: Path) -> None:
     """A spool written by the previous schema (64 KiB pages, ids at every commit) opens with
-    its events, cursors, newest id and remembered ids, and takes new events."""
+    its events, cursors, newest id and remembered ids, rewritten once with 4 KiB pages, and
+    takes new events."""
     source = subprocess.run(
         ["git", "show", "3b6f9e2:neuroio/spool.py"],
         cwd=Path(__file__).parent,
@@ -414,6 +415,8 @@ def test_a_previous_version_spool_is_upgraded_in_place(path: Path, tmp_path: Pat
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     with Spool(path) as spool:
+        assert spool._wconn is not None
+        assert spool._wconn.execute("PRAGMA page_size").fetchone()[0] == 4096
         assert spool.cursors() == {"a": 2}
         assert [e.id for e in spool.read(2)] == [3, 4, 5]
         assert spool.last_event_id == 5
