@@ -6,10 +6,11 @@ removed once every sink's cursor has passed them. Layout:
 
 ``segments``
     the events of one commit in one row: their ids, receive times, lengths and JSON documents
-    packed side by side, the commit's newest id, and a CRC-32 of the whole row (and one of its
-    ids alone). A commit appends one row and touches nothing else, so a small commit writes
-    one 4 KiB page to the write-ahead log. A row whose checksum fails is moved to ``damaged``
-    when it is read, never delivered; readers go on past it.
+    packed side by side (the documents deflated when that saves room), the commit's newest
+    id, and a CRC-32 of the whole row (and one of its ids alone). A commit appends one row and
+    touches nothing else, so a small commit writes one 4 KiB page to the write-ahead log. A
+    row whose checksum fails is moved to ``damaged`` when it is read, never delivered;
+    readers go on past it.
 ``ids``
     the ids of the events held, and those of the most recently removed events (about
     ``dedupe_window`` of them): a repeated event is stored once, even when it arrives after
@@ -104,6 +105,7 @@ CREATE TABLE IF NOT EXISTS segments (
     newest_created TEXT,
     crc INTEGER,
     ids_crc INTEGER,
+    codec INTEGER NOT NULL DEFAULT 0,
     ids BLOB NOT NULL,
     times BLOB NOT NULL,
     lengths BLOB NOT NULL,
@@ -150,6 +152,7 @@ _UPGRADE_1 = (
     "ALTER TABLE segments ADD COLUMN newest_created TEXT",
     "ALTER TABLE segments ADD COLUMN crc INTEGER",
     "ALTER TABLE segments ADD COLUMN ids_crc INTEGER",
+    "ALTER TABLE segments ADD COLUMN codec INTEGER NOT NULL DEFAULT 0",
 )
 # SQLite allows at least 32766 host parameters since 3.32; stay well below for older builds.
 _IN_CHUNK = 900
@@ -171,6 +174,8 @@ _INDEX_AFTER = 10_000
 _SQLITE_FULL = 13
 _LITTLE = sys.byteorder == "little"
 _HEADER = struct.Struct("<qqq")
+_PLAIN, _DEFLATE = 0, 1  # segments.codec
+_WBITS = 12
 
 
 def _ids_sql(rows: int) -> str:
@@ -208,20 +213,41 @@ def _checksum(
     return crc
 
 
-def _segment_problem(row: Sequence[Any]) -> str | None:
-    """Why a ``segments`` row cannot be delivered, or ``None`` when it is intact."""
-    first_seq, last_seq, size, crc, _ids_crc, ids, times, lengths, payloads = row
+def _compress(data: bytes) -> tuple[int, bytes]:
+    """``(codec, stored bytes)``: raw deflate when it saves room, else the bytes as they are.
+
+    Smaller rows are fewer pages written per commit: JSON events shrink to about 40 %, so a
+    4 KiB page holds twice as many and a new page (and its bookkeeping pages) is needed half
+    as often. A small window keeps the cost per commit low (about 15 us for one event).
+    """
+    if len(data) < 128:
+        return _PLAIN, data
+    packer = zlib.compressobj(1, zlib.DEFLATED, -_WBITS, 5)
+    packed = packer.compress(data) + packer.flush()
+    return (_DEFLATE, packed) if len(packed) < len(data) else (_PLAIN, data)
+
+
+def _segment_payloads(row: Sequence[Any]) -> tuple[str | None, bytes]:
+    """A ``segments`` row's JSON documents, and why it cannot be delivered (``None``: intact)."""
+    first_seq, last_seq, size, crc, _ids_crc, ids, times, lengths, payloads, codec = row
     count = last_seq - first_seq + 1
     blobs = (ids, times, lengths, payloads)
     if count <= 0 or not all(isinstance(b, bytes) for b in blobs):
-        return "its seq range or columns are damaged"
+        return "its seq range or columns are damaged", b""
     if crc is not None and _checksum(first_seq, last_seq, size, *blobs) != crc:
-        return "checksum mismatch"
+        return "checksum mismatch", b""
     if len(ids) != 8 * count or len(times) != 8 * count or len(lengths) != 4 * count:
-        return "its columns do not match its seq range"
+        return "its columns do not match its seq range", b""
+    if codec == _DEFLATE:
+        try:
+            payloads = zlib.decompress(payloads, -_WBITS)
+        except zlib.error as exc:
+            return f"its payloads cannot be decompressed ({exc})", b""
+    elif codec != _PLAIN:
+        return f"unknown codec {codec!r}", b""
     if sum(_unpack("I", lengths)) != len(payloads):
-        return "its lengths do not match its payloads"
-    return None
+        return "its lengths do not match its payloads", b""
+    return None, payloads
 
 
 def _decode_segment(
@@ -507,8 +533,8 @@ class Spool:
         the spool goes on with its old pages.
         """
         size = conn.execute("PRAGMA page_size").fetchone()[0]
-        if size == _PAGE_SIZE:
-            return
+        if size == _PAGE_SIZE or conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+            return  # only a spool of schema 1: another database is never touched
         try:
             conn.execute("PRAGMA journal_mode = DELETE")  # the page size cannot change in WAL
             conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
@@ -928,11 +954,12 @@ class Spool:
         ids = _pack("q", [e.id for e in stored])
         times = _pack("d", [e.received_at for e in stored])
         lengths = _pack("I", [len(e.payload) for e in stored])
-        payloads = b"".join(e.payload for e in stored)
+        codec, payloads = _compress(b"".join(e.payload for e in stored))
         best = max(stored, key=lambda e: e.id)
         conn.execute(
             "INSERT INTO segments(first_seq, last_seq, size, newest_id, newest_created, crc, "
-            "ids_crc, ids, times, lengths, payloads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ids_crc, codec, ids, times, lengths, payloads) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 first,
                 last,
@@ -941,6 +968,7 @@ class Spool:
                 _created(best),
                 _checksum(first, last, size, ids, times, lengths, payloads),
                 zlib.crc32(ids),
+                codec,
                 ids,
                 times,
                 lengths,
@@ -1160,7 +1188,7 @@ class Spool:
             self._set_aside(damaged)
         return out[:limit]
 
-    _ROW = "first_seq, last_seq, size, crc, ids_crc, ids, times, lengths, payloads"
+    _ROW = "first_seq, last_seq, size, crc, ids_crc, ids, times, lengths, payloads, codec"
 
     def _read_segments(
         self, conn: sqlite3.Connection, after: int, limit: int
@@ -1224,10 +1252,10 @@ class Spool:
                 return [], self._damaged(conn, first_seq, None, f"SQLite cannot read it ({exc})")
         if row is None:
             return [], None
-        problem = _segment_problem(row)
+        problem, payloads = _segment_payloads(row)
         if problem is not None:
             return [], self._damaged(conn, first_seq, row, problem)
-        return _decode_segment(row[0], row[5], row[6], row[7], row[8]), None
+        return _decode_segment(row[0], row[5], row[6], row[7], payloads), None
 
     def _damaged(
         self, conn: sqlite3.Connection, first_seq: int, row: Sequence[Any] | None, problem: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -591,7 +592,9 @@ def _shrink(ballast: Path, by: int) -> None:
 
 
 def big(event_id: int) -> tuple[int, bytes, float]:
-    return (event_id, json.dumps({"id": event_id, "data": {"note": "x" * 700}}).encode(), 1.0)
+    """An event of about 760 bytes that does not compress (the spool deflates its rows)."""
+    note = base64.b64encode(os.urandom(525)).decode()
+    return (event_id, json.dumps({"id": event_id, "data": {"note": note}}).encode(), 1.0)
 
 
 def test_a_full_disk_fails_a_commit_precisely_and_recovers_with_a_little_room(
@@ -646,3 +649,30 @@ def test_state_written_on_a_new_spool_survives_a_first_commit_that_fails(
         assert spool.get_state("recover_after") == '{"last_id": 41}'
         assert spool.last_seq == 0
         assert len(spool.write([big(i) for i in range(42, 442)])) == 400
+
+
+def test_rows_are_compressed_and_read_back_byte_for_byte(path: Path) -> None:
+    """Batches are stored deflated when that saves room and read back exactly; damage to the
+    compressed bytes is caught like any other."""
+    from neuroio._entries import EntryFactory
+
+    factory = EntryFactory()
+    events = [
+        (i, b'{"id":%d,"data":' % i + json.dumps(factory.make()).encode() + b"}", 1.0)
+        for i in range(1, 11)
+    ]
+    with Spool(path) as spool:
+        spool.register(["a"])
+        spool.write(events[:5])
+        spool.write(events[5:])
+        assert [(e.id, e.payload) for e in spool.read(0)] == [(i, p) for i, p, _ in events]
+    conn = sqlite3.connect(path)
+    stored, codecs = conn.execute(
+        "SELECT sum(length(payloads)), min(codec) FROM segments"
+    ).fetchone()
+    conn.close()
+    assert codecs == 1 and stored < 0.7 * sum(len(p) for _, p, _ in events)
+    _damage(path, 6, "payloads", 20)
+    with Spool(path) as spool:
+        assert [e.id for e in spool.read(0)] == [1, 2, 3, 4, 5]
+        assert [b.ids for b in spool.damaged()] == [(6, 7, 8, 9, 10)]
