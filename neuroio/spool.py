@@ -458,7 +458,7 @@ class Spool:
         if _is_full(exc):
             return SpoolFullError(
                 f"spool {str(self.path)!r}: {what}: the disk is full "
-                f"({self._free_bytes()} bytes free); retrying once there is room"
+                f"({self._free_bytes()} bytes free)"
             )
         return SpoolError(f"spool {str(self.path)!r}: {what}: {exc}")
 
@@ -1277,9 +1277,10 @@ class Spool:
     def _set_aside(self, damaged: list[DamagedBatch]) -> None:
         """Move damaged segments to the ``damaged`` table (or at least skip them)."""
         for batch in damaged:
-            if batch.first_seq in self._skip:
-                continue
-            self._skip[batch.first_seq] = batch
+            with self._rlock:  # readers test _skip under this lock
+                if batch.first_seq in self._skip:
+                    continue
+                self._skip[batch.first_seq] = batch
             shown = "unreadable" if batch.ids is None else _id_range(batch.ids)
             log.error(
                 "spool %s: the batch of seq %d-%d (ids %s) is damaged (%s): moved aside, not "
@@ -1305,9 +1306,10 @@ class Spool:
             # Still skipped in memory; stored at the next read.
             log.error("spool %s: cannot move damaged batches aside: %s", self.path, exc)
             return
-        for batch in batches:
-            del self._skip[batch.first_seq]
-        self._damaged_count += len(batches)
+        with self._rlock:
+            for batch in batches:
+                del self._skip[batch.first_seq]
+            self._damaged_count += len(batches)
         self._held = max(0, self._held - held)
         self._bytes = max(0, self._bytes - size)
 
@@ -1355,11 +1357,12 @@ class Spool:
                 )
             except sqlite3.Error as exc:
                 raise self._fail("read failed", exc) from exc
+            pending = list(self._skip.values())
         found = [
             DamagedBatch(first, last, None if ids is None else tuple(_unpack("q", ids)), e, at)
             for first, last, ids, e, at in rows
         ]
-        found.extend(self._skip.values())
+        found.extend(pending)
         return sorted(found, key=lambda b: b.first_seq)[:limit]
 
     def forget_damaged(self, first_seqs: Iterable[int]) -> None:
