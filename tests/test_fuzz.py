@@ -204,7 +204,7 @@ def test_parse_message_agrees_with_classify(value: dict[str, Any]) -> None:
         assert kind is Kind.EVENT
     if text.startswith('{"id":'):
         return
-    expected = {AuthOk: Kind.AUTH_OK, Pong: Kind.PONG, Event: Kind.EVENT}
+    expected: dict[type, Kind] = {AuthOk: Kind.AUTH_OK, Pong: Kind.PONG, Event: Kind.EVENT}
     if type(message) in expected:
         assert kind is expected[type(message)]
     if isinstance(message, ServerError):
