@@ -194,3 +194,32 @@ async def test_since_alone_asks_the_rest_api_only_for_its_own_gap() -> None:
             await listener.close()
             await asyncio.wait_for(task, 10)
     assert got.ids == old[10:] + live
+
+
+@pytest.mark.parametrize("rest_order", ["desc", "asc"])
+async def test_a_server_ignoring_id_from_still_gives_the_gap_in_order_once(
+    rest_order: str,
+) -> None:
+    """When the REST API ignores id_from, the gap is asked by date_from (the last event's own
+    created, server clock): the 120 missed events come back in order, once, and none of the
+    300 delivered before it again."""
+    async with (
+        Emulator(
+            tokens=[TOKEN],
+            seed=15,
+            push_while_disconnected=False,
+            ignore_id_from=True,
+            rest_order=rest_order,  # type: ignore[arg-type]
+        ) as emu,
+        listening(emu, emu.api_url) as (listener, got),
+    ):
+        before = [e["id"] for e in await emu.burst(300)]
+        await got.wait(lambda: set(before) <= set(got.ids))
+        await emu.abort_clients()
+        missed = [e["id"] for e in await emu.burst(120)]
+        await got.wait(lambda: set(missed) <= set(got.ids), timeout=10)
+        marker = (await emu.emit())["id"]
+        await got.wait(lambda: marker in got.ids)
+    assert got.ids == before + missed + [marker]
+    assert recovered(got) == missed
+    assert emu.rest_request_count(has=["date_from"]) >= 1
