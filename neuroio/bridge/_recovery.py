@@ -175,9 +175,10 @@ class GapRecovery:
         if start is not None:
             self.tracker.restore(start)
             self._gap_open = True
-            await self._store(RECOVER_AFTER, encode_start(start))
+            text = encode_start(start)
+            await self._store(RECOVER_AFTER, text)
             self._kept = True
-            await self._store(RESUME_POINT, encode_start(self.tracker.resume_point()))
+            await self._store(RESUME_POINT, text)
         elif self._spool.last_event_id is None:
             # The REST API is out of reach and the spool is empty: store a point by this
             # machine's clock, with the tracker's margin, before any event can be committed.

@@ -21,6 +21,7 @@ import pytest
 from neuroio.bridge import FAILING_MAX_PENDING, Bridge, Pipeline
 from neuroio.sinks import MemorySink
 from neuroio.spool import Spool
+from neuroio.testing import Emulator
 
 from ..helpers import until
 from ..independent_server import IndependentServer
@@ -169,3 +170,62 @@ async def test_healthz_fails_at_once_when_the_disk_is_full_and_recovers(
                 assert answer.status == 200, await answer.text()
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == sent
+
+
+async def test_a_new_spool_whose_first_commit_fails_loses_nothing(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """A new spool on a disk that fills before the first event is committed: after a restart
+    with room, every event pushed meanwhile is recovered from the REST API, because the
+    floor (the REST API's newest id) was stored before the first commit."""
+    out = tmp_path / "events.jsonl"
+    async with Emulator(tokens=[TOKEN], push_while_disconnected=False) as server:
+        await server.emit()  # history before the bridge: not for a new spool
+        options = bridge_options(server, tmp_path)
+        options["spool"] = small_disk / "spool.db"
+        bridge = Bridge(TOKEN, [f"file:{out}"], **options)  # type: ignore[arg-type]
+        async with bridge:
+            assert bridge.pipeline is not None
+            pipeline = bridge.pipeline
+            await server.wait_for_clients(1)
+            ballast = fill(small_disk)
+            sent = [(await server.emit())["id"] for _ in range(2000)]
+            await until(lambda: pipeline.commit_failing_since is not None, timeout=10)
+            assert pipeline.received == 0
+        os.unlink(ballast)
+        async with Bridge(TOKEN, [f"file:{out}"], **options) as bridge:  # type: ignore[arg-type]
+            await until(lambda: len(out.read_text().splitlines()) >= 2000, timeout=30)
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == sent
+
+
+async def test_events_pushed_while_paused_for_a_full_disk_are_recovered(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """While the socket is paused for a full disk the connection is lost and the server
+    pushes on: once a little room comes back the bridge commits what it held, reconnects
+    and recovers from the REST API what was pushed meanwhile; nothing is lost or doubled."""
+    out = tmp_path / "events.jsonl"
+    async with Emulator(tokens=[TOKEN], push_while_disconnected=False) as server:
+        options = bridge_options(server, tmp_path)
+        options["spool"] = small_disk / "spool.db"
+        bridge = Bridge(TOKEN, [f"file:{out}"], **options)  # type: ignore[arg-type]
+        async with bridge:
+            assert bridge.pipeline is not None
+            pipeline = bridge.pipeline
+            await server.wait_for_clients(1)
+            sent = [(await server.emit())["id"] for _ in range(20)]
+            await until(lambda: pipeline.received == 20, timeout=10)
+            ballast = fill(small_disk)
+            sent += [(await server.emit())["id"] for _ in range(300)]
+            await until(lambda: pipeline.commit_failing_since is not None, timeout=10)
+            sent += [(await server.emit())["id"] for _ in range(200)]
+            await until(lambda: pipeline.paused_since is not None, timeout=10)
+            await server.abort_clients()
+            sent += [(await server.emit())["id"] for _ in range(300)]  # the socket is gone
+            free(ballast, _FREED)
+            await until(lambda: pipeline.received == len(sent), timeout=60)
+            await pipeline.wait_delivered(timeout=30)
+            assert bridge.recovered > 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sent and len(ids) == len(set(ids))

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -80,7 +81,8 @@ class Brokers:
 
         client = aioredis.Redis.from_url(self.redis_url)
         try:
-            return [int(fields[b"id"]) for _, fields in await client.xrange(self.stream)]
+            entries: Any = await client.xrange(self.stream)
+            return [int(fields[b"id"]) for _, fields in entries]
         finally:
             await client.aclose()
 
@@ -97,7 +99,9 @@ class Brokers:
                 return []
             ids = []
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                ids.append(json.loads((await js.get_msg(self.js_stream, seq)).data)["id"])
+                data = (await js.get_msg(self.js_stream, seq)).data
+                assert data is not None
+                ids.append(json.loads(data)["id"])
             return ids
         finally:
             await nc.close()
