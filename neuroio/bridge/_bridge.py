@@ -261,6 +261,7 @@ class Bridge:
                 retry_delay=config.sink_retry_delay,
             )
             self.pipeline.admit = self._recovery.tracker.seen
+            self.pipeline.on_damaged = self._recovery.damaged_found
             # The floor before the first commit: nothing is received before it is stored.
             await self._recovery.start()
         self._listen_task = asyncio.create_task(

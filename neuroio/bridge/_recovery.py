@@ -15,6 +15,9 @@ are :class:`neuroio._recovery.Recovery`'s; what is delivered and what is trusted
   pushed on the socket is delivered (and so spooled), but it never becomes where recovery
   starts: the trusted cursor is stored (:data:`RESUME_POINT`) when such an id is seen and at
   shutdown, and the largest plausible id the spool holds is used with it;
+- the **damaged batches** the spool reports (:meth:`~neuroio.spool.Spool.damaged`, found at
+  start-up or by a sink's read): their events are fetched again from the REST API, from just
+  below the damaged ids to the largest, then the batches are forgotten;
 - :data:`RECOVER_AFTER`: where an unfinished recovery starts, stored before any later frame
   of the connection is handled and cleared once what it recovered is committed, so a bridge
   that dies during a recovery starts the next one from the same place;
@@ -33,8 +36,8 @@ import aiohttp
 import msgspec
 
 from .._config import ConnectionOptions, RecoveryOptions
-from .._protocol.gaps import GapStart, GapTracker, Newest, parse_since
-from .._recovery import Recovery
+from .._protocol.gaps import Gap, GapStart, GapTracker, Newest, parse_since
+from .._recovery import Deliver, Recovery
 from .._retry import Retrying
 from .._times import iso, parse_time
 from ..backoff import Backoff
@@ -121,6 +124,9 @@ class GapRecovery:
     ) -> None:
         self._options = recovery
         self._connection = connection
+        self._session = session
+        self._api_url = api_url
+        self._token = token
         self._pipeline = pipeline
         self._spool = spool
         self._closed = False
@@ -149,6 +155,8 @@ class GapRecovery:
         self._lock = asyncio.Lock()
         self._kept = False  # RECOVER_AFTER holds the start of the unfinished recovery
         self._gap_open = False
+        self._damaged = False
+        self._connections = False  # a connection was made since the last connected()
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self.backfill_error: BackfillError | None = None
@@ -183,7 +191,15 @@ class GapRecovery:
             # The REST API is out of reach and the spool is empty: store a point by this
             # machine's clock, with the tracker's margin, before any event can be committed.
             await self._store(RESUME_POINT, encode_start(self.tracker.resume_point()))
+        self._damaged = spool_damaged = self._spool.damaged_count > 0
+        if spool_damaged:
+            self._wake.set()
         self._task = asyncio.create_task(self._serve(), name="neuroio-bridge-recovery")
+
+    def damaged_found(self) -> None:
+        """A read found a damaged stored batch: fetch its events again (soon, on the loop)."""
+        self._damaged = True
+        self._wake.set()
 
     async def _newest_at_start(self) -> Newest | None:
         try:
@@ -273,9 +289,11 @@ class GapRecovery:
                     await self._store(RECOVER_AFTER, encode_start(start))
                     self._kept = True
                 self._gap_open = False
+                self._connections = True
                 self._wake.set()
         else:
-            self._wake.set()  # learn the floor at least
+            self._connections = True  # learn the floor at least
+            self._wake.set()
 
     async def on_disconnected(self, reason: object) -> None:
         """The listener's ``on_disconnected``: a gap opens after the last trusted event."""
@@ -285,28 +303,43 @@ class GapRecovery:
 
     async def _serve(self) -> None:
         # Recovery.serve's loop, plus what the bridge does once a gap is recovered: commit
-        # it and clear RECOVER_AFTER.
-        wake, recovery, tracker = self._wake, self.recovery, self.tracker
+        # it and clear RECOVER_AFTER; and the damaged batches a read found.
+        wake = self._wake
         while not self._closed:
             await wake.wait()
             wake.clear()
-            try:
-                await recovery.connected()
-                await recovery.run()
-            except BackfillError as exc:
-                tracker.drop_pending()
-                self.backfill_error = exc
-                log.error("gap recovery failed (retried at the next start): %s", exc)
-                continue  # RECOVER_AFTER stays for the next start
-            await self._pipeline.flush()
-            async with self._lock:
-                if self._closed or wake.is_set() or tracker.pending or not self._kept:
-                    continue
-                if self._spool.last_event_id is None:
-                    # Nothing committed yet: the floor stays the place to start from.
-                    await self._store(RESUME_POINT, encode_start(tracker.resume_point()))
-                await self._store(RECOVER_AFTER, None)
-                self._kept = False
+            if self._damaged:
+                self._damaged = False
+                await self._recover_damaged()
+            if self._connections:
+                # Only at a connection: connected() closes the open gap.
+                self._connections = False
+                if await self._recover_gaps():
+                    await self._recovered()
+
+    async def _recover_gaps(self) -> bool:
+        """Close the open gap and recover every queued one; False if the API refused."""
+        try:
+            await self.recovery.connected()
+            await self.recovery.run()
+        except BackfillError as exc:
+            self.tracker.drop_pending()
+            self.backfill_error = exc
+            log.error("gap recovery failed (retried at the next start): %s", exc)
+            return False  # RECOVER_AFTER stays for the next start
+        return True
+
+    async def _recovered(self) -> None:
+        """Commit what was recovered, then clear RECOVER_AFTER unless another gap opened."""
+        await self._pipeline.flush()
+        async with self._lock:
+            if self._closed or self._connections or self.tracker.pending or not self._kept:
+                return
+            if self._spool.last_event_id is None:
+                # Nothing committed yet: the floor stays the place to start from.
+                await self._store(RESUME_POINT, encode_start(self.tracker.resume_point()))
+            await self._store(RECOVER_AFTER, None)
+            self._kept = False
 
     async def _deliver(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
@@ -314,6 +347,46 @@ class GapRecovery:
                 await self._pipeline.put_event({"id": entry.get("id"), "data": entry})
             except ValueError:
                 log.warning("gap recovery skipped an entry without a usable id")
+
+    # -- damaged batches -----------------------------------------------------------------
+
+    async def _recover_damaged(self) -> None:
+        """Fetch again the events of the damaged batches whose ids are known, then forget
+        the batches; those whose ids are unreadable are only logged (once, by the spool)."""
+        spool = self._spool
+        batches = await self._pipeline.run_spool(spool.damaged)
+        known = [b for b in batches if b.ids]
+        if not known:
+            return
+        wanted = {i for b in known for i in b.ids or ()}
+        # Its own tracker: those ids were seen once (the bridge's tracker remembers them),
+        # and no limit applies to fetching them again.
+        tracker = GapTracker(max_events=None, max_age=None, dedupe_window=len(wanted))
+        only = _Wanted(self._deliver, wanted)
+        fetch = Recovery(
+            self._session,
+            self._api_url,
+            self._token,
+            tracker,
+            only,
+            backoff=Backoff(self._connection.reconnect_delay, self._connection.max_reconnect_delay),
+            closing=lambda: self._closed,
+        )
+        try:
+            await fetch.recover(Gap(GapStart(last_id=min(wanted) - 1), until=max(wanted)))
+        except BackfillError as exc:
+            log.error("damaged spool batches not recovered (retried at the next start): %s", exc)
+            return
+        if self._closed:
+            return
+        await self._pipeline.flush()
+        await self._pipeline.run_spool(spool.forget_damaged, [b.first_seq for b in known])
+        log.warning(
+            "fetched again %d of the %d events of %d damaged spool batches from the REST API",
+            only.delivered,
+            len(wanted),
+            len(known),
+        )
 
     # -- storing ---------------------------------------------------------------------------
 
@@ -358,3 +431,19 @@ class GapRecovery:
             point = encode_start(self.tracker.resume_point())
             with contextlib.suppress(SpoolError):
                 await self._pipeline.run_spool(self._spool.set_state, RESUME_POINT, point)
+
+
+class _Wanted:
+    """A ``deliver`` passing on only the entries whose ids are wanted (each once)."""
+
+    def __init__(self, deliver: Deliver, wanted: set[int]) -> None:
+        self._deliver = deliver
+        self._wanted = wanted
+        self.delivered = 0
+
+    async def __call__(self, entries: list[dict[str, Any]]) -> None:
+        kept = [e for e in entries if e.get("id") in self._wanted]
+        self._wanted.difference_update(e.get("id") for e in kept)
+        self.delivered += len(kept)
+        if kept:
+            await self._deliver(kept)

@@ -147,6 +147,9 @@ class Pipeline:
         """Called by :meth:`handle` with each event's id and ``created`` before it is queued;
         ``False`` drops it as a duplicate (the bridge's gap tracker, which also moves the
         recovery cursor here). ``None``: every event is queued."""
+        self.on_damaged: Callable[[], None] | None = None
+        """Called when a read found a damaged stored batch (moved aside by the spool, see
+        :meth:`~neuroio.spool.Spool.damaged`): the bridge fetches its events again."""
         self._full_episode = False
         self._full_warned_at = -math.inf
         self._pending: list[tuple[int, bytes, float]] = []
@@ -224,7 +227,10 @@ class Pipeline:
     async def _read(self, after: int, limit: int) -> list[SpooledEvent]:
         batch = self._from_tail(after, limit)
         if batch is None:
+            damaged = self.spool.damaged_count
             batch = await self.run_spool(self.spool.read, after, limit)
+            if self.spool.damaged_count > damaged and self.on_damaged is not None:
+                self.on_damaged()
         return batch
 
     @property

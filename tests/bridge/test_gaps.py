@@ -6,6 +6,7 @@ what it did not push comes only from the REST API."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from neuroio._protocol.gaps import GapStart
 from neuroio._times import iso
 from neuroio.bridge import RECOVER_AFTER, Bridge
 from neuroio.bridge._recovery import RESUME_POINT, decode_start, encode_start
+from neuroio.exceptions import SinkError
+from neuroio.sinks import MemorySink
 from neuroio.spool import Spool
 from neuroio.testing import BOGUS_ID, Emulator
 
@@ -175,3 +178,47 @@ def test_stored_starts_round_trip_and_older_forms_are_read() -> None:
     assert old is not None and old.since_time is not None
     assert decode_start("not a start") is None
     assert decode_start(None) is None
+
+
+def damage_payload(path: Path, seq: int) -> int:
+    """Flip a byte of the stored batch holding ``seq``, as a bad sector would; its first
+    seq."""
+    conn = sqlite3.connect(path)
+    first, blob = conn.execute(
+        "SELECT first_seq, payloads FROM segments WHERE first_seq <= ? "
+        "ORDER BY first_seq DESC LIMIT 1",
+        (seq,),
+    ).fetchone()
+    damaged = bytearray(blob)
+    damaged[len(damaged) // 2] ^= 0x5A
+    conn.execute("UPDATE segments SET payloads = ? WHERE first_seq = ?", (bytes(damaged), first))
+    conn.commit()
+    conn.close()
+    return int(first)
+
+
+async def test_a_damaged_batch_is_fetched_again_from_the_rest_api(tmp_path: Path) -> None:
+    """A stored batch damaged on disk (its checksum fails when a sink reads it) is moved
+    aside by the spool, never delivered as garbage; the bridge fetches its events again from
+    the REST API, delivers them, and forgets the batch."""
+    async with Emulator(tokens=[TOKEN], push_while_disconnected=False) as server:
+        opts = options(server, tmp_path)
+        down = MemorySink("out")
+        down.fail(SinkError("down while the batches are stored"))
+        sent: list[int] = []
+        async with Bridge(TOKEN, [down], **opts) as bridge:  # type: ignore[arg-type]
+            await server.wait_for_clients(1)
+            pipeline = bridge.pipeline
+            assert pipeline is not None
+            for n in (10, 20, 30):  # three commits, so three stored batches
+                sent += await emit(server, 10)
+                await until(lambda: pipeline.received == n)  # noqa: B023 (awaited here)
+        first = damage_payload(tmp_path / "spool.db", 15)
+        sink = MemorySink("out")
+        async with Bridge(TOKEN, [sink], **opts) as bridge:  # type: ignore[arg-type]
+            await until(lambda: sorted(sink.ids) == sent, timeout=10)
+            assert bridge.spool is not None
+            spool = bridge.spool
+            await until(lambda: spool.damaged_count == 0, timeout=10)
+    assert len(sink.ids) == len(set(sink.ids))
+    assert first > 1
