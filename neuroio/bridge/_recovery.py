@@ -173,6 +173,10 @@ class GapRecovery:
         """Before the listener starts: learn the REST API's newest entry (bounded by the
         connect timeout), choose where recovery starts, and store it before any commit."""
         newest = await self._newest_at_start()
+        if newest is not None:
+            # No gap is open yet, so this only sets the floor and the sanity bound: ids
+            # pushed before the first connection's own check are judged against it too.
+            self.tracker.connected(newest)
         start = await self._stored_start(newest)
         if start is None and newest is not None:
             # A new spool: the floor is the newest entry now, whatever either clock says.
@@ -222,8 +226,6 @@ class GapRecovery:
         if not options.backfill:
             return None
         tracker = self.tracker
-        if newest is not None:
-            tracker.floor, tracker.floor_created = newest.id, newest.created
 
         def plausible(start: GapStart | None) -> bool:
             if start is None or start.last_id is None:

@@ -73,21 +73,30 @@ async def half_open_gap(server: Emulator, bridge: Bridge, n: int) -> list[int]:
     return ids
 
 
-async def test_a_bogus_id_never_becomes_where_recovery_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rest_slow", [False, True])
+async def test_a_bogus_id_never_becomes_where_recovery_starts(
+    tmp_path: Path, rest_slow: bool
+) -> None:
     """After one frame with id 2**62 on the socket (delivered all the same), the next
     300-event gap recovers 300 of 300, and after a restart on the same spool a 200-event gap
-    recovers 200 of 200: no REST request ever asks for ids after the bogus one."""
+    recovers 200 of 200: no REST request ever asks for ids after the bogus one. Also when
+    the bogus id comes before the first connection could ask the REST API anything (the
+    bound then is the one learnt at start-up)."""
     out = tmp_path / "events.jsonl"
     async with Emulator(tokens=[TOKEN], push_while_disconnected=False) as server:
         await emit(server, 5)  # the history before the bridge: not recovered (new spool)
         opts = options(server, tmp_path)
         async with Bridge(TOKEN, [f"file:{out}"], **opts) as bridge:  # type: ignore[arg-type]
+            if rest_slow:
+                # The first connection's own look at the REST API comes after the bogus id.
+                server.fail_rest(503, count=10**6)
             await server.wait_for_clients(1)
             live = await emit(server, 10)
             await server.push_unlisted()
             live += await emit(server, 3)
             assert bridge.pipeline is not None
             await until(lambda: bridge.pipeline is not None and bridge.pipeline.received == 14)
+            server.heal_rest()
             gap = await half_open_gap(server, bridge, 300)
             await until(lambda: len(file_ids(out)) == 314, timeout=10)
         with Spool(tmp_path / "spool.db") as spool:
