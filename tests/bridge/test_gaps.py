@@ -15,8 +15,8 @@ import pytest
 
 from neuroio._protocol.gaps import GapStart
 from neuroio._times import iso
-from neuroio.bridge import RECOVER_AFTER, Bridge
-from neuroio.bridge._recovery import RESUME_POINT, decode_start, encode_start
+from neuroio.bridge import RECOVER_AFTER, RESUME_POINT, Bridge
+from neuroio.bridge._recovery import decode_start, encode_start
 from neuroio.exceptions import SinkError
 from neuroio.sinks import MemorySink
 from neuroio.spool import Spool
