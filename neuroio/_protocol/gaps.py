@@ -376,6 +376,11 @@ class GapTracker:
         """Closed gaps waiting for recovery."""
         return len(self._pending)
 
+    @property
+    def open_start(self) -> GapStart | None:
+        """Where the gap still open (lost, not yet closed by :meth:`connected`) starts."""
+        return self._open
+
     def next_gap(self) -> Gap | None:
         """The oldest closed gap, removed from the queue; ``None`` when there is none."""
         return self._pending.popleft() if self._pending else None

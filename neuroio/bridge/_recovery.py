@@ -287,7 +287,9 @@ class GapRecovery:
         if self._gap_open:
             async with self._lock:
                 if not self._kept:
-                    start = self.tracker.resume_point()
+                    # The open gap's own start: a gap a loss overtook may have opened before
+                    # the live events that moved the cursor since.
+                    start = self.tracker.open_start or self.tracker.resume_point()
                     await self._store(RECOVER_AFTER, encode_start(start))
                     self._kept = True
                 self._gap_open = False
@@ -335,8 +337,11 @@ class GapRecovery:
         """Commit what was recovered, then clear RECOVER_AFTER unless another gap opened."""
         await self._pipeline.flush()
         async with self._lock:
-            if self._closed or self._connections or self.tracker.pending or not self._kept:
+            tracker = self.tracker
+            if self._closed or self._connections or not self._kept:
                 return
+            if tracker.pending or tracker.open_start is not None or self._gap_open:
+                return  # a gap is still to recover: its stored start must stay
             if self._spool.last_event_id is None:
                 # Nothing committed yet: the floor stays the place to start from.
                 await self._store(RESUME_POINT, encode_start(self.tracker.resume_point()))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 
 from .. import _redact
-from ..recording import write_all
+from .._io import write_all
 
 __all__ = ["LOG_FORMATS", "configure", "set_sink", "verbosity_levels"]
 

@@ -18,7 +18,6 @@ library's keywords (``NEUROIO_API_TOKEN``, ``NEUROIO_EVENTS_URL``, ``NEUROIO_PIN
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import os
 import ssl
@@ -41,7 +40,6 @@ __all__ = [
     "LogSettings",
     "Secret",
     "connection_options",
-    "is_loopback",
     "listener_options",
     "logging_options",
     "loop_option",
@@ -167,16 +165,6 @@ class ConnectionSettings:
             raise click.BadParameter(
                 f"cannot load CA certificates from {self.ca_file}: {exc}", param_hint="--ca-file"
             ) from exc
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _read_token_file(path: Path) -> str:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
+from .._io import write_all
 from .._protocol.frames import Kind
-from ..recording import write_all
+from .._times import parse_time
 from ..stats import ListenerStats, State
 
 __all__ = [
@@ -340,19 +341,8 @@ def _text(value: Any, missing: str = "?") -> str:
 
 def _clock(created: Any) -> str:
     """``HH:MM:SS`` of ``created`` in local time (UTC if it has no zone), else of now."""
-    moment = datetime.now()
-    if isinstance(created, str):
-        text = created.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat does not take "Z"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            moment = parsed.astimezone()
+    parsed = parse_time(created)
+    moment = parsed.astimezone() if parsed is not None else datetime.now()
     return moment.strftime("%H:%M:%S")
 
 

@@ -22,13 +22,13 @@ from typing import Any, NoReturn
 import click
 
 from .. import _redact
+from .._io import write_all
 from ..exceptions import (
     AuthenticationError,
     ConfigurationError,
     ConnectionFailedError,
     NeuroIOError,
 )
-from ..recording import write_all
 from ._options import LogSettings
 
 __all__ = [

@@ -27,13 +27,14 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
+from .._net import is_loopback
 from .._protocol.frames import Kind, classify, encode_auth, encode_ping, parse_message
+from .._protocol.session import AUTH_CLOSE_CODES
 from ._options import (
     ConnectionSettings,
     LogSettings,
     Secret,
     connection_options,
-    is_loopback,
     logging_options,
 )
 from ._run import EXIT_AUTH, EXIT_ERROR, EXIT_OK, CommandFailed, run
@@ -46,8 +47,6 @@ PING_SAMPLES = 3
 # Spacing between PING samples: a round-trip measured right after another says little, and a
 # server that stops answering shortly after the AUTH is still caught.
 _SAMPLE_GAP = 0.25
-# Close codes with which a server refuses credentials (as the listener reads them).
-_AUTH_CLOSE_CODES = frozenset({1008, 3000, 3003, 4001, 4003, 4401, 4403})
 _EXPIRY_WARNING_DAYS = 14
 
 _MARKS = {
@@ -394,7 +393,7 @@ class Doctor:
                 self._first_event = (_event_id(msg.data), time.monotonic())
             return kind, msg.data
         code = ws.close_code
-        if code in _AUTH_CLOSE_CODES and not self._authenticated_at:
+        if code in AUTH_CLOSE_CODES and not self._authenticated_at:
             raise _StepFailed(
                 f"the server closed the connection with code {code} before accepting "
                 "the token: it refused the token",

@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
+from .._net import is_loopback
 from ..exceptions import ConfigurationError
 from ..testing import REST_ORDERS, REST_SHAPES, Emulator, RestOrder, RestShape
-from ._options import LogSettings, is_loopback, logging_options, loop_option
+from ._options import LogSettings, logging_options, loop_option
 from ._run import EXIT_OK, CommandFailed, StopSignals, run
 
 __all__ = ["command", "serve"]
