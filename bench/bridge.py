@@ -173,7 +173,7 @@ async def child_bridge(
             assert bridge.pipeline is not None
             pipeline = bridge.pipeline
             first = 0.0
-            while pipeline.received == 0 and not pipeline._pending:
+            while pipeline.received == 0 and not pipeline.uncommitted:
                 await asyncio.sleep(0.001)
             first = time.perf_counter()
             deadline = time.monotonic() + 600

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .backoff import Backoff
+from ._protocol.backoff import Backoff
 
 __all__ = ["Retrying"]
 

@@ -18,6 +18,11 @@ Messages never contain the API token.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._protocol.session import LossReason
+
 __all__ = [
     "AuthenticationError",
     "BackfillError",
@@ -67,14 +72,47 @@ class AuthenticationError(NeuroIOError):
     """The platform rejected the API token.
 
     The listener stops instead of reconnecting: check the token (it is never shown here).
+
+    Args:
+        message: the explanation.
+        close_code: the WebSocket close code that refused the token; ``None`` when the
+            refusal came as a message, or when it is not known.
+        server_message: the server's error text (tokens redacted); ``None`` when it sent none.
     """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        close_code: int | None = None,
+        server_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.server_message = server_message
 
 
 class ConnectionFailedError(NeuroIOError, ConnectionError):
     """No connection could be made within the allowed number of attempts.
 
     Raised only when ``max_retries`` is set; by default the listener retries forever.
+
+    Args:
+        message: the explanation.
+        attempts: the consecutive attempts that failed; ``None`` when not known.
+        last_reason: why the last of them failed; ``None`` when not known.
     """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        attempts: int | None = None,
+        last_reason: LossReason | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_reason = last_reason
 
 
 class BackfillError(NeuroIOError):
@@ -86,7 +124,21 @@ class SpoolError(NeuroIOError):
 
 
 class SinkError(NeuroIOError):
-    """A sink could not take events now; the bridge retries with backoff."""
+    """A sink could not take events now; the bridge retries with backoff.
+
+    Args:
+        message: what failed, one line (never a secret).
+        retry_after: the least delay, in seconds, before the next attempt, when the
+            destination asked for one (an HTTP ``Retry-After``); ``None`` leaves the delay to
+            the bridge's backoff.
+
+    Attributes:
+        retry_after: as given.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentSinkError(SinkError):

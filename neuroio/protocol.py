@@ -1,233 +1,43 @@
-"""The NeuroIO events protocol, with no I/O (see ``shared/seed/protocol.md``).
+"""Where the protocol's frames used to live; they are now in :mod:`neuroio._protocol.frames`.
 
-Encodes what the client sends (AUTH, PING) and tells apart what the server sends. Server
-messages carry no type tag: they are told apart by their keys (``auth``, ``PING``, ``error``,
-``id`` + ``data``). Nothing here touches a socket or an event loop, so it is tested alone.
+Kept so that code importing ``neuroio.protocol`` still runs; import from the new home.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Any
-
-import msgspec
-
-from .exceptions import MessageError
-from .messages import AuthOk, Entry, Event, Message, Pong, ServerError, UnknownMessage
+from ._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL
+from ._protocol.frames import (
+    EVENT_PREFIX,
+    PING_FRAME,
+    Kind,
+    classify,
+    decode_json,
+    encode_auth,
+    encode_ping,
+    event_decoder,
+    event_from_dict,
+    event_key,
+    event_to_json,
+    is_event_id,
+    message_from_dict,
+    parse_message,
+)
 
 __all__ = [
     "DEFAULT_API_URL",
     "DEFAULT_EVENTS_URL",
+    "EVENT_PREFIX",
     "PING_FRAME",
     "Kind",
     "classify",
+    "decode_json",
     "encode_auth",
     "encode_ping",
+    "event_decoder",
+    "event_from_dict",
     "event_key",
     "event_to_json",
+    "is_event_id",
+    "message_from_dict",
     "parse_message",
 ]
-
-DEFAULT_EVENTS_URL = "wss://events.neuroio.com"
-DEFAULT_API_URL = "https://api.neuroio.com"
-
-PING_FRAME = '{"action":"PING"}'
-
-
-class Kind(enum.Enum):
-    """What a server frame is, decided from its keys alone."""
-
-    AUTH_OK = "auth_ok"
-    AUTH_REJECTED = "auth_rejected"
-    PONG = "pong"
-    ERROR = "error"
-    EVENT = "event"
-    UNKNOWN = "unknown"
-    MALFORMED = "malformed"
-    BINARY = "binary"
-
-
-class _Probe(msgspec.Struct):
-    # Only the keys that tell the kinds apart; msgspec skips ``data`` without building it.
-    auth: Any = msgspec.UNSET
-    PING: Any = msgspec.UNSET
-    error: Any = msgspec.UNSET
-    id: Any = msgspec.UNSET
-
-
-class _EventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    # An event whose every field is known and well-typed decodes in one pass; anything else
-    # (an unknown field, a new enum value) takes the tolerant path through a dict.
-    id: int
-    data: Entry
-
-
-class _DataProbe(msgspec.Struct):
-    created: Any = None
-
-
-class _IdProbe(msgspec.Struct):
-    id: Any = None
-    data: _DataProbe | None = None
-
-
-# What a decoder can raise on hostile input besides DecodeError: invalid UTF-8 inside a
-# bytes frame, a lone surrogate in a str, and nesting deeper than the interpreter allows.
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
-# Event ids are SQLite integers downstream and cursors here: an id outside int64 is no id.
-_MAX_ID = 2**63
-
-
-def _plain(raw: str | bytes) -> str | bytes:
-    """``raw`` as exactly ``str`` or ``bytes``: msgspec refuses subclasses like Backfilled."""
-    kind = type(raw)
-    if kind is str or kind is bytes:
-        return raw
-    return str(raw) if isinstance(raw, str) else bytes(raw)
-
-
-_probe_decoder = msgspec.json.Decoder(_Probe)
-_id_probe_decoder = msgspec.json.Decoder(_IdProbe)
-_event_decoder = msgspec.json.Decoder(_EventFrame)
-_any_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
-# Events dominate the stream; this prefix is how the platform and the emulator write them,
-# and seeing it lets the hot path skip a decode. Anything else is probed properly.
-_EVENT_PREFIX = '{"id":'
-
-
-def encode_auth(token: str) -> str:
-    """The AUTH frame sent right after connecting. It holds the token: never log it."""
-    return _encoder.encode({"action": "AUTH", "data": {"token": token}}).decode()
-
-
-def encode_ping() -> str:
-    """The PING frame sent every ``ping_interval`` seconds."""
-    return PING_FRAME
-
-
-def classify(raw: str | bytes) -> Kind:
-    """Tell what a frame is from its keys, without building the typed message.
-
-    Text frames that are not a JSON object are ``MALFORMED``; binary frames are ``BINARY``
-    (the protocol only uses text). A frame written the way the platform writes events
-    (``{"id":...}``) is taken to be an event without decoding it: this is the hot path, and
-    :func:`parse_message` still validates. Never raises.
-    """
-    if isinstance(raw, str):
-        if raw.startswith(_EVENT_PREFIX) and raw.endswith("}"):
-            return Kind.EVENT
-    else:
-        return Kind.BINARY
-    try:
-        probe = _probe_decoder.decode(_plain(raw))
-    except _DECODE_ERRORS:
-        return Kind.MALFORMED
-    return _kind_of(probe.auth, probe.PING, probe.error, probe.id)
-
-
-def event_key(raw: str | bytes) -> tuple[int, str | None] | None:
-    """An event frame's id and its entry's ``created`` text, decoding nothing else.
-
-    Returns ``None`` when the frame has no integer ``id``. Used to track the gap-recovery
-    cursor and drop duplicates without building the typed event.
-    """
-    try:
-        probe = _id_probe_decoder.decode(_plain(raw))
-    except _DECODE_ERRORS:
-        return None
-    event_id = probe.id
-    if not isinstance(event_id, int) or isinstance(event_id, bool):
-        return None
-    if not -_MAX_ID <= event_id < _MAX_ID:
-        return None
-    created = probe.data.created if probe.data is not None else None
-    return event_id, created if isinstance(created, str) else None
-
-
-def _kind_of(auth: Any, ping: Any, error: Any, id_: Any) -> Kind:
-    if auth is not msgspec.UNSET:
-        return Kind.AUTH_OK if auth == "ok" else Kind.AUTH_REJECTED
-    if ping is not msgspec.UNSET:
-        return Kind.PONG
-    if error is not msgspec.UNSET:
-        return Kind.ERROR
-    if id_ is not msgspec.UNSET:
-        return Kind.EVENT
-    return Kind.UNKNOWN
-
-
-def decode_json(raw: str | bytes) -> Any:
-    """Decode one frame's JSON; raise :class:`MessageError` if it is not JSON."""
-    try:
-        return _any_decoder.decode(_plain(raw))
-    except RecursionError:
-        raise MessageError("frame is nested too deeply to decode") from None
-    except _DECODE_ERRORS as exc:
-        raise MessageError(f"frame is not valid JSON: {exc}") from exc
-
-
-def parse_message(raw: str | bytes) -> Message:
-    """Turn one server frame into a typed message.
-
-    Args:
-        raw: the frame as received (text, or bytes holding UTF-8 JSON).
-
-    Returns:
-        :class:`AuthOk`, :class:`Pong`, :class:`ServerError`, :class:`Event`, or
-        :class:`UnknownMessage` for a JSON object of another shape.
-
-    Raises:
-        MessageError: the frame is not a JSON object, or an event lacks an integer ``id``
-            or an object ``data``.
-    """
-    raw = _plain(raw)
-    try:
-        frame = _event_decoder.decode(raw)
-    except _DECODE_ERRORS:
-        pass
-    else:
-        return Event(id=frame.id, entry=frame.data)
-    value = decode_json(raw)
-    if not isinstance(value, dict):
-        raise MessageError(f"expected a JSON object, got {type(value).__name__}")
-    return message_from_dict(value)
-
-
-def message_from_dict(value: dict[str, Any]) -> Message:
-    """Typed message from an already decoded JSON object (see :func:`parse_message`)."""
-    kind = _kind_of(
-        value.get("auth", msgspec.UNSET),
-        value.get("PING", msgspec.UNSET),
-        value.get("error", msgspec.UNSET),
-        value.get("id", msgspec.UNSET),
-    )
-    if kind is Kind.AUTH_OK:
-        return AuthOk()
-    if kind is Kind.AUTH_REJECTED:
-        return ServerError(message=f"authentication answer {value['auth']!r}")
-    if kind is Kind.PONG:
-        ping = value["PING"]
-        return Pong(ping if isinstance(ping, str) else _encoder.encode(ping).decode())
-    if kind is Kind.ERROR:
-        error = value["error"]
-        return ServerError(error if isinstance(error, str) else _encoder.encode(error).decode())
-    if kind is Kind.EVENT:
-        return event_from_dict(value)
-    return UnknownMessage(value)
-
-
-def event_from_dict(value: dict[str, Any], *, backfilled: bool = False) -> Event:
-    """Typed :class:`Event` from a decoded ``{"id": ..., "data": {...}}`` object."""
-    event_id = value.get("id")
-    data = value.get("data")
-    if not isinstance(event_id, int) or isinstance(event_id, bool):
-        raise MessageError(f"event id must be an integer, got {type(event_id).__name__}")
-    if not isinstance(data, dict):
-        raise MessageError(f"event data must be an object, got {type(data).__name__}")
-    return Event(id=event_id, entry=Entry.from_dict(data), backfilled=backfilled)
-
-
-def event_to_json(event: Event) -> bytes:
-    """The wire form of an event, ``{"id": ..., "data": {...}}``, compact JSON."""
-    return _encoder.encode({"id": event.id, "data": event.entry.to_dict()})

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import msgspec
 
 from .exceptions import ConfigurationError, SpoolError
+from .sinks.base import SpooledEvent
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -167,27 +168,6 @@ def default_spool_path() -> Path:
         os.path.expanduser("~"), ".local", "share"
     )
     return Path(base) / "neuroio-events" / "spool.db"
-
-
-class SpooledEvent(msgspec.Struct, frozen=True):
-    """One event as stored in the spool.
-
-    Attributes:
-        seq: position in the spool; increases by one per stored event.
-        id: the event id the platform gave it.
-        payload: the event exactly as the server sent it (``{"id": ..., "data": {...}}``,
-            every field kept), as compact JSON.
-        received_at: when the bridge received it (``time.time()``).
-    """
-
-    seq: int
-    id: int
-    payload: bytes
-    received_at: float
-
-    def json(self) -> Any:
-        """The event decoded from JSON."""
-        return _decoder.decode(self.payload)
 
 
 @dataclass(frozen=True, slots=True)

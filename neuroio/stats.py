@@ -24,9 +24,10 @@ class State(str, enum.Enum):
 class ListenerStats:
     """What a listener has done since it was created.
 
-    ``reconnects`` counts connection losses by reason: ``connect_failed``, ``closed`` (the
-    server sent a close frame), ``reset`` (the connection dropped without one),
-    ``heartbeat_timeout``, ``auth_timeout``, ``message_too_big``, ``protocol_error``.
+    ``reconnects`` counts connection losses by reason, keyed by the ``.value`` of
+    :class:`~neuroio.listener.LossReason`: ``connect_failed``, ``closed`` (the server sent a
+    close frame), ``reset`` (the connection dropped without one), ``heartbeat_timeout``,
+    ``auth_timeout``, ``closed_before_auth``, ``message_too_big``, ``protocol_error``.
     """
 
     state: State = State.IDLE

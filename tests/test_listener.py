@@ -20,8 +20,9 @@ from neuroio import (
     State,
 )
 from neuroio.emulator import Emulator
+from neuroio.listener import LossReason
 
-from .helpers import Frames
+from .helpers import Frames, until
 
 TOKEN = "listener-test-token"
 
@@ -370,3 +371,227 @@ async def test_debug_logs_hold_no_token(emu: Emulator, caplog: pytest.LogCapture
     await task
     assert caplog.records
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["handler", "iterator"])
+async def test_pings_go_out_on_schedule_while_the_consumer_is_busy(
+    emu: Emulator, mode: str
+) -> None:
+    """A slow handler (or a full inbox behind a slow iterator) does not stop the PINGs: the
+    server keeps seeing one every ping_interval, and the connection is never judged dead."""
+    interval = 0.05
+    n = 40
+    busy: list[float] = []  # monotonic time of each event taken, 20 ms of work each
+
+    async def slow(message: str | bytes) -> None:
+        if '"id"' in str(message):
+            await asyncio.sleep(0.02)  # the handler's work, not a synchronisation
+            busy.append(loop.time())
+
+    loop = asyncio.get_running_loop()
+    listener = EventListener(
+        TOKEN,
+        slow if mode == "handler" else None,
+        url=emu.url,
+        ping_interval=interval,
+        ping_timeout=0.15,
+        max_queue=2,
+    )
+
+    async def iterate() -> None:
+        async with listener as events:
+            async for _ in events:
+                await asyncio.sleep(0.02)
+                busy.append(loop.time())
+                if len(busy) == n:
+                    return
+
+    task = asyncio.create_task(listener.listen() if mode == "handler" else iterate())
+    await emu.wait_for_clients(1)
+    await emu.burst(n)
+    await until(lambda: len(busy) >= n, timeout=20)
+    start, end = busy[0], busy[-1]
+    pings = [t for t in emu.clients[0].ping_times if start <= t <= end]
+    await listener.close()
+    await task
+    # About (end - start) / interval PINGs went out while the consumer was busy; allow half
+    # for a loaded machine. Before the fix: none.
+    assert end - start >= 0.5
+    assert len(pings) >= (end - start) / interval / 2, (len(pings), end - start)
+    assert listener.stats.total_reconnects == 0
+    assert len(emu.clients) == 1
+
+
+async def test_connection_hooks_run_in_the_handlers_turn_in_order(emu: Emulator) -> None:
+    """on_connected runs right after the auth reply and before that connection's later frames
+    (even those already received); on_disconnected after the last one, before reconnecting,
+    with the reason; close() ends with on_disconnected(CLOSING)."""
+    seen: list[object] = []
+    release = asyncio.Event()
+
+    async def handler(message: str | bytes) -> None:
+        data = json.loads(message)
+        if "PING" not in data:  # PONGs come whenever they come
+            seen.append("auth" if "auth" in data else data["id"])
+
+    async def on_connected() -> None:
+        seen.append("connected")
+        if seen.count("connected") == 1:
+            await release.wait()  # the burst below is sent while this waits
+
+    async def on_disconnected(reason: LossReason) -> None:
+        seen.append(reason)
+
+    listener = EventListener(
+        TOKEN,
+        handler,
+        url=emu.url,
+        reconnect_delay=0.01,
+        on_connected=on_connected,
+        on_disconnected=on_disconnected,
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await until(lambda: "connected" in seen)
+    first = [e["id"] for e in await emu.burst(3)]
+    await emu.flush()
+    assert seen == ["auth", "connected"], "a frame overtook on_connected"
+    release.set()
+    await until(lambda: all(i in seen for i in first))
+    await emu.close_clients(1011)
+    await emu.wait_for_clients(2)
+    await until(lambda: seen.count("connected") == 2)
+    second = [e["id"] for e in await emu.burst(2)]
+    await until(lambda: all(i in seen for i in second))
+    await listener.close()
+    await task
+    assert seen == [
+        "auth",
+        "connected",
+        *first,
+        LossReason.CLOSED,
+        "auth",
+        "connected",
+        *second,
+        LossReason.CLOSING,
+    ]
+    assert listener.stats.handler_errors == 0
+
+
+async def test_hook_errors_are_logged_counted_and_survived(
+    emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook that raises is logged with its traceback and counted; the listener goes on."""
+
+    async def on_connected() -> None:
+        raise RuntimeError("connected hook broke")
+
+    async def on_disconnected(reason: LossReason) -> None:
+        raise RuntimeError(f"disconnected hook broke ({reason.value})")
+
+    got = Frames()
+    listener = EventListener(
+        TOKEN,
+        got,
+        url=emu.url,
+        reconnect_delay=0.01,
+        on_connected=on_connected,
+        on_disconnected=on_disconnected,
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.abort_clients()
+    await emu.wait_for_clients(2)
+    sent = [e["id"] for e in await emu.burst(3)]
+    await got.wait(lambda: got.ids == sent)
+    await listener.close()
+    await task
+    assert listener.stats.handler_errors == 4  # two connections, two hooks each
+    broke = [r for r in caplog.records if r.exc_info and "hook broke" in str(r.exc_info[1])]
+    assert {str(r.exc_info[1]) for r in broke if r.exc_info} == {
+        "connected hook broke",
+        "disconnected hook broke (reset)",
+        "disconnected hook broke (closing)",
+    }
+    assert any("on_connected raised" in r.getMessage() for r in broke)
+
+
+async def test_iterator_gets_the_connection_hooks_too(emu: Emulator) -> None:
+    """Without a handler, on_connected comes before the connection's events are yielded."""
+    order: list[object] = []
+
+    async def on_connected() -> None:
+        order.append("connected")
+
+    async def on_disconnected(reason: LossReason) -> None:
+        order.append(reason)
+
+    listener = EventListener(
+        TOKEN, url=emu.url, on_connected=on_connected, on_disconnected=on_disconnected
+    )
+    async with listener as events:
+        await emu.wait_for_clients(1)
+        sent = [e["id"] for e in await emu.burst(2)]
+        async for event in events:
+            order.append(event.id)
+            if event.id == sent[-1]:
+                break
+    assert order == ["connected", *sent, LossReason.CLOSING]
+
+
+async def test_authentication_error_carries_the_server_message(emu: Emulator) -> None:
+    """A refused token: the error holds the server's text and no close code."""
+    listener = EventListener("wrong-token", url=emu.url)
+    with pytest.raises(AuthenticationError) as info:
+        await asyncio.wait_for(listener.listen(), 5)
+    assert info.value.server_message == "Authentication failed: invalid token"
+    assert info.value.close_code is None
+
+
+async def test_connection_failed_error_carries_attempts_and_reason() -> None:
+    """After max_retries, the error says how many attempts failed and why the last did."""
+    emulator = Emulator()
+    await emulator.start()
+    url = emulator.url
+    await emulator.stop()
+    listener = EventListener(TOKEN, url=url, max_retries=1, reconnect_delay=0.01)
+    with pytest.raises(ConnectionFailedError) as info:
+        await asyncio.wait_for(listener.listen(), 5)
+    assert info.value.attempts == 2
+    assert info.value.last_reason is LossReason.CONNECT_FAILED
+
+
+def test_errors_still_take_a_message_alone() -> None:
+    """The data are keyword arguments with defaults: the old one-message form still works."""
+    auth = AuthenticationError("refused")
+    failed = ConnectionFailedError("gave up")
+    assert str(auth) == "refused" and auth.close_code is None and auth.server_message is None
+    assert str(failed) == "gave up" and failed.attempts is None and failed.last_reason is None
+
+
+async def test_a_dead_connection_is_still_detected_after_a_busy_handler(emu: Emulator) -> None:
+    """A handler busy for several ping_timeouts is not a dead connection; once it reads
+    again, a connection that stopped answering is detected as dead as usual."""
+    release = asyncio.Event()
+
+    async def busy(message: str | bytes) -> None:
+        if '"id"' in str(message):
+            await release.wait()
+
+    listener = EventListener(
+        TOKEN, busy, url=emu.url, ping_interval=0.05, ping_timeout=0.15, reconnect_delay=0.01
+    )
+    task = asyncio.create_task(listener.listen())
+    await emu.wait_for_clients(1)
+    await emu.emit()
+    pings = len(emu.clients[0].ping_times)
+    # Busy for well over ping_timeout, PINGs going out meanwhile: no verdict.
+    await emu.wait_until(lambda: len(emu.clients[0].ping_times) >= pings + 8)
+    assert listener.stats.total_reconnects == 0
+    release.set()
+    await until(lambda: listener.stats.pongs >= 2)
+    emu.freeze()
+    await emu.wait_for_clients(2, timeout=3)
+    assert listener.stats.reconnects == {"heartbeat_timeout": 1}
+    await listener.close()
+    await task

@@ -49,6 +49,9 @@ async def test_rejected_token_raises_within_timeout(mode: str) -> None:
         assert time.monotonic() - start < 4.0
         assert server.auth_attempts <= 3
         assert TOKEN not in str(info.value)
+        # The error carries what refused the token: the close code, or the server's text.
+        assert info.value.close_code == {"error": None, "close": 4001, "silent": 1000}[mode]
+        assert (info.value.server_message is not None) is (mode == "error")
 
 
 async def test_frozen_connection_replaced_within_3s() -> None:

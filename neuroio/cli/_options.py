@@ -32,7 +32,7 @@ import click
 from click.core import ParameterSource
 
 from .. import _redact
-from ..protocol import DEFAULT_API_URL, DEFAULT_EVENTS_URL
+from .._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
 from . import _logging
 
 __all__ = [
@@ -50,6 +50,13 @@ __all__ = [
 logger = logging.getLogger("neuroio.cli")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The listener's defaults have one home (neuroio._config); the CLI shows and uses them.
+_CONNECTION = ConnectionOptions()
+_RECOVERY = RecoveryOptions()
+# Except this one: `listen` must exit within 5 s of SIGTERM (see cli/listen.py's budget), so
+# the frame being written gets less time than a library caller's handler (5.0 there).
+CLI_DRAIN_TIMEOUT = 2.0
 
 TOKEN_HINT = (
     "give --token-file FILE (recommended), set NEUROIO_API_TOKEN, "
@@ -196,20 +203,20 @@ def _read_token_file(path: Path) -> str:
 class ListenerSettings:
     """The :class:`~neuroio.EventListener` keywords the CLI exposes."""
 
-    timeout: float = 4.0
-    ping_interval: float = 5.0
-    ping_timeout: float = 10.0
-    reconnect_delay: float = 0.5
-    max_reconnect_delay: float = 30.0
-    max_retries: int | None = None
-    max_queue: int = 1024
-    max_message_size: int = 8 * 2**20
-    drain_timeout: float = 2.0
-    backfill: bool = False
+    timeout: float = _CONNECTION.timeout
+    ping_interval: float = _CONNECTION.ping_interval
+    ping_timeout: float = _CONNECTION.ping_timeout
+    reconnect_delay: float = _CONNECTION.reconnect_delay
+    max_reconnect_delay: float = _CONNECTION.max_reconnect_delay
+    max_retries: int | None = _CONNECTION.max_retries
+    max_queue: int = _CONNECTION.max_queue
+    max_message_size: int = _CONNECTION.max_message_size
+    drain_timeout: float = CLI_DRAIN_TIMEOUT
+    backfill: bool = _RECOVERY.backfill
     api_url: str | None = None
     since: str | None = None
-    backfill_max_events: int | None = 10_000
-    backfill_max_age: float | None = 24 * 3600.0
+    backfill_max_events: int | None = _RECOVERY.backfill_max_events
+    backfill_max_age: float | None = _RECOVERY.backfill_max_age
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~neuroio.EventListener` (besides token, URL, TLS)."""
@@ -317,7 +324,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--timeout",
             type=_POSITIVE,
-            default=4.0,
+            default=_CONNECTION.timeout,
             show_default=True,
             envvar="NEUROIO_TIMEOUT",
             show_envvar=True,
@@ -326,7 +333,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--ping-interval",
             type=_POSITIVE,
-            default=5.0,
+            default=_CONNECTION.ping_interval,
             show_default=True,
             envvar="NEUROIO_PING_INTERVAL",
             show_envvar=True,
@@ -335,7 +342,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--ping-timeout",
             type=_POSITIVE,
-            default=10.0,
+            default=_CONNECTION.ping_timeout,
             show_default=True,
             envvar="NEUROIO_PING_TIMEOUT",
             show_envvar=True,
@@ -344,7 +351,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--reconnect-delay",
             type=click.FloatRange(min=0),
-            default=0.5,
+            default=_CONNECTION.reconnect_delay,
             show_default=True,
             envvar="NEUROIO_RECONNECT_DELAY",
             show_envvar=True,
@@ -353,7 +360,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--max-reconnect-delay",
             type=click.FloatRange(min=0),
-            default=30.0,
+            default=_CONNECTION.max_reconnect_delay,
             show_default=True,
             envvar="NEUROIO_MAX_RECONNECT_DELAY",
             show_envvar=True,
@@ -371,7 +378,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--max-queue",
             type=click.IntRange(min=1),
-            default=1024,
+            default=_CONNECTION.max_queue,
             show_default=True,
             envvar="NEUROIO_MAX_QUEUE",
             show_envvar=True,
@@ -380,7 +387,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--max-message-size",
             type=click.IntRange(min=1),
-            default=8 * 2**20,
+            default=_CONNECTION.max_message_size,
             show_default=True,
             envvar="NEUROIO_MAX_MESSAGE_SIZE",
             show_envvar=True,
@@ -389,7 +396,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--drain-timeout",
             type=click.FloatRange(min=0, max=3),
-            default=2.0,
+            default=CLI_DRAIN_TIMEOUT,
             show_default=True,
             envvar="NEUROIO_DRAIN_TIMEOUT",
             show_envvar=True,
@@ -422,7 +429,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--backfill-max-events",
             type=click.IntRange(min=0),
-            default=10_000,
+            default=_RECOVERY.backfill_max_events,
             show_default=True,
             envvar="NEUROIO_BACKFILL_MAX_EVENTS",
             show_envvar=True,
@@ -431,7 +438,7 @@ def listener_options(func: F) -> F:
         click.option(
             "--backfill-max-age",
             type=click.FloatRange(min=0),
-            default=24 * 3600.0,
+            default=_RECOVERY.backfill_max_age,
             show_default=True,
             envvar="NEUROIO_BACKFILL_MAX_AGE",
             show_envvar=True,

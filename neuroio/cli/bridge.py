@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from .. import _redact
-from ..bridge import Bridge
+from ..bridge import BRIDGE_RECOVERY, Bridge
 from ..spool import DEFAULT_MAX_BYTES
 from ._options import (
     ConnectionSettings,
@@ -35,17 +35,14 @@ __all__ = ["ByteSize", "command", "serve"]
 
 logger = logging.getLogger("neuroio.cli")
 
-# After a stop request: the bridge stops reading, commits what it received and lets each sink
-# finish the batch it is sending (the pipeline allows a send 5 s). Past this budget the rest
-# is abandoned: the spool still holds it, so it is delivered after a restart.
-_SHUTDOWN_BUDGET = 10.0
-
-# After a second signal: how long the bridge may still take to close its sinks and spool.
-_FORCE_GRACE = 1.0
-
 # Gap recovery is what makes the bridge lose nothing across its own restarts, so for this
-# command it is on, and unbounded, unless the user says otherwise (listen's defaults differ).
-_DEFAULTS = {"backfill": True, "backfill_max_events": 0, "backfill_max_age": 0.0}
+# command it is on, and unbounded, unless the user says otherwise (listen's defaults differ);
+# the values are BridgeConfig's own (0 is the CLI's "no limit").
+_DEFAULTS = {
+    "backfill": BRIDGE_RECOVERY.backfill,
+    "backfill_max_events": BRIDGE_RECOVERY.backfill_max_events or 0,
+    "backfill_max_age": BRIDGE_RECOVERY.backfill_max_age or 0.0,
+}
 
 _UNITS = {
     "": 1,
@@ -97,6 +94,9 @@ async def serve(
 ) -> int:
     """Run a bridge built from CLI-style ``options`` until SIGINT/SIGTERM.
 
+    The first signal asks the bridge to stop gracefully, a second one to stop at once
+    (:meth:`~neuroio.bridge.Bridge.request_stop`); the bridge owns that policy.
+
     Returns:
         The exit code, 0.
 
@@ -108,71 +108,23 @@ async def serve(
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
     bridge = Bridge.from_options(token.reveal(), ssl=ssl_context, **options)
-    running: list[asyncio.Task[Any]] = []
-    closing: list[asyncio.Task[None]] = []
-
-    def force() -> None:
-        # Abandon the sends in flight (their events stay in the spool) so the bridge closes
-        # its sinks and spool at once; the writer is spared: it commits what was received.
-        if bridge.pipeline is not None:
-            bridge.pipeline.abandon_sends()
-        for task in running:
-            if task not in closing:
-                task.cancel()
-        loop = asyncio.get_running_loop()
-        for closer in closing:
-            loop.call_later(_FORCE_GRACE, closer.cancel)
-
     own_signals = signals is None
     if signals is None:
-        signals = StopSignals(on_force=force)
+        signals = StopSignals(on_force=bridge.request_stop)
         signals.install()
-    stop = asyncio.create_task(signals.requested.wait(), name="neuroio-cli-stop")
+    requested = signals.requested
+
+    async def first_signal() -> None:
+        await requested.wait()
+        bridge.request_stop()
+
+    watcher = asyncio.create_task(first_signal(), name="neuroio-cli-stop")
     try:
-        start = asyncio.create_task(bridge.start(), name="neuroio-cli-bridge-start")
-        running.append(start)
-        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not start.done():
-            # Stopped while starting (e.g. a sink slow to answer): start() releases what it
-            # opened when cancelled.
-            start.cancel()
-            await asyncio.gather(start, return_exceptions=True)
-            return EXIT_OK
-        start.result()  # a start-up error ends here, before anything was received
-        if bridge.metrics is not None:
-            host = options.get("metrics_host", "127.0.0.1")
-            where = f"[{host}]" if ":" in host else host
-            logger.info(
-                "metrics on http://%s:%s/metrics, health on /healthz", where, bridge.metrics.port
-            )
-        runner = asyncio.create_task(bridge.run(), name="neuroio-cli-bridge-run")
-        running.append(runner)
-        await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not runner.done():
-            closer = asyncio.create_task(bridge.close(), name="neuroio-cli-bridge-close")
-            running.append(closer)
-            closing.append(closer)
-            await asyncio.wait({closer}, timeout=_SHUTDOWN_BUDGET)
-            if not closer.done():
-                logger.warning(
-                    "the bridge did not stop within %.0f s; what it had not delivered stays "
-                    "in the spool for the next start",
-                    _SHUTDOWN_BUDGET,
-                )
-                closer.cancel()
-            await asyncio.gather(closer, return_exceptions=True)
-            await asyncio.wait({runner})
-        if not runner.cancelled():
-            runner.result()  # AuthenticationError, ConnectionFailedError, a bridge task's end
+        await bridge.run()
         return EXIT_OK
     finally:
-        stop.cancel()
-        await asyncio.gather(stop, return_exceptions=True)
-        for task in running:
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        await bridge.close()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         if own_signals:
             signals.remove()
 

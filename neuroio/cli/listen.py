@@ -26,7 +26,6 @@ from ..listener import EventListener
 from ..messages import Backfilled
 from ..protocol import Kind, classify
 from ..recording import encode_record
-from ..stats import State
 from . import _logging
 from ._options import (
     ConnectionSettings,
@@ -167,25 +166,6 @@ class _Printer:
         self.finished.set()
 
 
-class _AuthErrorFilter(logging.Filter):
-    """Drops the listener's log of an error message received while authenticating.
-
-    Such an error always ends the run as an AuthenticationError whose text quotes it: the
-    exit line says it once, instead of a warning and then the error.
-    """
-
-    def __init__(self, listener: EventListener) -> None:
-        super().__init__()
-        self._listener = listener
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            self._listener.state is State.AUTHENTICATING
-            and isinstance(record.msg, str)
-            and record.msg.startswith("server error message")
-        )
-
-
 def _is_event(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
@@ -253,16 +233,12 @@ async def stream(
             ssl=ssl_context,
             **listener_settings.kwargs(),
         )
-        auth_filter = _AuthErrorFilter(listener)
-        listener_logger = logging.getLogger("neuroio.listener")
-        listener_logger.addFilter(auth_filter)
         worker.start()
         if status_on:
             _logging.set_sink(lambda data: worker.write_nowait(2, data))
         try:
             await _supervise(listener, printer, worker, status_on, signals)
         finally:
-            listener_logger.removeFilter(auth_filter)
             _logging.set_sink(None)
             if not await worker.aclose(_FLUSH_BUDGET):
                 logger.warning("output still blocked at exit; the last lines may be missing")

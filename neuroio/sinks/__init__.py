@@ -10,6 +10,12 @@ URI                                            sink
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
+Every sink reads its options from the URI's query with one parser: an unknown option, an
+option given twice, or a bad value is a :class:`~neuroio.exceptions.ConfigurationError` of one
+line naming the option (and, for an unknown one, the sink and its known options). A webhook's
+query is the endpoint's own, so options it does not know are kept in the URL instead.
+``?name=N`` names any sink.
+
 Implement :class:`Sink` for any other destination and pass the object to the bridge.
 """
 
@@ -45,15 +51,9 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
     uri = uri.strip()
     lowered = uri.lower()
     if lowered.startswith("file:"):
-        path = uri[len("file:") :]
-        if path.startswith("//"):
-            # file:///var/log/x.jsonl is the common spelling of an absolute path.
-            path = path[2:]
-        if not path:
-            raise ConfigurationError(f"sink {uri!r}: expected file:PATH or file:-")
-        return FileSink(path, **options)
+        return FileSink.from_uri(uri, **options)
     if lowered.startswith("memory:"):
-        return MemorySink(uri[len("memory:") :] or "memory", **options)
+        return MemorySink.from_uri(uri, **options)
     if lowered.startswith(("http://", "https://")):
         from .webhook import WebhookSink
 

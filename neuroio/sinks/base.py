@@ -1,21 +1,44 @@
-"""The interface every sink implements, and helpers for sink URIs."""
+"""The sink contract: :class:`Sink`, the interface every destination implements, and
+:class:`SpooledEvent`, the event it is given. Also the start-up reachability probe the
+network sinks share (:func:`check_reachable`)."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import contextlib
-import re
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-from ..exceptions import ConfigurationError, SinkError
-from ..spool import SpooledEvent
+import msgspec
 
-__all__ = ["Sink", "SpooledEvent", "redact_uri", "retry_after_of"]
+from ..exceptions import SinkError
+from ._uri import redact_uri
 
-# Query parameters whose values are credentials in common webhook URLs.
-_SECRET_PARAM = re.compile(r"token|secret|key|pass|sig|auth|credential", re.IGNORECASE)
+__all__ = ["Sink", "SpooledEvent", "check_reachable", "redact_uri", "retry_after_of", "sink_error"]
+
+_decoder = msgspec.json.Decoder()
+
+
+class SpooledEvent(msgspec.Struct, frozen=True):
+    """One event as stored in the spool, and as a sink is given it.
+
+    Attributes:
+        seq: position in the spool; increases by one per stored event.
+        id: the event id the platform gave it.
+        payload: the event exactly as the server sent it (``{"id": ..., "data": {...}}``,
+            every field kept), as compact JSON.
+        received_at: when the bridge received it (``time.time()``).
+    """
+
+    seq: int
+    id: int
+    payload: bytes
+    received_at: float
+
+    def json(self) -> Any:
+        """The event decoded from JSON."""
+        return _decoder.decode(self.payload)
 
 
 class Sink(abc.ABC):
@@ -27,8 +50,8 @@ class Sink(abc.ABC):
 
     * return normally only once the destination holds every event of the batch;
     * raise :class:`~neuroio.exceptions.SinkError` when it could not take them now: the same
-      batch is sent again after a backoff (set ``retry_after`` on the exception, in seconds,
-      to ask for a minimum delay). Events of a failed batch may already be stored, so a
+      batch is sent again after a backoff (``SinkError(message, retry_after=seconds)`` asks
+      for a minimum delay). Events of a failed batch may already be stored, so a
       destination sees each event at least once;
     * raise :class:`~neuroio.exceptions.PermanentSinkError` when it refused them for good: the
       bridge splits the batch to find the events refused, keeps those in the spool's
@@ -62,66 +85,14 @@ class Sink(abc.ABC):
         return f"<{type(self).__name__} {self.name}>"
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with its password and credential-like query values replaced by ``***``."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<invalid URI>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if has_password else f"{user}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe=":/*"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def retry_after_of(exc: BaseException) -> float:
-    """The minimum retry delay a :class:`SinkError` asks for (0 when none)."""
-    value = getattr(exc, "retry_after", None)
-    if isinstance(value, (int, float)) and value > 0:
-        return float(value)
-    return 0.0
+    """The least retry delay a :class:`SinkError` asks for, in seconds (0 when none)."""
+    return max(float(getattr(exc, "retry_after", None) or 0.0), 0.0)
 
 
 def sink_error(message: str, *, retry_after: float | None = None) -> SinkError:
-    """A :class:`SinkError` carrying an optional ``retry_after`` (seconds)."""
-    exc = SinkError(message)
-    if retry_after is not None:
-        exc.retry_after = retry_after  # type: ignore[attr-defined]
-    return exc
-
-
-def parse_int(value: str, *, option: str, uri: str, minimum: int = 0) -> int:
-    """An integer query option, or :class:`ConfigurationError` naming the (redacted) URI."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigurationError(
-            f"sink {redact_uri(uri)}: {option} must be an integer, got {value!r}"
-        ) from None
-    if number < minimum:
-        raise ConfigurationError(f"sink {redact_uri(uri)}: {option} must be >= {minimum}")
-    return number
-
-
-def parse_float(value: str, *, option: str, uri: str) -> float:
-    """A positive number query option, or :class:`ConfigurationError`."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigurationError(
-            f"sink {redact_uri(uri)}: {option} must be a number, got {value!r}"
-        ) from None
-    if not number > 0:
-        raise ConfigurationError(f"sink {redact_uri(uri)}: {option} must be > 0")
-    return number
+    """``SinkError(message, retry_after=retry_after)``; kept for callers of the old factory."""
+    return SinkError(message, retry_after=retry_after)
 
 
 async def check_reachable(host: str, port: int, timeout: float) -> None:

@@ -1,4 +1,8 @@
-"""``file:PATH``: events appended as JSON lines, synced to disk once per batch."""
+"""``file:PATH``: events appended as JSON lines, synced to disk once per batch.
+
+Query options (after a ``?``, which therefore cannot be part of the path): ``fsync``
+(``true``/``false``, default true) and ``name``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from ..exceptions import SinkError
+from .._io import write_all
+from ..exceptions import ConfigurationError, SinkError
+from ._uri import Bool, Text, parse_options
 from .base import Sink, SpooledEvent
 
 __all__ = ["FileSink"]
 
 log = logging.getLogger("neuroio.sinks")
+
+_FSYNC = Bool("fsync", True)
+_NAME = Text("name", "")
+_OPTIONS = (_FSYNC, _NAME)
 
 
 class FileSink(Sink):
@@ -28,15 +39,35 @@ class FileSink(Sink):
         path: the file, created if missing (with its directories); ``"-"`` for stdout.
         fsync: sync to disk after each batch (default). Without it a power loss can lose
             lines the sink reported delivered.
+        name: the sink's name (default ``file:PATH``).
     """
 
     max_batch = 5000
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, fsync: bool = True, name: str | None = None
+    ) -> None:
         self.path = str(path)
-        self.name = f"file:{self.path}"
+        self.name = name or f"file:{self.path}"
         self.fsync = fsync
         self._fd: int | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> FileSink:
+        """The sink ``file:PATH[?fsync=false&name=N]`` names (``file:///abs`` works too).
+
+        ``options`` are constructor arguments; they take precedence over the URI's.
+
+        Raises:
+            ConfigurationError: no path, or an unknown option or a bad value in the query.
+        """
+        rest, _, query = uri[len("file:") :].partition("?")
+        path = rest[2:] if rest.startswith("//") else rest  # file:///var/x is /var/x
+        if not path:
+            raise ConfigurationError(f"sink {uri!r}: expected file:PATH or file:-")
+        parsed = parse_options(query, _OPTIONS, uri=uri, sink="file")
+        chosen = {"fsync": parsed[_FSYNC], "name": parsed[_NAME] or None}
+        return cls(path, **{**chosen, **options})
 
     async def start(self) -> None:
         """Open the file for appending (repairing a torn last line)."""
@@ -96,11 +127,11 @@ class FileSink(Sink):
 
     def _write(self, fd: int, data: bytes) -> None:
         if self.path == "-":
-            self._write_all(fd, data)
+            write_all(fd, data)
             return
         before = os.fstat(fd).st_size
         try:
-            self._write_all(fd, data)
+            write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
         except OSError:
@@ -110,13 +141,6 @@ class FileSink(Sink):
             except OSError:
                 pass
             raise
-
-    @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
 
     async def aclose(self) -> None:
         """Close the file (standard output stays open)."""

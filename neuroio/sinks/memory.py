@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from ..exceptions import PermanentSinkError, SinkError
+from ._uri import Int, parse_options
 from .base import Sink, SpooledEvent
 
 __all__ = ["MemorySink"]
+
+_MAX_BATCH = Int("max_batch", 1000, minimum=1)
 
 
 class MemorySink(Sink):
@@ -32,6 +36,19 @@ class MemorySink(Sink):
         self.closed = False
         self._failure: SinkError | None = None
         self._changed = asyncio.Event()
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> MemorySink:
+        """The sink ``memory:[NAME][?max_batch=N]`` names (``NAME`` defaults to ``memory``).
+
+        ``options`` are constructor arguments; they take precedence over the URI's.
+
+        Raises:
+            ConfigurationError: an unknown option or a bad value in the query.
+        """
+        name, _, query = uri[len("memory:") :].partition("?")
+        parsed = parse_options(query, (_MAX_BATCH,), uri=uri, sink="memory")
+        return cls(name or "memory", **{"max_batch": parsed[_MAX_BATCH], **options})
 
     @property
     def ids(self) -> list[int]:

@@ -6,9 +6,13 @@ within the stream's duplicate window, so repeats from retries or from a second b
 stored once. The stream is created if missing (file storage, the subject, a duplicate window
 of ``dedupe_window`` seconds, default one day); an existing stream is used as it is.
 
-Query options: ``subject``, ``stream``, ``dedupe_window`` (seconds), ``timeout`` (seconds to
-wait for the acknowledgements of a batch, default 10), ``name``. Credentials go in the URI
-(``nats://user:password@host:4222`` or ``nats://token@host:4222``); ``tls://`` uses TLS.
+JetStream records an id only when it stores the message, so a publish it refuses (a full
+stream, a wrong subject) leaves no mark, and the retry stores it.
+
+Query options: ``subject``, ``stream``, ``dedupe_window`` (seconds, or ``1d``, ``12h``...),
+``timeout`` (seconds to wait for the acknowledgements of a batch, default 10), ``name``.
+Credentials go in the URI (``nats://user:password@host:4222`` or ``nats://token@host:4222``);
+``tls://`` uses TLS.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import logging
 import math
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
-from .base import Sink, SpooledEvent, check_reachable, parse_float, parse_int, redact_uri
+from ._uri import Duration, Text, parse_options, parse_url
+from .base import Sink, SpooledEvent, check_reachable
 
 try:
     import nats.errors
@@ -43,6 +48,26 @@ _decoder = msgspec.json.Decoder()
 DEFAULT_SUBJECT = "neuroio.events"
 DEFAULT_STREAM = "NEUROIO"
 DEFAULT_DEDUPE_WINDOW = 86_400
+
+
+def _literal_subject(value: str) -> str | None:
+    if not value or " " in value or "*" in value or ">" in value:
+        return "be a literal subject (no spaces or wildcards)"
+    return None
+
+
+def _stream_name(value: str) -> str | None:
+    if not value or any(c in value for c in " .*>"):
+        return "be a stream name (no spaces, dots or wildcards)"
+    return None
+
+
+_SUBJECT = Text("subject", DEFAULT_SUBJECT, check=_literal_subject)
+_STREAM = Text("stream", DEFAULT_STREAM, check=_stream_name)
+_DEDUPE_WINDOW = Duration("dedupe_window", float(DEFAULT_DEDUPE_WINDOW), minimum=1, whole=True)
+_TIMEOUT = Duration("timeout", 10.0)
+_NAME = Text("name", "")
+_OPTIONS = (_SUBJECT, _STREAM, _DEDUPE_WINDOW, _TIMEOUT, _NAME)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -82,44 +107,20 @@ class NatsSink(Sink):
     max_batch = 2000
 
     def __init__(self, uri: str) -> None:
-        try:
-            parts = urlsplit(uri)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: invalid URL: {exc}") from None
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: expected nats://host:port")
-        self.subject = DEFAULT_SUBJECT
-        self.stream = DEFAULT_STREAM
-        self.dedupe_window = DEFAULT_DEDUPE_WINDOW
-        self.timeout = 10.0
-        name: str | None = None
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "subject":
-                if not value or " " in value or "*" in value or ">" in value:
-                    raise ConfigurationError(
-                        f"sink {redact_uri(uri)}: subject must be a literal subject, got {value!r}"
-                    )
-                self.subject = value
-            elif key == "stream":
-                if not value or any(c in value for c in " .*>"):
-                    raise ConfigurationError(
-                        f"sink {redact_uri(uri)}: invalid stream name {value!r}"
-                    )
-                self.stream = value
-            elif key == "dedupe_window":
-                self.dedupe_window = parse_int(value, option="dedupe_window", uri=uri, minimum=1)
-            elif key == "timeout":
-                self.timeout = parse_float(value, option="timeout", uri=uri)
-            elif key == "name":
-                name = value
-            else:
-                raise ConfigurationError(f"sink {redact_uri(uri)}: unknown option {key!r}")
-        self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-        self._host = parts.hostname
-        self._port = port or 4222
-        host = f"{parts.hostname}:{self._port}"
-        self.name = name or f"{parts.scheme}://{host}?subject={self.subject}&stream={self.stream}"
+        url = parse_url(uri, schemes=("nats", "tls"), expected="nats://host:port")
+        options = parse_options(url.raw_query_string, _OPTIONS, uri=uri, sink="NATS")
+        self.subject = options[_SUBJECT]
+        self.stream = options[_STREAM]
+        self.dedupe_window = int(options[_DEDUPE_WINDOW])
+        self.timeout = options[_TIMEOUT]
+        raw = urlsplit(uri)  # the address as spelled: the name keys the cursor in the spool
+        self._server = f"{url.scheme}://{raw.netloc}"
+        self._host = url.host or ""
+        self._port = url.explicit_port or 4222
+        host = f"{raw.hostname}:{self._port}"
+        self.name = options[_NAME] or (
+            f"{url.scheme}://{host}?subject={self.subject}&stream={self.stream}"
+        )
         self.duplicates = 0
         self._nc: Any = None
         self._js: Any = None

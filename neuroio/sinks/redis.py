@@ -2,25 +2,41 @@
 
 Each event becomes one stream entry with the fields ``id`` (the event id) and ``event`` (its
 JSON). The add is exactly-once per event id, across retries and across bridges sharing the
-stream: a Lua script, atomic in Redis, sets the key ``<stream>:seen:<id>`` with ``NX`` and an
-expiry, and runs ``XADD`` only if that key did not exist. A repeat within the dedupe window
-(``dedupe_ttl``, default one day) is dropped. The dedupe keys take roughly 100 bytes of Redis
-memory per event for that long.
+stream: a Lua script, atomic in Redis, skips an event whose key ``<stream>:seen:<id>`` exists,
+and otherwise runs ``XADD`` and only then sets that key, with an expiry. A repeat within the
+dedupe window (``dedupe_ttl``, default one day) is dropped. The dedupe keys take roughly 100
+bytes of Redis memory per event for that long.
+
+The order inside the script is what makes a failure safe. Redis does not undo the writes of a
+script that fails part-way, so the script never writes a mark before the entry it vouches for:
+
+* ``XADD`` fails (the key is not a stream, out of memory): that event and those after it in
+  the script have neither entry nor mark, and the retry adds them;
+* ``SET`` fails after its ``XADD`` (out of memory): the entry exists without its mark, and the
+  retry adds it a second time: a repeat, never a loss;
+* a script cannot be stopped part-way once it has written (``SCRIPT KILL`` refuses it), so
+  there is no other half-done state.
 
 Query options: ``stream`` (default ``neuroio:events``), ``maxlen`` (trim the stream to about N
-entries, ``XADD MAXLEN ~``; default no trim), ``dedupe_ttl`` (seconds), ``name``. ``rediss://``
-uses TLS. In Redis Cluster the dedupe keys are not declared to the script: give the stream a
-hash tag (``{neuroio}:events``) so they land in its slot.
+entries, ``XADD MAXLEN ~``; default no trim), ``dedupe_ttl`` (seconds or ``1d``, ``12h``...),
+``name``, and the redis-py connection options ``socket_timeout``, ``socket_connect_timeout``
+(seconds), ``socket_keepalive``, ``retry_on_timeout`` (true/false), ``health_check_interval``
+(seconds), ``max_connections``, ``socket_read_size``, ``protocol`` (2 or 3), ``client_name``,
+``username``, ``password``, ``db``; with ``rediss://`` (TLS) also ``ssl_cert_reqs``
+(none/optional/required), ``ssl_check_hostname``, ``ssl_ca_certs``, ``ssl_ca_path``,
+``ssl_certfile``, ``ssl_keyfile``. In Redis Cluster the dedupe keys are not declared to the
+script: give the stream a hash tag (``{neuroio}:events``) so they land in its slot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
-from .base import Sink, SpooledEvent, parse_int, redact_uri
+from ._uri import Bool, Choice, Duration, Int, Option, Text, parse_options, parse_url, redact_uri
+from .base import Sink, SpooledEvent
 
 try:
     import redis.asyncio as aioredis
@@ -37,23 +53,66 @@ DEFAULT_DEDUPE_TTL = 86_400
 _CHUNK = 200
 
 # KEYS[1] = stream; ARGV = ttl, maxlen (0 = none), then pairs of (event id, event JSON).
+# XADD before SET, never the reverse: see the module documentation.
 _SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
 local added = 0
 for i = 3, #ARGV, 2 do
     local id = ARGV[i]
-    if redis.call('SET', KEYS[1] .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
+    local seen = KEYS[1] .. ':seen:' .. id
+    if redis.call('EXISTS', seen) == 0 then
         if maxlen > 0 then
             redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', ARGV[i + 1])
         else
             redis.call('XADD', KEYS[1], '*', 'id', id, 'event', ARGV[i + 1])
         end
+        redis.call('SET', seen, '1', 'EX', ttl)
         added = added + 1
     end
 end
 return added
 """
+
+
+def _not_empty(value: str) -> str | None:
+    return None if value else "not be empty"
+
+
+def _database(value: str) -> str | None:
+    return None if value.isdigit() else "be a number"
+
+
+_STREAM = Text("stream", DEFAULT_STREAM, check=_not_empty)
+_MAXLEN = Int("maxlen", 0, minimum=0)
+_DEDUPE_TTL = Duration("dedupe_ttl", float(DEFAULT_DEDUPE_TTL), minimum=1, whole=True)
+_NAME = Text("name", "")
+_DB = Text("db", "", check=_database)
+_SINK_OPTIONS: tuple[Option[Any], ...] = (_STREAM, _MAXLEN, _DEDUPE_TTL, _NAME, _DB)
+# Connection options handed to redis-py by name; the defaults are the sink's own.
+_CONNECTION: tuple[Option[Any], ...] = (
+    Duration("socket_timeout", 30.0),
+    Duration("socket_connect_timeout", 5.0),
+    Duration("health_check_interval", 30.0, whole=True),
+    Bool("socket_keepalive", False),
+    Bool("retry_on_timeout", False),
+    Int("max_connections", 0, minimum=1),
+    Int("socket_read_size", 0, minimum=1),
+    Choice("protocol", "2", choices=("2", "3")),
+    Text("client_name", ""),
+    Text("username", ""),
+    Text("password", ""),
+)
+_TLS: tuple[Option[Any], ...] = (
+    Choice("ssl_cert_reqs", "required", choices=("none", "optional", "required")),
+    Bool("ssl_check_hostname", True),
+    Text("ssl_ca_certs", ""),
+    Text("ssl_ca_path", ""),
+    Text("ssl_certfile", ""),
+    Text("ssl_keyfile", ""),
+)
+# Always passed: the sink's defaults differ from redis-py's (which waits forever).
+_ALWAYS = ("socket_timeout", "socket_connect_timeout", "health_check_interval")
 
 
 class RedisSink(Sink):
@@ -72,38 +131,26 @@ class RedisSink(Sink):
     max_batch = 2000
 
     def __init__(self, uri: str) -> None:
-        try:
-            parts = urlsplit(uri)
-            parts.port  # noqa: B018 - validates the port
-        except ValueError as exc:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: invalid URL: {exc}") from None
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: expected redis://host:port/db")
-        db = parts.path.strip("/") or "0"
-        if not db.isdigit():
+        url = parse_url(uri, schemes=("redis", "rediss"), expected="redis://host:port/db")
+        connection = _CONNECTION + (_TLS if url.scheme == "rediss" else ())
+        options = parse_options(
+            url.raw_query_string, _SINK_OPTIONS + connection, uri=uri, sink="Redis"
+        )
+        db = options[_DB] or url.path.strip("/") or "0"
+        if _database(db) is not None:
             raise ConfigurationError(f"sink {redact_uri(uri)}: the database must be a number")
-        self.stream = DEFAULT_STREAM
-        self.maxlen = 0
-        self.dedupe_ttl = DEFAULT_DEDUPE_TTL
-        name: str | None = None
-        kept: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "stream":
-                if not value:
-                    raise ConfigurationError(f"sink {redact_uri(uri)}: stream must not be empty")
-                self.stream = value
-            elif key == "maxlen":
-                self.maxlen = parse_int(value, option="maxlen", uri=uri, minimum=0)
-            elif key == "dedupe_ttl":
-                self.dedupe_ttl = parse_int(value, option="dedupe_ttl", uri=uri, minimum=1)
-            elif key == "name":
-                name = value
-            else:
-                # Connection options (e.g. socket_timeout) go to redis-py.
-                kept.append((key, value))
-        self._url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", urlencode(kept), ""))
-        shown = urlunsplit((parts.scheme, parts.netloc, f"/{db}", f"stream={self.stream}", ""))
-        self.name = name or redact_uri(shown)
+        self.stream = options[_STREAM]
+        self.maxlen = options[_MAXLEN]
+        self.dedupe_ttl = int(options[_DEDUPE_TTL])
+        self._connection = {o.name: o.default for o in connection if o.name in _ALWAYS}
+        self._connection.update(options.chosen(connection))
+        if "protocol" in self._connection:
+            self._connection["protocol"] = int(self._connection["protocol"])
+        # The address as the user spelled it: the name keys the sink's cursor in the spool,
+        # so it must not change when a library normalises URLs differently.
+        base = f"{url.scheme}://{urlsplit(uri).netloc}/{db}"
+        self._url = base
+        self.name = options[_NAME] or redact_uri(f"{base}?stream={self.stream}")
         self.added = 0
         self._client: Any = None
         self._script: Any = None
@@ -114,9 +161,7 @@ class RedisSink(Sink):
     async def start(self) -> None:
         """Connect, check the server answers, and load the script."""
         try:
-            self._client = aioredis.Redis.from_url(
-                self._url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
-            )
+            self._client = aioredis.Redis.from_url(self._url, **self._connection)
         except (ValueError, RedisError) as exc:
             raise ConfigurationError(f"sink {self.name}: {exc}") from None
         try:
@@ -139,14 +184,18 @@ class RedisSink(Sink):
                         args.append(event.id)
                         args.append(event.payload)
                     await self._script(keys=[self.stream], args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=True)
-        except ResponseError as exc:
-            # WRONGTYPE (the key is not a stream), OOM, a read-only replica: retrying may
-            # help once the operator fixes it, and dropping events would be worse.
-            raise SinkError(f"sink {self.name}: Redis refused: {exc}") from exc
+                results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise SinkError(f"sink {self.name}: {type(exc).__name__}: {exc}") from exc
-        self.added += sum(int(r) for r in results)
+        # Calls that ran added their entries even when another call of the batch failed.
+        self.added += sum(r for r in results if isinstance(r, int))
+        for result in results:
+            if isinstance(result, ResponseError):
+                # WRONGTYPE (the key is not a stream), OOM, a read-only replica: retrying
+                # may help once the operator fixes it, and dropping events would be worse.
+                raise SinkError(f"sink {self.name}: Redis refused: {result}") from result
+            if isinstance(result, BaseException):
+                raise SinkError(f"sink {self.name}: {type(result).__name__}: {result}")
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -24,21 +24,14 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from ..exceptions import ConfigurationError, PermanentSinkError, SinkError
-from .base import (
-    Sink,
-    SpooledEvent,
-    check_reachable,
-    parse_float,
-    parse_int,
-    redact_uri,
-    sink_error,
-)
+from .._http import parse_retry_after
+from ..exceptions import PermanentSinkError, SinkError
+from ._uri import Duration, Int, Text, parse_options, parse_url, redact_uri
+from .base import Sink, SpooledEvent, check_reachable
 
 __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -47,6 +40,11 @@ TIMESTAMP_HEADER = "X-NeuroIO-Timestamp"
 _RETRY_STATUSES = frozenset({408, 429})
 # A server asking for a longer pause than this is still retried after this long.
 _MAX_RETRY_AFTER = 3600.0
+
+_BATCH = Int("batch", 1, minimum=1)
+_TIMEOUT = Duration("timeout", 10.0)
+_NAME = Text("name", "")
+_OPTIONS = (_BATCH, _TIMEOUT, _NAME)
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
@@ -92,8 +90,8 @@ class WebhookSink(Sink):
 
     Args:
         uri: the endpoint. The query options ``batch`` (events per request, default 1),
-            ``timeout`` (seconds per request, default 10) and ``name`` are removed from it;
-            the rest of the query is kept.
+            ``timeout`` (seconds per request, default 10; a duration such as ``500ms``) and
+            ``name`` are removed from it; the rest of the query is kept.
         secret: the HMAC key for the signature headers; ``None`` sends no signature.
         headers: extra headers sent with every request.
 
@@ -108,30 +106,26 @@ class WebhookSink(Sink):
         secret: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        try:
-            parts = urlsplit(uri)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: invalid URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"sink {redact_uri(uri)}: expected http(s)://host/path")
-        self.batch = 1
-        self.timeout = 10.0
-        name: str | None = None
-        kept: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "batch":
-                self.batch = parse_int(value, option="batch", uri=uri, minimum=1)
-            elif key == "timeout":
-                self.timeout = parse_float(value, option="timeout", uri=uri)
-            elif key == "name":
-                name = value
-            else:
-                kept.append((key, value))
-        self.url = urlunsplit(
-            (parts.scheme, parts.netloc, parts.path or "/", urlencode(kept), parts.fragment)
+        url = parse_url(uri, schemes=("http", "https"), expected="http(s)://host/path")
+        parts = urlsplit(uri)  # rebuilt as spelled: the name keys the sink's cursor
+        # The endpoint's own query is kept: options this sink does not know are not errors.
+        options = parse_options(
+            url.raw_query_string, _OPTIONS, uri=uri, sink="webhook", keep_unknown=True
         )
-        self.host = parts.hostname
+        self.batch = options[_BATCH]
+        self.timeout = options[_TIMEOUT]
+        name = options[_NAME]
+        self.url = urlunsplit(
+            (
+                parts.scheme,
+                parts.netloc,
+                parts.path or "/",
+                urlencode(list(options.rest)),
+                parts.fragment,
+            )
+        )
+        self.host = url.host or ""
+        port = url.explicit_port
         self.port = port if port is not None else (443 if parts.scheme == "https" else 80)
         self.name = name or redact_uri(self.url)
         self.max_batch = self.batch
@@ -190,7 +184,9 @@ class WebhookSink(Sink):
             return
         detail = f"sink {self.name}: HTTP {status} {text.strip()[:200]!r}"
         if status >= 500 or status in _RETRY_STATUSES:
-            raise sink_error(detail, retry_after=_parse_retry_after(retry_after))
+            raise SinkError(
+                detail, retry_after=parse_retry_after(retry_after, cap=_MAX_RETRY_AFTER)
+            )
         raise PermanentSinkError(detail)
 
     async def aclose(self) -> None:
@@ -198,18 +194,3 @@ class WebhookSink(Sink):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)

@@ -162,3 +162,34 @@ async def test_lost_connection_fails_the_batch_at_once(nats_url: str, js: tuple[
         finally:
             await sink.aclose()
     assert await stored_ids(ctx, stream) == [1, 2, 3, 4]
+
+
+async def test_refused_publishes_leave_no_mark(nats_url: str, js: tuple[str, Any]) -> None:
+    """A stream that refuses messages (full, discard new) fails the batch on every retry;
+    JetStream records an id only with its message, so once the stream takes messages again
+    the same batch stores every event that was refused: each id exactly once."""
+    from nats.js.api import DiscardPolicy, StreamConfig
+
+    stream, ctx = js
+    subject = f"{stream.lower()}.ev"
+    config = StreamConfig(
+        name=stream,
+        subjects=[subject],
+        max_msgs=5,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=3600.0,
+    )
+    await ctx.add_stream(config)
+    sink = await started(f"{nats_url}?subject={subject}&stream={stream}")
+    try:
+        batch = events(*range(1, 21))
+        for _ in range(3):
+            with pytest.raises(SinkError, match="JetStream refused"):
+                await sink.send(batch)
+        assert await stored_ids(ctx, stream) == [1, 2, 3, 4, 5]
+        config.max_msgs = -1
+        await ctx.update_stream(config)
+        await sink.send(batch)
+    finally:
+        await sink.aclose()
+    assert await stored_ids(ctx, stream) == list(range(1, 21))

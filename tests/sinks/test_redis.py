@@ -7,14 +7,19 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from neuroio.bridge import Pipeline
 from neuroio.exceptions import ConfigurationError, SinkError
 from neuroio.sinks import SpooledEvent, from_uri
 from neuroio.sinks.redis import RedisSink
+from neuroio.spool import Spool
+
+from ..helpers import until
 
 pytestmark = pytest.mark.redis
 
@@ -142,3 +147,84 @@ def test_bad_uris() -> None:
     sink = from_uri("redis://:pw-secret@127.0.0.1:6379/2?stream=s1")
     assert sink.name == "redis://:***@127.0.0.1:6379/2?stream=s1"
     assert "pw-secret" not in repr(sink)
+
+
+async def test_wrong_key_type_mid_stream_loses_no_event(
+    redis_url: str, stream: tuple[str, Any]
+) -> None:
+    """The stream key turns into a string between two batches; the next batch fails on every
+    retry while it stays so, and leaves no event marked as seen; once the key is a stream
+    again the same batch goes through: every id in the stream exactly once."""
+    name, client = stream
+    sink = await started(f"{redis_url}?stream={name}")
+    try:
+        await sink.send(events(*range(1, 51)))
+        # Set the stream aside and put a string in its place (WRONGTYPE for XADD).
+        await client.rename(name, f"{name}:aside")
+        await client.set(name, "not a stream")
+        batch = events(*range(51, 451))  # two script calls of 200 events each
+        for _ in range(5):  # the bridge retries the same batch while the key is wrong
+            with pytest.raises(SinkError, match="WRONGTYPE"):
+                await sink.send(batch)
+        marked = [i for i in range(51, 451) if await client.exists(f"{name}:seen:{i}")]
+        assert marked == []
+        await client.delete(name)
+        await client.rename(f"{name}:aside", name)
+        await sink.send(batch)
+    finally:
+        await sink.aclose()
+    ids = [i for i, _ in await entries(client, name)]
+    assert ids == list(range(1, 451))
+    assert sink.added == 450
+
+
+async def test_a_failed_call_in_a_batch_keeps_the_others_counted(
+    redis_url: str, stream: tuple[str, Any]
+) -> None:
+    """A batch whose events were all added before (dropped as repeats) and a batch refused
+    leave the count of added entries exact: only entries really added are counted."""
+    name, client = stream
+    sink = await started(f"{redis_url}?stream={name}")
+    try:
+        await sink.send(events(*range(1, 301)))
+        await sink.send(events(*range(1, 301)))  # a retry after an unanswered send
+        assert sink.added == 300
+        await client.rename(name, f"{name}:aside")
+        await client.set(name, "not a stream")
+        with pytest.raises(SinkError, match="WRONGTYPE"):
+            await sink.send(events(*range(301, 401)))
+        assert sink.added == 300
+    finally:
+        await sink.aclose()
+
+
+async def test_bridge_through_a_wrong_type_key_delivers_every_event(
+    redis_url: str, stream: tuple[str, Any], tmp_path: Path
+) -> None:
+    """Through the pipeline, as in a bridge: the stream key is a string while events keep
+    coming, the sink fails and is retried; once the key is fixed, the count of delivered
+    events matches the stream, which holds every id exactly once."""
+    name, client = stream
+    with Spool(tmp_path / "s.db") as spool:
+        sink = await started(f"{redis_url}?stream={name}")
+        pipeline = Pipeline(spool, [sink], retry_delay=0.005, max_retry_delay=0.01)
+        await pipeline.start()
+        status = pipeline.status[sink.name]
+        try:
+            for i in range(1, 101):
+                await pipeline.put(i, events(i)[0].payload)
+            await pipeline.wait_delivered(timeout=10)
+            await client.rename(name, f"{name}:aside")
+            await client.set(name, "not a stream")
+            for i in range(101, 201):
+                await pipeline.put(i, events(i)[0].payload)
+            await until(lambda: status.failures >= 10, timeout=10)
+            await client.delete(name)
+            await client.rename(f"{name}:aside", name)
+            await pipeline.wait_delivered(timeout=10)
+        finally:
+            await pipeline.close()
+            await sink.aclose()
+    ids = [i for i, _ in await entries(client, name)]
+    assert sorted(ids) == list(range(1, 201)) and len(ids) == 200
+    assert status.delivered == 200

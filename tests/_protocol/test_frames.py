@@ -23,7 +23,15 @@ from neuroio import (
     encode_ping,
     parse_message,
 )
-from neuroio.protocol import Kind, classify, event_to_json
+from neuroio._protocol.frames import (
+    EVENT_PREFIX,
+    Kind,
+    classify,
+    error_text,
+    event_key,
+    event_to_json,
+    is_event_id,
+)
 
 
 def test_auth_frame_matches_protocol() -> None:
@@ -176,3 +184,62 @@ def test_typed_structs_encode_like_the_wire() -> None:
         "id": 1,
         "data": {"result": "ha", "sex": 0, "mood": "fear"},
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (0, True),
+        (42, True),
+        (-(2**63), True),
+        (2**63 - 1, True),
+        (2**63, False),
+        (-(2**63) - 1, False),
+        (True, False),
+        (False, False),
+        (1.0, False),
+        ("1", False),
+        (None, False),
+    ],
+)
+def test_is_event_id(value: object, ok: bool) -> None:
+    """An event id is an int, never a bool, within signed 64 bits."""
+    assert is_event_id(value) is ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ('{"id":5,"data":{"created":"2024-01-01T00:00:00Z"}}', (5, "2024-01-01T00:00:00Z")),
+        ('{"id":5,"data":{}}', (5, None)),
+        ('{"id":5,"data":{"created":7}}', (5, None)),
+        ('{"id":true,"data":{}}', None),
+        ('{"id":4611686018427387904000,"data":{}}', None),
+        ("nope", None),
+    ],
+)
+def test_event_key(raw: str, key: tuple[int, str | None] | None) -> None:
+    """The id and created text of an event frame; None when the id is not an event id."""
+    assert event_key(raw) == key
+
+
+def test_event_prefix_is_how_events_are_written() -> None:
+    """The hot path's prefix is the compact form the platform writes events in."""
+    event = parse_message('{"id": 1, "data": {}}')
+    assert isinstance(event, Event)
+    assert event_to_json(event).decode().startswith(EVENT_PREFIX)
+    assert classify(EVENT_PREFIX + '1,"data":{}}') is Kind.EVENT
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ('{"error": "Invalid token"}', "Invalid token"),
+        ('{"auth": "no"}', "authentication answer 'no'"),
+        ("not json", "unreadable error message"),
+        ('{"PING": "PONG"}', "Pong"),
+    ],
+)
+def test_error_text(raw: str, text: str) -> None:
+    """The text of an error frame for logs and errors; never raises."""
+    assert error_text(raw) == text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroio import Heartbeat
+from neuroio._protocol.heartbeat import Heartbeat
 
 
 def test_first_ping_is_due_at_start_then_every_interval() -> None:
@@ -47,14 +47,18 @@ def test_pong_without_ping_has_no_round_trip() -> None:
 
 
 def test_pause_suspends_judgement_and_resume_restarts_the_clock() -> None:
-    """While the listener is not reading, an old PING cannot make the connection dead."""
+    """While the listener is not reading, an old PING cannot make the connection dead, and
+    PINGs still fall due on schedule (the server must keep seeing a live client)."""
     hb = Heartbeat(interval=0.2, timeout=0.5)
     hb.start(0.0)
     hb.ping_sent(0.0)
     hb.pause()
     assert hb.paused
     assert not hb.is_dead(100.0)
-    assert not hb.ping_due(100.0)
+    assert hb.ping_due(100.0)
+    assert hb.next_wakeup(0.1) == pytest.approx(0.1)  # the next PING, not the dead line
+    hb.ping_sent(100.0)
+    assert not hb.ping_due(100.1)
     hb.resume(100.0)
     assert not hb.is_dead(100.4)
     assert hb.is_dead(100.5)

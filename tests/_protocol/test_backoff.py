@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from neuroio import Backoff
+from neuroio._protocol.backoff import Backoff
 
 
 def test_caps_double_up_to_the_maximum() -> None:

@@ -1,0 +1,40 @@
+"""The bridge: listener → durable spool → sinks.
+
+The package's parts, in the order an event meets them:
+
+- :mod:`~neuroio.bridge.config`: :class:`BridgeConfig`, every option, embedding the listener's
+  :class:`~neuroio._config.ConnectionOptions` and :class:`~neuroio._config.RecoveryOptions`.
+- :mod:`~neuroio.bridge.pipeline`: :class:`Pipeline`, the input (the listener's handler), the
+  writer (batched commits to the spool in a worker thread) and backpressure (the handler waits
+  while the spool is full or commits fail, so the socket pauses; nothing is dropped).
+- :mod:`~neuroio.bridge.delivery`: one worker per sink: read, send, acknowledge, retry,
+  bisect a refused batch, dead letters, :class:`SinkStatus`.
+- ``_recovery``: the gaps the socket left, recovered from the REST API.
+- :mod:`~neuroio.bridge.metrics`: ``/metrics`` and ``/healthz`` (the ``metrics`` extra), from
+  a :class:`BridgeSnapshot` taken on the event loop.
+- :class:`Bridge`: wiring, lifecycle, and the graceful-then-forced stop.
+
+The spool itself is :mod:`neuroio.spool`.
+"""
+
+from ._bridge import FORCE_GRACE, Bridge
+from ._recovery import RECOVER_AFTER
+from ._snapshot import BridgeSnapshot, SinkSnapshot
+from .config import BRIDGE_RECOVERY, BridgeConfig
+from .delivery import LATENCY_BUCKETS, SinkStatus
+from .pipeline import FAILING_MAX_PENDING, Pipeline, SinkLag
+
+__all__ = [
+    "BRIDGE_RECOVERY",
+    "FAILING_MAX_PENDING",
+    "FORCE_GRACE",
+    "LATENCY_BUCKETS",
+    "RECOVER_AFTER",
+    "Bridge",
+    "BridgeConfig",
+    "BridgeSnapshot",
+    "Pipeline",
+    "SinkLag",
+    "SinkSnapshot",
+    "SinkStatus",
+]

@@ -1,0 +1,500 @@
+"""The :class:`Bridge`: the listener, the pipeline, the metrics, wired, started and stopped.
+
+::
+
+    async with Bridge(token, sinks=["file:events.jsonl", "redis://127.0.0.1:6379/0"]):
+        ...
+
+    await Bridge.from_options(token, to=["nats://127.0.0.1:4222"]).run()
+
+Start-up errors (raised by :meth:`Bridge.start` and :meth:`Bridge.run`, after releasing
+whatever was opened): :class:`~neuroio.exceptions.ConfigurationError` (a bad option or URI, the
+metrics port in use), :class:`~neuroio.exceptions.MissingExtraError` (a sink's or the metrics'
+extra is not installed; also raised by the constructor), :class:`~neuroio.exceptions.SpoolError`
+(the spool is corrupt, unwritable or locked by another bridge) and
+:class:`~neuroio.exceptions.SinkError` (a sink is unreachable). Once running,
+:meth:`Bridge.run` raises :class:`~neuroio.exceptions.AuthenticationError` if the token is
+rejected and :class:`~neuroio.exceptions.ConnectionFailedError` if ``max_retries`` is set and
+exhausted.
+
+Stopping, as uvicorn's ``Server`` does it: :meth:`Bridge.request_stop` (what a SIGINT/SIGTERM
+handler calls) sets :attr:`Bridge.should_exit`; :meth:`Bridge.run` then stops reading, commits
+what it received and lets each sink finish the batch it is sending, within
+``shutdown_timeout``. A second request sets :attr:`Bridge.force_exit`: the sends in flight are
+abandoned at once (their events stay in the spool for the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl as _ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from .. import _redact
+from ..exceptions import BackfillError, ConfigurationError, NeuroIOError
+from ..listener import EventListener
+from ..protocol import Kind, classify
+from ..sinks import Sink, from_uri
+from ..spool import Spool
+from ._recovery import GapRecovery
+from ._snapshot import BridgeSnapshot, SinkSnapshot
+from .config import BridgeConfig
+from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .metrics import BridgeMetrics
+
+__all__ = ["FORCE_GRACE", "Bridge"]
+
+log = logging.getLogger("neuroio.bridge")
+
+FORCE_GRACE = 1.0
+"""After a forced stop, seconds the bridge may still take to close its sinks and spool."""
+
+
+class Bridge:
+    """Receives events from the platform and delivers each to every sink, durably.
+
+    Args:
+        api_token: the platform API token (never logged or shown).
+        sinks: sink URIs and/or :class:`~neuroio.sinks.Sink` objects.
+        spool: the spool file (or an open :class:`~neuroio.spool.Spool`, which the bridge
+            then does not close); ``None`` for the default path.
+        ssl: TLS context for the events socket.
+        options: the other options of :class:`BridgeConfig`, by their flat (CLI) names.
+
+    Raises:
+        ConfigurationError: an option or a sink URI is invalid, or two sinks share a name.
+        MissingExtraError: a sink's extra, or ``metrics`` when ``metrics_port`` is set, is
+            not installed.
+    """
+
+    def __init__(
+        self,
+        api_token: str,
+        sinks: Sequence[str | Sink] = (),
+        *,
+        spool: str | os.PathLike[str] | Spool | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(sinks, (str, Sink)):
+            sinks = [sinks]
+        uris = tuple(s for s in sinks if isinstance(s, str))
+        path = None if spool is None or isinstance(spool, Spool) else os.fspath(spool)
+        try:
+            config = BridgeConfig.from_flat(to=uris, spool=path, **options)
+        except TypeError as exc:
+            raise ConfigurationError(f"invalid bridge option: {exc}") from None
+        objects = [s for s in sinks if isinstance(s, Sink)]
+        self._setup(api_token, config, objects, spool if isinstance(spool, Spool) else None, ssl)
+
+    def _setup(
+        self,
+        api_token: str,
+        config: BridgeConfig,
+        objects: Sequence[Sink],
+        spool: Spool | None,
+        ssl: _ssl.SSLContext | None,
+    ) -> None:
+        if not isinstance(api_token, str) or not api_token:
+            raise ConfigurationError("api_token must be a non-empty string")
+        self.config = config
+        if not config.to and not objects:
+            raise ConfigurationError("the bridge needs at least one sink (--to URI)")
+        self._token = api_token
+        _redact.guard(api_token)
+        if config.webhook_secret:
+            _redact.guard(config.webhook_secret)
+        self._ssl = ssl
+        self.sinks: list[Sink] = [
+            from_uri(uri, webhook_secret=config.webhook_secret) for uri in config.to
+        ]
+        self.sinks += objects
+        names = [s.name for s in self.sinks]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(
+                f"two sinks have the same name {sorted({n for n in names if names.count(n) > 1})};"
+                " add ?name=... to tell them apart"
+            )
+        self._metrics_cls: type[BridgeMetrics] | None = None
+        if config.metrics_port is not None:
+            from .metrics import BridgeMetrics  # raises MissingExtraError without the extra
+
+            self._metrics_cls = BridgeMetrics
+        self._given_spool = spool
+        self.spool: Spool | None = spool
+        self.pipeline: Pipeline | None = None
+        self.listener: EventListener | None = None
+        self.metrics: BridgeMetrics | None = None
+        self._recovery: GapRecovery | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._started_sinks: list[Sink] = []
+        self._closing = asyncio.Event()
+        self._closer: asyncio.Task[None] | None = None
+        self._state: Literal["new", "starting", "running", "closed"] = "new"
+        self._last_frame_at = time.time()
+        self.should_exit = False
+        """A stop was requested: :meth:`run` stops gracefully."""
+        self.force_exit = False
+        """A second stop was requested: the sends in flight are abandoned."""
+
+    @classmethod
+    def from_config(
+        cls,
+        api_token: str,
+        config: BridgeConfig,
+        *,
+        sinks: Sequence[Sink] = (),
+        spool: Spool | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> Bridge:
+        """A bridge from a :class:`BridgeConfig` (``sinks``: Sink objects added to
+        ``config.to``; ``spool``: an open spool to use instead of ``config.spool``)."""
+        bridge = cls.__new__(cls)
+        bridge._setup(api_token, config, sinks, spool, ssl)
+        return bridge
+
+    @classmethod
+    def from_options(cls, api_token: str, **options: Any) -> Bridge:
+        """A bridge from CLI-style options (``to=[...]``, ``spool=...``, ``ssl=...``)."""
+        ssl = options.pop("ssl", None)
+        try:
+            config = BridgeConfig.from_flat(**options)
+        except TypeError as exc:
+            raise ConfigurationError(f"invalid bridge option: {exc}") from None
+        return cls.from_config(api_token, config, ssl=ssl)
+
+    def __repr__(self) -> str:
+        return f"<Bridge {self._state} sinks={[s.name for s in self.sinks]}>"
+
+    @property
+    def recovered(self) -> int:
+        """Entries recovered from the REST API and handed to the spool."""
+        return self._recovery.recovered if self._recovery is not None else 0
+
+    @property
+    def backfill_error(self) -> BackfillError | None:
+        """The last gap recovery the API refused (it is retried at the next start)."""
+        return self._recovery.backfill_error if self._recovery is not None else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool, start the sinks, the metrics server and the listener.
+
+        Raises:
+            SpoolError, SinkError, ConfigurationError: see the module documentation.
+        """
+        if self._state != "new":
+            if self._state == "closed":
+                raise RuntimeError("this Bridge is closed")
+            return
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        config = self.config
+        if self.spool is None:
+            path = Path(config.spool) if config.spool else None
+            self.spool = await asyncio.to_thread(
+                Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
+            )
+        for sink in self.sinks:
+            self._started_sinks.append(sink)
+            await sink.start()
+        self.pipeline = Pipeline(
+            self.spool,
+            self.sinks,
+            retry_delay=config.sink_retry_delay,
+            max_retry_delay=config.sink_max_retry_delay,
+        )
+        await self.pipeline.start()
+        if self._metrics_cls is not None:
+            self.metrics = self._metrics_cls(self.snapshot, self.health)
+            await self.metrics.start(config.metrics_host, config.metrics_port)
+            host = config.metrics_host
+            where = f"[{host}]" if ":" in host else host
+            log.info(
+                "metrics on http://%s:%s/metrics, health on /healthz", where, self.metrics.port
+            )
+        self._recovery = GapRecovery(
+            self._token,
+            config.recovery,
+            config.connection,
+            pipeline=self.pipeline,
+            spool=self.spool,
+            api_url=lambda: self.listener.api_url if self.listener is not None else None,
+            closed=lambda: self._state == "closed",
+            last_frame_at=lambda: self._last_frame_at,
+        )
+        # The bridge recovers gaps itself (see GapRecovery) so that where recovery must
+        # start is kept in the spool and survives a crash during the recovery.
+        self.listener = EventListener(
+            self._token,
+            self._handle,
+            ssl=self._ssl,
+            backfill=False,
+            api_url=config.recovery.api_url,
+            dedupe_window=config.recovery.dedupe_window,
+            **msgspec.structs.asdict(config.connection),
+        )
+        self._listen_task = asyncio.create_task(
+            self.listener.listen(), name="neuroio-bridge-listen"
+        )
+        log.info(
+            "bridge running: spool %s (%d events held), sinks %s",
+            self.spool.path,
+            self.spool.depth,
+            ", ".join(s.name for s in self.sinks),
+        )
+
+    async def _handle(self, raw: str | bytes) -> None:
+        assert self.pipeline is not None
+        if self._is_connected_frame(raw):
+            assert self._recovery is not None
+            await self._recovery.on_connected()
+        else:
+            await self.pipeline.handle(raw)
+        self._last_frame_at = time.time()
+
+    @staticmethod
+    def _is_connected_frame(raw: str | bytes) -> bool:
+        """Whether ``raw`` is the AUTH answer of a new connection: how the bridge learns of
+        each (re)connection, in this one place."""
+        return (
+            isinstance(raw, str) and not raw.startswith('{"id":') and classify(raw) is Kind.AUTH_OK
+        )
+
+    async def run(self) -> None:
+        """Start (if needed) and run until :meth:`request_stop`, :meth:`close` or
+        cancellation, then stop within ``shutdown_timeout`` (see the module documentation).
+
+        Raises:
+            AuthenticationError: the token was rejected.
+            ConnectionFailedError: ``max_retries`` connection attempts failed.
+            and the start-up errors of :meth:`start`.
+        """
+        try:
+            if await self._start_unless_stopped():
+                await self._watch()
+        finally:
+            await self._stop_within_budget()
+
+    async def _start_unless_stopped(self) -> bool:
+        """Start; False if a stop was requested first (start-up is then undone)."""
+        starting = asyncio.create_task(self.start(), name="neuroio-bridge-start")
+        stop = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not starting.done():
+                # Stopped while starting (e.g. a sink slow to answer): start() releases what
+                # it opened when cancelled.
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+        if starting.cancelled():
+            return False
+        starting.result()  # a start-up error ends here, before anything was received
+        return not self.should_exit
+
+    async def _watch(self) -> None:
+        assert self.pipeline is not None
+        closing = asyncio.create_task(self._closing.wait())
+        watched: set[asyncio.Future[Any]] = {closing, *self.pipeline.tasks}
+        if self._listen_task is not None:
+            watched.add(self._listen_task)
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task is closing or task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+            if closing not in done:
+                for task in done:
+                    if task is not closing:
+                        raise NeuroIOError(f"bridge task {task.get_name()} ended unexpectedly")
+        finally:
+            closing.cancel()
+
+    async def _stop_within_budget(self) -> None:
+        closer = asyncio.create_task(self.close(), name="neuroio-bridge-close")
+        self._closer = closer
+        if self.force_exit:
+            asyncio.get_running_loop().call_later(FORCE_GRACE, closer.cancel)
+        await asyncio.wait({closer}, timeout=self.config.shutdown_timeout)
+        if not closer.done():
+            log.warning(
+                "the bridge did not stop within %.0f s; what it had not delivered stays "
+                "in the spool for the next start",
+                self.config.shutdown_timeout,
+            )
+            closer.cancel()
+        await asyncio.gather(closer, return_exceptions=True)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop (e.g. from a signal handler; call it on the loop).
+
+        The first call stops gracefully: reading ends, what was received is committed, and
+        each sink may finish the batch it is sending. A second call abandons the sends in
+        flight (their events stay in the spool) and leaves the bridge :data:`FORCE_GRACE`
+        seconds to close its sinks and spool.
+        """
+        if not self.should_exit:
+            self.should_exit = True
+            self._closing.set()
+            return
+        if self.force_exit:
+            return
+        self.force_exit = True
+        # The writer is spared: it commits what was received.
+        if self.pipeline is not None:
+            self.pipeline.abandon_sends()
+        if self._closer is not None and not self._closer.done():
+            asyncio.get_running_loop().call_later(FORCE_GRACE, self._closer.cancel)
+
+    async def close(self) -> None:
+        """Stop the listener, commit what was received, stop the sinks. Idempotent."""
+        if self._state == "closed":
+            return
+        self._closing.set()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._state = "closed"
+        if self.listener is not None:
+            await self.listener.close()
+        if self._recovery is not None:
+            await self._recovery.aclose()
+        if self._listen_task is not None:
+            if not self._listen_task.done():
+                self._listen_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listen_task
+        if self.pipeline is not None:
+            await self.pipeline.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        for sink in self._started_sinks:
+            try:
+                await sink.aclose()
+            except Exception:
+                log.exception("sink %s failed to close", sink.name)
+        self._started_sinks.clear()
+        if self.spool is not None and self._given_spool is None:
+            self.spool.close()
+        _redact.release(self._token)
+
+    async def __aenter__(self) -> Bridge:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- health and metrics ----------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the bridge is healthy, and why: the connection is live, spool commits
+        work, the socket is not paused, and no sink has been failing for longer than
+        ``health_max_sink_failure``."""
+        state = self.listener.stats.state.value if self.listener is not None else "idle"
+        problems: list[str] = []
+        if state != "live":
+            problems.append(f"connection is {state}")
+        sinks: dict[str, Any] = {}
+        now = time.monotonic()
+        pipeline = self.pipeline
+        if pipeline is not None:
+            for name, status in pipeline.status.items():
+                failing = status.failing_for(now)
+                sinks[name] = {
+                    "lag": pipeline.lag(name),
+                    "failing_for": round(failing, 3),
+                    "last_error": status.last_error if failing else None,
+                }
+                if failing > self.config.health_max_sink_failure:
+                    problems.append(f"sink {name} failing for {failing:.0f} s")
+            problems += _spool_problems(pipeline, now)
+        ok = not problems
+        return ok, {
+            "status": "ok" if ok else "failing",
+            "problems": problems,
+            "connection": state,
+            "sinks": sinks,
+        }
+
+    def snapshot(self) -> BridgeSnapshot:
+        """Every figure the metrics report, copied now (call it on the event loop)."""
+        pipeline, spool, listener = self.pipeline, self.spool, self.listener
+        stats = listener.stats if listener is not None else None
+        now = time.monotonic()
+        sinks: list[SinkSnapshot] = []
+        if pipeline is not None:
+            for name, status in pipeline.status.items():
+                lag = pipeline.sink_lag(name)
+                sinks.append(
+                    SinkSnapshot(
+                        name=name,
+                        delivered=status.delivered,
+                        failures=status.failures,
+                        dead_lettered=status.dead_lettered,
+                        lag=lag.events,
+                        oldest_received_at=lag.oldest_received_at,
+                        oldest_seq=lag.oldest_seq,
+                        failing_for=status.failing_for(now),
+                        latency_counts=tuple(status.latency_counts),
+                        latency_sum=status.latency_sum,
+                    )
+                )
+        return BridgeSnapshot(
+            taken_at=time.time(),
+            received=pipeline.received if pipeline else 0,
+            duplicates=pipeline.duplicates if pipeline else 0,
+            malformed=pipeline.malformed if pipeline else 0,
+            frames=stats.messages if stats else 0,
+            sinks=tuple(sinks),
+            spool=spool,
+            spool_depth=spool.depth if spool else 0,
+            spool_bytes=spool.size_bytes if spool else 0,
+            spool_max_bytes=(spool.max_bytes or 0) if spool else 0,
+            dead_letters=spool.dead_letter_count if spool else 0,
+            paused=pipeline is not None and pipeline.paused_since is not None,
+            state=stats.state.value if stats else "idle",
+            reconnects=tuple(sorted(stats.reconnects.items())) if stats else (),
+            rtt=stats.last_rtt if stats else None,
+            last_event_at=stats.last_event_at if stats else None,
+            healthy=self.health()[0],
+        )
+
+
+def _spool_problems(pipeline: Pipeline, now: float) -> list[str]:
+    problems = []
+    if pipeline.commit_failing_since is not None:
+        failing = now - pipeline.commit_failing_since
+        problems.append(f"spool commit failing for {failing:.0f} s: {pipeline.commit_error}")
+        if pipeline.paused_since is not None:
+            problems.append(f"socket paused for {now - pipeline.paused_since:.0f} s")
+    elif pipeline.paused_since is not None:
+        problems.append(f"spool full, socket paused for {now - pipeline.paused_since:.0f} s")
+    return problems

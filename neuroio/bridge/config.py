@@ -1,0 +1,131 @@
+"""The bridge's options: one typed :class:`BridgeConfig`, validated in one place.
+
+The listener's options are not repeated here: a config embeds one
+:class:`~neuroio._config.ConnectionOptions` and one :class:`~neuroio._config.RecoveryOptions`,
+the single home of the defaults shared by the listener, the CLI and the bridge. The CLI and
+``Bridge(token, sinks, **options)`` speak flat option names (``ping_interval``,
+``backfill_max_age``, ``spool_max_bytes``); :meth:`BridgeConfig.from_flat` is the one place that
+maps them onto the embedded structs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import msgspec
+
+from .._config import ConnectionOptions, RecoveryOptions
+from ..exceptions import ConfigurationError
+from ..spool import DEFAULT_MAX_BYTES
+
+__all__ = ["BRIDGE_RECOVERY", "BridgeConfig"]
+
+BRIDGE_RECOVERY = RecoveryOptions(backfill=True, backfill_max_events=None, backfill_max_age=None)
+"""The bridge's recovery defaults, where they differ from the listener's on purpose: gap
+recovery is what makes the bridge lose nothing across reconnects and its own restarts, so it is
+on, and no gap is cut short by a count or an age (the listener's defaults bound what a user's
+handler is handed at once)."""
+
+_CONNECTION_FIELDS = frozenset(ConnectionOptions.__struct_fields__)
+_RECOVERY_FIELDS = frozenset(RecoveryOptions.__struct_fields__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeConfig:
+    """Every option of the bridge, named as the CLI options (``--spool-max-bytes`` is
+    ``spool_max_bytes``). ``None`` disables an optional feature. Built valid or not at all.
+
+    Attributes:
+        to: sink URIs (see :mod:`neuroio.sinks`).
+        spool: spool file; ``None`` for the default in the user's data directory.
+        spool_max_bytes: size of stored events at which the socket is paused.
+        spool_sync: ``"full"`` (survives power loss) or ``"normal"`` (survives the process
+            being killed; faster).
+        webhook_secret: HMAC key for webhook signatures (never in the repr).
+        metrics_port: serve ``/metrics`` and ``/healthz`` on this port; ``None``: no server.
+        metrics_host: address the metrics server binds.
+        health_max_sink_failure: ``/healthz`` fails once a sink has failed this many seconds
+            in a row.
+        sink_retry_delay, sink_max_retry_delay: backoff of a failing sink, and of failing
+            spool commits (seconds).
+        shutdown_timeout: after a stop request, seconds the bridge may take to commit what it
+            received and let each sink finish its batch in flight; past it the rest is
+            abandoned (the spool still holds it for the next start).
+        connection: how the events connection is made and kept (the listener's options).
+        recovery: how gaps are recovered from the REST API (the socket never replays): at
+            start-up the entries after the last event the spool committed, and after each
+            reconnect those after the last event received. Defaults: :data:`BRIDGE_RECOVERY`.
+    """
+
+    to: tuple[str, ...] = ()
+    spool: str | None = None
+    spool_max_bytes: int | None = DEFAULT_MAX_BYTES
+    spool_sync: Literal["full", "normal"] = "full"
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    health_max_sink_failure: float = 60.0
+    sink_retry_delay: float = 0.5
+    sink_max_retry_delay: float = 30.0
+    shutdown_timeout: float = 10.0
+    connection: ConnectionOptions = ConnectionOptions()
+    recovery: RecoveryOptions = BRIDGE_RECOVERY
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> BridgeConfig:
+        """A config from flat option names (the CLI's): the listener's go into
+        :attr:`connection` and :attr:`recovery`, the rest are the bridge's own.
+
+        Raises:
+            ConfigurationError: an unknown option name, or a value out of range.
+        """
+        own: dict[str, Any] = {}
+        connection: dict[str, Any] = {}
+        recovery: dict[str, Any] = {}
+        unknown: list[str] = []
+        for name, value in options.items():
+            if name in _CONNECTION_FIELDS:
+                connection[name] = value
+            elif name in _RECOVERY_FIELDS:
+                recovery[name] = value
+            elif name in _OWN_FIELDS:
+                own[name] = value
+            else:
+                unknown.append(name)
+        if unknown:
+            raise ConfigurationError(f"invalid bridge option: unknown {', '.join(sorted(unknown))}")
+        if "to" in own:
+            own["to"] = tuple(own["to"] or ())
+        return cls(
+            **own,
+            connection=msgspec.structs.replace(ConnectionOptions(), **connection),
+            recovery=msgspec.structs.replace(BRIDGE_RECOVERY, **recovery),
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`~neuroio.ConfigurationError` naming the first option out of range."""
+        self.connection.validate()
+        self.recovery.validate()
+        if self.spool_max_bytes is not None and self.spool_max_bytes <= 0:
+            raise ConfigurationError("spool_max_bytes must be positive")
+        if self.spool_sync not in ("full", "normal"):
+            raise ConfigurationError(
+                f"spool_sync must be 'full' or 'normal', got {self.spool_sync!r}"
+            )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"metrics_port must be 0..65535, got {self.metrics_port}")
+        if self.health_max_sink_failure <= 0:
+            raise ConfigurationError("health_max_sink_failure must be positive")
+        if self.sink_retry_delay <= 0 or self.sink_max_retry_delay < self.sink_retry_delay:
+            raise ConfigurationError("need 0 < sink_retry_delay <= sink_max_retry_delay")
+        if self.shutdown_timeout < 0:
+            raise ConfigurationError("shutdown_timeout must be >= 0")
+
+
+_OWN_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(BridgeConfig) if f.name not in ("connection", "recovery")
+)

@@ -1,0 +1,211 @@
+"""Delivery: one worker per sink, reading the spool from that sink's cursor.
+
+A :class:`SinkWorker` reads the next batch after its cursor, sends it, and reports the
+acknowledgement (the pipeline's writer persists it with the next commit). A failing sink is
+retried with backoff (a ``Retry-After`` it asks for taking precedence); a batch the sink refuses
+for good (:class:`~neuroio.exceptions.PermanentSinkError`) is bisected until the refused events
+are found, and each goes to the dead-letter table. :class:`SinkStatus` is what a worker has
+done, for monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from .._retry import Retrying
+from ..backoff import Backoff
+from ..exceptions import PermanentSinkError, SinkError, SpoolError
+from ..sinks import Sink
+from ..sinks.base import retry_after_of
+from ..spool import SpooledEvent
+
+__all__ = ["LATENCY_BUCKETS", "SinkStatus", "SinkWorker"]
+
+log = logging.getLogger("neuroio.bridge")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0, math.inf)  # fmt: skip
+"""Upper bounds (seconds) of the delivery latency histogram."""
+
+
+@dataclasses.dataclass(eq=False)
+class SinkStatus:
+    """What one sink's delivery task has done; read it for monitoring.
+
+    Attributes:
+        name: the sink's name.
+        cursor: ``seq`` of the last event the sink confirmed.
+        delivered: events confirmed.
+        failures: failed send attempts (each retried).
+        dead_lettered: events refused for good.
+        failing_since: ``time.monotonic()`` of the first failure of the current run of
+            failures, ``None`` while the sink works.
+        last_error: the last failure's message.
+    """
+
+    name: str
+    cursor: int = 0
+    delivered: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+    latency_counts: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * len(LATENCY_BUCKETS)
+    )
+    latency_sum: float = 0.0
+
+    def failing_for(self, now: float | None = None) -> float:
+        """Seconds the sink has been failing without a success (0 when healthy)."""
+        if self.failing_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.failing_since
+
+    def _failed(self, error: str) -> None:
+        self.last_error = error
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+
+Reader = Callable[[int, int], Awaitable[list[SpooledEvent]]]
+"""``read(after_seq, limit)``: the next events after a cursor (the pipeline's tail or spool)."""
+
+
+class SinkWorker:
+    """Delivers the spool to one sink, in order, until ``stopping`` is set.
+
+    Args:
+        sink: the started sink.
+        status: where progress and failures are recorded.
+        read: reads the next batch after a cursor (may raise :class:`SpoolError`).
+        acked: called with the new cursor once the sink confirmed a batch.
+        store_dead_letter: stores one refused event with its reason in the spool.
+        wake: set when new events are committed.
+        stopping: set when delivery must stop; ends retry waits at once.
+        retry_delay, max_retry_delay: the backoff of a failing sink.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        status: SinkStatus,
+        *,
+        read: Reader,
+        acked: Callable[[int], Awaitable[None]],
+        store_dead_letter: Callable[[SpooledEvent, str], Awaitable[None]],
+        wake: asyncio.Event,
+        stopping: asyncio.Event,
+        retry_delay: float,
+        max_retry_delay: float,
+    ) -> None:
+        self.sink = sink
+        self.status = status
+        self._read = read
+        self._acked = acked
+        self._store_dead_letter = store_dead_letter
+        self._wake = wake
+        self._stopping = stopping
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._retry = self._retrying()
+
+    def _retrying(self) -> Retrying:
+        return Retrying(Backoff(self._retry_delay, self._max_retry_delay), closing=self._stopping)
+
+    async def run(self) -> None:
+        """Read, send, acknowledge, until stopping (or cancelled: a send is abandoned)."""
+        sink, status, wake = self.sink, self.status, self._wake
+        limit = max(1, sink.max_batch)
+        while not self._stopping.is_set():
+            wake.clear()
+            try:
+                batch = await self._read(status.cursor, limit)
+            except Exception as exc:  # SpoolError, or damaged data: retried, and reported
+                log.error("sink %s: cannot read the spool: %s", sink.name, exc)
+                status._failed(f"cannot read the spool: {exc}")
+                await self._retry.wait()
+                continue
+            if not batch:
+                await wake.wait()
+                continue
+            if not await self._send(batch):
+                return
+            status.cursor = batch[-1].seq
+            await self._acked(status.cursor)
+
+    async def _send(self, batch: Sequence[SpooledEvent]) -> bool:
+        """Send until confirmed or dead-lettered (True), or until stopping (False)."""
+        sink, status, retry = self.sink, self.status, self._retry
+        while True:
+            try:
+                await sink.send(batch)
+            except PermanentSinkError as exc:
+                if len(batch) == 1:
+                    await self._dead_letter(batch[0], exc)
+                    return True
+                # Find the refused events: each half is sent (and split) on its own.
+                mid = len(batch) // 2
+                return await self._send(batch[:mid]) and await self._send(batch[mid:])
+            except SinkError as exc:
+                error: Exception = exc
+            except Exception as exc:  # a bug in a user's sink must not end delivery
+                log.exception("sink %s raised an unexpected error; retrying", sink.name)
+                error = exc
+            else:
+                self._confirmed(batch)
+                return True
+            status.failures += 1
+            status._failed(str(error) or type(error).__name__)
+            # The sink's Retry-After is a minimum: a longer backoff still applies.
+            delay = max(retry.backoff.next_delay(), retry_after_of(error))
+            log.warning(
+                "sink %s failed (attempt %d): %s; retrying in %.2f s",
+                sink.name,
+                retry.backoff.attempts,
+                status.last_error,
+                delay,
+            )
+            if not await retry.wait(delay):
+                return False
+
+    def _confirmed(self, batch: Sequence[SpooledEvent]) -> None:
+        status = self.status
+        now = time.time()
+        counts = status.latency_counts
+        total = 0.0
+        for event in batch:
+            latency = max(0.0, now - event.received_at)
+            total += latency
+            counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        status.latency_sum += total
+        status.delivered += len(batch)
+        if status.failing_since is not None:
+            log.warning(
+                "sink %s works again after %.1f s of failures",
+                self.sink.name,
+                status.failing_for(),
+            )
+            status.failing_since = None
+        self._retry.reset()
+
+    async def _dead_letter(self, event: SpooledEvent, exc: Exception) -> None:
+        name = self.sink.name
+        reason = str(exc) or type(exc).__name__
+        log.error("sink %s refused event %d for good (dead-lettered): %s", name, event.id, reason)
+        retry = self._retrying()
+        while True:
+            try:
+                await self._store_dead_letter(event, reason)
+                break
+            except SpoolError as error:
+                log.error("cannot store dead letter of event %d: %s", event.id, error)
+                if not await retry.wait():
+                    # Not acknowledged either, so it is tried again after a restart.
+                    raise asyncio.CancelledError from error
+        self.status.dead_lettered += 1

@@ -1,0 +1,280 @@
+"""Prometheus metrics and a health check for a running :class:`~neuroio.bridge.Bridge`.
+
+Served by aiohttp on the bridge's own event loop: ``GET /metrics`` (Prometheus text format)
+and ``GET /healthz`` (``200`` with a JSON report, ``503`` when the connection is not live, a
+sink has been failing longer than ``health_max_sink_failure``, the spool is full, or
+spool commits fail). Each
+scrape has its own registry; nothing is added to prometheus-client's global one. Values are
+a :class:`~neuroio.bridge.BridgeSnapshot` taken on the event loop when scraped, so they are
+never stale, and the worker thread that renders them touches no state the loop mutates.
+Metrics:
+
+=========================================  =========  =========================================
+name                                       type       meaning
+=========================================  =========  =========================================
+``neuroio_events_received_total``          counter    events committed to the spool
+``neuroio_events_duplicate_total``         counter    repeats dropped by the spool
+``neuroio_events_malformed_total``         counter    event frames without id/data, dropped
+``neuroio_frames_received_total``          counter    frames of every kind from the socket
+``neuroio_sink_delivered_total``           counter    events a sink confirmed (label ``sink``)
+``neuroio_sink_failures_total``            counter    failed send attempts, retried
+``neuroio_sink_dead_lettered_total``       counter    events a sink refused for good
+``neuroio_sink_lag_events``                gauge      events spooled, not yet confirmed
+``neuroio_sink_lag_seconds``               gauge      age of the oldest unconfirmed event
+``neuroio_sink_failing_seconds``           gauge      how long the sink has been failing
+``neuroio_sink_delivery_seconds``          histogram  received → confirmed by the sink
+``neuroio_spool_events``                   gauge      events not yet confirmed by every sink
+``neuroio_spool_bytes``                    gauge      their size, counted against the limit
+``neuroio_spool_max_bytes``                gauge      the limit (``--spool-max-bytes``)
+``neuroio_spool_file_bytes``               gauge      database and WAL size on disk
+``neuroio_spool_dead_letters``             gauge      dead letters kept
+``neuroio_spool_paused``                   gauge      1 while the socket is paused (spool full)
+``neuroio_connection_state``               gauge      1 for the current ``state`` label
+``neuroio_connection_live``                gauge      1 when connected and authenticated
+``neuroio_reconnects_total``               counter    connection losses (label ``reason``)
+``neuroio_pong_rtt_seconds``               gauge      round trip of the last PING
+``neuroio_last_event_age_seconds``         gauge      seconds since the last event
+``neuroio_healthy``                        gauge      1 when ``/healthz`` would answer 200
+=========================================  =========  =========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from ..exceptions import ConfigurationError, MissingExtraError, SpoolError
+from ..stats import State
+from ._snapshot import BridgeSnapshot, SinkSnapshot
+from .delivery import LATENCY_BUCKETS
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("metrics", "--metrics-port") from exc
+
+__all__ = ["BridgeCollector", "BridgeMetrics"]
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class BridgeCollector(Collector):
+    """Yields the metric families of one :class:`~neuroio.bridge.BridgeSnapshot`.
+
+    Safe in any thread: it reads the snapshot, and the spool (thread-safe) for the figures
+    only the disk knows (file size, the receive time of a sink's oldest unconfirmed event).
+    """
+
+    def __init__(self, snapshot: BridgeSnapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family of the snapshot."""
+        snap = self._snapshot
+        yield _counter("neuroio_events_received", "Events committed to the spool.", snap.received)
+        yield _counter(
+            "neuroio_events_duplicate", "Repeated events dropped by the spool.", snap.duplicates
+        )
+        yield _counter(
+            "neuroio_events_malformed", "Event frames without an integer id and object data.",
+            snap.malformed,
+        )  # fmt: skip
+        yield _counter(
+            "neuroio_frames_received", "Frames of every kind received from the socket.",
+            snap.frames,
+        )  # fmt: skip
+        yield from self._sinks(snap)
+        yield from self._spool(snap)
+        yield from self._connection(snap)
+        yield _gauge("neuroio_healthy", "1 when /healthz answers 200.", 1 if snap.healthy else 0)
+
+    def _sinks(self, snap: BridgeSnapshot) -> Iterator[Metric]:
+        delivered = CounterMetricFamily(
+            "neuroio_sink_delivered", "Events confirmed by the sink.", labels=["sink"]
+        )
+        failures = CounterMetricFamily(
+            "neuroio_sink_failures", "Failed send attempts (retried).", labels=["sink"]
+        )
+        dead = CounterMetricFamily(
+            "neuroio_sink_dead_lettered", "Events the sink refused for good.", labels=["sink"]
+        )
+        lag = GaugeMetricFamily(
+            "neuroio_sink_lag_events", "Spooled events the sink has not confirmed.", labels=["sink"]
+        )
+        lag_s = GaugeMetricFamily(
+            "neuroio_sink_lag_seconds", "Age of the oldest event the sink has not confirmed.",
+            labels=["sink"],
+        )  # fmt: skip
+        failing = GaugeMetricFamily(
+            "neuroio_sink_failing_seconds", "Seconds the sink has been failing (0 when healthy).",
+            labels=["sink"],
+        )  # fmt: skip
+        latency = HistogramMetricFamily(
+            "neuroio_sink_delivery_seconds", "From receiving an event to the sink confirming it.",
+            labels=["sink"],
+        )  # fmt: skip
+        for sink in snap.sinks:
+            name = [sink.name]
+            delivered.add_metric(name, sink.delivered)
+            failures.add_metric(name, sink.failures)
+            dead.add_metric(name, sink.dead_lettered)
+            lag.add_metric(name, sink.lag)
+            lag_s.add_metric(name, self._lag_seconds(snap, sink))
+            failing.add_metric(name, sink.failing_for)
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound, count in zip(LATENCY_BUCKETS, sink.latency_counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            latency.add_metric(name, buckets, sink.latency_sum)
+        yield from (delivered, failures, dead, lag, lag_s, failing, latency)
+
+    @staticmethod
+    def _lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
+        received = sink.oldest_received_at
+        if sink.oldest_seq is not None and snap.spool is not None:
+            with contextlib.suppress(SpoolError):
+                received = snap.spool.received_at(sink.oldest_seq)
+        return 0.0 if received is None else max(0.0, snap.taken_at - received)
+
+    def _spool(self, snap: BridgeSnapshot) -> Iterator[Metric]:
+        yield _gauge(
+            "neuroio_spool_events", "Events in the spool not yet confirmed by every sink.",
+            snap.spool_depth,
+        )  # fmt: skip
+        yield _gauge(
+            "neuroio_spool_bytes", "Size of the held events, counted against the limit.",
+            snap.spool_bytes,
+        )  # fmt: skip
+        yield _gauge(
+            "neuroio_spool_max_bytes", "The spool size limit (0: none).", snap.spool_max_bytes
+        )
+        yield _gauge(
+            "neuroio_spool_file_bytes", "Spool database and write-ahead log size on disk.",
+            snap.spool.file_bytes() if snap.spool is not None else 0,
+        )  # fmt: skip
+        yield _gauge(
+            "neuroio_spool_dead_letters", "Dead letters kept in the spool.", snap.dead_letters
+        )
+        yield _gauge(
+            "neuroio_spool_paused", "1 while the socket is paused because the spool is full.",
+            1 if snap.paused else 0,
+        )  # fmt: skip
+
+    def _connection(self, snap: BridgeSnapshot) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "neuroio_connection_state", "1 for the connection's current state.", labels=["state"]
+        )
+        for state in State:
+            states.add_metric([state.value], 1 if state.value == snap.state else 0)
+        yield states
+        yield _gauge(
+            "neuroio_connection_live", "1 when connected and authenticated.",
+            1 if snap.state == State.LIVE.value else 0,
+        )  # fmt: skip
+        reconnects = CounterMetricFamily(
+            "neuroio_reconnects", "Connection losses by reason.", labels=["reason"]
+        )
+        for reason, count in snap.reconnects:
+            reconnects.add_metric([reason], count)
+        yield reconnects
+        yield _gauge(
+            "neuroio_pong_rtt_seconds", "Round trip of the last answered PING (NaN: none yet).",
+            snap.rtt if snap.rtt is not None else float("nan"),
+        )  # fmt: skip
+        last = snap.last_event_at
+        yield _gauge(
+            "neuroio_last_event_age_seconds", "Seconds since the last event (NaN: none yet).",
+            snap.taken_at - last if last is not None else float("nan"),
+        )  # fmt: skip
+
+
+def render(snapshot: BridgeSnapshot) -> bytes:
+    """The Prometheus text of ``snapshot`` (any thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BridgeCollector(snapshot))
+    return bytes(generate_latest(registry))
+
+
+class BridgeMetrics:
+    """The metrics and health HTTP server of one bridge.
+
+    Args:
+        snapshot: takes a :class:`~neuroio.bridge.BridgeSnapshot` (called on the event loop).
+        health: whether the bridge is healthy, and the JSON report (on the event loop).
+
+    Attributes:
+        port: the bound port once started (useful with port 0).
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], BridgeSnapshot],
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+    ) -> None:
+        self._snapshot = snapshot
+        self._health = health
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format (call it on the event loop)."""
+        return render(self._snapshot())
+
+    async def start(self, host: str, port: int | None) -> None:
+        """Serve ``/metrics`` and ``/healthz`` on ``host:port``.
+
+        Raises:
+            ConfigurationError: the address cannot be bound (e.g. the port is in use).
+        """
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port or 0)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigurationError(
+                f"metrics server cannot listen on {host}:{port}: {exc}"
+            ) from exc
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        """Stop the HTTP server. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # The snapshot is taken here, on the loop; rendering it (and the spool reads it
+        # needs) happens off the loop and never touches what the loop mutates.
+        snapshot = self._snapshot()
+        body = await asyncio.to_thread(render, snapshot)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, report = self._health()
+        return web.json_response(report, status=200 if ok else 503)

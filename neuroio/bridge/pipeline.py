@@ -1,0 +1,598 @@
+"""The pipeline: a spool and its sinks, without a socket.
+
+Three parts, in the order an event meets them:
+
+input
+    :meth:`Pipeline.handle` is the listener's handler: it keeps event frames (every field, as
+    compact JSON) and queues them in memory for the next commit. Only a commit makes an event
+    count as received.
+writer
+    one task commits whatever has queued, with the sinks' acknowledgements, in one SQLite
+    transaction on the pipeline's spool thread, while the event loop goes on reading. A commit
+    that fails (a full disk, an I/O error) is retried by itself with backoff, in smaller and
+    smaller pieces so that however little room comes back is used; after a full disk it
+    checkpoints SQLite's write-ahead log so the log's space is reused instead of waiting for
+    room it cannot get. It never gives up and never drops what it holds; while commits fail,
+    :attr:`Pipeline.commit_failing_since` and :attr:`Pipeline.commit_error` say so (and the
+    bridge's ``/healthz`` answers 503).
+backpressure
+    the handler waits (so the listener stops reading the socket, and the server's pushes wait
+    in TCP buffers or are recovered from the REST API later) while the spool is at its size
+    limit, or while commits fail and a small number of events already wait uncommitted:
+    memory holds a bounded number of events, never the whole outage.
+
+Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per sink) reads what the writer
+committed, from an in-memory tail when it keeps up, from the spool otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeGuard, TypeVar
+
+import msgspec
+
+from .._retry import Retrying
+from ..backoff import Backoff
+from ..exceptions import ConfigurationError, SpoolError
+from ..protocol import Kind, classify
+from ..sinks import Sink
+from ..spool import ROW_OVERHEAD, Spool, SpooledEvent
+from .delivery import SinkStatus, SinkWorker
+
+__all__ = ["FAILING_MAX_PENDING", "Pipeline", "SinkLag"]
+
+log = logging.getLogger("neuroio.bridge")
+
+_T = TypeVar("_T")
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+# Committed events kept in memory so a sink that keeps up reads them without a query.
+_TAIL = 4096
+# Events per transaction: large enough to amortise a commit, small enough to bound the memory
+# a commit holds (SQLite copies the segment it writes).
+_MAX_COMMIT = 4096
+# While commits fail, the handler waits once this many events wait uncommitted: a full disk
+# pauses the socket at once instead of filling memory until the disk has room. (What was
+# accepted while the first failing commit ran, at most max_pending, stays held.)
+FAILING_MAX_PENDING = 64
+# Longest wait between two attempts of a failing commit: room that comes back is used soon.
+_MAX_COMMIT_RETRY_DELAY = 2.0
+# After a commit failed for want of disk space, each commit is checkpointed for this long.
+_LOW_ROOM_PERIOD = 60.0
+# A spool filling again soon after draining is the same incident: warn about it once.
+_FULL_WARNING_INTERVAL = 60.0
+_NO_ID = -(2**63) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkLag:
+    """How far one sink is behind, read on the event loop (see :meth:`Pipeline.sink_lag`).
+
+    Attributes:
+        events: events spooled that the sink has not confirmed.
+        oldest_received_at: when the oldest of them was received, if the in-memory tail
+            knows it.
+        oldest_seq: its ``seq`` when only the spool knows when it was received.
+    """
+
+    events: int
+    oldest_received_at: float | None
+    oldest_seq: int | None
+
+
+class Pipeline:
+    """A spool and its sinks, fed with events by :meth:`handle` or :meth:`put`.
+
+    Args:
+        spool: an open :class:`~neuroio.spool.Spool` (the pipeline does not close it).
+        sinks: started sinks, each with a distinct ``name``.
+        retry_delay: cap of the first retry delay of a failing sink or commit (full jitter,
+            doubling).
+        max_retry_delay: largest retry delay cap of a failing sink.
+        max_pending: events queued in memory for the next commit before :meth:`put` waits
+            (while commits work; :data:`FAILING_MAX_PENDING` while they fail).
+        drain_timeout: on :meth:`close`, how long a send in progress may go on before it is
+            abandoned (its events are sent again after a restart).
+
+    Raises:
+        ConfigurationError: two sinks share a name, or an option is out of range.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        sinks: Sequence[Sink],
+        *,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 30.0,
+        max_pending: int = 10_000,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigurationError(f"sink names must be distinct; repeated: {dupes}")
+        if retry_delay <= 0 or max_retry_delay < retry_delay:
+            raise ConfigurationError("need 0 < retry_delay <= max_retry_delay")
+        if max_pending < 1:
+            raise ConfigurationError("max_pending must be at least 1")
+        self.spool = spool
+        self.sinks = list(sinks)
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.max_pending = max_pending
+        self.drain_timeout = drain_timeout
+        self.status: dict[str, SinkStatus] = {s.name: SinkStatus(s.name) for s in sinks}
+        self.received = 0
+        """Events committed to the spool."""
+        self.duplicates = 0
+        """Events dropped because their id was already spooled or recently delivered."""
+        self.malformed = 0
+        """Frames that looked like events but had no integer ``id`` or object ``data``."""
+        self.paused_since: float | None = None
+        """``time.monotonic()`` since :meth:`put` has been waiting for room, else ``None``."""
+        self.commit_failing_since: float | None = None
+        """``time.monotonic()`` of the first failure of the current run of failed commits."""
+        self.commit_error: str | None = None
+        """Why the last commit failed, while commits fail."""
+        self.commit_failures = 0
+        """Failed commit attempts (each retried)."""
+        self._newest = _NO_ID
+        self._full_episode = False
+        self._full_warned_at = -math.inf
+        self._pending: list[tuple[int, bytes, float]] = []
+        self._pending_bytes = 0
+        self._committing = 0
+        self._enqueued = 0
+        self._committed = 0
+        self._acks: dict[str, int] = {}
+        self._tail: list[SpooledEvent] = []
+        self._wake_writer = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._progress = asyncio.Condition()
+        self._wakes: dict[str, asyncio.Event] = {s.name: asyncio.Event() for s in sinks}
+        self._stop_delivery = asyncio.Event()
+        self._stop_writer = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._closed = False
+        # One thread for all spool work: SQLite serialises writers anyway, and a single
+        # thread keeps one malloc arena instead of one per pool thread.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="neuroio-spool"
+        )
+
+    async def run_spool(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a :class:`~neuroio.spool.Spool` method on the pipeline's spool thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the sinks' cursors in the spool and start the writer and delivery tasks.
+
+        Raises:
+            SpoolError: the cursors could not be written.
+        """
+        if self._started:
+            return
+        self._started = True
+        await self.run_spool(self.spool.register, [s.name for s in self.sinks])
+        for sink in self.sinks:
+            self.status[sink.name].cursor = self.spool.cursor(sink.name)
+        self._writer_task = asyncio.create_task(self._write_loop(), name="neuroio-spool-writer")
+        for sink in self.sinks:
+            self._tasks[sink.name] = asyncio.create_task(
+                self._worker(sink).run(), name=f"neuroio-deliver {sink.name}"
+            )
+
+    def _worker(self, sink: Sink) -> SinkWorker:
+        name = sink.name
+
+        async def acked(cursor: int) -> None:
+            self._acks[name] = cursor
+            self._wake_writer.set()
+            async with self._progress:
+                self._progress.notify_all()
+
+        async def store_dead_letter(event: SpooledEvent, reason: str) -> None:
+            await self.run_spool(self.spool.dead_letter, name, event, reason)
+
+        return SinkWorker(
+            sink,
+            self.status[name],
+            read=self._read,
+            acked=acked,
+            store_dead_letter=store_dead_letter,
+            wake=self._wakes[name],
+            stopping=self._stop_delivery,
+            retry_delay=self.retry_delay,
+            max_retry_delay=self.max_retry_delay,
+        )
+
+    async def _read(self, after: int, limit: int) -> list[SpooledEvent]:
+        batch = self._from_tail(after, limit)
+        if batch is None:
+            batch = await self.run_spool(self.spool.read, after, limit)
+        return batch
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The writer and delivery tasks (they end only on :meth:`close` or a bug)."""
+        writer = [self._writer_task] if self._writer_task is not None else []
+        return writer + list(self._tasks.values())
+
+    def abandon_sends(self) -> None:
+        """Cancel the sends in progress now (their events stay in the spool and are sent
+        again after a restart); the spool writer goes on, so nothing received is lost."""
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def close(self) -> None:
+        """Commit what is queued, stop delivering, and persist the sinks' cursors.
+
+        Sends in progress get ``drain_timeout`` seconds to finish. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._room.set()  # release a handler waiting for room; put() now refuses
+        self._stop_delivery.set()
+        for wake in self._wakes.values():
+            wake.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks.values(), timeout=self.drain_timeout)
+            for task in late:
+                log.warning("%s: a send still running at shutdown is abandoned", task.get_name())
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._stop_writer.set()
+        self._wake_writer.set()
+        if self._writer_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        self._executor.shutdown(wait=False)
+
+    # -- input -----------------------------------------------------------------------------
+
+    async def handle(self, raw: str | bytes) -> None:
+        """The listener's handler: spool every event frame, ignore the other kinds.
+
+        The event is kept as the server sent it, every field included, re-encoded as compact
+        JSON. Waits while the spool is full or failing (so the listener pauses the socket).
+        """
+        # Events dominate the stream and start this way (protocol.classify's fast path too).
+        if raw.__class__ is not str or not raw.startswith('{"id":'):
+            if classify(raw) is not Kind.EVENT:
+                return
+            if isinstance(raw, str):
+                raw = str(raw)  # a str subclass (recovered frames): msgspec wants str itself
+        try:
+            value = _decoder.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            self.malformed += 1
+            log.warning("dropped an event frame that is not valid (or absurdly nested) JSON")
+            return
+        event_id = value.get("id") if value.__class__ is dict else None
+        if not valid_id(event_id) or value.get("data").__class__ is not dict:
+            self.malformed += 1
+            log.warning("dropped an event frame without a 64-bit integer id and an object data")
+            return
+        await self._put(event_id, _encoder.encode(value), time.time())
+
+    async def put_event(self, event: Mapping[str, Any]) -> None:
+        """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
+        event_id = event.get("id")
+        if not valid_id(event_id):
+            raise ValueError("an event needs a 64-bit integer 'id'")
+        await self._put(event_id, _encoder.encode(event), time.time())
+
+    async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
+        """Queue one event for the next commit, waiting while the spool is full or failing.
+
+        Args:
+            event_id: the event id (repeats are stored once).
+            payload: the event's compact JSON.
+            received_at: when it was received (``time.time()``, default now).
+
+        Raises:
+            SpoolError: the pipeline is closed.
+            ValueError: ``event_id`` is not a 64-bit integer (the spool could not store it).
+        """
+        if not valid_id(event_id):
+            raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
+        await self._put(event_id, payload, time.time() if received_at is None else received_at)
+
+    async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
+        if self._closed or self._blocked():
+            await self._wait_for_room()
+        if event_id > self._newest:
+            self._newest = event_id
+        self._pending.append((event_id, payload, received_at))
+        self._pending_bytes += len(payload) + ROW_OVERHEAD
+        self._enqueued += 1
+        self._wake_writer.set()
+
+    @property
+    def newest_id(self) -> int | None:
+        """The highest event id queued since the pipeline started."""
+        return None if self._newest == _NO_ID else self._newest
+
+    @property
+    def uncommitted(self) -> int:
+        """Events accepted and held in memory, not yet committed (queued or being written)."""
+        return len(self._pending) + self._committing
+
+    # -- backpressure ----------------------------------------------------------------------
+
+    async def _wait_for_room(self) -> None:
+        while self._blocked():
+            if self._closed:
+                break
+            self._enter_pause()
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            raise SpoolError("the bridge is closed; the event was not spooled")
+        if self.paused_since is not None:
+            self._leave_pause()
+
+    def _blocked(self) -> bool:
+        if self.commit_failing_since is not None:
+            if self.uncommitted >= FAILING_MAX_PENDING:
+                return True
+        elif len(self._pending) >= self.max_pending:
+            return True
+        limit = self.spool.max_bytes
+        return limit is not None and self.spool.size_bytes + self._pending_bytes >= limit
+
+    def _enter_pause(self) -> None:
+        if self.paused_since is not None:
+            return
+        self.paused_since = time.monotonic()
+        if self.commit_failing_since is not None:
+            log.warning("socket paused until spool commits work again (%s)", self.commit_error)
+            return
+        if len(self._pending) >= self.max_pending or self._full_episode:
+            # A commit is merely behind, or this episode was already reported.
+            return
+        self._full_episode = True
+        now = time.monotonic()
+        if now - self._full_warned_at < _FULL_WARNING_INTERVAL:
+            log.info("spool %s is full again: socket paused", self.spool.path)
+            return
+        self._full_warned_at = now
+        slowest = min(self.status.values(), key=lambda s: s.cursor, default=None)
+        log.warning(
+            "spool %s is full (%d bytes, limit %d): pausing the socket until the sinks catch "
+            "up; slowest sink %s is %d events behind (last error: %s)",
+            self.spool.path,
+            self.spool.size_bytes + self._pending_bytes,
+            self.spool.max_bytes,
+            slowest.name if slowest else "-",
+            self.spool.last_seq - slowest.cursor if slowest else 0,
+            slowest.last_error if slowest else None,
+        )
+
+    def _leave_pause(self) -> None:
+        assert self.paused_since is not None
+        paused = time.monotonic() - self.paused_since
+        self.paused_since = None
+        if paused > 1.0:
+            log.warning("spool has room again: socket resumed after %.1f s paused", paused)
+
+    def _update_room(self) -> None:
+        if self._closed or not self._blocked():
+            self._room.set()
+        limit = self.spool.max_bytes
+        # The episode ends only once the spool is half empty, so a spool hovering at its
+        # limit logs one warning, not one per event.
+        if self._full_episode and (
+            limit is None or self.spool.size_bytes + self._pending_bytes < limit // 2
+        ):
+            self._full_episode = False
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event queued so far is committed to the spool."""
+        target = self._enqueued
+
+        async def _wait() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._committed >= target or self._closed)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_delivered(self, timeout: float | None = None) -> None:
+        """Wait until every sink confirmed every event queued so far (tests, benchmarks).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await self.flush(timeout)
+        target = self.spool.last_seq
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
+
+        async def _wait() -> None:
+            async with self._progress:
+                await self._progress.wait_for(
+                    lambda: all(s.cursor >= target for s in self.status.values())
+                )
+
+        await asyncio.wait_for(_wait(), remaining)
+
+    # -- writer ----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        retry = Retrying(
+            Backoff(self.retry_delay, max(self.retry_delay, _MAX_COMMIT_RETRY_DELAY)),
+            closing=self._stop_writer,
+        )
+        size = _MAX_COMMIT
+        low_room_until = -math.inf
+        while True:
+            if not self._pending and not self._acks:
+                if self._stop_writer.is_set():
+                    return
+                self._wake_writer.clear()
+                await self._wake_writer.wait()
+                continue
+            # Everything queued while the previous commit ran goes into this one.
+            events = self._pending[:size]
+            del self._pending[:size]
+            acks, self._acks = self._acks, {}
+            self._committing = len(events)
+            try:
+                stored = await self.run_spool(self.spool.write, events, acks)
+            except Exception as exc:  # SpoolError, or a bug: never let the writer die
+                self._committing = 0
+                self._pending[:0] = events
+                for name, seq in acks.items():
+                    self._acks[name] = max(seq, self._acks.get(name, 0))
+                self._commit_failed(exc)
+                if self._stop_writer.is_set():
+                    log.error("shutting down with %d events not spooled", len(self._pending))
+                    return
+                # A smaller commit needs less room: however little comes back is used.
+                size = max(1, len(events) // 2)
+                await retry.wait()
+                if _disk_full(exc):
+                    low_room_until = time.monotonic() + _LOW_ROOM_PERIOD
+                    await self.run_spool(_checkpoint, self.spool.path)
+                continue
+            self._committing = 0
+            if self.commit_failing_since is not None:
+                log.warning(
+                    "spool commits work again after %.1f s",
+                    time.monotonic() - self.commit_failing_since,
+                )
+                self.commit_failing_since = self.commit_error = None
+                retry.reset()
+            size = min(_MAX_COMMIT, size * 2)
+            await self._committed_batch(events, stored)
+            if time.monotonic() < low_room_until:
+                # Soon after a full disk: fold each commit into the database at once, so the
+                # log never holds more than the database could take in with the room left.
+                await self.run_spool(_checkpoint, self.spool.path)
+
+    def _commit_failed(self, exc: Exception) -> None:
+        self.commit_failures += 1
+        self.commit_error = str(exc) or type(exc).__name__
+        if self.commit_failing_since is None:
+            self.commit_failing_since = time.monotonic()
+            log.error("cannot commit to the spool, retrying: %s", self.commit_error)
+
+    async def _committed_batch(
+        self, events: list[tuple[int, bytes, float]], stored: list[SpooledEvent]
+    ) -> None:
+        self._pending_bytes -= sum(len(e[1]) for e in events) + ROW_OVERHEAD * len(events)
+        self._committed += len(events)
+        self.received += len(stored)
+        self.duplicates += len(events) - len(stored)
+        if stored:
+            self._extend_tail(stored)
+            for wake in self._wakes.values():
+                wake.set()
+        self._update_room()
+        async with self._progress:
+            self._progress.notify_all()
+
+    def _extend_tail(self, stored: list[SpooledEvent]) -> None:
+        tail = self._tail
+        if tail and tail[-1].seq + 1 != stored[0].seq:
+            tail.clear()
+        tail.extend(stored)
+        if len(tail) > 2 * _TAIL:
+            del tail[: len(tail) - _TAIL]
+
+    def _from_tail(self, after: int, limit: int) -> list[SpooledEvent] | None:
+        tail = self._tail
+        if not tail or tail[0].seq > after + 1:
+            return None
+        start = after + 1 - tail[0].seq
+        return tail[start : start + limit]
+
+    # -- monitoring ------------------------------------------------------------------------
+
+    def lag(self, name: str) -> int:
+        """Events spooled that sink ``name`` has not confirmed yet."""
+        return max(0, self.spool.last_seq - self.status[name].cursor)
+
+    def sink_lag(self, name: str) -> SinkLag:
+        """How far sink ``name`` is behind, from memory only (call it on the event loop); the
+        receive time of the oldest unconfirmed event is left to the spool when the tail no
+        longer holds it (:meth:`~neuroio.spool.Spool.received_at`, thread-safe)."""
+        cursor = self.status[name].cursor
+        events = self.lag(name)
+        if cursor >= self.spool.last_seq:
+            return SinkLag(events, None, None)
+        tail = self._tail
+        if tail and tail[0].seq <= cursor + 1 <= tail[-1].seq:
+            return SinkLag(events, tail[cursor + 1 - tail[0].seq].received_at, None)
+        return SinkLag(events, None, cursor + 1)
+
+    def lag_seconds(self, name: str, now: float | None = None) -> float:
+        """Age of the oldest event sink ``name`` has not confirmed (0 when caught up).
+
+        Call it on the event loop; it may query the spool (a short read)."""
+        lag = self.sink_lag(name)
+        received = lag.oldest_received_at
+        if lag.oldest_seq is not None:
+            with contextlib.suppress(SpoolError):
+                received = self.spool.received_at(lag.oldest_seq)
+        if received is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - received)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failed commit ran out of disk space (SQLite says "database or disk is full";
+    a spool may also raise with ``ENOSPC`` as the cause)."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _checkpoint(path: Path) -> None:
+    """Copy the spool's write-ahead log into the database and truncate the log.
+
+    On a full disk the log cannot grow, and SQLite reuses its space only after a checkpoint,
+    which the spool runs only once the log is large: without one, room that comes back is
+    eaten by the next commit or two and commits stall again. A checkpoint needs room only for
+    the database pages it copies, and truncating the log then frees all of its space. Run on
+    the spool thread, between two commits, on a connection of its own (any connection may
+    checkpoint a database in WAL mode); a failure only means there is not room enough yet.
+    """
+    try:
+        conn = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        log.debug("spool checkpoint after a failed commit did not complete: %s", exc)
+    finally:
+        conn.close()
+
+
+def valid_id(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an event id the spool can store (a signed 64-bit integer)."""
+    # SQLite integers are signed 64-bit; the platform's ids are far below that.
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
