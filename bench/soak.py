@@ -33,13 +33,16 @@ bogus_id           the emulator pushes on the socket one event whose id the REST
                    every id of that gap. The bogus events are expected in the sinks, each
                    exactly once in Redis and NATS
 disk_full          the spool lives on a tmpfs the soak mounts (root only; without it the kind
-                   is skipped, with the reason printed); a ballast file fills it for a few
-                   seconds, then goes: all of it, or (every other time) all but what leaves
-                   1 MiB free, the rest only after the bridge has recovered in that little
-                   room or failed to within 20 s. ``/healthz`` is polled all along (it should
-                   answer 503 while the disk is full); recovered when the bridge commits
-                   again (``neuroio_events_received_total`` grows) and every sink's lag is
-                   back to within 50 ms of the stream
+                   is skipped, with the reason printed); the path to Redis goes away (so the
+                   spool must grow to hold the backlog) and a ballast file fills the tmpfs,
+                   for 2-4 s and until the bridge is hit (its commits stop for 1 s or
+                   ``/healthz`` answers 503; at most 10 s); then Redis comes back and the
+                   ballast goes: all of it, or (every other time) all but what leaves 1 MiB
+                   free, the rest only after the bridge has recovered in that little room or
+                   failed to within 20 s. ``/healthz`` is polled while the disk is full (it
+                   must answer 503); recovered when the bridge commits again
+                   (``neuroio_events_received_total`` grows) and every sink's lag is back to
+                   within 50 ms of the stream
 clock_skew         the emulator's clock steps by ten minutes, in the cycle of offsets
                    -600, 0, +600, 0 s (left in place: every later fault runs under it), then
                    the WebSocket is cut; recovered when every sink holds every id emitted
@@ -144,6 +147,10 @@ SPOOL_FS_MB = 128
 # Room left when only part of the ballast goes, and how long the bridge has to recover in it.
 PARTIAL_ROOM = 1 << 20
 PARTIAL_TIMEOUT_S = 20.0
+# The disk stays full until the bridge stops committing for this long (or answers 503), at
+# most MAX_FULL_S.
+STALL_S = 1.0
+MAX_FULL_S = 10.0
 
 
 # ---------------------------------------------------------------------------- the bridge
@@ -738,8 +745,10 @@ class Soak:
             await asyncio.sleep(0.2)  # polling period of the read-back
 
     async def _disk_full(self, fault: Fault, since: Callable[[], float]) -> None:
-        """Fill the spool's tmpfs, hold it full, free it (all, or all but a little room)."""
-        assert self.spool_fs is not None
+        """Fill the spool's tmpfs while Redis is away (so the spool has to grow), hold it
+        until the bridge stops committing, free it (all, or all but a little room)."""
+        assert self.spool_fs is not None and self.redis_proxy is not None
+        redis_proxy = self.redis_proxy
         turn = sum(1 for f in self.faults if f.kind == "disk_full")
         partial = turn % 2 == 0
         fault.duration = round(self.rng.uniform(2.0, 4.0), 2)
@@ -747,29 +756,35 @@ class Soak:
         health: Counter[str] = Counter()
         full = asyncio.Event()
         prober = asyncio.create_task(self._probe_health(health, full))
+        # A spool in its steady state rewrites pages it already has and needs no new room;
+        # with a sink away it must hold the backlog, and grow: that is when a disk fills.
+        redis_proxy.blackhole("both", new_connections=True)
+        away = True
         try:
             size = await asyncio.to_thread(_fill, ballast)
             full.set()
-            before = await self._received_total()
-            await asyncio.sleep(fault.duration)  # the fault itself
+            start = time.monotonic()
+            bitten, committed = await self._hold_full(fault.duration, health)
             full.clear()
-            after = await self._received_total()
-            # Events the bridge still committed while full: what SQLite found room for.
-            if before is not None and after is not None and before[0] == after[0]:
-                held = f", {after[1] - before[1]:.0f} events committed while full"
-            else:
-                held = ""
-            fault.note = f"ballast {size / (1 << 20):.1f} MiB{held}"
+            fault.duration = round(time.monotonic() - start, 2)
+            fault.detected = bitten
+            fault.note = (
+                f"ballast {size / (1 << 20):.1f} MiB, {committed:.0f} events committed while "
+                + ("full" if bitten is not None else f"full, never stopped in {MAX_FULL_S:.0f} s")
+            )
             if partial:
                 await asyncio.to_thread(os.truncate, ballast, max(0, size - PARTIAL_ROOM))
-                fault.note += f", {PARTIAL_ROOM >> 20} MiB freed first"
+                redis_proxy.restore()
+                redis_proxy.cut()
+                away = False
+                fault.note += f"; {PARTIAL_ROOM >> 20} MiB freed first"
                 released = time.monotonic()
                 try:
                     await self._wait_recovered(PARTIAL_TIMEOUT_S, released)
                 except TimeoutError as exc:
                     fault.error = f"with {PARTIAL_ROOM >> 20} MiB freed: {exc}"
                 else:
-                    fault.note += f" (recovered in it after {time.monotonic() - released:.1f} s)"
+                    fault.note += f", recovered in it after {time.monotonic() - released:.1f} s"
         finally:
             full.clear()
             prober.cancel()
@@ -778,10 +793,38 @@ class Soak:
             fault.health = dict(health)
             with contextlib.suppress(FileNotFoundError):
                 ballast.unlink()
+            if away:
+                redis_proxy.restore()
+                redis_proxy.cut()
         released = time.monotonic()
         await self._wait_recovered(RECOVERY_TIMEOUT_S, released)
         fault.recovered = since()
         fault.caught_up_after_restore = time.monotonic() - released
+
+    async def _hold_full(self, duration: float, health: Counter[str]) -> tuple[float | None, float]:
+        """Keep the disk full at least ``duration`` s and until the bridge is hit by it (its
+        commits stop for ``STALL_S``, or ``/healthz`` answers 503), at most ``MAX_FULL_S``.
+
+        Returns the seconds until it was hit (``None``: never) and the events it committed
+        meanwhile."""
+        start = time.monotonic()
+        first = last = await self._received_total()
+        changed = start
+        bitten: float | None = None
+        while True:
+            await asyncio.sleep(0.1)  # polling period of an HTTP probe
+            now = time.monotonic()
+            total = await self._received_total()
+            if total is not None and (last is None or total != last):
+                if last is not None and total[0] != last[0]:
+                    first = total  # a new process: count from its own start
+                last, changed = total, now
+            if bitten is None and (now - changed >= STALL_S or health.get("503")):
+                bitten = round(now - start, 3)
+            elapsed = now - start
+            if (bitten is not None and elapsed >= duration) or elapsed >= MAX_FULL_S:
+                committed = last[1] - first[1] if first is not None and last is not None else 0
+                return bitten, committed
 
     async def _probe_health(self, health: Counter[str], full: asyncio.Event) -> None:
         """Count the ``/healthz`` answers while ``full`` is set."""
@@ -1140,8 +1183,9 @@ class Soak:
                 f"{_s(f['max_caught_up_after_restore_s']):>14}"
             )
         out(
-            "  (detect: injection -> next authenticated connection; recover: injection -> "
-            "recovered; caught up: outage over -> sink lag within 50 ms of the stream)"
+            "  (detect: injection -> next authenticated connection, for disk_full -> the bridge "
+            "hit; recover: injection -> recovered; caught up: outage over -> sink lag within "
+            "50 ms of the stream)"
         )
         for kind, f in r["faults"].items():
             for error in f["errors"]:
