@@ -1,122 +1,47 @@
 """Gap recovery: fetch from the REST API the entries pushed while the socket was down.
 
-The events socket never replays (``shared/seed/protocol.md``), but ``GET /v1/entries/`` still
-lists every entry. After a reconnect the listener asks it for the entries created since the last
-event it saw and delivers those it has not delivered yet. This module holds the REST client
-(:class:`EntriesClient`), the bounded set of delivered ids that prevents duplicates
-(:class:`RecentIds`) and the cursor (:class:`GapStart`); the listener decides when to use them.
+The events socket never replays (``docs/protocol.md``), but ``GET /v1/entries/`` still lists
+every entry. What to recover is decided by :class:`~neuroio._protocol.gaps.GapTracker` (recent
+ids, the cursor, the floor, pending gaps, the limits, id sanity) and the entries are fetched,
+streamed, by :class:`~neuroio._recovery.Recovery`; both are re-exported here.
+:class:`EntriesClient` is the earlier client, which holds a whole gap in memory; it stays
+until its callers use :class:`Recovery`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from . import _redact
+from ._http import parse_retry_after
+from ._protocol.gaps import GapStart, GapTracker, Newest, RecentIds, entry_id, parse_since
+from ._recovery import Recovery
+from ._retry import Retrying
+from ._times import iso, parse_time
 from .backoff import Backoff
 from .exceptions import BackfillError
 
-__all__ = ["EntriesClient", "GapStart", "RecentIds", "parse_since"]
+__all__ = [
+    "EntriesClient",
+    "GapStart",
+    "GapTracker",
+    "Newest",
+    "RecentIds",
+    "Recovery",
+    "parse_since",
+]
 
 logger = logging.getLogger("neuroio.backfill")
 
 _page_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-class RecentIds:
-    """The last ``maxlen`` event ids delivered, to drop an event seen twice.
-
-    Live and backfilled events overlap by design (the REST list covers the whole gap and a bit
-    more); the window only needs to span that overlap, so it is bounded.
-    """
-
-    __slots__ = ("maxlen", "_ids")
-
-    def __init__(self, maxlen: int = 100_000) -> None:
-        if maxlen < 1:
-            raise ValueError("maxlen must be at least 1")
-        self.maxlen = maxlen
-        self._ids: OrderedDict[int, None] = OrderedDict()
-
-    def add(self, event_id: int) -> bool:
-        """Remember ``event_id``; ``False`` if it was already there (a duplicate)."""
-        ids = self._ids
-        if event_id in ids:
-            return False
-        ids[event_id] = None
-        if len(ids) > self.maxlen:
-            ids.popitem(last=False)
-        return True
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-@dataclass(frozen=True)
-class GapStart:
-    """Where a gap begins: the last event seen before it, or a time when none was seen.
-
-    Attributes:
-        last_id: id of the last event delivered before the gap (entries after it are missing).
-        last_created: ``created`` of that event, for servers that ignore ``id_from``.
-        since_time: when no event was ever seen: recover entries created from this time on.
-    """
-
-    last_id: int | None = None
-    last_created: datetime | None = None
-    since_time: datetime | None = None
-
-
-def parse_since(value: int | str | datetime | None) -> GapStart | None:
-    """Turn a ``since=`` option (an event id, an ISO-8601 time or a datetime) into a gap start.
-
-    An id means "the last event already seen": recovery starts after it.
-
-    Raises:
-        ValueError: the value is neither an integer nor an ISO-8601 timestamp.
-    """
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return GapStart(since_time=_aware(value))
-    if isinstance(value, int):
-        return GapStart(last_id=value)
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return GapStart(last_id=int(text))
-    try:
-        moment = msgspec.convert(text, datetime)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"since must be an event id or an ISO-8601 time, got {value!r}") from exc
-    return GapStart(since_time=_aware(moment))
-
-
-def _aware(moment: datetime) -> datetime:
-    # The platform sometimes omits the zone; its times are UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _created(entry: dict[str, Any]) -> datetime | None:
-    value = entry.get("created")
-    if not isinstance(value, str):
-        return None
-    try:
-        return _aware(msgspec.convert(value, datetime))
-    except msgspec.ValidationError:
-        return None
 
 
 class EntriesClient:
@@ -155,7 +80,12 @@ class EntriesClient:
         self._headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
         self.page_size = page_size
         self.overlap = overlap
-        self._backoff = backoff or Backoff(0.5, 30.0)
+        self._retry = Retrying(
+            backoff or Backoff(0.5, 30.0),
+            closing=closing,
+            logger=logger,
+            what="entries API request",
+        )
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._closing = closing
         self.requests = 0
@@ -175,7 +105,7 @@ class EntriesClient:
         unique: dict[int, dict[str, Any]] = {}
         async for page in self.pages(gap):
             for entry in page:
-                event_id = _entry_id(entry)
+                event_id = entry_id(entry)
                 if event_id is not None:
                     unique[event_id] = entry
         return [unique[i] for i in sorted(unique)]
@@ -193,19 +123,23 @@ class EntriesClient:
         if gap.last_id is not None:
             last = gap.last_id
             async for page in self._pages({"id_from": str(last + 1)}):
-                stray = any((i := _entry_id(e)) is not None and i <= last for e in page)
+                stray = any((i := entry_id(e)) is not None and i <= last for e in page)
                 if stray and gap.last_created is not None:
                     # The server ignored id_from: ask by time instead, and filter by id here.
                     logger.info("the entries API ignores id_from; recovering by date_from instead")
                     since = gap.last_created - timedelta(seconds=self.overlap)
-                    async for by_time in self._pages({"date_from": _iso(since)}):
-                        yield [e for e in by_time if (_entry_id(e) or 0) > last]
+                    async for by_time in self._pages({"date_from": iso(since)}):
+                        yield [e for e in by_time if (entry_id(e) or 0) > last]
                     return
-                yield [e for e in page if (_entry_id(e) or 0) > last]
+                yield [e for e in page if (entry_id(e) or 0) > last]
         elif gap.since_time is not None:
             since_time = gap.since_time
-            async for page in self._pages({"date_from": _iso(since_time)}):
-                yield [e for e in page if (c := _created(e)) is None or c >= since_time]
+            async for page in self._pages({"date_from": iso(since_time)}):
+                yield [
+                    e
+                    for e in page
+                    if (c := parse_time(e.get("created"))) is None or c >= since_time
+                ]
 
     async def _pages(self, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
         query = dict(params, limit=str(self.page_size), offset="0")
@@ -233,7 +167,7 @@ class EntriesClient:
         return (parts.scheme, parts.netloc) == self._origin
 
     async def _get(self, url: str) -> dict[str, Any]:
-        backoff = self._backoff
+        retry = self._retry
         while True:
             self.requests += 1
             delay: float | None = None
@@ -249,7 +183,7 @@ class EntriesClient:
                             raise BackfillError(
                                 f"the entries API answered with invalid JSON: {exc}"
                             ) from None
-                        backoff.reset()
+                        retry.reset()
                         return page
                     if response.status in (401, 403):
                         raise BackfillError(
@@ -257,7 +191,7 @@ class EntriesClient:
                             "missed entries cannot be recovered, live events continue"
                         )
                     if response.status == 429 or response.status >= 500 or response.status == 408:
-                        delay = _retry_after(response.headers.get("Retry-After"))
+                        delay = parse_retry_after(response.headers.get("Retry-After"))
                         problem = f"HTTP {response.status}"
                     else:
                         raise BackfillError(
@@ -265,34 +199,6 @@ class EntriesClient:
                         )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 problem = _redact.redact(str(exc) or type(exc).__name__)
-            if self._closing():
-                return {"results": []}
-            wait = backoff.next_delay() if delay is None else delay
             self.retries += 1
-            logger.warning("entries API request failed (%s); retrying in %.2fs", problem, wait)
-            await asyncio.sleep(wait)
-
-
-def _entry_id(entry: dict[str, Any]) -> int | None:
-    value = entry.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, min(float(value), 300.0))
-    except ValueError:
-        pass
-    try:
-        from email.utils import parsedate_to_datetime
-
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, min(when.timestamp() - time.time(), 300.0))
+            if not await retry.wait(delay, reason=problem):
+                return {"results": []}
