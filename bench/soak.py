@@ -719,12 +719,18 @@ class Soak:
         assert emu is not None and ws_proxy is not None
         before = self.authenticated()
         first = emu.factory.next_id
+        requests = len(emu.rest_requests)
         ws_proxy.cut()
         await self._wait_connection(before)
         fault.detected = since()
         gap = set(range(first, emu.factory.next_id))
         fault.gap = len(gap)
-        await self._wait_delivered(gap, what=f"the gap of {len(gap)} events from id {first}")
+        try:
+            await self._wait_delivered(gap, what=f"the gap of {len(gap)} events from id {first}")
+        except TimeoutError as exc:
+            # What the bridge asked the REST API for says why the gap was not recovered.
+            asked = emu.rest_requests[requests : requests + 3]
+            raise TimeoutError(f"{exc}; REST requests since the cut: {asked or 'none'}") from None
 
     async def _wait_delivered(self, ids: set[int], *, what: str) -> None:
         """Wait (up to ``GAP_TIMEOUT_S``) until every sink holds every id of ``ids``."""
