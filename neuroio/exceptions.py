@@ -10,6 +10,7 @@ Every exception derives from :class:`NeuroIOError`::
     ├── ConnectionFailedError     no connection after ``max_retries`` attempts
     ├── BackfillError             the REST API refused or failed a gap-recovery request
     ├── SpoolError                the bridge's spool is corrupt, unwritable or full
+    │   └── SpoolFullError        a commit failed because the disk is full; retry once there is room
     └── SinkError                 a sink failed to take events
         └── PermanentSinkError    the sink refused events for good (dead-lettered, not retried)
 
@@ -34,6 +35,7 @@ __all__ = [
     "PermanentSinkError",
     "SinkError",
     "SpoolError",
+    "SpoolFullError",
 ]
 
 
@@ -121,6 +123,14 @@ class BackfillError(NeuroIOError):
 
 class SpoolError(NeuroIOError):
     """The spool database cannot be used: corrupt, unwritable, or locked by another bridge."""
+
+
+class SpoolFullError(SpoolError):
+    """A spool commit failed because its file system is full (``ENOSPC``, ``SQLITE_FULL``).
+
+    Nothing of the failed call is stored and the spool stays usable: the same call succeeds
+    once there is room again.
+    """
 
 
 class SinkError(NeuroIOError):

@@ -6,24 +6,41 @@ removed once every sink's cursor has passed them. Layout:
 
 ``segments``
     the events of one commit in one row: their ids, receive times, lengths and JSON documents
-    packed side by side. Writing a few large rows instead of many small ones is what lets a
-    commit keep up with tens of thousands of events a second; a segment is deleted once every
-    sink confirmed its last event.
+    packed side by side (the documents deflated when that saves room), the commit's newest
+    id, and a CRC-32 of the whole row (and one of its ids alone). A commit appends one row and
+    touches nothing else, so a small commit writes one 4 KiB page to the write-ahead log. A
+    row whose checksum fails is moved to ``damaged`` when it is read, never delivered;
+    readers go on past it.
 ``ids``
-    every event id in the spool, and those of the most recently removed events (about
+    the ids of the events held, and those of the most recently removed events (about
     ``dedupe_window`` of them): a repeated event is stored once, even when it arrives after
-    the first copy was delivered and removed.
+    the first copy was delivered and removed. Filled in batches (at each prune, or every
+    few thousand events), not at each commit; the ids not yet in it are kept in memory and
+    rebuilt from ``segments`` at open.
 ``cursors``
-    per sink, the ``seq`` of the last event that sink confirmed.
+    per sink, the ``seq`` of the last event that sink confirmed (one small row per sink).
 ``dead_letters``
     events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
+``damaged``
+    stored batches that failed their checksum: their seq range, their ids when those are
+    intact, and the error. See :meth:`Spool.damaged`.
 ``state``
-    key/value pairs: the highest event id committed and its ``created`` (kept up to date
-    with every commit, so a restarted bridge knows where gap recovery starts), and any
-    other state a caller stores with :meth:`Spool.set_state`.
+    key/value pairs a caller stores with :meth:`Spool.set_state`, and the highest event id
+    committed and its ``created`` (saved here when rows are pruned; until then the newest
+    segment holds them).
+``meta``
+    the last ``seq`` given and the ``seq`` up to which ``ids`` is filled.
 
-Only one process may use a spool: a ``<spool>.lock`` file is locked (``flock``) for as long as
-the spool is open, and the kernel releases it if the process is killed.
+Disk writes: pages are 4 KiB; a commit of one event writes one page to the log, an
+acknowledgement one page, and a prune (every ``prune_interval`` seconds or ``prune_rows``
+events) a few. The log is checkpointed into the database every 16 MiB, and its file is
+kept at that size so that later commits overwrite it instead of allocating new blocks (which
+also lets a commit succeed on a full disk once a checkpoint has run). Delivered rows are
+deleted in batches; nothing is vacuumed.
+
+Only one process may use a spool: the database file itself is locked (``flock`` on its
+inode) for as long as the spool is open, so a symbolic or hard link to it cannot get a
+second bridge in, and the kernel releases the lock if the process is killed.
 
 Every method is synchronous and thread-safe, so the bridge calls them from worker threads and
 the event loop keeps reading the socket while SQLite works.
@@ -31,22 +48,26 @@ the event loop keeps reading the socket while SQLite works.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
 import sqlite3
+import struct
 import sys
 import threading
 import time
+import zlib
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from .exceptions import ConfigurationError, SpoolError
+from .exceptions import ConfigurationError, SpoolError, SpoolFullError
 from .sinks.base import SpooledEvent
 
 __all__ = [
@@ -54,6 +75,7 @@ __all__ = [
     "LAST_EVENT_CREATED",
     "LAST_EVENT_ID",
     "ROW_OVERHEAD",
+    "DamagedBatch",
     "DeadLetter",
     "Spool",
     "SpooledEvent",
@@ -73,13 +95,18 @@ LAST_EVENT_ID = "last_event_id"
 LAST_EVENT_CREATED = "last_event_created"
 """State key: the ``created`` of that event, as the platform wrote it."""
 
-_SCHEMA_VERSION = 1
-_OUR_TABLES = frozenset({"segments", "ids", "cursors", "dead_letters", "state", "meta"})
+_SCHEMA_VERSION = 2
+_OUR_TABLES = frozenset({"segments", "ids", "cursors", "dead_letters", "state", "meta", "damaged"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
     first_seq INTEGER PRIMARY KEY,
     last_seq INTEGER NOT NULL,
     size INTEGER NOT NULL,
+    newest_id INTEGER,
+    newest_created TEXT,
+    crc INTEGER,
+    ids_crc INTEGER,
+    codec INTEGER NOT NULL DEFAULT 0,
     ids BLOB NOT NULL,
     times BLOB NOT NULL,
     lengths BLOB NOT NULL,
@@ -112,14 +139,44 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS damaged (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    ids BLOB,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+)
 """
+# Schema 1 (64 KiB pages, ids and state written at every commit) becomes 2 in place.
+_UPGRADE_1 = (
+    "ALTER TABLE segments ADD COLUMN newest_id INTEGER",
+    "ALTER TABLE segments ADD COLUMN newest_created TEXT",
+    "ALTER TABLE segments ADD COLUMN crc INTEGER",
+    "ALTER TABLE segments ADD COLUMN ids_crc INTEGER",
+    "ALTER TABLE segments ADD COLUMN codec INTEGER NOT NULL DEFAULT 0",
+)
 # SQLite allows at least 32766 host parameters since 3.32; stay well below for older builds.
 _IN_CHUNK = 900
 
 _IDS_PER_INSERT = 500
-_PAGE_SIZE = 65536
-_CHECKPOINT_BYTES = 40 << 20
+# 4 KiB pages: a commit rewrites whole pages into the log, so the page is the unit of wear.
+# (64 KiB pages cost 335 KiB of writes per event at a low rate.)
+_PAGE_SIZE = 4096
+# Checkpoint every 16 MiB of log: the pages of rows inserted and pruned between two
+# checkpoints are copied into the database once, in their final state (at a high rate the
+# freed pages are reused many times over inside one log).
+_CHECKPOINT_PAGES = 4096
+_JOURNAL_SIZE_LIMIT = _CHECKPOINT_PAGES * (_PAGE_SIZE + 24) + 32
+# Below this much free space, checkpoint every few pages (see Spool._watch_space).
+_LOW_SPACE = 64 << 20
+_LOW_SPACE_CHECKPOINT_PAGES = 16
+# Ids not yet in the ``ids`` table are written there once this many wait (memory bound).
+_INDEX_AFTER = 10_000
+_SQLITE_FULL = 13
 _LITTLE = sys.byteorder == "little"
+_HEADER = struct.Struct("<qqq")
+_PLAIN, _DEFLATE = 0, 1  # segments.codec
+_WBITS = 12
 
 
 def _ids_sql(rows: int) -> str:
@@ -141,6 +198,59 @@ def _unpack(kind: str, data: bytes) -> array[Any]:
     return packed
 
 
+def _checksum(
+    first_seq: int,
+    last_seq: int,
+    size: int,
+    ids: bytes,
+    times: bytes,
+    lengths: bytes,
+    payloads: bytes,
+) -> int:
+    """CRC-32 of a segment: its seq range and size, then every blob."""
+    crc = zlib.crc32(_HEADER.pack(first_seq, last_seq, size))
+    for part in (ids, times, lengths, payloads):
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _compress(data: bytes) -> tuple[int, bytes]:
+    """``(codec, stored bytes)``: raw deflate when it saves room, else the bytes as they are.
+
+    Smaller rows are fewer pages written per commit: JSON events shrink to about 40 %, so a
+    4 KiB page holds twice as many and a new page (and its bookkeeping pages) is needed half
+    as often. A small window keeps the cost per commit low (about 15 us for one event).
+    """
+    if len(data) < 128:
+        return _PLAIN, data
+    packer = zlib.compressobj(1, zlib.DEFLATED, -_WBITS, 5)
+    packed = packer.compress(data) + packer.flush()
+    return (_DEFLATE, packed) if len(packed) < len(data) else (_PLAIN, data)
+
+
+def _segment_payloads(row: Sequence[Any]) -> tuple[str | None, bytes]:
+    """A ``segments`` row's JSON documents, and why it cannot be delivered (``None``: intact)."""
+    first_seq, last_seq, size, crc, _ids_crc, ids, times, lengths, payloads, codec = row
+    count = last_seq - first_seq + 1
+    blobs = (ids, times, lengths, payloads)
+    if count <= 0 or not all(isinstance(b, bytes) for b in blobs):
+        return "its seq range or columns are damaged", b""
+    if crc is not None and _checksum(first_seq, last_seq, size, *blobs) != crc:
+        return "checksum mismatch", b""
+    if len(ids) != 8 * count or len(times) != 8 * count or len(lengths) != 4 * count:
+        return "its columns do not match its seq range", b""
+    if codec == _DEFLATE:
+        try:
+            payloads = zlib.decompress(payloads, -_WBITS)
+        except zlib.error as exc:
+            return f"its payloads cannot be decompressed ({exc})", b""
+    elif codec != _PLAIN:
+        return f"unknown codec {codec!r}", b""
+    if sum(_unpack("I", lengths)) != len(payloads):
+        return "its lengths do not match its payloads", b""
+    return None, payloads
+
+
 def _decode_segment(
     first_seq: int, ids: bytes, times: bytes, lengths: bytes, payloads: bytes
 ) -> list[SpooledEvent]:
@@ -157,6 +267,47 @@ def _decode_segment(
         )
         offset += length
     return events
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+        if isinstance(code, int):
+            return code & 0xFF == _SQLITE_FULL
+        return "disk is full" in str(exc)
+    return False
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, so no failed call leaves
+    a transaction open behind it (a failed ``COMMIT`` on a full disk stays open otherwise)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _flock_holder(fd: int) -> str:
+    """The pid holding a ``flock`` on the file open as ``fd``, from ``/proc/locks`` (Linux)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if "FLOCK" in fields and inode in fields:
+                    return fields[fields.index(inode) - 1]
+    except OSError:
+        pass
+    return "unknown"
 
 
 _decoder = msgspec.json.Decoder()
@@ -180,6 +331,25 @@ class DeadLetter:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class DamagedBatch:
+    """A stored batch whose checksum failed: moved aside, never delivered.
+
+    Attributes:
+        first_seq, last_seq: the seq range it held (readers go on after ``last_seq``).
+        ids: the event ids it held when those are intact (to recover from the REST API),
+            ``None`` when the ids themselves are damaged.
+        error: what was wrong, for the log.
+        at: when it was found (``time.time()``).
+    """
+
+    first_seq: int
+    last_seq: int
+    ids: tuple[int, ...] | None
+    error: str
+    at: float
+
+
 class Spool:
     """The SQLite spool. Opening it creates, checks and locks the database.
 
@@ -189,17 +359,24 @@ class Spool:
         max_bytes: :attr:`full` once the stored events take this much (their JSON plus
             :data:`ROW_OVERHEAD` per event). The file itself is larger by SQLite's pages,
             indexes and write-ahead log. ``None`` for no limit.
-        synchronous: ``"full"`` (default) syncs the write-ahead log to disk at every commit,
-            so a committed event survives a power loss; ``"normal"`` syncs only at checkpoints,
-            which is faster and still survives the process being killed, but a power loss or
-            kernel crash can lose the last commits (never corrupts the database).
+        synchronous: ``"normal"`` (default) writes each commit to the write-ahead log without
+            waiting for the disk: a committed event survives the process being killed
+            (SIGKILL, a crash), and the log reaches the disk within the kernel's writeback
+            delay (about 30 s) and at every checkpoint. A power loss or kernel crash can
+            lose the commits of those last seconds, never corrupts the database, and loses
+            no event in the end when gap recovery can fetch them again from the REST API
+            (the newest id is lost with them, so the next start asks for them; sinks may see
+            them twice). ``"full"`` syncs the log at every commit, so a committed event
+            survives a power loss too; it costs one disk flush per commit and about twice
+            the bytes written per event at a low rate (each commit's partly filled block is
+            written again by the next one): see ``docs/reliability.md``.
         dedupe_window: how many ids of already delivered and pruned events are remembered to
             drop repeats.
         dead_letter_max: dead letters kept; the oldest are removed beyond it.
         check: run SQLite's ``quick_check`` at open (reads the whole file).
         prune_rows, prune_interval: confirmed rows are deleted once this many are ready or
-            this many seconds passed since the last prune (deleting in ranges is cheaper);
-            at once when the spool is full.
+            this many seconds passed since the last prune (deleting in ranges writes fewer
+            pages); at once when the spool is full.
 
     Raises:
         SpoolError: the file is not a spool, is corrupt, cannot be created or written, or is
@@ -212,12 +389,12 @@ class Spool:
         path: str | os.PathLike[str] | None = None,
         *,
         max_bytes: int | None = DEFAULT_MAX_BYTES,
-        synchronous: Literal["full", "normal"] = "full",
+        synchronous: Literal["full", "normal"] = "normal",
         dedupe_window: int = 100_000,
         dead_letter_max: int = 100_000,
         check: bool = True,
         prune_rows: int = 2000,
-        prune_interval: float = 0.5,
+        prune_interval: float = 10.0,
     ) -> None:
         if max_bytes is not None and max_bytes <= 0:
             raise ConfigurationError(f"spool max_bytes must be positive, got {max_bytes}")
@@ -240,6 +417,9 @@ class Spool:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._closed = False
+        self._space_checked = -math.inf
+        self._low_space = False
+        self._disk_full = False
         try:
             self._open(check)
         except BaseException:
@@ -252,10 +432,42 @@ class Spool:
             f"max_bytes={self.max_bytes})"
         )
 
-    # -- opening ---------------------------------------------------------------------------
+    # -- errors ----------------------------------------------------------------------------
 
     def _fail(self, what: str, exc: BaseException) -> SpoolError:
+        if _is_full(exc):
+            return SpoolFullError(
+                f"spool {str(self.path)!r}: {what}: the disk is full "
+                f"({self._free_bytes()} bytes free)"
+            )
         return SpoolError(f"spool {str(self.path)!r}: {what}: {exc}")
+
+    def _write_failed(self, conn: sqlite3.Connection, what: str, exc: BaseException) -> SpoolError:
+        """The error of a failed commit, after making the next one possible again."""
+        if _is_full(exc):
+            self._disk_full = True
+            self._checkpoint(conn)
+        return self._fail(what, exc)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        # Commits between two checkpoints grow the log; on a full disk it cannot grow.
+        # Copying it into the database (which only needs room for its live pages) and
+        # truncating it gives its blocks back, so a later commit needs little room.
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            log.debug("spool %s: checkpoint on a full disk failed: %s", self.path, error)
+        else:
+            self._disk_full = False
+
+    def _free_bytes(self) -> int | str:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return "unknown"
+        return st.f_bavail * st.f_frsize
+
+    # -- opening ---------------------------------------------------------------------------
 
     def _open(self, check: bool) -> None:
         try:
@@ -268,22 +480,13 @@ class Spool:
         try:
             self._wconn = self._connect()
             conn = self._wconn
-            conn.execute("PRAGMA busy_timeout = 5000")
-            # Large pages for a new spool: segments are big blobs, and each page of a blob's
-            # overflow chain is one read when the segment is deleted. No effect on an
-            # existing file.
-            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SpoolError(
-                    f"spool {str(self.path)!r}: cannot use write-ahead logging (journal mode "
-                    f"{mode!r}); put the spool on a local file system"
-                )
-            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            # Checkpoint every ~40 MB of log instead of 4 MB: rows inserted and pruned between
-            # two checkpoints are copied into the database once, in their final state.
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_BYTES // _PAGE_SIZE}")
-            if check:
+            new = conn.execute("PRAGMA page_count").fetchone()[0] == 0
+            if new:
+                conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only a new file takes it
+            else:
+                self._repage(conn)
+            self._configure(conn)
+            if check and not new:
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
                     raise SpoolError(
@@ -292,7 +495,6 @@ class Spool:
                     )
             self._create_schema(conn)
             self._rconn = self._connect()
-            self._rconn.execute("PRAGMA busy_timeout = 5000")
             self._load_counters(conn)
         except sqlite3.DatabaseError as exc:
             # sqlite3 reports a garbage file as "file is not a database" on the first statement.
@@ -303,12 +505,54 @@ class Spool:
                 ) from exc
             raise self._fail("cannot open", exc) from exc
 
-    def _lock(self) -> None:
-        lock_path = f"{self.path}.lock"
+    def _repage(self, conn: sqlite3.Connection) -> None:
+        """Rewrite a spool of another page size (schema 1 used 64 KiB) once, with 4 KiB pages.
+
+        The only ``VACUUM`` the spool runs: large pages cost many times the bytes written per
+        event for as long as the file lives. Needs room for a copy of the file; without it
+        the spool goes on with its old pages.
+        """
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        if size == _PAGE_SIZE or conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+            return  # only a spool of schema 1: another database is never touched
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            conn.execute("PRAGMA journal_mode = DELETE")  # the page size cannot change in WAL
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            log.warning(
+                "spool %s: cannot rewrite its %d-byte pages as %d-byte pages (%s); going on "
+                "with the larger pages, which write more per event",
+                self.path,
+                size,
+                _PAGE_SIZE,
+                exc,
+            )
+        else:
+            log.info("spool %s: rewritten with %d-byte pages", self.path, _PAGE_SIZE)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(
+                f"spool {str(self.path)!r}: cannot use write-ahead logging (journal mode "
+                f"{mode!r}); put the spool on a local file system"
+            )
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+        # The log file keeps its size after a checkpoint (up to this limit): commits overwrite
+        # it in place instead of growing a file again, which also works on a full disk.
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        # Freed pages are not overwritten with zeros: that would be one more write per page.
+        conn.execute("PRAGMA secure_delete = OFF")
+
+    def _lock(self) -> None:
+        # The lock is on the database file's own inode, so a symbolic or hard link to the
+        # same file meets the same lock (a lock file beside the path would not).
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
-            raise self._fail("cannot create its lock file", exc) from exc
+            raise self._fail("cannot open", exc) from exc
         self._lock_fd = fd
         try:
             import fcntl
@@ -317,18 +561,18 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            real = os.path.realpath(self.path)
+            same = "" if real == os.path.abspath(self.path) else f" (the same file as {real!r})"
             raise SpoolError(
-                f"spool {str(self.path)!r} is in use by another bridge (pid {holder}); "
-                "give each bridge its own --spool"
+                f"spool {str(self.path)!r}{same} is in use by another bridge "
+                f"(pid {_flock_holder(fd)}); give each bridge its own --spool"
             ) from None
         except OSError as exc:
             raise self._fail("cannot lock", exc) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -349,17 +593,22 @@ class Spool:
             )
         if version == _SCHEMA_VERSION:
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
+            if version == 1:
+                for statement in _UPGRADE_1:
+                    conn.execute(statement)
+                # Schema 1 wrote every id at its commit: the ids table is complete.
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) SELECT 'indexed_upto', "
+                    "max(coalesce((SELECT max(last_seq) FROM segments), 0), "
+                    "coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0))"
+                )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        if version == 1:
+            log.info("spool %s: upgraded to schema %d", self.path, _SCHEMA_VERSION)
 
     def _load_counters(self, conn: sqlite3.Connection) -> None:
         held, size, max_seq, min_seq = conn.execute(
@@ -368,7 +617,10 @@ class Spool:
         ).fetchone()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         cursor_max = conn.execute("SELECT max(seq) FROM cursors").fetchone()[0]
-        self._last_seq: int = max(max_seq or 0, cursor_max or 0, meta.get("last_seq", 0))
+        damaged_max = conn.execute("SELECT max(last_seq) FROM damaged").fetchone()[0]
+        self._last_seq: int = max(
+            max_seq or 0, cursor_max or 0, damaged_max or 0, meta.get("last_seq", 0)
+        )
         self._held: int = held
         self._bytes: int = size
         # Events with seq <= this are gone (their segments were deleted).
@@ -381,10 +633,47 @@ class Spool:
             conn.execute("SELECT sink, seq FROM cursors").fetchall()
         )
         self._dead_letters: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        row = conn.execute("SELECT value FROM state WHERE key = ?", (LAST_EVENT_ID,)).fetchone()
-        self._newest_id: int | None = (
-            int(row[0]) if row and str(row[0]).lstrip("-").isdigit() else None
+        self._damaged_count: int = conn.execute("SELECT count(*) FROM damaged").fetchone()[0]
+        self._skip: dict[int, DamagedBatch] = {}  # found damaged, not yet moved aside
+        self._load_newest(conn)
+        self._load_unindexed(conn, meta.get("indexed_upto", 0))
+
+    def _load_newest(self, conn: sqlite3.Connection) -> None:
+        state = dict(
+            conn.execute(
+                "SELECT key, value FROM state WHERE key IN (?, ?)",
+                (LAST_EVENT_ID, LAST_EVENT_CREATED),
+            ).fetchall()
         )
+        saved = state.get(LAST_EVENT_ID)
+        self._newest_id: int | None = (
+            int(saved) if saved is not None and saved.lstrip("-").isdigit() else None
+        )
+        self._newest_created: str | None = state.get(LAST_EVENT_CREATED)
+        row = conn.execute(
+            "SELECT newest_id, newest_created FROM segments WHERE newest_id IS NOT NULL "
+            "ORDER BY newest_id DESC LIMIT 1"
+        ).fetchone()
+        if row is not None and (self._newest_id is None or row[0] > self._newest_id):
+            self._newest_id, self._newest_created = row[0], row[1]
+        self._newest_saved = self._newest_id if saved is not None else None
+
+    def _load_unindexed(self, conn: sqlite3.Connection, indexed_upto: int) -> None:
+        # The ids of segments committed after the last batch written to ``ids``.
+        self._indexed_upto: int = indexed_upto
+        self._unindexed: dict[int, int] = {}
+        rows = conn.execute(
+            "SELECT first_seq, last_seq, ids, ids_crc FROM segments WHERE last_seq > ?",
+            (indexed_upto,),
+        )
+        for first_seq, last_seq, ids, ids_crc in rows:
+            if not isinstance(ids, bytes) or len(ids) != 8 * (last_seq - first_seq + 1):
+                continue  # damaged: moved aside when read
+            if ids_crc is not None and zlib.crc32(ids) != ids_crc:
+                continue
+            for i, event_id in enumerate(_unpack("q", ids)):
+                if first_seq + i > indexed_upto:
+                    self._unindexed[event_id] = first_seq + i
 
     # -- properties ------------------------------------------------------------------------
 
@@ -416,9 +705,24 @@ class Spool:
         return self._dead_letters
 
     @property
+    def damaged_count(self) -> int:
+        """Damaged batches moved aside and not yet :meth:`forget_damaged`."""
+        return self._damaged_count + len(self._skip)
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def last_event_id(self) -> int | None:
+        """The highest event id ever committed to this spool (kept after pruning)."""
+        return self._newest_id
+
+    @property
+    def last_event_created(self) -> str | None:
+        """The ``created`` of that event, as the platform wrote it (``None`` if unknown)."""
+        return self._newest_created
 
     def file_bytes(self) -> int:
         """Bytes the database and its write-ahead log take on disk."""
@@ -455,67 +759,164 @@ class Spool:
             The events newly stored, with their ``seq``.
 
         Raises:
-            SpoolError: SQLite failed (disk full, I/O error); nothing of this call is stored.
+            SpoolFullError: the disk is full; nothing of this call is stored, and the same
+                call succeeds once there is room.
+            SpoolError: SQLite failed otherwise (I/O error); nothing of this call is stored.
         """
         with self._wlock:
             conn = self._writer()
+            self._watch_space(conn)
+            if self._disk_full:
+                # Before anything grows the log again: a checkpoint needs the room first.
+                self._checkpoint(conn)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    stored = self._insert(conn, events) if events else []
-                    newest = self._record_newest(conn, stored)
-                    moved = self._ack(conn, acks) if acks else False
-                    pruned = self._prune(conn) if moved or self._prune_deferred else None
-                    if stored:
-                        conn.execute(
-                            "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "
-                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                            (stored[-1].seq,),
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    # The in-memory cursors may have moved inside the transaction: reload.
-                    self._cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
-                    raise
+                return self._write(conn, events, acks, force=False)
             except sqlite3.Error as exc:
-                raise self._fail("write failed", exc) from exc
-            self._last_seq += len(stored)
-            if newest is not None:
-                self._newest_id = newest
-            self._held += len(stored)
-            self._bytes += sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
-            if pruned is not None:
-                self._apply_prune(pruned)
+                if not _is_full(exc):
+                    raise self._fail("write failed", exc) from exc
+                error = self._write_failed(conn, "write failed", exc)
+            # The checkpoint gave the log's blocks back and a forced prune frees pages for the
+            # new rows: once is enough when a little room came back.
+            try:
+                stored = self._write(conn, events, acks, force=True)
+            except sqlite3.Error as exc:
+                raise self._write_failed(conn, "write failed", exc) from error
+            self._disk_full = False
             return stored
 
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[tuple[int, bytes, float]],
+        acks: Mapping[str, int] | None,
+        *,
+        force: bool,
+    ) -> list[SpooledEvent]:
+        before = self._volatile()
+        try:
+            with _transaction(conn):
+                if force:
+                    # Prune first, so that the new rows take the freed pages.
+                    moved = self._ack(conn, acks) if acks else False
+                    pruned = self._maintain(conn, [], force=True)
+                    stored = self._insert(conn, events) if events else []
+                else:
+                    stored = self._insert(conn, events) if events else []
+                    moved = self._ack(conn, acks) if acks else False
+                    pruned = None
+                    if (
+                        moved
+                        or self._prune_deferred
+                        or len(self._unindexed) + len(stored) >= _INDEX_AFTER
+                    ):
+                        pruned = self._maintain(conn, stored)
+        except BaseException:
+            self._restore(before)
+            raise
+        if force:
+            if pruned is not None:
+                self._stored([], indexed=True)
+            self._stored(stored, indexed=False)
+        else:
+            self._stored(stored, indexed=pruned is not None)
+        if pruned is not None:
+            self._apply_prune(pruned)
+        return stored
+
+    def _watch_space(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint often while the disk is nearly full (checked once a second).
+
+        A checkpoint needs room in the database for the pages the log holds; with a long log
+        that is more than a nearly full disk has left, and every later commit would fail.
+        With frequent checkpoints the log stays short and its pages are already in place.
+        """
+        now = time.monotonic()
+        if now - self._space_checked < 1.0:
+            return
+        self._space_checked = now
+        free = self._free_bytes()
+        low = isinstance(free, int) and free < _LOW_SPACE
+        if low == self._low_space:
+            return
+        self._low_space = low
+        pages = _LOW_SPACE_CHECKPOINT_PAGES if low else _CHECKPOINT_PAGES
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        if low:
+            log.warning(
+                "spool %s: %s bytes free on its disk: checkpointing every %d pages",
+                self.path,
+                free,
+                pages,
+            )
+
+    def _volatile(self) -> tuple[Any, ...]:
+        """The in-memory state a transaction may change, to restore if it fails."""
+        return (
+            dict(self._cursors),
+            self._prune_checked,
+            self._pruned_at,
+            self._prune_deferred,
+            self._ids_trimmed,
+            self._newest_saved,
+        )
+
+    def _restore(self, before: tuple[Any, ...]) -> None:
+        (
+            self._cursors,
+            self._prune_checked,
+            self._pruned_at,
+            self._prune_deferred,
+            self._ids_trimmed,
+            self._newest_saved,
+        ) = before
+
+    def _stored(self, stored: list[SpooledEvent], *, indexed: bool) -> None:
+        """Count a committed batch in memory."""
+        if indexed:
+            self._unindexed.clear()
+            self._indexed_upto = self._last_seq + len(stored)
+        else:
+            for event in stored:
+                self._unindexed[event.id] = event.seq
+        self._last_seq += len(stored)
+        if stored:
+            best = max(stored, key=lambda e: e.id)
+            if self._newest_id is None or best.id > self._newest_id:
+                self._newest_id, self._newest_created = best.id, _created(best)
+        self._held += len(stored)
+        self._bytes += sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
+
     def _apply_prune(self, pruned: tuple[int, int, int]) -> None:
-        self._pruned_upto, held, size = pruned
-        self._held -= held
-        self._bytes -= size
+        upto, held, size = pruned
+        if held:
+            self._pruned_upto = upto
+            self._held -= held
+            self._bytes -= size
+
+    def _seen(self, conn: sqlite3.Connection, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the spool holds or delivered recently."""
+        newest = self._newest_id
+        # Ids only grow in practice: a batch entirely above every id ever stored cannot
+        # repeat one, so the lookups are only needed for older ids (recovered gaps).
+        if newest is None and not self._last_seq:
+            return set()
+        older = ids if newest is None else [i for i in ids if i <= newest]
+        seen = {i for i in older if i in self._unindexed}
+        older = [i for i in older if i not in seen]
+        for start in range(0, len(older), _IN_CHUNK):
+            some_ids = older[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(some_ids))
+            seen.update(
+                row[0]
+                for row in conn.execute(f"SELECT id FROM ids WHERE id IN ({marks})", some_ids)
+            )
+        return seen
 
     def _insert(
         self, conn: sqlite3.Connection, events: Sequence[tuple[int, bytes, float]]
     ) -> list[SpooledEvent]:
-        ids = [e[0] for e in events]
-        seen: set[int] = set()
-        newest = self._newest_id
-        # Ids only grow in practice: a batch entirely above every id ever stored cannot
-        # repeat one, so the lookups are only needed for older ids (recovered gaps).
-        older = ids if newest is None else [i for i in ids if i <= newest]
-        if newest is None and not self._last_seq:
-            older = []
-        for start in range(0, len(older), _IN_CHUNK):
-            some_ids = older[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(some_ids))
-            for table in ("ids",):
-                seen.update(
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT id FROM {table} WHERE id IN ({marks})", some_ids
-                    )
-                )
+        seen = self._seen(conn, [e[0] for e in events])
         stored: list[SpooledEvent] = []
         seq = self._last_seq
         for event_id, payload, received_at in events:
@@ -524,58 +925,37 @@ class Spool:
             seen.add(event_id)
             seq += 1
             stored.append(SpooledEvent(seq, event_id, payload, received_at))
-        if stored:
-            # One row for the whole commit: a few large writes cost SQLite far less than
-            # many small ones.
-            conn.execute(
-                "INSERT INTO segments(first_seq, last_seq, size, ids, times, lengths, payloads) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stored[0].seq,
-                    stored[-1].seq,
-                    sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored),
-                    _pack("q", [e.id for e in stored]),
-                    _pack("d", [e.received_at for e in stored]),
-                    _pack("I", [len(e.payload) for e in stored]),
-                    b"".join(e.payload for e in stored),
-                ),
-            )
-            pairs = [v for e in stored for v in (e.id, e.seq)]
-            step = 2 * _IDS_PER_INSERT
-            for k in range(0, len(pairs), step):
-                chunk = pairs[k : k + step]
-                conn.execute(_ids_sql(len(chunk) // 2), chunk)
-        return stored
-
-    def _record_newest(self, conn: sqlite3.Connection, stored: list[SpooledEvent]) -> int | None:
-        # The highest event id ever spooled, and its ``created``, for gap recovery after a
-        # restart. Written in the same transaction as the events, so it never runs ahead.
         if not stored:
-            return None
+            return stored
+        # One row for the whole commit, and nothing else touched: a small commit writes a
+        # single page to the log.
+        first, last = stored[0].seq, stored[-1].seq
+        size = sum(len(e.payload) for e in stored) + ROW_OVERHEAD * len(stored)
+        ids = _pack("q", [e.id for e in stored])
+        times = _pack("d", [e.received_at for e in stored])
+        lengths = _pack("I", [len(e.payload) for e in stored])
+        codec, payloads = _compress(b"".join(e.payload for e in stored))
         best = max(stored, key=lambda e: e.id)
-        if self._newest_id is not None and best.id <= self._newest_id:
-            return None
-        created: Any = None
-        try:
-            data = best.json().get("data")
-            if isinstance(data, dict):
-                created = data.get("created")
-        except (msgspec.DecodeError, AttributeError):
-            pass
-        rows = [(LAST_EVENT_ID, str(best.id))]
-        if isinstance(created, str):
-            rows.append((LAST_EVENT_CREATED, created))
-        conn.executemany(
-            "INSERT INTO state(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            rows,
+        conn.execute(
+            "INSERT INTO segments(first_seq, last_seq, size, newest_id, newest_created, crc, "
+            "ids_crc, codec, ids, times, lengths, payloads) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                first,
+                last,
+                size,
+                best.id,
+                _created(best),
+                _checksum(first, last, size, ids, times, lengths, payloads),
+                zlib.crc32(ids),
+                codec,
+                ids,
+                times,
+                lengths,
+                payloads,
+            ),
         )
-        return best.id
-
-    @property
-    def last_event_id(self) -> int | None:
-        """The highest event id ever committed to this spool (kept after pruning)."""
-        return self._newest_id
+        return stored
 
     def _ack(self, conn: sqlite3.Connection, acks: Mapping[str, int]) -> bool:
         now = time.time()
@@ -592,8 +972,51 @@ class Spool:
             moved = True
         return moved
 
-    def _prune(self, conn: sqlite3.Connection, force: bool = False) -> tuple[int, int, int] | None:
-        """Delete the segments every sink confirmed; returns (pruned_upto, events, size)."""
+    def _maintain(
+        self, conn: sqlite3.Connection, stored: list[SpooledEvent], force: bool = False
+    ) -> tuple[int, int, int] | None:
+        """Prune when due; then (or when many wait) write the waiting ids to ``ids`` and the
+        counters to ``meta`` and ``state``. ``None`` when nothing was written."""
+        upto = self._prune_due(force)
+        if upto is None and len(self._unindexed) + len(stored) < _INDEX_AFTER:
+            return None
+        pairs = [v for item in self._unindexed.items() for v in item]
+        pairs.extend(v for e in stored for v in (e.id, e.seq))
+        step = 2 * _IDS_PER_INSERT
+        for k in range(0, len(pairs), step):
+            chunk = pairs[k : k + step]
+            conn.execute(_ids_sql(len(chunk) // 2), chunk)
+        last_seq = self._last_seq + len(stored)
+        conn.executemany(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("last_seq", last_seq), ("indexed_upto", last_seq)],
+        )
+        self._save_newest(conn, stored)
+        pruned = self._delete_confirmed(conn, upto) if upto is not None else None
+        return pruned or (self._pruned_upto, 0, 0)
+
+    def _save_newest(self, conn: sqlite3.Connection, stored: list[SpooledEvent]) -> None:
+        # The newest id outlives its segment: saved in ``state`` before segments are deleted.
+        newest, created = self._newest_id, self._newest_created
+        if stored:
+            best = max(stored, key=lambda e: e.id)
+            if newest is None or best.id > newest:
+                newest, created = best.id, _created(best)
+        if newest is None or newest == self._newest_saved:
+            return
+        rows = [(LAST_EVENT_ID, str(newest))]
+        if created is not None:
+            rows.append((LAST_EVENT_CREATED, created))
+        conn.executemany(
+            "INSERT INTO state(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rows,
+        )
+        self._newest_saved = newest  # restored with the rest if the transaction fails
+
+    def _prune_due(self, force: bool) -> int | None:
+        """The seq up to which rows can be deleted now, or ``None`` (not due, or nothing)."""
         if not self._cursors:
             return None
         upto = min(self._cursors.values())
@@ -601,17 +1024,22 @@ class Spool:
             self._prune_deferred = False
             return None
         now = time.monotonic()
-        # Deleting in larger ranges costs less per row; a full spool prunes at once.
+        # Deleting in larger ranges costs fewer page writes per row; a full spool prunes at
+        # once.
         if (
             upto - self._prune_checked < self.prune_rows
             and now - self._pruned_at < self.prune_interval
+            and not (self.full or force or self._low_space)
         ):
-            if not (self.full or force):
-                self._prune_deferred = True
-                return None
+            self._prune_deferred = True
+            return None
         self._prune_deferred = False
         self._pruned_at = now
         self._prune_checked = upto
+        return upto
+
+    def _delete_confirmed(self, conn: sqlite3.Connection, upto: int) -> tuple[int, int, int] | None:
+        """Delete the segments every sink confirmed; returns (pruned_upto, events, size)."""
         # Segments are contiguous: those entirely at or below ``upto`` end before the one
         # holding ``upto + 1`` (which stays, partly confirmed).
         row = conn.execute(
@@ -665,8 +1093,7 @@ class Spool:
             start = max(start, self._pruned_upto)
             now = time.time()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     for name in removed:
                         conn.execute("DELETE FROM cursors WHERE sink = ?", (name,))
                     for name in wanted:
@@ -675,13 +1102,8 @@ class Spool:
                                 "INSERT INTO cursors(sink, seq, updated_at) VALUES (?, ?, ?)",
                                 (name, start, now),
                             )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
-                raise self._fail("cannot register sinks", exc) from exc
+                raise self._write_failed(conn, "cannot register sinks", exc) from exc
             self._cursors = {name: self._cursors.get(name, start) for name in wanted}
         for name, backlog in removed.items():
             if backlog:
@@ -699,18 +1121,15 @@ class Spool:
 
     def _prune_now(self) -> None:
         conn = self._writer()
+        before = self._volatile()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                pruned = self._prune(conn, force=True)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with _transaction(conn):
+                pruned = self._maintain(conn, [], force=True)
         except sqlite3.Error as exc:
-            raise self._fail("prune failed", exc) from exc
-        if pruned:
+            self._restore(before)
+            raise self._write_failed(conn, "prune failed", exc) from exc
+        if pruned is not None:
+            self._stored([], indexed=True)
             self._apply_prune(pruned)
 
     def cursors(self) -> dict[str, int]:
@@ -734,34 +1153,213 @@ class Spool:
         return self._rconn
 
     def read(self, after: int, limit: int = 1000) -> list[SpooledEvent]:
-        """Up to ``limit`` stored events with ``seq > after``, in order."""
-        out: list[SpooledEvent] = []
+        """Up to ``limit`` stored events with ``seq > after``, in order.
+
+        A stored batch whose checksum fails is not returned: it is moved aside (see
+        :meth:`damaged`), logged as an error naming its seq range and ids, and the events
+        after it are returned as usual.
+        """
         with self._rlock:
             try:
-                conn = self._reader()
-                row = conn.execute(
-                    "SELECT first_seq FROM segments WHERE first_seq <= ? "
-                    "ORDER BY first_seq DESC LIMIT 1",
-                    (after + 1,),
-                ).fetchone()
-                begin = row[0] if row is not None else after + 1
-                cursor = conn.execute(
-                    "SELECT first_seq, ids, times, lengths, payloads FROM segments "
-                    "WHERE first_seq >= ? ORDER BY first_seq",
-                    (begin,),
-                )
-                while len(out) < limit:
-                    segment = cursor.fetchone()
-                    if segment is None:
-                        break
-                    events = _decode_segment(*segment)
-                    if events and events[0].seq <= after:
-                        events = events[after + 1 - events[0].seq :]
-                    out.extend(events)
-                cursor.close()
+                out, damaged = self._read_segments(self._reader(), after, limit)
             except sqlite3.Error as exc:
                 raise self._fail("read failed", exc) from exc
+        if damaged:
+            self._set_aside(damaged)
         return out[:limit]
+
+    _ROW = "first_seq, last_seq, size, crc, ids_crc, ids, times, lengths, payloads, codec"
+
+    def _read_segments(
+        self, conn: sqlite3.Connection, after: int, limit: int
+    ) -> tuple[list[SpooledEvent], list[DamagedBatch]]:
+        row = conn.execute(
+            "SELECT first_seq FROM segments WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
+            (after + 1,),
+        ).fetchone()
+        begin = row[0] if row is not None else after + 1
+        try:
+            # One pass over whole rows; a row SQLite itself cannot read (a broken overflow
+            # chain) fails the pass, and the second one fetches row by row to find it.
+            rows = conn.execute(
+                f"SELECT {self._ROW} FROM segments WHERE first_seq >= ? ORDER BY first_seq",
+                (begin,),
+            )
+            return self._collect(conn, after, limit, ((r[0], r) for r in rows))
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+        keys = conn.execute(
+            "SELECT first_seq FROM segments WHERE first_seq >= ? ORDER BY first_seq", (begin,)
+        ).fetchall()
+        return self._collect(conn, after, limit, ((k[0], None) for k in keys))
+
+    def _collect(
+        self,
+        conn: sqlite3.Connection,
+        after: int,
+        limit: int,
+        rows: Iterator[tuple[int, Sequence[Any] | None]],
+    ) -> tuple[list[SpooledEvent], list[DamagedBatch]]:
+        out: list[SpooledEvent] = []
+        damaged: list[DamagedBatch] = []
+        for first_seq, row in rows:
+            if len(out) >= limit:
+                break
+            if first_seq in self._skip:
+                continue
+            events, bad = self._segment(conn, first_seq, row)
+            if bad is not None:
+                damaged.append(bad)
+                continue
+            if events and events[0].seq <= after:
+                events = events[after + 1 - events[0].seq :]
+            out.extend(events)
+        return out, damaged
+
+    def _segment(
+        self, conn: sqlite3.Connection, first_seq: int, row: Sequence[Any] | None = None
+    ) -> tuple[list[SpooledEvent], DamagedBatch | None]:
+        """One segment's events, verified; or the reason it cannot be delivered."""
+        if row is None:
+            try:
+                row = conn.execute(
+                    f"SELECT {self._ROW} FROM segments WHERE first_seq = ?", (first_seq,)
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise  # locked, I/O: not the row's fault
+                return [], self._damaged(conn, first_seq, None, f"SQLite cannot read it ({exc})")
+        if row is None:
+            return [], None
+        problem, payloads = _segment_payloads(row)
+        if problem is not None:
+            return [], self._damaged(conn, first_seq, row, problem)
+        return _decode_segment(row[0], row[5], row[6], row[7], payloads), None
+
+    def _damaged(
+        self, conn: sqlite3.Connection, first_seq: int, row: Sequence[Any] | None, problem: str
+    ) -> DamagedBatch:
+        # Its range ends before the next segment, whatever its own (maybe damaged) last_seq.
+        nxt = conn.execute(
+            "SELECT min(first_seq) FROM segments WHERE first_seq > ?", (first_seq,)
+        ).fetchone()[0]
+        last = self._last_seq if nxt is None else nxt - 1
+        ids: tuple[int, ...] | None = None
+        if row is not None:
+            if isinstance(row[1], int) and row[1] >= first_seq:
+                last = min(last, row[1])
+            raw = row[5]
+            if isinstance(raw, bytes) and len(raw) % 8 == 0 and zlib.crc32(raw) == row[4]:
+                ids = tuple(_unpack("q", raw))
+        return DamagedBatch(first_seq, last, ids, problem, time.time())
+
+    def _set_aside(self, damaged: list[DamagedBatch]) -> None:
+        """Move damaged segments to the ``damaged`` table (or at least skip them)."""
+        for batch in damaged:
+            with self._rlock:  # readers test _skip under this lock
+                if batch.first_seq in self._skip:
+                    continue
+                self._skip[batch.first_seq] = batch
+            shown = "unreadable" if batch.ids is None else _id_range(batch.ids)
+            log.error(
+                "spool %s: the batch of seq %d-%d (ids %s) is damaged (%s): moved aside, not "
+                "delivered; recover those events from the REST API",
+                self.path,
+                batch.first_seq,
+                batch.last_seq,
+                shown,
+                batch.error,
+            )
+        with self._wlock:
+            self._store_damaged()
+
+    def _store_damaged(self) -> None:
+        if not self._skip or self._wconn is None or self._closed:
+            return
+        conn = self._wconn
+        batches = list(self._skip.values())
+        try:
+            with _transaction(conn):
+                held, size = self._remove_damaged(conn, batches)
+        except sqlite3.Error as exc:
+            # Still skipped in memory; stored at the next read.
+            log.error("spool %s: cannot move damaged batches aside: %s", self.path, exc)
+            return
+        with self._rlock:
+            for batch in batches:
+                del self._skip[batch.first_seq]
+            self._damaged_count += len(batches)
+        self._held = max(0, self._held - held)
+        self._bytes = max(0, self._bytes - size)
+
+    def _remove_damaged(
+        self, conn: sqlite3.Connection, batches: list[DamagedBatch]
+    ) -> tuple[int, int]:
+        held = size = 0
+        for batch in batches:
+            conn.execute(
+                "INSERT OR REPLACE INTO damaged(first_seq, last_seq, ids, error, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    batch.first_seq,
+                    batch.last_seq,
+                    None if batch.ids is None else _pack("q", list(batch.ids)),
+                    batch.error,
+                    batch.at,
+                ),
+            )
+            try:
+                row = conn.execute(
+                    "SELECT size FROM segments WHERE first_seq = ?", (batch.first_seq,)
+                ).fetchone()
+            except sqlite3.DatabaseError:
+                row = None
+            if row is not None and isinstance(row[0], int):
+                size += max(0, row[0])
+            held += batch.last_seq - batch.first_seq + 1
+            conn.execute("DELETE FROM segments WHERE first_seq = ?", (batch.first_seq,))
+        return held, size
+
+    def damaged(self, limit: int = 1000) -> list[DamagedBatch]:
+        """The damaged batches moved aside, oldest first: their seq ranges, and their ids
+        when intact, so that the events can be recovered from the REST API."""
+        with self._rlock:
+            try:
+                rows = (
+                    self._reader()
+                    .execute(
+                        "SELECT first_seq, last_seq, ids, error, at FROM damaged "
+                        "ORDER BY first_seq LIMIT ?",
+                        (limit,),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+            pending = list(self._skip.values())
+        found = [
+            DamagedBatch(first, last, None if ids is None else tuple(_unpack("q", ids)), e, at)
+            for first, last, ids, e, at in rows
+        ]
+        found.extend(pending)
+        return sorted(found, key=lambda b: b.first_seq)[:limit]
+
+    def forget_damaged(self, first_seqs: Iterable[int]) -> None:
+        """Delete damaged batches from :meth:`damaged` (their events were recovered)."""
+        keys = [(seq,) for seq in first_seqs]
+        with self._wlock:
+            conn = self._writer()
+            try:
+                with _transaction(conn):
+                    removed = 0
+                    for key in keys:
+                        removed += conn.execute(
+                            "DELETE FROM damaged WHERE first_seq = ?", key
+                        ).rowcount
+            except sqlite3.Error as exc:
+                raise self._write_failed(conn, "cannot forget damaged batches", exc) from exc
+            self._damaged_count -= removed
 
     def received_at(self, seq: int) -> float | None:
         """When the event at ``seq`` was received, or ``None`` if it is not stored."""
@@ -780,7 +1378,10 @@ class Spool:
                 raise self._fail("read failed", exc) from exc
         if row is None or row[1] < seq:
             return None
-        return float(_unpack("d", row[2])[seq - row[0]])
+        times = row[2]
+        if not isinstance(times, bytes) or len(times) != 8 * (row[1] - row[0] + 1):
+            return None  # damaged: read() moves it aside
+        return float(_unpack("d", times)[seq - row[0]])
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -788,9 +1389,9 @@ class Spool:
         """Keep an event that ``sink`` refused for good."""
         with self._wlock:
             conn = self._writer()
+            trimmed = 0
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     conn.execute(
                         "INSERT INTO dead_letters(sink, seq, id, payload, received_at, error, at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -804,20 +1405,14 @@ class Spool:
                             time.time(),
                         ),
                     )
-                    trimmed = 0
                     if self._dead_letters + 1 > self.dead_letter_max:
                         trimmed = conn.execute(
                             "DELETE FROM dead_letters WHERE n <= "
                             "(SELECT max(n) FROM dead_letters) - ?",
                             (self.dead_letter_max,),
                         ).rowcount
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
-                raise self._fail("cannot store a dead letter", exc) from exc
+                raise self._write_failed(conn, "cannot store a dead letter", exc) from exc
             self._dead_letters += 1 - max(trimmed, 0)
         if trimmed > 0:
             log.warning("dead-letter table is at its limit: removed the %d oldest", trimmed)
@@ -844,6 +1439,10 @@ class Spool:
 
     def get_state(self, key: str) -> str | None:
         """The value stored under ``key``, or ``None``."""
+        if key == LAST_EVENT_ID:
+            return None if self._newest_id is None else str(self._newest_id)
+        if key == LAST_EVENT_CREATED:
+            return self._newest_created
         with self._rlock:
             try:
                 row = (
@@ -856,20 +1455,29 @@ class Spool:
         return None if row is None else str(row[0])
 
     def set_state(self, key: str, value: str | None) -> None:
-        """Store ``value`` under ``key`` durably; ``None`` deletes it."""
+        """Store ``value`` under ``key`` durably; ``None`` deletes it.
+
+        Works on a spool just created, before any event: a caller records where recovery
+        must start before the first commit, and that survives a first commit that fails.
+
+        Raises:
+            SpoolFullError: the disk is full.
+            SpoolError: SQLite failed otherwise.
+        """
         with self._wlock:
             conn = self._writer()
             try:
-                if value is None:
-                    conn.execute("DELETE FROM state WHERE key = ?", (key,))
-                else:
-                    conn.execute(
-                        "INSERT INTO state(key, value) VALUES (?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (key, value),
-                    )
+                with _transaction(conn):
+                    if value is None:
+                        conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                    else:
+                        conn.execute(
+                            "INSERT INTO state(key, value) VALUES (?, ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (key, value),
+                        )
             except sqlite3.Error as exc:
-                raise self._fail("cannot store state", exc) from exc
+                raise self._write_failed(conn, "cannot store state", exc) from exc
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -888,7 +1496,8 @@ class Spool:
                     pass
         self._rconn = self._wconn = None
         if self._lock_fd is not None:
-            # Closing the descriptor drops the flock; the lock file stays for the next bridge.
+            # Closed after SQLite's own descriptors: closing any descriptor of the file drops
+            # the process's POSIX locks on it, which SQLite relies on.
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -897,3 +1506,21 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _created(event: SpooledEvent) -> str | None:
+    """The ``created`` of a stored event's data, as the platform wrote it."""
+    try:
+        data = event.json().get("data")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    created = data.get("created") if isinstance(data, dict) else None
+    return created if isinstance(created, str) else None
+
+
+def _id_range(ids: tuple[int, ...]) -> str:
+    if not ids:
+        return "none"
+    if len(ids) <= 5:
+        return ", ".join(map(str, ids))
+    return f"{min(ids)}..{max(ids)} ({len(ids)} ids)"

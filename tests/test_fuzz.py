@@ -332,17 +332,28 @@ class SpoolMachine(RuleBasedStateMachine):
         self.cursors: dict[str, int] = {}
         self.restarts = 0
         self.prune_rows = 2000
+        self.prune_interval = 10.0
 
     def _open(self) -> Spool:
-        spool = Spool(self.path, synchronous="normal", check=False, prune_rows=self.prune_rows)
+        spool = Spool(
+            self.path,
+            synchronous="normal",
+            check=False,
+            prune_rows=self.prune_rows,
+            prune_interval=self.prune_interval,
+        )
         spool.register(SINKS)
         return spool
 
     # prune_rows 1 prunes at every acknowledgement, so repeats of pruned ids are exercised;
-    # 2000 defers pruning past the end of the run.
-    @initialize(prune_rows=st.sampled_from([1, 3, 2000]))
-    def start(self, prune_rows: int) -> None:
+    # 2000 defers pruning past the end of the run (and with it the batched write of the ids
+    # and counters), unless prune_interval 0 prunes at every acknowledgement anyway.
+    @initialize(
+        prune_rows=st.sampled_from([1, 3, 2000]), prune_interval=st.sampled_from([0.0, 3600.0])
+    )
+    def start(self, prune_rows: int, prune_interval: float) -> None:
         self.prune_rows = prune_rows
+        self.prune_interval = prune_interval
         self.spool = self._open()
         self.cursors = {name: 0 for name in SINKS}
 
@@ -403,6 +414,20 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.s.close()
+        self.spool = self._open()
+        self.restarts += 1
+
+    @precondition(lambda self: self.restarts < 4)
+    @rule()
+    def crash(self) -> None:
+        """The files as a SIGKILL leaves them (no closing checkpoint), opened again: every
+        committed event, cursor and remembered id is there."""
+        copy = self.dir / f"crashed-{self.restarts}.db"
+        for suffix in ("", "-wal"):
+            if Path(f"{self.path}{suffix}").exists():
+                shutil.copyfile(f"{self.path}{suffix}", f"{copy}{suffix}")
+        self.s.close()
+        self.path = copy
         self.spool = self._open()
         self.restarts += 1
 

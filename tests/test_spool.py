@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -10,11 +11,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from neuroio.exceptions import ConfigurationError, SpoolError
+from neuroio.exceptions import ConfigurationError, SpoolError, SpoolFullError
 from neuroio.spool import ROW_OVERHEAD, Spool, default_spool_path
 
 
@@ -345,3 +347,332 @@ def test_sigkill_mid_write_loses_no_committed_event(path: Path, synchronous: str
         assert held[0] == cursor
         assert held == list(range(cursor, held[-1] + 1))
         assert held[-1] + 1 >= last
+
+
+# ------------------------------------------------------------------ disk writes per commit
+
+
+def _wal_size(path: Path) -> int:
+    return os.stat(f"{path}-wal").st_size
+
+
+def test_a_small_commit_writes_one_page_to_the_log(path: Path) -> None:
+    """One event, or one acknowledgement, appends a single 4 KiB page to the write-ahead log:
+    nothing else is rewritten at each commit (ids, counters, state wait for the next prune)."""
+    frame = 4096 + 24  # a log frame is a page and its header
+    with Spool(path, prune_interval=3600) as spool:
+        spool.register(["a"])
+        spool.write([ev(1)])
+        spool.ack("a", 1)  # the first prune is immediate
+        before = _wal_size(path)
+        spool.write([ev(2)])
+        assert _wal_size(path) - before == frame
+        spool.ack("a", 2)
+        assert _wal_size(path) - before == 2 * frame
+        spool.write([ev(3)], {"a": 2})  # an ack that does not move writes nothing more
+        assert _wal_size(path) - before == 3 * frame
+
+
+def test_ids_and_newest_id_survive_a_restart_before_any_prune(path: Path) -> None:
+    """Ids and the newest id, not written at each commit, are rebuilt from the stored rows:
+    after a restart a repeat is still dropped and last_event_id is right."""
+    with Spool(path, prune_interval=3600) as spool:
+        spool.register(["a"])
+        spool.write([ev(5), ev(7)])
+        spool.write([ev(6)])
+    with Spool(path) as spool:
+        assert spool.last_event_id == 7
+        assert spool.write([ev(6), ev(7), ev(8)])[0].id == 8
+        assert [e.id for e in spool.read(0)] == [5, 7, 6, 8]
+
+
+def test_a_previous_version_spool_is_upgraded_in_place(path: Path, tmp_path: Path) -> None:
+    """A spool written by the previous schema (64 KiB pages, ids at every commit) opens with
+    its events, cursors, newest id and remembered ids, rewritten once with 4 KiB pages, and
+    takes new events."""
+    source = subprocess.run(
+        ["git", "show", "3b6f9e2:neuroio/spool.py"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+    )
+    if source.returncode != 0:
+        pytest.skip(f"the previous spool is not in this checkout: {source.stderr.strip()}")
+    old_module = tmp_path / "old_spool.py"
+    old_module.write_text(source.stdout)
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, sys, neuroio
+        spec = importlib.util.spec_from_file_location("neuroio._old_spool", {str(old_module)!r})
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        spool = module.Spool({str(path)!r}, prune_rows=1)
+        spool.register(["a"])
+        spool.write([(i, b'{{"id":%d,"data":{{}}}}' % i, 1.0) for i in range(1, 6)])
+        spool.ack("a", 2)
+        spool.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with Spool(path) as spool:
+        assert spool._wconn is not None
+        assert spool._wconn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert spool.cursors() == {"a": 2}
+        assert [e.id for e in spool.read(2)] == [3, 4, 5]
+        assert spool.last_event_id == 5
+        assert spool.write([(1, b'{"id":1}', 1.0), (4, b'{"id":4}', 1.0)]) == []
+        assert spool.write([ev(6)])[0].seq == 6
+        spool.ack("a", 6)
+    with Spool(path) as spool:
+        assert spool.depth == 0 and spool.last_event_id == 6
+
+
+# ------------------------------------------------------------------------------ the lock
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_link_to_a_locked_spool_is_refused(path: Path, tmp_path: Path, link: str) -> None:
+    """The lock is on the file itself: a symbolic or hard link to an open spool is refused
+    with the holder's pid, so no second bridge (and no second log) gets in."""
+    other = tmp_path / "other" / "alias.db"
+    other.parent.mkdir()
+    with Spool(path) as spool:
+        spool.write([ev(1)])
+        if link == "symlink":
+            other.symlink_to(path)
+        else:
+            os.link(path, other)
+        with pytest.raises(SpoolError, match=f"in use by another bridge \\(pid {os.getpid()}\\)"):
+            Spool(other)
+        assert not Path(f"{other}-wal").exists()
+        assert [e.id for e in spool.read(0)] == [1]
+    with Spool(other) as spool:  # released on close
+        assert [e.id for e in spool.read(0)] == [1]
+
+
+def test_a_hard_link_held_by_another_process_names_its_pid(path: Path, tmp_path: Path) -> None:
+    """Another process holding the spool through another name is named by its pid."""
+    alias = tmp_path / "alias.db"
+    Spool(path).close()
+    os.link(path, alias)
+    code = (
+        f"from neuroio.spool import Spool; s = Spool({str(alias)!r}); "
+        "print('ok', flush=True); input()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ok"
+            with pytest.raises(SpoolError, match=f"in use by another bridge \\(pid {proc.pid}\\)"):
+                Spool(path)
+        finally:
+            proc.kill()
+
+
+# ------------------------------------------------------------------------------ checksums
+
+
+def _damage(path: Path, first_seq: int, column: str, offset: int) -> None:
+    """Flip one byte of a stored segment's blob with sqlite3, as a bad sector would."""
+    conn = sqlite3.connect(path)
+    (blob,) = conn.execute(
+        f"SELECT {column} FROM segments WHERE first_seq = ?", (first_seq,)
+    ).fetchone()
+    damaged = bytearray(blob)
+    damaged[offset] ^= 0x5A
+    conn.execute(
+        f"UPDATE segments SET {column} = ? WHERE first_seq = ?", (bytes(damaged), first_seq)
+    )
+    conn.commit()
+    conn.close()
+
+
+def _three_batches(path: Path) -> None:
+    with Spool(path) as spool:
+        spool.register(["a"])
+        spool.write([ev(1), ev(2)])
+        spool.write([ev(3), ev(4)])
+        spool.write([ev(5)])
+
+
+def test_altered_payload_bytes_are_never_delivered(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch whose JSON bytes were altered is moved aside with an error naming its seq range
+    and ids, reported by damaged(); the batches around it are delivered intact."""
+    _three_batches(path)
+    _damage(path, 3, "payloads", 10)
+    with Spool(path) as spool:
+        got = spool.read(0)
+        assert [e.id for e in got] == [1, 2, 5]
+        for event in got:
+            assert event.json()["id"] == event.id
+        [batch] = spool.damaged()
+        assert (batch.first_seq, batch.last_seq, batch.ids) == (3, 4, (3, 4))
+        assert "checksum" in batch.error
+        assert spool.damaged_count == 1 and spool.depth == 5
+        assert "seq 3-4 (ids 3, 4) is damaged" in caplog.text
+        spool.ack("a", got[-1].seq)
+        assert spool.depth == 0
+    with Spool(path) as spool:  # moved aside for good, still reported
+        assert spool.read(0) == []
+        assert [b.first_seq for b in spool.damaged()] == [3]
+        spool.forget_damaged([3])
+        assert spool.damaged() == [] and spool.damaged_count == 0
+
+
+def test_a_damaged_length_field_neither_stalls_nor_delivers_garbage(path: Path) -> None:
+    """A damaged length (which SQLite's quick_check cannot see) is caught by the checksum:
+    readers go on past the batch, so a sink reaches the newest event."""
+    _three_batches(path)
+    _damage(path, 1, "lengths", 0)
+    with Spool(path) as spool:
+        cursor = spool.cursor("a")
+        delivered: list[int] = []
+        for _ in range(3):
+            batch = spool.read(cursor, limit=1)
+            if not batch:
+                break
+            delivered.extend(e.id for e in batch)
+            cursor = batch[-1].seq
+            spool.ack("a", cursor)
+        assert delivered == [3, 4, 5]
+        assert spool.read(cursor) == [] and spool.depth == 0
+        [batch] = spool.damaged()
+        assert (batch.first_seq, batch.last_seq, batch.ids) == (1, 2, (1, 2))
+
+
+def test_damaged_ids_are_reported_as_unknown_with_the_seq_range(path: Path) -> None:
+    """When the ids themselves are damaged, the batch is reported by its seq range alone."""
+    _three_batches(path)
+    _damage(path, 3, "ids", 3)
+    with Spool(path) as spool:
+        assert [e.id for e in spool.read(0)] == [1, 2, 5]
+        [batch] = spool.damaged()
+        assert (batch.first_seq, batch.last_seq, batch.ids) == (3, 4, None)
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test (root only)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small file system")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.strip() or made.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A ballast file taking all but ``leave`` bytes of the disk."""
+    ballast = disk / "ballast"
+    st = os.statvfs(disk)
+    with open(ballast, "ab") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return ballast
+
+
+def _shrink(ballast: Path, by: int) -> None:
+    os.truncate(ballast, max(0, ballast.stat().st_size - by))
+
+
+def big(event_id: int) -> tuple[int, bytes, float]:
+    """An event of about 760 bytes that does not compress (the spool deflates its rows)."""
+    note = base64.b64encode(os.urandom(525)).decode()
+    return (event_id, json.dumps({"id": event_id, "data": {"note": note}}).encode(), 1.0)
+
+
+def test_a_full_disk_fails_a_commit_precisely_and_recovers_with_a_little_room(
+    small_disk: Path,
+) -> None:
+    """On a full disk a commit raises SpoolFullError (path and free space in one line) and
+    stores nothing; once a little room is back, commits go on for good, not just once."""
+    path = small_disk / "spool.db"
+    spool = Spool(path, max_bytes=None)
+    try:
+        spool.register(["a"])
+        ballast = _fill(small_disk, 200_000)
+        n = 0
+        with pytest.raises(SpoolFullError) as failed:
+            for _ in range(1000):
+                spool.write([big(n + k) for k in range(1, 11)])
+                n += 10
+        message = str(failed.value)
+        assert str(path) in message and "bytes free" in message and "\n" not in message
+        assert spool.last_seq == n and len(spool.read(0, limit=10_000)) == n
+        _shrink(ballast, 64 << 10)
+        for _ in range(300):  # steady state: each event delivered and pruned as it goes
+            stored = spool.write([big(n + 1)], {"a": n})
+            assert [e.id for e in stored] == [n + 1]
+            n += 1
+        assert spool.depth == 1
+    finally:
+        spool.close()
+    with Spool(path) as spool:
+        assert [e.id for e in spool.read(spool.cursor("a"))] == [n]
+
+
+def test_state_written_on_a_new_spool_survives_a_first_commit_that_fails(
+    small_disk: Path,
+) -> None:
+    """A new spool on a nearly full disk takes the state written before any event (where
+    recovery must start); the first batch fails; after a restart with room the state is
+    there and the batch commits."""
+    path = small_disk / "spool.db"
+    ballast = _fill(small_disk, 160_000)
+    spool = Spool(path)
+    try:
+        spool.register(["a"])
+        spool.set_state("recover_after", '{"last_id": 41}')
+        with pytest.raises(SpoolFullError):
+            spool.write([big(i) for i in range(42, 442)])
+        assert spool.get_state("recover_after") == '{"last_id": 41}'
+    finally:
+        spool.close()
+    _shrink(ballast, 600_000)
+    with Spool(path) as spool:
+        assert spool.get_state("recover_after") == '{"last_id": 41}'
+        assert spool.last_seq == 0
+        assert len(spool.write([big(i) for i in range(42, 442)])) == 400
+
+
+def test_rows_are_compressed_and_read_back_byte_for_byte(path: Path) -> None:
+    """Batches are stored deflated when that saves room and read back exactly; damage to the
+    compressed bytes is caught like any other."""
+    from neuroio.testing import EntryFactory
+
+    factory = EntryFactory()
+    events = [
+        (i, b'{"id":%d,"data":' % i + json.dumps(factory.make()).encode() + b"}", 1.0)
+        for i in range(1, 11)
+    ]
+    with Spool(path) as spool:
+        spool.register(["a"])
+        spool.write(events[:5])
+        spool.write(events[5:])
+        assert [(e.id, e.payload) for e in spool.read(0)] == [(i, p) for i, p, _ in events]
+    conn = sqlite3.connect(path)
+    stored, codecs = conn.execute(
+        "SELECT sum(length(payloads)), min(codec) FROM segments"
+    ).fetchone()
+    conn.close()
+    assert codecs == 1 and stored < 0.7 * sum(len(p) for _, p, _ in events)
+    _damage(path, 6, "payloads", 20)
+    with Spool(path) as spool:
+        assert [e.id for e in spool.read(0)] == [1, 2, 3, 4, 5]
+        assert [b.ids for b in spool.damaged()] == [(6, 7, 8, 9, 10)]

@@ -5,6 +5,7 @@
   silent rejections that span connections.
 - :mod:`.heartbeat`: when to PING and when a silent connection is dead, from a given ``now``.
 - :mod:`.backoff`: the reconnect delays.
+- :mod:`.gaps`: where gap recovery starts, which ids are trusted, duplicates and limits.
 
 The listener's connection (``neuroio._connection``) feeds these what happened on the socket
 and acts on their answers; everything here is tested with plain synchronous functions.

@@ -214,13 +214,15 @@ async def test_bridge_through_a_wrong_type_key_delivers_every_event(
             for i in range(1, 101):
                 await pipeline.put(i, events(i)[0].payload)
             await pipeline.wait_delivered(timeout=10)
-            await client.rename(name, f"{name}:aside")
-            await client.set(name, "not a stream")
+            # Each swap in one MULTI/EXEC: the sink retries every few milliseconds, and an XADD
+            # between two separate commands would land in a stream the next one overwrites.
+            async with client.pipeline(transaction=True) as swap:
+                await swap.rename(name, f"{name}:aside").set(name, "not a stream").execute()
             for i in range(101, 201):
                 await pipeline.put(i, events(i)[0].payload)
             await until(lambda: status.failures >= 10, timeout=10)
-            await client.delete(name)
-            await client.rename(f"{name}:aside", name)
+            async with client.pipeline(transaction=True) as swap:
+                await swap.delete(name).rename(f"{name}:aside", name).execute()
             await pipeline.wait_delivered(timeout=10)
         finally:
             await pipeline.close()
