@@ -36,11 +36,12 @@ disk_full          the spool lives on a tmpfs the soak mounts (root only; withou
                    is skipped, with the reason printed); the path to Redis goes away (so the
                    spool must grow to hold the backlog) and a ballast file fills the tmpfs,
                    for 2-4 s and until the bridge is hit (its commits stop for 1 s or
-                   ``/healthz`` answers 503; at most 10 s); then Redis comes back and the
+                   ``/healthz`` answers 503; after 2-4 s a burst of 5,000 events every 0.5 s
+                   while it still finds room; 10 s at most); then Redis comes back and the
                    ballast goes: all of it, or (every other time) all but what leaves 1 MiB
                    free, the rest only after the bridge has recovered in that little room or
-                   failed to within 20 s. ``/healthz`` is polled while the disk is full (it
-                   must answer 503); recovered when the bridge commits again
+                   failed to within 20 s. ``/healthz`` must answer 503 while a full disk
+                   stops commits; recovered when the bridge commits again
                    (``neuroio_events_received_total`` grows) and every sink's lag is back to
                    within 50 ms of the stream
 clock_skew         the emulator's clock steps by ten minutes, in the cycle of offsets
