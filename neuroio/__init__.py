@@ -1,16 +1,20 @@
 """neuroio-events: a client for the NeuroIO real-time events stream.
 
-The public surface::
+The public surface is what this module exports; everything in a module whose name starts with
+an underscore is internal and may change in any release::
 
-    from neuroio import EventListener, AuthenticationError, NeuroIOError, MessageError
-    from neuroio import parse_message
+    from neuroio import EventListener, Event, Backfilled, parse_message
+    from neuroio import AuthenticationError, ConnectionFailedError, NeuroIOError
 
-See ``README.md`` for the listener, the CLI (``neuroio-events``), the emulator and the bridge.
+Beside it: :mod:`neuroio.testing` (the emulator and entry factory for users' own tests),
+:mod:`neuroio.bridge` (the durable bridge), :mod:`neuroio.sinks` (its outputs) and
+:mod:`neuroio.recording` (the recording format). See ``README.md`` and ``docs/``.
 """
 
 from __future__ import annotations
 
-from .backoff import Backoff
+from ._protocol.frames import parse_message
+from ._protocol.session import LossReason
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -22,11 +26,12 @@ from .exceptions import (
     PermanentSinkError,
     SinkError,
     SpoolError,
+    SpoolFullError,
 )
-from .heartbeat import Heartbeat
-from .listener import EventListener
+from .listener import EventListener, Handler
 from .messages import (
     AuthOk,
+    Backfilled,
     Entry,
     Event,
     Liveness,
@@ -39,7 +44,6 @@ from .messages import (
     Sex,
     UnknownMessage,
 )
-from .protocol import encode_auth, encode_ping, parse_message
 from .stats import ListenerStats, State
 
 __version__ = "0.1.0"
@@ -47,16 +51,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthOk",
     "AuthenticationError",
-    "Backoff",
     "BackfillError",
+    "Backfilled",
     "ConfigurationError",
     "ConnectionFailedError",
     "Entry",
     "Event",
     "EventListener",
-    "Heartbeat",
+    "Handler",
     "ListenerStats",
     "Liveness",
+    "LossReason",
     "Message",
     "MessageError",
     "MissingExtraError",
@@ -69,11 +74,10 @@ __all__ = [
     "ServerError",
     "SinkError",
     "SpoolError",
+    "SpoolFullError",
     "Sex",
     "State",
     "UnknownMessage",
     "__version__",
-    "encode_auth",
-    "encode_ping",
     "parse_message",
 ]

@@ -432,17 +432,11 @@ class Recovery:
         cursor = after  # the largest id handled in this gap
         handled = 0
         unhandled = await self._count(params, after if check_ids else None)
-        if self.tracker.max_events is not None and unhandled > self.tracker.max_events:
-            # Handle the oldest beyond the limit as skipped: the boundary is the newest of them.
-            keep = self.tracker.max_events
-            edge = await self._get(dict(params, limit="1", offset=str(keep)))
-            edge_ids = self._ids(edge)
-            if check_ids and after is not None and edge_ids and edge_ids[0] <= after:
-                raise _IgnoresIdFrom
-            if edge_ids:
-                self._skip(unhandled - keep)
-                cursor = edge_ids[0] if cursor is None else max(cursor, edge_ids[0])
-                handled, unhandled = unhandled - keep, keep
+        limit_edge = await self._beyond_limit(params, unhandled, after if check_ids else None)
+        if limit_edge is not None:
+            cursor = limit_edge if cursor is None else max(cursor, limit_edge)
+            keep = unhandled if self.tracker.max_events is None else self.tracker.max_events
+            handled, unhandled = unhandled - keep, keep
         misses = 0
         while unhandled > 0 and not self._closing():
             offset = max(0, unhandled - size)
@@ -488,6 +482,23 @@ class Recovery:
             unhandled = offset
             if cursor is not None and _past(cursor, gap):
                 return
+
+    async def _beyond_limit(
+        self, params: dict[str, str], unhandled: int, after: int | None
+    ) -> int | None:
+        """With more than ``max_events`` unhandled, count the oldest beyond the limit as
+        skipped and return the newest of them (the walk's boundary); ``None`` otherwise."""
+        keep = self.tracker.max_events
+        if keep is None or unhandled <= keep:
+            return None
+        edge = await self._get(dict(params, limit="1", offset=str(keep)))
+        edge_ids = self._ids(edge)
+        if after is not None and edge_ids and edge_ids[0] <= after:
+            raise _IgnoresIdFrom
+        if not edge_ids:
+            return None
+        self._skip(unhandled - keep)
+        return edge_ids[0]
 
     async def _count(self, params: dict[str, str], after: int | None = None) -> int:
         """How many entries match ``params``: the answer's ``count``, or for a bare list the

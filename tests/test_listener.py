@@ -12,13 +12,13 @@ import pytest
 
 from neuroio import (
     AuthenticationError,
-    Backoff,
     ConfigurationError,
     ConnectionFailedError,
     Event,
     EventListener,
     State,
 )
+from neuroio._protocol.backoff import Backoff
 from neuroio.emulator import Emulator
 from neuroio.listener import LossReason
 

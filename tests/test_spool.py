@@ -541,8 +541,8 @@ def test_a_damaged_length_field_neither_stalls_nor_delivers_garbage(path: Path) 
             spool.ack("a", cursor)
         assert delivered == [3, 4, 5]
         assert spool.read(cursor) == [] and spool.depth == 0
-        [batch] = spool.damaged()
-        assert (batch.first_seq, batch.last_seq, batch.ids) == (1, 2, (1, 2))
+        [damaged] = spool.damaged()
+        assert (damaged.first_seq, damaged.last_seq, damaged.ids) == (1, 2, (1, 2))
 
 
 def test_damaged_ids_are_reported_as_unknown_with_the_seq_range(path: Path) -> None:

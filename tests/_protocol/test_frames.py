@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import msgspec
 import pytest
@@ -19,14 +20,14 @@ from neuroio import (
     ServerError,
     Sex,
     UnknownMessage,
-    encode_auth,
-    encode_ping,
     parse_message,
 )
 from neuroio._protocol.frames import (
     EVENT_PREFIX,
     Kind,
     classify,
+    encode_auth,
+    encode_ping,
     error_text,
     event_key,
     event_to_json,
@@ -86,7 +87,7 @@ def test_parse_control_messages() -> None:
 
 def test_parse_event_typed_fields() -> None:
     """An event's entry gets typed fields: enums, datetimes, nested objects."""
-    frame = {
+    frame: dict[str, Any] = {
         "id": 42,
         "data": {
             "id": 42,
