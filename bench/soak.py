@@ -36,14 +36,14 @@ disk_full          the spool lives on a tmpfs the soak mounts (root only; withou
                    is skipped, with the reason printed); the path to Redis goes away (so the
                    spool must grow to hold the backlog) and a ballast file fills the tmpfs,
                    for 2-4 s and until the bridge is hit (its commits stop for 1 s or
-                   ``/healthz`` answers 503; after 2-4 s a burst of 5,000 events every 0.5 s
-                   while it still finds room; 10 s at most); then Redis comes back and the
-                   ballast goes: all of it, or (every other time) all but what leaves 1 MiB
-                   free, the rest only after the bridge has recovered in that little room or
-                   failed to within 20 s. ``/healthz`` must answer 503 while a full disk
-                   stops commits; recovered when the bridge commits again
-                   (``neuroio_events_received_total`` grows) and every sink's lag is back to
-                   within 50 ms of the stream
+                   ``/healthz`` answers 503; after 2-4 s, while it still finds room, up to
+                   three bursts of 2,000 events, 0.5 s apart; 10 s at most); then Redis comes
+                   back and the ballast goes: all of it, or (every other time) all but what
+                   leaves 1 MiB free, the rest only after the bridge has recovered in that
+                   little room or failed to within 20 s. ``/healthz`` must answer 503 while a
+                   full disk stops commits, and one fault at least must stop them; recovered
+                   when the bridge commits again (``neuroio_events_received_total`` grows)
+                   and every sink's lag is back to within 50 ms of the stream
 clock_skew         the emulator's clock steps by ten minutes, in the cycle of offsets
                    -600, 0, +600, 0 s (left in place: every later fault runs under it), then
                    the WebSocket is cut; recovered when every sink holds every id emitted
@@ -152,9 +152,12 @@ PARTIAL_TIMEOUT_S = 20.0
 # most MAX_FULL_S.
 STALL_S = 1.0
 MAX_FULL_S = 10.0
-# Bursts emitted while the disk is full and the bridge still commits, so the spool must grow.
-BURST = 5000
+# Bursts emitted while the disk is full and the bridge still commits, so the spool must grow
+# (a spool keeps the pages of its largest backlog so far, and fills them first). Few and
+# bounded: each raises that mark, and the bridge's memory peak with it.
+BURST = 2000
 BURST_EVERY_S = 0.5
+MAX_BURSTS = 3
 
 
 # ---------------------------------------------------------------------------- the bridge
@@ -404,10 +407,10 @@ class Soak:
         self.emu = Emulator(
             tokens={TOKEN},
             push_while_disconnected=False,
-            # Room for the bursts of disk_full too (at most one per BURST_EVERY_S while full).
+            # Room for the bursts of disk_full too (at most MAX_BURSTS per fault).
             history_size=int(args.rate * (args.duration + 300))
             + 10_000
-            + BURST * int(MAX_FULL_S / BURST_EVERY_S) * (1 + int(args.duration / 20)),
+            + BURST * MAX_BURSTS * (1 + int(args.duration / 20)),
             seed=args.seed,
         )
         redis = await sinks.redis_client()
@@ -830,12 +833,14 @@ class Soak:
         changed = start
         bitten: float | None = None
         burst_at = start + duration
+        bursts = 0
         while True:
             await asyncio.sleep(0.1)  # polling period of an HTTP probe
             now = time.monotonic()
-            if bitten is None and now >= burst_at:
+            if bitten is None and now >= burst_at and bursts < MAX_BURSTS:
                 # A spool that found room for the steady stream gets a burst to hold.
                 await self.emu.burst(BURST)
+                bursts += 1
                 self.bursts += 1
                 burst_at = now + BURST_EVERY_S
             total = await self._received_total()
