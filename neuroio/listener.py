@@ -17,9 +17,8 @@ import logging
 import os
 import ssl as _ssl
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -32,8 +31,9 @@ from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._net import is_loopback_url
 from ._protocol.backoff import Backoff
 from ._protocol.frames import event_decoder, event_key, parse_message
+from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
-from .backfill import EntriesClient, GapStart, RecentIds, parse_since
+from ._recovery import Recovery
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -57,6 +57,10 @@ _decode_event = event_decoder.decode
 _NEEDS_CLEANUP_CLOSED = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False))
 _DEFAULTS = ConnectionOptions()
 _RECOVERY_DEFAULTS = RecoveryOptions()
+# aiohttp's default keep-alive of a pooled (REST) connection, seconds; lowered below.
+_POOL_IDLE = 15.0
+# Untrusted ids logged (one line each) before the rest are only counted.
+_UNTRUSTED_LOG_LIMIT = 10
 
 
 class EventListener:
@@ -92,14 +96,16 @@ class EventListener:
         backfill: after every reconnect, fetch the entries missed meanwhile from the REST API
             and deliver them (as :class:`~neuroio.messages.Backfilled` frames; typed events get
             ``backfilled=True``). Duplicates between live and recovered events are dropped.
+            Each connection then also asks the REST API for its newest entry (two requests of
+            one entry): a gap starts there when no event was seen, never at a clock time.
         api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else
             ``https://api.neuroio.com``.
         since: also recover, before the first connection, the entries after this event id
             (an ``int``) or created from this time on (ISO-8601 text or ``datetime``).
         backfill_max_events: recover at most this many entries per gap (the newest);
             ``None`` for no limit. What is skipped is logged.
-        backfill_max_age: skip recovered entries older than this many seconds; ``None`` for
-            no limit.
+        backfill_max_age: skip recovered entries created this many seconds before the newest
+            entry (the server's clock, not this machine's); ``None`` for no limit.
         dedupe_window: how many recent event ids are remembered to drop duplicates.
         on_connected: ``async def on_connected()``, awaited once per authenticated connection
             in the handler's turn: after the ``{"auth": "ok"}`` frame was handed to the handler
@@ -180,10 +186,23 @@ class EventListener:
         """The gap-recovery options in effect (api_url resolved)."""
         self._ssl = ssl
         self._backoff = backoff or Backoff(reconnect_delay, options.max_reconnect_delay)
-        self._gaps: list[GapStart] = [first_gap] if first_gap is not None else []
-        self._recent = RecentIds(dedupe_window) if (backfill or first_gap) else None
-        self._cursor_id: int | None = None
-        self._cursor_created: str | None = None
+        # Without recovery there is no tracker, and the reader's hot path no dedupe step.
+        self._tracker: GapTracker | None = None
+        if backfill or first_gap is not None:
+            self._tracker = GapTracker(
+                dedupe_window=dedupe_window,
+                max_events=backfill_max_events,
+                max_age=backfill_max_age,
+                on_suspect=self._untrusted_id,
+            )
+            if first_gap is not None:
+                self._tracker.restore(first_gap)
+        self._untrusted_logged = 0
+        self._recovery: Recovery | None = None
+        self._recovery_wake: asyncio.Event | None = None
+        # Authenticated connections lost so far: a newest id asked before the latest loss
+        # may predate entries missed since, so it must not close that loss's gap.
+        self._losses = 0
         self._backfill_task: asyncio.Task[None] | None = None
         self.backfill_error: BackfillError | None = None
         """The last gap-recovery failure that could not be retried (e.g. a refused token)."""
@@ -298,11 +317,18 @@ class EventListener:
         self._failure = None
         # enable_cleanup_closed: aiohttp's advice for Pythons whose SSL transports can linger
         # after close; a listener that reconnects for months must not leak them.
+        # keepalive_timeout: only REST requests are pooled. A loss found by the heartbeat
+        # takes at least about ping_timeout, so a REST connection idle for half of it is not
+        # reused after the loss: it may be on the same dead path, and would hang a request.
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED)
+            connector=aiohttp.TCPConnector(
+                enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
+                keepalive_timeout=min(_POOL_IDLE, self.ping_timeout / 2),
+            )
         )
         self._session = session
         try:
+            self._start_recovery(session)
             await self._connection_cycle(session)
         except BaseException as exc:
             self._failure = exc
@@ -419,9 +445,9 @@ class EventListener:
             backoff=self._backoff,
             closing=self._closing,
             set_state=self._set_state,
-            remember=self._remember if self._recent is not None else None,
+            remember=self._remember if self._tracker is not None else None,
             on_connected=self._on_connected,
-            on_live=self._start_recovery,
+            on_live=self._live,
         )
 
     async def _connection_cycle(self, session: aiohttp.ClientSession) -> None:
@@ -442,7 +468,9 @@ class EventListener:
             if verdict.authenticated:
                 failures = 0
                 if self.backfill:
-                    self._gaps.append(self._gap_start())
+                    assert self._tracker is not None
+                    self._tracker.lost()
+                    self._losses += 1
             else:
                 failures += 1
             rejected = silent.observe(verdict)
@@ -486,95 +514,104 @@ class EventListener:
 
     # ------------------------------------------------------------------ gap recovery
 
-    def _start_recovery(self) -> None:
-        if self._gaps and (self._backfill_task is None or self._backfill_task.done()):
-            self._backfill_task = asyncio.create_task(self._recover(), name="neuroio-backfill")
-
-    def _remember(self, data: str | bytes) -> bool:
-        """Track the recovery cursor; ``False`` if this event id was already delivered."""
-        key = event_key(data)
-        if key is None:
-            return True
-        event_id, created = key
-        assert self._recent is not None
-        if not self._recent.add(event_id):
-            self.stats.duplicate_events += 1
-            return False
-        if self._cursor_id is None or event_id > self._cursor_id:
-            self._cursor_id = event_id
-            self._cursor_created = created
-        return True
-
-    def _gap_start(self) -> GapStart:
-        """Where the gap that just opened begins."""
-        if self._cursor_id is None:
-            # Nothing seen yet: recover what was created since shortly before the loss.
-            return GapStart(since_time=datetime.now(timezone.utc))
-        created = None
-        if self._cursor_created is not None:
-            with contextlib.suppress(msgspec.ValidationError):
-                created = msgspec.convert(self._cursor_created, datetime)
-                if created.tzinfo is None:
-                    created = created.replace(tzinfo=timezone.utc)
-        return GapStart(last_id=self._cursor_id, last_created=created)
-
-    async def _recover(self) -> None:
-        """Deliver the entries of every pending gap, oldest gap first."""
-        assert self._session is not None
-        client = EntriesClient(
-            self._session,
+    def _start_recovery(self, session: aiohttp.ClientSession) -> None:
+        """One task for the whole of listen(): it recovers after each notified connection."""
+        tracker = self._tracker
+        if tracker is None:
+            return
+        assert self._closing is not None
+        self._recovery = Recovery(
+            session,
             self.api_url,
             self._token,
+            tracker,
+            self._deliver_recovered,
             backoff=Backoff(self._backoff.initial, self._backoff.maximum),
-            closing=self._closing_now,
+            closing=self._closing,
         )
-        while self._gaps and not self._closing_now():
-            gap = self._gaps.pop(0)
-            try:
-                entries = await client.missed(gap)
-            except BackfillError as exc:
-                self.backfill_error = exc
-                logger.error("gap recovery failed: %s", exc)
-                self._gaps.clear()
-                return
-            for entry in self._limit(entries):
-                event_id = entry["id"]
-                assert self._recent is not None
-                if not self._recent.add(event_id):
-                    continue
-                if self._cursor_id is None or event_id > self._cursor_id:
-                    self._cursor_id = event_id
-                    created = entry.get("created")
-                    self._cursor_created = created if isinstance(created, str) else None
-                frame = Backfilled(_encoder.encode({"id": event_id, "data": entry}).decode())
-                self.stats.backfilled_events += 1
-                assert self._handoff is not None
-                await self._handoff.deliver(frame, RECOVERY)
-            if entries:
-                logger.info("recovered %d missed entries from the REST API", len(entries))
+        self._recovery_wake = asyncio.Event()
+        self._backfill_task = asyncio.create_task(
+            self._serve_recovery(self._recovery, tracker), name="neuroio-backfill"
+        )
+        self._backfill_task.add_done_callback(_recovery_ended)
 
-    def _limit(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Apply ``backfill_max_age`` and ``backfill_max_events``, logging what is skipped."""
-        if self.backfill_max_age is not None:
-            oldest = time.time() - self.backfill_max_age
-            kept = [e for e in entries if not _older_than(e, oldest)]
-            if len(kept) < len(entries):
-                logger.warning(
-                    "gap recovery skipped %d entries older than %.0fs (backfill_max_age)",
-                    len(entries) - len(kept),
-                    self.backfill_max_age,
-                )
-            entries = kept
-        limit = self.backfill_max_events
-        if limit is not None and len(entries) > limit:
-            logger.warning(
-                "gap recovery skipped the %d oldest of %d missed entries (backfill_max_events=%d)",
-                len(entries) - limit,
-                len(entries),
-                limit,
-            )
-            entries = entries[len(entries) - limit :]
-        return entries
+    def _live(self) -> None:
+        """A connection authenticated: learn the newest entry and recover what is pending.
+
+        With ``since=`` alone (no ``backfill``), only until that first gap was served.
+        """
+        wake, tracker = self._recovery_wake, self._tracker
+        if wake is None or tracker is None:
+            return
+        if self.backfill or (tracker.newest is None and self.backfill_error is None):
+            wake.set()
+
+    async def _serve_recovery(self, recovery: Recovery, tracker: GapTracker) -> None:
+        """After each authenticated connection: learn the newest entry, which closes the
+        open gap, and recover every closed gap (the walk is :meth:`Recovery.run`'s).
+
+        Like :meth:`Recovery.serve`, except that a newest id learnt while a connection was
+        lost is not used: it can be older than entries missed since, and closing the gap
+        there would leave them out; the next connection asks again.
+        """
+        assert self._recovery_wake is not None
+        wake = self._recovery_wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            losses = self._losses
+            try:
+                newest = await recovery.newest()
+                if newest is None:
+                    return  # closing
+                if self._losses != losses:
+                    continue
+                tracker.connected(newest)
+                await recovery.run()
+            except BackfillError as exc:
+                tracker.drop_pending()
+                self._recovery_failed(exc)
+
+    def _remember(self, data: str | bytes) -> bool:
+        """Dedupe and the recovery cursor; ``False`` if this event id was already delivered."""
+        key = event_key(data)
+        if key is not None:
+            assert self._tracker is not None
+            if not self._tracker.seen(*key):
+                self.stats.duplicate_events += 1
+                return False
+        return True
+
+    async def _deliver_recovered(self, entries: list[dict[str, Any]]) -> None:
+        """One page of recovered entries, ascending: each as a Backfilled frame, in turn."""
+        handoff = self._handoff
+        assert handoff is not None
+        stats = self.stats
+        for entry in entries:
+            frame = Backfilled(_encoder.encode({"id": entry["id"], "data": entry}).decode())
+            stats.backfilled_events += 1
+            await handoff.deliver(frame, RECOVERY)
+
+    def _recovery_failed(self, exc: BackfillError) -> None:
+        self.backfill_error = exc
+        logger.error("gap recovery failed: %s", exc)
+
+    def _untrusted_id(self, event_id: int, reason: str) -> None:
+        """An id gap recovery does not trust: said once per id, up to a bound."""
+        self._untrusted_logged += 1
+        if self._untrusted_logged > _UNTRUSTED_LOG_LIMIT:
+            return
+        more = (
+            "; further untrusted ids are not logged"
+            if self._untrusted_logged == _UNTRUSTED_LOG_LIMIT
+            else ""
+        )
+        logger.warning(
+            "event id %d is %s: delivered, but gap recovery does not start after it%s",
+            event_id,
+            reason,
+            more,
+        )
 
     async def _stop_backfill(self) -> None:
         task = self._backfill_task
@@ -595,17 +632,12 @@ def _authentication_error(verdict: Rejected) -> AuthenticationError:
     )
 
 
+def _recovery_ended(task: asyncio.Task[None]) -> None:
+    # The task runs until close() cancels it; ending otherwise would silently stop recovery.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "gap recovery stopped; gaps are no longer recovered", exc_info=task.exception()
+        )
+
+
 _encoder = msgspec.json.Encoder()
-
-
-def _older_than(entry: dict[str, Any], oldest: float) -> bool:
-    created = entry.get("created")
-    if not isinstance(created, str):
-        return False
-    try:
-        moment = msgspec.convert(created, datetime)
-    except msgspec.ValidationError:
-        return False
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp() < oldest
