@@ -5,17 +5,25 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 
 * ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
 * ``file`` / ``redis`` / ``nats``: a :class:`neuroio.bridge.Bridge` with a fresh spool
-  (``synchronous=full``: every commit synced) and that one sink; the clock runs from the first
-  event received to the last event confirmed by the sink;
+  (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink; the clock
+  runs from the first event received to the last event confirmed by the sink;
 * ``all``: one bridge delivering to the three sinks at once.
 
 Then the delivery latency (an event received by the bridge → confirmed by the sink) at a
 steady ``--rate`` events/s for each sink, and, per variant, the peak RSS of its process.
 
+With ``--gap N`` it measures gap recovery instead: the real bridge (the CLI, in its own
+process) against the emulator in this process, stopped while the platform records ``N``
+entries that only the REST API can give back, then started again on the same spool; it
+prints the peak RSS of the restarted bridge (``VmHWM``) and the time until the file sink holds
+every entry. Gap recovery streams a page at a time, so the peak must not grow with ``N``
+(target: under 100 MB for 50,000 entries).
+
 Usage::
 
     .venv/bin/python bench/bridge.py            # about a minute
     .venv/bin/python bench/bridge.py --quick    # a smoke run
+    .venv/bin/python bench/bridge.py --gap 50000
 
 Redis on 127.0.0.1:6379 (db 14) and NATS JetStream on 127.0.0.1:4222 must be running; each run
 uses its own stream and deletes it afterwards.
@@ -52,6 +60,7 @@ NATS = "nats://127.0.0.1:4222"
 TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000}
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
+TARGET_GAP_RSS_MB = 100.0
 
 
 # ---------------------------------------------------------------------------- child side
@@ -146,7 +155,7 @@ class _TimedSink(Sink):
 
 
 async def child_bridge(
-    url: str, events: int, kind: str, timed: bool, spool_sync: str = "full"
+    url: str, events: int, kind: str, timed: bool, spool_sync: str = "normal"
 ) -> dict[str, Any]:
     """Events/s from the socket through the spool into the sinks (or latency when timed)."""
     from neuroio.bridge import Bridge
@@ -347,6 +356,95 @@ async def parent_main(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# ------------------------------------------------------------------------- gap recovery
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size of process ``pid`` so far (Linux ``VmHWM``), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+async def _bridge_process(emulator: Any, tmp: Path) -> asyncio.subprocess.Process:
+    env = dict(os.environ, NEUROIO_API_TOKEN=TOKEN)
+    argv = ["-m", "neuroio", "bridge", "--url", emulator.url, "--api-url", emulator.api_url]
+    argv += ["--spool", str(tmp / "spool.db"), "--to", f"file:{tmp / 'events.jsonl'}"]
+    argv += ["--no-uvloop"]
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *argv,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "bridge.log", "ab"),  # noqa: SIM115
+    )
+
+
+async def _wait_lines(path: Path, count: int, proc: asyncio.subprocess.Process) -> float:
+    """Seconds until ``path`` holds ``count`` lines; the bridge's peak RSS is watched."""
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 600
+    while _lines(path) < count:
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the bridge did not deliver {count} events")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+async def gap_main(args: argparse.Namespace) -> int:
+    """Recover a gap of ``args.gap`` entries with the real bridge; print RSS and time."""
+    from neuroio.testing import Emulator
+
+    gap = args.gap
+    live = 10
+    with tempfile.TemporaryDirectory(prefix="neuroio-bench-gap-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        out = tmp / "events.jsonl"
+        emulator = Emulator(
+            tokens=[TOKEN], push_while_disconnected=False, history_size=gap + 10 * live
+        )
+        async with emulator:
+            proc = await _bridge_process(emulator, tmp)
+            try:
+                await emulator.wait_for_clients(1, timeout=30)
+                for _ in range(live):
+                    await emulator.emit()
+                await _wait_lines(out, live, proc)
+            finally:
+                proc.terminate()
+                await proc.wait()
+            await emulator.burst(gap)  # while no bridge runs: only the REST API has them
+            requests = emulator.rest_request_count()
+            proc = await _bridge_process(emulator, tmp)
+            try:
+                seconds = await _wait_lines(out, live + gap, proc)
+                peak = _vm_hwm_mb(proc.pid)
+            finally:
+                proc.terminate()
+                await proc.wait()
+            requests = emulator.rest_request_count() - requests
+        delivered = _lines(out)
+    say(f"gap recovery of {gap:,} entries by the bridge (CLI process, file sink, page size 100)")
+    say(f"  delivered      {delivered - live:,} of {gap:,} (plus {live} live before the gap)")
+    say(f"  time           {seconds:.1f} s ({gap / seconds:,.0f} entries/s, from the restart)")
+    say(f"  REST requests  {requests:,}")
+    say(f"  peak RSS       {peak:.1f} MB (target < {TARGET_GAP_RSS_MB:.0f} MB)")
+    say(json.dumps({"gap": gap, "seconds": seconds, "peak_rss_mb": peak, "requests": requests}))
+    ok = delivered - live == gap and peak < TARGET_GAP_RSS_MB
+    say("target met" if ok else "MISSED")
+    return 0 if ok else 1
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
@@ -357,8 +455,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spool-sync",
         choices=["full", "normal"],
-        default="full",
-        help="the spool's synchronous level (the bridge's default is full)",
+        default="normal",
+        help="the spool's synchronous level (the bridge's default is normal)",
+    )
+    parser.add_argument(
+        "--gap",
+        type=int,
+        metavar="N",
+        help="measure the recovery of a gap of N entries instead (peak RSS and time)",
     )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -380,6 +484,8 @@ def main() -> None:
             runner = uvloop.run
     if args.child:
         runner(child_main(args))
+    elif args.gap:
+        sys.exit(runner(gap_main(args)))
     else:
         sys.exit(runner(parent_main(args)))
 

@@ -264,8 +264,14 @@ class Recovery:
         Raises:
             BackfillError: see :meth:`newest`.
         """
+        losses = self.tracker.losses
         newest = await self.newest()
         if newest is None or self._closing():
+            return None
+        if self.tracker.losses != losses:
+            # The connection was lost while the newest entry was being asked for: that answer
+            # may predate entries missed since, and closing the new gap there would leave them
+            # out. The gap stays open; the next connection asks again.
             return None
         return self.tracker.connected(newest)
 

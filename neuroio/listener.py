@@ -199,10 +199,6 @@ class EventListener:
                 self._tracker.restore(first_gap)
         self._untrusted_logged = 0
         self._recovery: Recovery | None = None
-        self._recovery_wake: asyncio.Event | None = None
-        # Authenticated connections lost so far: a newest id asked before the latest loss
-        # may predate entries missed since, so it must not close that loss's gap.
-        self._losses = 0
         self._backfill_task: asyncio.Task[None] | None = None
         self.backfill_error: BackfillError | None = None
         """The last gap-recovery failure that could not be retried (e.g. a refused token)."""
@@ -470,7 +466,6 @@ class EventListener:
                 if self.backfill:
                     assert self._tracker is not None
                     self._tracker.lost()
-                    self._losses += 1
             else:
                 failures += 1
             rejected = silent.observe(verdict)
@@ -529,9 +524,8 @@ class EventListener:
             backoff=Backoff(self._backoff.initial, self._backoff.maximum),
             closing=self._closing,
         )
-        self._recovery_wake = asyncio.Event()
         self._backfill_task = asyncio.create_task(
-            self._serve_recovery(self._recovery, tracker), name="neuroio-backfill"
+            self._recovery.serve(on_error=self._recovery_failed), name="neuroio-backfill"
         )
         self._backfill_task.add_done_callback(_recovery_ended)
 
@@ -540,37 +534,11 @@ class EventListener:
 
         With ``since=`` alone (no ``backfill``), only until that first gap was served.
         """
-        wake, tracker = self._recovery_wake, self._tracker
-        if wake is None or tracker is None:
+        recovery, tracker = self._recovery, self._tracker
+        if recovery is None or tracker is None:
             return
         if self.backfill or (tracker.newest is None and self.backfill_error is None):
-            wake.set()
-
-    async def _serve_recovery(self, recovery: Recovery, tracker: GapTracker) -> None:
-        """After each authenticated connection: learn the newest entry, which closes the
-        open gap, and recover every closed gap (the walk is :meth:`Recovery.run`'s).
-
-        Like :meth:`Recovery.serve`, except that a newest id learnt while a connection was
-        lost is not used: it can be older than entries missed since, and closing the gap
-        there would leave them out; the next connection asks again.
-        """
-        assert self._recovery_wake is not None
-        wake = self._recovery_wake
-        while True:
-            await wake.wait()
-            wake.clear()
-            losses = self._losses
-            try:
-                newest = await recovery.newest()
-                if newest is None:
-                    return  # closing
-                if self._losses != losses:
-                    continue
-                tracker.connected(newest)
-                await recovery.run()
-            except BackfillError as exc:
-                tracker.drop_pending()
-                self._recovery_failed(exc)
+            recovery.notify_connected()
 
     def _remember(self, data: str | bytes) -> bool:
         """Dedupe and the recovery cursor; ``False`` if this event id was already delivered."""

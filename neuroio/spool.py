@@ -1290,6 +1290,11 @@ class Spool:
             for batch in batches:
                 del self._skip[batch.first_seq]
             self._damaged_count += len(batches)
+        # Their events are no longer held: the same ids, fetched again, must be stored.
+        for batch in batches:
+            for event_id, seq in list(self._unindexed.items()):
+                if batch.first_seq <= seq <= batch.last_seq:
+                    del self._unindexed[event_id]
         self._held = max(0, self._held - held)
         self._bytes = max(0, self._bytes - size)
 
@@ -1319,6 +1324,9 @@ class Spool:
                 size += max(0, row[0])
             held += batch.last_seq - batch.first_seq + 1
             conn.execute("DELETE FROM segments WHERE first_seq = ?", (batch.first_seq,))
+            conn.execute(
+                "DELETE FROM ids WHERE seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq)
+            )
         return held, size
 
     def damaged(self, limit: int = 1000) -> list[DamagedBatch]:

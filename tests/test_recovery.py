@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -56,6 +56,7 @@ class EntriesServer:
         self.insert_per_request = 0
         self.failures: list[tuple[int, dict[str, str]]] = []
         self.next_base: str | None = None
+        self.before_answer: Callable[[], None] | None = None
         self._rng = random.Random(7)
         self._next_id = 5000
         self._clock = NOW - timedelta(seconds=skew + spacing * 60_000)
@@ -80,6 +81,9 @@ class EntriesServer:
     async def _entries(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append(query)
+        if self.before_answer is not None:
+            before, self.before_answer = self.before_answer, None
+            before()
         if self.failures:
             status, headers = self.failures.pop(0)
             return web.json_response({"detail": "failing"}, status=status, headers=headers)
@@ -169,6 +173,31 @@ async def lose_and_recover(rec: Recovery, missed: Any) -> int:
 
 
 ORDERS = ["asc", "desc", "shuffled_asc", "shuffled_desc"]
+
+
+async def test_a_loss_during_the_newest_probe_keeps_the_gap_open() -> None:
+    """The connection is lost again while the newest entry is being asked for, and entries
+    are created after that loss: the answer does not close the gap (it predates them), the
+    next connection's does, and every missed entry is recovered once, in order."""
+    async with EntriesServer(order="desc") as server:
+        server.add(200)
+        missed: list[int] = []
+        async with recovery(server.api_url, page_size=50) as (rec, got):
+            await rec.connected()  # the first connection: the floor
+            rec.tracker.lost()
+            missed.extend(server.add(40))
+
+            def lost_again() -> None:
+                rec.tracker.lost()
+                missed.extend(server.add(25))
+
+            server.before_answer = lost_again
+            assert await rec.connected() is None  # overtaken by the loss: not used
+            missed.extend(server.add(10))
+            gap = await rec.connected()
+            assert gap is not None
+            await rec.run()
+        assert got.ids == missed and len(missed) == 75
 
 
 @pytest.mark.parametrize("ignore_id_from", [False, True], ids=["id_from", "ignores_id_from"])

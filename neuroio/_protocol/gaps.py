@@ -197,6 +197,7 @@ class GapTracker:
         "floor_created",
         "newest",
         "suspects",
+        "losses",
         "_limit",
         "_open",
         "_pending",
@@ -237,6 +238,9 @@ class GapTracker:
         """The last :class:`Newest` passed to :meth:`connected`."""
         self.suspects = 0
         """Ids seen that were not trusted."""
+        self.losses = 0
+        """Connections lost so far (calls of :meth:`lost`): a newest id asked for before the
+        latest loss may predate entries missed since, so it must not close that gap."""
         # cursor + bound, or None while nothing is trusted: the hot path compares to it.
         self._limit: int | None = None
         self._open: GapStart | None = None
@@ -313,6 +317,7 @@ class GapTracker:
             now: this machine's clock (seconds since the epoch), used only when neither an
                 event nor a floor is known; then the gap starts ``clock_margin`` before it.
         """
+        self.losses += 1
         if self._open is not None:
             return  # the previous gap never closed: it already starts earlier
         self._open = self.resume_point(now=now)

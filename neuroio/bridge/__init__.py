@@ -9,7 +9,9 @@ The package's parts, in the order an event meets them:
   while the spool is full or commits fail, so the socket pauses; nothing is dropped).
 - :mod:`~neuroio.bridge.delivery`: one worker per sink: read, send, acknowledge, retry,
   bisect a refused batch, dead letters, :class:`SinkStatus`.
-- ``_recovery``: the gaps the socket left, recovered from the REST API.
+- ``_recovery``: the gaps the socket left, recovered from the REST API by the package's one
+  recovery component (:mod:`neuroio._recovery`), with where each starts kept in the spool
+  (:data:`RECOVER_AFTER`, :data:`RESUME_POINT`), and damaged spool batches fetched again.
 - :mod:`~neuroio.bridge.metrics`: ``/metrics`` and ``/healthz`` (the ``metrics`` extra), from
   a :class:`BridgeSnapshot` taken on the event loop.
 - :class:`Bridge`: wiring, lifecycle, and the graceful-then-forced stop.
@@ -18,7 +20,7 @@ The spool itself is :mod:`neuroio.spool`.
 """
 
 from ._bridge import FORCE_GRACE, Bridge
-from ._recovery import RECOVER_AFTER
+from ._recovery import RECOVER_AFTER, RESUME_POINT
 from ._snapshot import BridgeSnapshot, SinkSnapshot
 from .config import BRIDGE_RECOVERY, BridgeConfig
 from .delivery import LATENCY_BUCKETS, SinkStatus
@@ -30,6 +32,7 @@ __all__ = [
     "FORCE_GRACE",
     "LATENCY_BUCKETS",
     "RECOVER_AFTER",
+    "RESUME_POINT",
     "Bridge",
     "BridgeConfig",
     "BridgeSnapshot",

@@ -37,12 +37,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+import aiohttp
 import msgspec
 
 from .. import _redact
+from .._protocol.session import LossReason
 from ..exceptions import BackfillError, ConfigurationError, NeuroIOError
 from ..listener import EventListener
-from ..protocol import Kind, classify
 from ..sinks import Sink, from_uri
 from ..spool import Spool
 from ._recovery import GapRecovery
@@ -142,7 +143,7 @@ class Bridge:
         self._closing = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
         self._state: Literal["new", "starting", "running", "closed"] = "new"
-        self._last_frame_at = time.time()
+        self._http: aiohttp.ClientSession | None = None
         self.should_exit = False
         """A stop was requested: :meth:`run` stops gracefully."""
         self.force_exit = False
@@ -232,27 +233,37 @@ class Bridge:
             log.info(
                 "metrics on http://%s:%s/metrics, health on /healthz", where, self.metrics.port
             )
-        self._recovery = GapRecovery(
-            self._token,
-            config.recovery,
-            config.connection,
-            pipeline=self.pipeline,
-            spool=self.spool,
-            api_url=lambda: self.listener.api_url if self.listener is not None else None,
-            closed=lambda: self._state == "closed",
-            last_frame_at=lambda: self._last_frame_at,
-        )
+        options = config.recovery
+        recovering = options.backfill or options.since is not None
         # The bridge recovers gaps itself (see GapRecovery) so that where recovery must
         # start is kept in the spool and survives a crash during the recovery.
         self.listener = EventListener(
             self._token,
-            self._handle,
+            self.pipeline.handle,
             ssl=self._ssl,
             backfill=False,
-            api_url=config.recovery.api_url,
-            dedupe_window=config.recovery.dedupe_window,
+            api_url=options.api_url,
+            dedupe_window=options.dedupe_window,
+            on_connected=self._on_connected if recovering else None,
+            on_disconnected=self._on_disconnected if recovering else None,
             **msgspec.structs.asdict(config.connection),
         )
+        if recovering:
+            self._http = aiohttp.ClientSession()
+            self._recovery = GapRecovery(
+                self._token,
+                options,
+                config.connection,
+                session=self._http,
+                api_url=self.listener.api_url,
+                pipeline=self.pipeline,
+                spool=self.spool,
+                retry_delay=config.sink_retry_delay,
+            )
+            self.pipeline.admit = self._recovery.tracker.seen
+            self.pipeline.on_damaged = self._recovery.damaged_found
+            # The floor before the first commit: nothing is received before it is stored.
+            await self._recovery.start()
         self._listen_task = asyncio.create_task(
             self.listener.listen(), name="neuroio-bridge-listen"
         )
@@ -263,22 +274,13 @@ class Bridge:
             ", ".join(s.name for s in self.sinks),
         )
 
-    async def _handle(self, raw: str | bytes) -> None:
-        assert self.pipeline is not None
-        if self._is_connected_frame(raw):
-            assert self._recovery is not None
+    async def _on_connected(self) -> None:
+        if self._recovery is not None:
             await self._recovery.on_connected()
-        else:
-            await self.pipeline.handle(raw)
-        self._last_frame_at = time.time()
 
-    @staticmethod
-    def _is_connected_frame(raw: str | bytes) -> bool:
-        """Whether ``raw`` is the AUTH answer of a new connection: how the bridge learns of
-        each (re)connection, in this one place."""
-        return (
-            isinstance(raw, str) and not raw.startswith('{"id":') and classify(raw) is Kind.AUTH_OK
-        )
+    async def _on_disconnected(self, reason: LossReason) -> None:
+        if self._recovery is not None:
+            await self._recovery.on_disconnected(reason)
 
     async def run(self) -> None:
         """Start (if needed) and run until :meth:`request_stop`, :meth:`close` or
@@ -381,6 +383,8 @@ class Bridge:
             await self.listener.close()
         if self._recovery is not None:
             await self._recovery.aclose()
+        if self._http is not None:
+            await self._http.close()
         if self._listen_task is not None:
             if not self._listen_task.done():
                 self._listen_task.cancel()

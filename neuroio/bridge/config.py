@@ -40,8 +40,10 @@ class BridgeConfig:
         to: sink URIs (see :mod:`neuroio.sinks`).
         spool: spool file; ``None`` for the default in the user's data directory.
         spool_max_bytes: size of stored events at which the socket is paused.
-        spool_sync: ``"full"`` (survives power loss) or ``"normal"`` (survives the process
-            being killed; faster).
+        spool_sync: ``"normal"`` (default: a commit survives the process being killed; a
+            power loss may lose the last seconds of commits, which gap recovery fetches again
+            from the REST API) or ``"full"`` (survives a power loss too, at several times the
+            disk writes).
         webhook_secret: HMAC key for webhook signatures (never in the repr).
         metrics_port: serve ``/metrics`` and ``/healthz`` on this port; ``None``: no server.
         metrics_host: address the metrics server binds.
@@ -61,7 +63,7 @@ class BridgeConfig:
     to: tuple[str, ...] = ()
     spool: str | None = None
     spool_max_bytes: int | None = DEFAULT_MAX_BYTES
-    spool_sync: Literal["full", "normal"] = "full"
+    spool_sync: Literal["full", "normal"] = "normal"
     webhook_secret: str | None = dataclasses.field(default=None, repr=False)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

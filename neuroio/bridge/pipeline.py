@@ -10,9 +10,9 @@ writer
     one task commits whatever has queued, with the sinks' acknowledgements, in one SQLite
     transaction on the pipeline's spool thread, while the event loop goes on reading. A commit
     that fails (a full disk, an I/O error) is retried by itself with backoff, in smaller and
-    smaller pieces so that however little room comes back is used; after a full disk it
-    checkpoints SQLite's write-ahead log so the log's space is reused instead of waiting for
-    room it cannot get. It never gives up and never drops what it holds; while commits fail,
+    smaller pieces so that however little room comes back is used (the spool itself
+    checkpoints and truncates its write-ahead log after a full disk, so the log's space is
+    reused). It never gives up and never drops what it holds; while commits fail,
     :attr:`Pipeline.commit_failing_since` and :attr:`Pipeline.commit_error` say so (and the
     bridge's ``/healthz`` answers 503).
 backpressure
@@ -31,13 +31,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
 import msgspec
@@ -69,11 +66,8 @@ _MAX_COMMIT = 4096
 FAILING_MAX_PENDING = 64
 # Longest wait between two attempts of a failing commit: room that comes back is used soon.
 _MAX_COMMIT_RETRY_DELAY = 2.0
-# After a commit failed for want of disk space, each commit is checkpointed for this long.
-_LOW_ROOM_PERIOD = 60.0
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
-_NO_ID = -(2**63) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +143,13 @@ class Pipeline:
         """Why the last commit failed, while commits fail."""
         self.commit_failures = 0
         """Failed commit attempts (each retried)."""
-        self._newest = _NO_ID
+        self.admit: Callable[[int, str | None], bool] | None = None
+        """Called by :meth:`handle` with each event's id and ``created`` before it is queued;
+        ``False`` drops it as a duplicate (the bridge's gap tracker, which also moves the
+        recovery cursor here). ``None``: every event is queued."""
+        self.on_damaged: Callable[[], None] | None = None
+        """Called when a read found a damaged stored batch (moved aside by the spool, see
+        :meth:`~neuroio.spool.Spool.damaged`): the bridge fetches its events again."""
         self._full_episode = False
         self._full_warned_at = -math.inf
         self._pending: list[tuple[int, bytes, float]] = []
@@ -227,7 +227,10 @@ class Pipeline:
     async def _read(self, after: int, limit: int) -> list[SpooledEvent]:
         batch = self._from_tail(after, limit)
         if batch is None:
+            damaged = self.spool.damaged_count
             batch = await self.run_spool(self.spool.read, after, limit)
+            if self.spool.damaged_count > damaged and self.on_damaged is not None:
+                self.on_damaged()
         return batch
 
     @property
@@ -288,10 +291,17 @@ class Pipeline:
             log.warning("dropped an event frame that is not valid (or absurdly nested) JSON")
             return
         event_id = value.get("id") if value.__class__ is dict else None
-        if not valid_id(event_id) or value.get("data").__class__ is not dict:
+        data = value.get("data") if event_id is not None else None
+        if not valid_id(event_id) or data.__class__ is not dict:
             self.malformed += 1
             log.warning("dropped an event frame without a 64-bit integer id and an object data")
             return
+        admit = self.admit
+        if admit is not None:
+            created = data.get("created")
+            if not admit(event_id, created if created.__class__ is str else None):
+                self.duplicates += 1
+                return
         await self._put(event_id, _encoder.encode(value), time.time())
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
@@ -320,17 +330,10 @@ class Pipeline:
     async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
         if self._closed or self._blocked():
             await self._wait_for_room()
-        if event_id > self._newest:
-            self._newest = event_id
         self._pending.append((event_id, payload, received_at))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
         self._wake_writer.set()
-
-    @property
-    def newest_id(self) -> int | None:
-        """The highest event id queued since the pipeline started."""
-        return None if self._newest == _NO_ID else self._newest
 
     @property
     def uncommitted(self) -> int:
@@ -444,7 +447,6 @@ class Pipeline:
             closing=self._stop_writer,
         )
         size = _MAX_COMMIT
-        low_room_until = -math.inf
         while True:
             if not self._pending and not self._acks:
                 if self._stop_writer.is_set():
@@ -471,9 +473,6 @@ class Pipeline:
                 # A smaller commit needs less room: however little comes back is used.
                 size = max(1, len(events) // 2)
                 await retry.wait()
-                if _disk_full(exc):
-                    low_room_until = time.monotonic() + _LOW_ROOM_PERIOD
-                    await self.run_spool(_checkpoint, self.spool.path)
                 continue
             self._committing = 0
             if self.commit_failing_since is not None:
@@ -485,10 +484,6 @@ class Pipeline:
                 retry.reset()
             size = min(_MAX_COMMIT, size * 2)
             await self._committed_batch(events, stored)
-            if time.monotonic() < low_room_until:
-                # Soon after a full disk: fold each commit into the database at once, so the
-                # log never holds more than the database could take in with the room left.
-                await self.run_spool(_checkpoint, self.spool.path)
 
     def _commit_failed(self, exc: Exception) -> None:
         self.commit_failures += 1
@@ -558,38 +553,6 @@ class Pipeline:
         if received is None:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - received)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """Whether a failed commit ran out of disk space (SQLite says "database or disk is full";
-    a spool may also raise with ``ENOSPC`` as the cause)."""
-    while exc is not None:
-        if getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc):
-            return True
-        exc = exc.__cause__  # type: ignore[assignment]
-    return False
-
-
-def _checkpoint(path: Path) -> None:
-    """Copy the spool's write-ahead log into the database and truncate the log.
-
-    On a full disk the log cannot grow, and SQLite reuses its space only after a checkpoint,
-    which the spool runs only once the log is large: without one, room that comes back is
-    eaten by the next commit or two and commits stall again. A checkpoint needs room only for
-    the database pages it copies, and truncating the log then frees all of its space. Run on
-    the spool thread, between two commits, on a connection of its own (any connection may
-    checkpoint a database in WAL mode); a failure only means there is not room enough yet.
-    """
-    try:
-        conn = sqlite3.connect(path, timeout=0.1, isolation_level=None)
-    except sqlite3.Error:
-        return
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error as exc:
-        log.debug("spool checkpoint after a failed commit did not complete: %s", exc)
-    finally:
-        conn.close()
 
 
 def valid_id(value: object) -> TypeGuard[int]:

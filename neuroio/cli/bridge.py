@@ -178,11 +178,12 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
 @click.option(
     "--spool-sync",
     type=click.Choice(["full", "normal"]),
-    default="full",
+    default="normal",
     show_default=True,
     envvar="NEUROIO_BRIDGE_SPOOL_SYNC",
     show_envvar=True,
-    help="full: each commit survives a power cut; normal: survives the process being killed.",
+    help="normal: survives a crash; a power loss may lose the last seconds of commits, which "
+    "gap recovery fetches again. full: survives power loss, at several times the disk writes.",
 )
 @click.option(
     "--webhook-secret",

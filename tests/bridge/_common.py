@@ -10,6 +10,7 @@ from pathlib import Path
 from neuroio.bridge import Pipeline
 from neuroio.sinks import Sink
 from neuroio.spool import Spool
+from neuroio.testing import Emulator
 
 from ..independent_server import IndependentServer
 
@@ -40,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bridge_options(server: IndependentServer, tmp_path: Path) -> dict[str, object]:
+def bridge_options(server: IndependentServer | Emulator, tmp_path: Path) -> dict[str, object]:
     return {
         "url": server.url,
         "api_url": server.api_url,

@@ -46,8 +46,10 @@ async def test_bridge_end_to_end_with_metrics(tmp_path: Path) -> None:
             await sink.wait_for(200)
             assert bridge.pipeline is not None
             await bridge.pipeline.wait_delivered(timeout=5)
-            await until(lambda: bridge.listener.stats.pongs > 0)
-            base = f"http://127.0.0.1:{bridge.metrics.port}"
+            listener, metrics_server = bridge.listener, bridge.metrics
+            assert listener is not None and metrics_server is not None
+            await until(lambda: listener.stats.pongs > 0)
+            base = f"http://127.0.0.1:{metrics_server.port}"
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{base}/metrics") as r:
                     metrics = await r.text()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,8 @@ async def redis_ids(redis_url: str, tag: str, cleanup: bool = True) -> list[int]
 
     client = aioredis.Redis.from_url(redis_url)
     try:
-        ids = [int(fields[b"id"]) for _, fields in await client.xrange(f"test:{tag}")]
+        entries: Any = await client.xrange(f"test:{tag}")
+        ids = [int(fields[b"id"]) for _, fields in entries]
         if cleanup:
             keys = [k async for k in client.scan_iter(f"test:{tag}*")]
             if keys:
@@ -71,7 +73,9 @@ async def nats_ids(nats_url: str, tag: str, cleanup: bool = True) -> list[int]:
         info = await js.stream_info(f"T{tag.upper()}")
         ids = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            ids.append(json.loads((await js.get_msg(f"T{tag.upper()}", seq)).data)["id"])
+            data = (await js.get_msg(f"T{tag.upper()}", seq)).data
+            assert data is not None
+            ids.append(json.loads(data)["id"])
         if cleanup:
             await js.delete_stream(f"T{tag.upper()}")
         return ids
@@ -96,9 +100,9 @@ async def test_two_bridges_store_each_event_once(
             await until(lambda: len(server.live()) == 2)
             sent = await server.emit(1000)
             for bridge in (a, b):
-                await until(
-                    lambda br=bridge: br.pipeline is not None and br.pipeline.received == 1000
-                )  # type: ignore[misc]
+                pipeline = bridge.pipeline
+                assert pipeline is not None
+                await until(lambda p=pipeline: p.received == 1000)  # type: ignore[misc]
                 assert bridge.pipeline is not None
                 await bridge.pipeline.wait_delivered(timeout=10)
     assert sorted(await redis_ids(redis_url, tag)) == sent
@@ -160,7 +164,8 @@ async def test_sigkill_mid_stream_loses_nothing(
                 if cycle == 3:
                     sent += await server.emit(200)
                     try:
-                        await until(lambda s=sent: set(file_ids()) >= set(s), timeout=20)
+                        # Awaited within this iteration: the lambda sees this cycle's sent.
+                        await until(lambda: set(file_ids()) >= set(sent), timeout=20)  # noqa: B023
                     except TimeoutError:
                         missing = sorted(set(sent) - set(file_ids()))
                         raise AssertionError(
@@ -178,7 +183,7 @@ async def test_sigkill_mid_stream_loses_nothing(
                 for _ in range(5):
                     sent += await server.emit(60)
                     await asyncio.sleep(0)  # let frames go out mid-stream
-                await until(lambda s=sent: len(file_ids()) > len(s) // 2, timeout=15)
+                await until(lambda: len(file_ids()) > len(sent) // 2, timeout=15)  # noqa: B023
             finally:
                 proc.send_signal(signal.SIGKILL) if cycle < 3 else proc.terminate()
                 await proc.wait()

@@ -10,12 +10,14 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from neuroio.spool import Spool
+from neuroio.testing import Emulator
 from tests.independent_server import IndependentServer
 
 from ..helpers import eventually
@@ -37,7 +39,7 @@ FAST = (
 )
 
 
-def bridge_args(server: IndependentServer, spool: Path, *sinks: str) -> list[str]:
+def bridge_args(server: IndependentServer | Emulator, spool: Path, *sinks: str) -> list[str]:
     """Arguments of a bridge reading ``server`` (gap recovery from its REST API)."""
     args = ["bridge", "--url", server.url, "--api-url", server.api_url, "--spool", str(spool)]
     for sink in sinks:
@@ -80,7 +82,8 @@ class Brokers:
 
         client = aioredis.Redis.from_url(self.redis_url)
         try:
-            return [int(fields[b"id"]) for _, fields in await client.xrange(self.stream)]
+            entries: Any = await client.xrange(self.stream)
+            return [int(fields[b"id"]) for _, fields in entries]
         finally:
             await client.aclose()
 
@@ -97,7 +100,9 @@ class Brokers:
                 return []
             ids = []
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                ids.append(json.loads((await js.get_msg(self.js_stream, seq)).data)["id"])
+                data = (await js.get_msg(self.js_stream, seq)).data
+                assert data is not None
+                ids.append(json.loads(data)["id"])
             return ids
         finally:
             await nc.close()
@@ -149,6 +154,29 @@ async def emit_spread(server: IndependentServer, total: int, chunk: int = 25) ->
 
 def env() -> dict[str, str]:
     return clean_env(NEUROIO_API_TOKEN=TOKEN)
+
+
+async def test_a_bridge_killed_before_its_first_event_recovers_what_came_meanwhile(
+    cli: StartCli, tmp_path: Path
+) -> None:
+    """A bridge on a new spool SIGKILLed before any event reached it: the next start recovers
+    every event the platform recorded meanwhile (where recovery starts, the REST API's newest
+    entry, was stored at start-up), and none of those from before the first start."""
+    out = tmp_path / "events.jsonl"
+    async with Emulator(tokens=[TOKEN], push_while_disconnected=False) as server:
+        for _ in range(5):
+            await server.emit()
+        args = bridge_args(server, tmp_path / "spool.db", f"file:{out}")
+        proc = await cli(*args, env=env())
+        await server.wait_for_clients(1, timeout=10)
+        proc.proc.send_signal(signal.SIGKILL)
+        await proc.kill()
+        missed = [(await server.emit())["id"] for _ in range(50)]
+        proc = await cli(*args, env=env())
+        await file_reaches(out, 50, timeout=15)
+        proc.send(signal.SIGTERM)
+        assert await proc.finish() == 0
+    assert file_ids(out) == missed
 
 
 # -- issue 4 and issue 5 "Done when" --------------------------------------------------------
