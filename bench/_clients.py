@@ -51,8 +51,8 @@ from _loadserver import END_FRAME, client_handshake, encode_client_frame
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from neuroio._protocol.frames import encode_auth  # noqa: E402
 from neuroio.messages import Entry, Event  # noqa: E402
-from neuroio.protocol import encode_auth  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 

@@ -1,7 +1,7 @@
 """Load server for the throughput benchmark: a NeuroIO events endpoint built for speed.
 
 It speaks just enough WebSocket (RFC 6455, no extensions) and just enough of the NeuroIO
-protocol (``shared/seed/protocol.md``: AUTH -> ``{"auth": "ok"}``, PING -> ``{"PING": "PONG"}``)
+protocol (``docs/protocol.md``: AUTH -> ``{"auth": "ok"}``, PING -> ``{"PING": "PONG"}``)
 to serve any client, and it sends events as pre-encoded frames: a block of templates is built
 once, and each block sent only has its entry ids rewritten in place (ids keep increasing, so a
 client that watches for gaps or duplicates sees a clean stream). That leaves the server with a

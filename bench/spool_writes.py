@@ -86,7 +86,7 @@ def _payloads(count: int, size: int) -> list[bytes]:
 def _load_spool_class(impl: str) -> Any:
     if impl == "new":
         sys.path.insert(0, str(ROOT))
-        from neuroio.spool import Spool
+        from neuroio.bridge.spool import Spool
 
         return Spool
     import neuroio  # the base spool imports its exceptions relative to the package

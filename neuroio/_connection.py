@@ -29,11 +29,11 @@ import aiohttp
 
 from . import _redact
 from ._config import ConnectionOptions
+from ._inbox import Inbox
 from ._protocol.backoff import Backoff
 from ._protocol.frames import EVENT_PREFIX, PING_FRAME, Kind, classify, encode_auth, error_text
 from ._protocol.heartbeat import Heartbeat
 from ._protocol.session import Accepted, Ending, LossReason, Lost, Session, Verdict
-from .inbox import Inbox
 from .stats import ListenerStats, State
 
 if sys.version_info >= (3, 11):
@@ -564,9 +564,7 @@ class Connection:
         stats.pongs += 1
         if rtt is not None:
             stats.last_rtt = rtt
-        if now - self._live_since >= self._heartbeat.interval:
-            # Healthy for a whole interval: the next loss starts from the shortest delay again.
-            self._backoff.reset()
+        self._backoff.answered(now - self._live_since, self._heartbeat.interval)
 
     async def _wait(self, step: Awaitable[None]) -> None:
         """Await ``step`` (room in the inbox, the handler's turn) without being judged."""

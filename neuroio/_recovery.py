@@ -60,10 +60,10 @@ import msgspec
 
 from . import _redact
 from ._http import parse_retry_after
+from ._protocol.backoff import Backoff
 from ._protocol.gaps import Gap, GapTracker, Newest, entry_id
 from ._retry import Retrying
 from ._times import iso, parse_time
-from .backoff import Backoff
 from .exceptions import BackfillError
 
 __all__ = ["Deliver", "Recovery", "TokenSource"]

@@ -28,6 +28,7 @@ import msgspec
 from . import _redact
 from ._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
 from ._connection import RECOVERY, Connection, Handler, Handoff
+from ._inbox import Inbox
 from ._net import is_loopback_url
 from ._protocol.backoff import Backoff
 from ._protocol.frames import event_decoder, event_key, parse_message
@@ -40,7 +41,6 @@ from .exceptions import (
     ConfigurationError,
     ConnectionFailedError,
 )
-from .inbox import Inbox
 from .messages import Backfilled, Event
 from .stats import ListenerStats, State
 
@@ -92,7 +92,7 @@ class EventListener:
             a context that does not verify is given).
         drain_timeout: on :meth:`close`, seconds allowed for the handler call in progress to
             finish before it is cancelled.
-        backoff: a :class:`~neuroio.backoff.Backoff` to use instead of the default one.
+        backoff: a :class:`~neuroio._protocol.backoff.Backoff` to use instead of the default one.
         backfill: after every reconnect, fetch the entries missed meanwhile from the REST API
             and deliver them (as :class:`~neuroio.messages.Backfilled` frames; typed events get
             ``backfilled=True``). Duplicates between live and recovered events are dropped.

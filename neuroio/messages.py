@@ -1,6 +1,6 @@
 """Typed NeuroIO messages.
 
-The four server messages of ``shared/seed/protocol.md`` are :class:`AuthOk`, :class:`Pong`,
+The four server messages of ``docs/protocol.md`` are :class:`AuthOk`, :class:`Pong`,
 :class:`ServerError` and :class:`Event`; a JSON object of any other shape becomes
 :class:`UnknownMessage` so that nothing the server says is lost. An event's ``data`` is an
 :class:`Entry`: every field is optional (the platform documents none as required), enum fields

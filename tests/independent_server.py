@@ -2,7 +2,7 @@
 
 It is built on the ``websockets`` library rather than aiohttp and shares no code with the
 package, so a bug common to the listener and the emulator cannot hide behind both. It speaks
-the protocol of ``shared/seed/protocol.md``: AUTH, PING/PONG, error, events, and the REST list
+the protocol of ``docs/protocol.md``: AUTH, PING/PONG, error, events, and the REST list
 ``GET /v1/entries/`` over the same port.
 """
 

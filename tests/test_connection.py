@@ -10,10 +10,10 @@ import pytest
 
 from neuroio._config import ConnectionOptions
 from neuroio._connection import READER, RECOVERY, Connection, Handoff
+from neuroio._inbox import Inbox
 from neuroio._protocol.backoff import Backoff
 from neuroio._protocol.session import LossReason, Lost, Rejected
 from neuroio.emulator import Emulator
-from neuroio.inbox import Inbox
 from neuroio.stats import ListenerStats, State
 
 from .helpers import Frames, until

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import pytest
 
@@ -78,3 +79,25 @@ def test_public_modules_import_and_declare_all(name: str) -> None:
     assert isinstance(getattr(module, "__all__", None), (list, tuple))
     for exported in module.__all__:
         assert hasattr(module, exported), f"{name}.{exported}"
+
+
+def _modules() -> list[str]:
+    names = ["neuroio"]
+    for info in pkgutil.walk_packages(neuroio.__path__, "neuroio."):
+        names.append(info.name)
+    return names
+
+
+def test_internal_modules_are_private_named() -> None:
+    """Outside the public modules, every module of the package is named with an underscore
+    (its own, or a package's: ``neuroio.bridge.pipeline`` is public, ``neuroio._protocol.x``
+    is not), so a reader knows what may change."""
+    public_prefixes = tuple(m + "." for m in ("neuroio.bridge", "neuroio.cli", "neuroio.sinks"))
+    stray = []
+    for name in _modules():
+        if name in PUBLIC_MODULES or name.startswith(public_prefixes):
+            continue
+        parts = name.split(".")[1:]
+        if not any(part.startswith("_") for part in parts):
+            stray.append(name)
+    assert stray == []

@@ -27,7 +27,9 @@ from hypothesis.stateful import (
 )
 
 from neuroio import Event, EventListener, MessageError, parse_message
+from neuroio._protocol.frames import Kind, classify, event_key, event_to_json
 from neuroio.bridge import Pipeline
+from neuroio.bridge.spool import Spool
 from neuroio.emulator import HOSTILE_KINDS, Emulator
 from neuroio.messages import (
     AuthOk,
@@ -42,9 +44,7 @@ from neuroio.messages import (
     Sex,
     UnknownMessage,
 )
-from neuroio.protocol import Kind, classify, event_key, event_to_json
 from neuroio.sinks import MemorySink
-from neuroio.spool import Spool
 
 from .helpers import Frames
 

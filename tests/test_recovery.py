@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from neuroio._protocol.backoff import Backoff
 from neuroio._protocol.gaps import GapStart, GapTracker, Newest
 from neuroio._recovery import Recovery
 from neuroio._times import parse_time
-from neuroio.backoff import Backoff
 from neuroio.emulator import Emulator
 from neuroio.exceptions import BackfillError
 

@@ -13,9 +13,9 @@ import pytest
 from neuroio._http import MAX_RETRY_AFTER, parse_retry_after
 from neuroio._io import write_all
 from neuroio._net import is_loopback, is_loopback_url
+from neuroio._protocol.backoff import Backoff
 from neuroio._retry import Retrying
 from neuroio._times import iso, parse_time, timestamp
-from neuroio.backoff import Backoff
 
 
 @pytest.mark.parametrize(

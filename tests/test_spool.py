@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from neuroio.bridge.spool import ROW_OVERHEAD, Spool, default_spool_path
 from neuroio.exceptions import ConfigurationError, SpoolError, SpoolFullError
-from neuroio.spool import ROW_OVERHEAD, Spool, default_spool_path
 
 
 def ev(event_id: int, at: float = 1000.0) -> tuple[int, bytes, float]:
@@ -278,7 +278,7 @@ def test_second_open_is_refused_while_locked(path: Path) -> None:
 def test_lock_released_when_holder_is_killed(path: Path) -> None:
     """A SIGKILLed holder's lock goes away with it."""
     code = (
-        f"from neuroio.spool import Spool; s = Spool({str(path)!r}); "
+        f"from neuroio.bridge.spool import Spool; s = Spool({str(path)!r}); "
         "print('ok', flush=True); input()"
     )
     with subprocess.Popen(
@@ -318,7 +318,7 @@ def test_sigkill_mid_write_loses_no_committed_event(path: Path, synchronous: str
     code = textwrap.dedent(
         f"""
         import sys
-        from neuroio.spool import Spool
+        from neuroio.bridge.spool import Spool
         spool = Spool({str(path)!r}, synchronous={synchronous!r})
         spool.register(["a"])
         n = 0
@@ -457,7 +457,7 @@ def test_a_hard_link_held_by_another_process_names_its_pid(path: Path, tmp_path:
     Spool(path).close()
     os.link(path, alias)
     code = (
-        f"from neuroio.spool import Spool; s = Spool({str(alias)!r}); "
+        f"from neuroio.bridge.spool import Spool; s = Spool({str(alias)!r}); "
         "print('ok', flush=True); input()"
     )
     with subprocess.Popen(

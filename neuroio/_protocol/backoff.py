@@ -53,6 +53,14 @@ class Backoff:
         self.attempts += 1
         return delay
 
+    def answered(self, live_for: float, ping_interval: float) -> None:
+        """A PONG came on a connection live for ``live_for`` seconds: once it has been healthy
+        for a whole ``ping_interval``, the next loss starts from the shortest delay again. A
+        handshake alone never resets, so a server that accepts and drops every connection
+        still sees growing delays."""
+        if live_for >= ping_interval:
+            self.attempts = 0
+
     def reset(self) -> None:
         """Start again from ``initial`` (after a connection proved healthy)."""
         self.attempts = 0

@@ -16,7 +16,7 @@ The package's parts, in the order an event meets them:
   a :class:`BridgeSnapshot` taken on the event loop.
 - :class:`Bridge`: wiring, lifecycle, and the graceful-then-forced stop.
 
-The spool itself is :mod:`neuroio.spool`.
+The spool is :mod:`neuroio.bridge.spool`.
 """
 
 from ._bridge import FORCE_GRACE, Bridge

@@ -45,11 +45,11 @@ from .._protocol.session import LossReason
 from ..exceptions import BackfillError, ConfigurationError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
-from ..spool import Spool
 from ._recovery import GapRecovery
 from ._snapshot import BridgeSnapshot, SinkSnapshot
 from .config import BridgeConfig
 from .pipeline import Pipeline
+from .spool import Spool
 
 if TYPE_CHECKING:
     from .metrics import BridgeMetrics
@@ -68,7 +68,7 @@ class Bridge:
     Args:
         api_token: the platform API token (never logged or shown).
         sinks: sink URIs and/or :class:`~neuroio.sinks.Sink` objects.
-        spool: the spool file (or an open :class:`~neuroio.spool.Spool`, which the bridge
+        spool: the spool file (or an open :class:`~neuroio.bridge.spool.Spool`, which the bridge
             then does not close); ``None`` for the default path.
         ssl: TLS context for the events socket.
         options: the other options of :class:`BridgeConfig`, by their flat (CLI) names.

@@ -15,7 +15,7 @@ are :class:`neuroio._recovery.Recovery`'s; what is delivered and what is trusted
   pushed on the socket is delivered (and so spooled), but it never becomes where recovery
   starts: the trusted cursor is stored (:data:`RESUME_POINT`) when such an id is seen and at
   shutdown, and the largest plausible id the spool holds is used with it;
-- the **damaged batches** the spool reports (:meth:`~neuroio.spool.Spool.damaged`, found at
+- the **damaged batches** the spool reports (:meth:`~neuroio.bridge.spool.Spool.damaged`, found at
   start-up or by a sink's read): their events are fetched again from the REST API, from just
   below the damaged ids to the largest, then the batches are forgotten;
 - :data:`RECOVER_AFTER`: where an unfinished recovery starts, stored before any later frame
@@ -36,14 +36,14 @@ import aiohttp
 import msgspec
 
 from .._config import ConnectionOptions, RecoveryOptions
+from .._protocol.backoff import Backoff
 from .._protocol.gaps import Gap, GapStart, GapTracker, Newest, parse_since
 from .._recovery import Deliver, Recovery
 from .._retry import Retrying
 from .._times import iso, parse_time
-from ..backoff import Backoff
 from ..exceptions import BackfillError, SpoolError
-from ..spool import Spool
 from .pipeline import Pipeline, valid_id
+from .spool import Spool
 
 __all__ = ["RECOVER_AFTER", "RESUME_POINT", "GapRecovery", "decode_start", "encode_start"]
 

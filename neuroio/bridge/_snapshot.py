@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..spool import Spool
+from .spool import Spool
 
 __all__ = ["BridgeSnapshot", "SinkSnapshot"]
 

@@ -17,7 +17,7 @@ import msgspec
 
 from .._config import ConnectionOptions, RecoveryOptions
 from ..exceptions import ConfigurationError
-from ..spool import DEFAULT_MAX_BYTES
+from .spool import DEFAULT_MAX_BYTES
 
 __all__ = ["BRIDGE_RECOVERY", "BridgeConfig"]
 

@@ -18,12 +18,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from .._protocol.backoff import Backoff
 from .._retry import Retrying
-from ..backoff import Backoff
 from ..exceptions import PermanentSinkError, SinkError, SpoolError
 from ..sinks import Sink
 from ..sinks.base import retry_after_of
-from ..spool import SpooledEvent
+from .spool import SpooledEvent
 
 __all__ = ["LATENCY_BUCKETS", "SinkStatus", "SinkWorker"]
 

@@ -39,13 +39,13 @@ from typing import Any, TypeGuard, TypeVar
 
 import msgspec
 
+from .._protocol.backoff import Backoff
+from .._protocol.frames import Kind, classify
 from .._retry import Retrying
-from ..backoff import Backoff
 from ..exceptions import ConfigurationError, SpoolError
-from ..protocol import Kind, classify
 from ..sinks import Sink
-from ..spool import ROW_OVERHEAD, Spool, SpooledEvent
 from .delivery import SinkStatus, SinkWorker
+from .spool import ROW_OVERHEAD, Spool, SpooledEvent
 
 __all__ = ["FAILING_MAX_PENDING", "Pipeline", "SinkLag"]
 
@@ -90,7 +90,7 @@ class Pipeline:
     """A spool and its sinks, fed with events by :meth:`handle` or :meth:`put`.
 
     Args:
-        spool: an open :class:`~neuroio.spool.Spool` (the pipeline does not close it).
+        spool: an open :class:`~neuroio.bridge.spool.Spool` (the pipeline does not close it).
         sinks: started sinks, each with a distinct ``name``.
         retry_delay: cap of the first retry delay of a failing sink or commit (full jitter,
             doubling).
@@ -149,7 +149,7 @@ class Pipeline:
         recovery cursor here). ``None``: every event is queued."""
         self.on_damaged: Callable[[], None] | None = None
         """Called when a read found a damaged stored batch (moved aside by the spool, see
-        :meth:`~neuroio.spool.Spool.damaged`): the bridge fetches its events again."""
+        :meth:`~neuroio.bridge.spool.Spool.damaged`): the bridge fetches its events again."""
         self._full_episode = False
         self._full_warned_at = -math.inf
         self._pending: list[tuple[int, bytes, float]] = []
@@ -177,7 +177,7 @@ class Pipeline:
         )
 
     async def run_spool(self, func: Callable[..., _T], *args: Any) -> _T:
-        """Run a :class:`~neuroio.spool.Spool` method on the pipeline's spool thread."""
+        """Run a :class:`~neuroio.bridge.spool.Spool` method on the pipeline's spool thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -531,7 +531,7 @@ class Pipeline:
     def sink_lag(self, name: str) -> SinkLag:
         """How far sink ``name`` is behind, from memory only (call it on the event loop); the
         receive time of the oldest unconfirmed event is left to the spool when the tail no
-        longer holds it (:meth:`~neuroio.spool.Spool.received_at`, thread-safe)."""
+        longer holds it (:meth:`~neuroio.bridge.spool.Spool.received_at`, thread-safe)."""
         cursor = self.status[name].cursor
         events = self.lag(name)
         if cursor >= self.spool.last_seq:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
-from ..protocol import Kind
+from .._protocol.frames import Kind
 from ..recording import write_all
 from ..stats import ListenerStats, State
 

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from .. import _redact
 from ..bridge import BRIDGE_RECOVERY, Bridge
-from ..spool import DEFAULT_MAX_BYTES
+from ..bridge.spool import DEFAULT_MAX_BYTES
 from ._options import (
     ConnectionSettings,
     ListenerSettings,

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
-from ..protocol import Kind, classify, encode_auth, encode_ping, parse_message
+from .._protocol.frames import Kind, classify, encode_auth, encode_ping, parse_message
 from ._options import (
     ConnectionSettings,
     LogSettings,

@@ -22,9 +22,9 @@ from typing import Any
 import click
 import msgspec
 
+from .._protocol.frames import Kind, classify
 from ..listener import EventListener
 from ..messages import Backfilled
-from ..protocol import Kind, classify
 from ..recording import encode_record
 from . import _logging
 from ._options import (

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType
 
-from ..protocol import Kind, classify
+from .._protocol.frames import Kind, classify
 from ..recording import read_recording
 from ._frames import Frame, decoder
 

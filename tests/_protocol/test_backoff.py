@@ -57,3 +57,15 @@ def test_rejects_bad_settings(initial: float, maximum: float, factor: float) -> 
     """Negative, inverted or shrinking settings are refused."""
     with pytest.raises(ValueError):
         Backoff(initial, maximum, factor=factor)
+
+
+def test_delays_restart_only_after_a_whole_healthy_interval() -> None:
+    """An answer before a full ping interval of health keeps the delays growing; after, the
+    next delay is the shortest again."""
+    backoff = Backoff(1.0, 60.0)
+    for _ in range(4):
+        backoff.next_delay()
+    backoff.answered(live_for=4.9, ping_interval=5.0)
+    assert backoff.cap() == 16.0
+    backoff.answered(live_for=5.0, ping_interval=5.0)
+    assert backoff.cap() == 1.0

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neuroio.bridge import Pipeline
+from neuroio.bridge.spool import Spool
 from neuroio.sinks import Sink
-from neuroio.spool import Spool
 from neuroio.testing import Emulator
 
 from ..independent_server import IndependentServer

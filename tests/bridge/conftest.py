@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuroio.spool import Spool
+from neuroio.bridge.spool import Spool
 
 
 @pytest.fixture

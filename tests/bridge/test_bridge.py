@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from neuroio.bridge import Bridge
+from neuroio.bridge.spool import Spool
 from neuroio.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -20,7 +21,6 @@ from neuroio.exceptions import (
     SpoolError,
 )
 from neuroio.sinks import MemorySink, SpooledEvent
-from neuroio.spool import Spool
 
 from ..helpers import until
 from ..independent_server import IndependentServer

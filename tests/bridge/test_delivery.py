@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from neuroio.bridge.spool import Spool
 from neuroio.sinks import MemorySink, SpooledEvent
 from neuroio.sinks.base import sink_error
-from neuroio.spool import Spool
 
 from ..helpers import until
 from ._common import frame, run_pipeline

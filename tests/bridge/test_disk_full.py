@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from neuroio.bridge import FAILING_MAX_PENDING, Bridge, Pipeline
+from neuroio.bridge.spool import Spool
 from neuroio.sinks import MemorySink
-from neuroio.spool import Spool
 from neuroio.testing import Emulator
 
 from ..helpers import until

@@ -17,9 +17,9 @@ from neuroio._protocol.gaps import GapStart
 from neuroio._times import iso
 from neuroio.bridge import RECOVER_AFTER, RESUME_POINT, Bridge
 from neuroio.bridge._recovery import decode_start, encode_start
+from neuroio.bridge.spool import Spool
 from neuroio.exceptions import SinkError
 from neuroio.sinks import MemorySink
-from neuroio.spool import Spool
 from neuroio.testing import BOGUS_ID, Emulator
 
 from ..helpers import until

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from neuroio.bridge import Pipeline
+from neuroio.bridge.spool import ROW_OVERHEAD, Spool
 from neuroio.exceptions import (
     ConfigurationError,
     SpoolError,
 )
 from neuroio.sinks import MemorySink
-from neuroio.spool import ROW_OVERHEAD, Spool
 
 from ..helpers import until
 from ._common import feed, frame, run_pipeline

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from neuroio.bridge import Bridge
-from neuroio.spool import Spool
+from neuroio.bridge.spool import Spool
 
 from ..helpers import until
 from ..independent_server import IndependentServer

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from neuroio.spool import Spool
+from neuroio.bridge.spool import Spool
 from neuroio.testing import Emulator
 from tests.independent_server import IndependentServer
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from neuroio._protocol.frames import Kind
 from neuroio.cli._output import FrameFormatter, OutputWorker, StatusLine, decode_frame
-from neuroio.protocol import Kind
 from neuroio.stats import ListenerStats, State
 
 EVENT = (

@@ -14,10 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from neuroio.bridge import Pipeline
+from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, SinkError
 from neuroio.sinks import SpooledEvent, from_uri
 from neuroio.sinks.redis import RedisSink
-from neuroio.spool import Spool
 
 from ..helpers import until
 

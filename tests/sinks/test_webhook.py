@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 
 from neuroio.bridge import Pipeline
+from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, PermanentSinkError, SinkError
 from neuroio.sinks import SpooledEvent, from_uri
 from neuroio.sinks.base import retry_after_of
 from neuroio.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify_signature
-from neuroio.spool import Spool
 
 SECRET = "whsec-test-123"
 

@@ -67,8 +67,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from .exceptions import ConfigurationError, SpoolError, SpoolFullError
-from .sinks.base import SpooledEvent
+from ..exceptions import ConfigurationError, SpoolError, SpoolFullError
+from ..sinks.base import SpooledEvent
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

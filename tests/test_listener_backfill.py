@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from neuroio import EventListener
-from neuroio.backfill import GapStart, RecentIds, parse_since
+from neuroio._protocol.gaps import GapStart, RecentIds, parse_since
 from neuroio.messages import Backfilled
 
 from .helpers import until

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from neuroio.inbox import Inbox
+from neuroio._inbox import Inbox
 
 
 async def test_fifo_and_bounded() -> None:
