@@ -21,13 +21,40 @@ redis_outage       the path to Redis drops everything for a few seconds (new con
 nats_outage        the same for NATS
 sigkill            ``kill -9`` of the bridge, restarted at once on the same spool;
                    recovered at the new process's authenticated connection
+redis_wrong_type   the Redis stream's key holds a string for a few seconds: one script run
+                   renames the stream to ``<stream>:aside`` and sets the key, another deletes
+                   the string and renames the stream back (each step atomic, so no entry is
+                   lost and no ``XADD`` lands in between); recovered when the Redis sink's
+                   lag is back to within 50 ms of the stream
+bogus_id           the emulator pushes on the socket one event whose id the REST API never
+                   lists (``2**62`` plus the number of earlier ones), waits until every sink
+                   holds it, then cuts the WebSocket: the events emitted until the bridge is
+                   back are a gap only the REST API has; recovered when every sink holds
+                   every id of that gap. The bogus events are expected in the sinks, each
+                   exactly once in Redis and NATS
+disk_full          the spool lives on a tmpfs the soak mounts (root only; without it the kind
+                   is skipped, with the reason printed); the path to Redis goes away (so the
+                   spool must grow to hold the backlog) and a ballast file fills the tmpfs,
+                   for 2-4 s and until the bridge is hit (its commits stop for 1 s or
+                   ``/healthz`` answers 503; 10 s at most: a spool may find room in pages it
+                   already has); then Redis comes back and the ballast goes: all of it, or
+                   (every other time) all but what leaves 1 MiB free, the rest only after the
+                   bridge has recovered in that little room or failed to within 20 s.
+                   ``/healthz`` must answer 503 in each fault that stopped commits; recovered
+                   when the bridge commits again (``neuroio_events_received_total`` grows)
+                   and every sink's lag is back to within 50 ms of the stream
+clock_skew         the emulator's clock steps by ten minutes, in the cycle of offsets
+                   -600, 0, +600, 0 s (left in place: every later fault runs under it), then
+                   the WebSocket is cut; recovered when every sink holds every id emitted
+                   until the bridge was back (the gap)
 =================  ========================================================================
 
-Faults come one at a time, in shuffled rounds of all seven kinds (``--seed``), every
-``--fault-every`` seconds. At the end the stream stops, every sink is read back (the file's
-lines, ``XRANGE`` of the Redis stream, a pull consumer on the JetStream stream) and compared
-with the ids the emulator emitted (its REST history). The bridge's RSS and open descriptors
-are sampled every second, per process (a SIGKILL starts a new one).
+Faults come one at a time, in shuffled rounds of every kind (``--seed``), every
+``--fault-every`` seconds; a short run goes on until each kind has come once. At the end the
+stream stops, every sink is read back (the file's lines, ``XRANGE`` of the Redis stream, a
+pull consumer on the JetStream stream) and compared with the ids the emulator emitted (its
+REST history) and the bogus ids it pushed. The bridge's RSS and open descriptors are sampled
+every second, per process (a SIGKILL starts a new one).
 
 Usage::
 
@@ -46,6 +73,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -59,7 +87,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,6 +113,10 @@ KINDS = (
     "redis_outage",
     "nats_outage",
     "sigkill",
+    "redis_wrong_type",
+    "bogus_id",
+    "disk_full",
+    "clock_skew",
 )
 # The bridge's heartbeat: a dead path is detected within PING_INTERVAL + PING_TIMEOUT.
 PING_INTERVAL = 0.5
@@ -104,6 +136,21 @@ SETTLED_RSS_BOUND_MB = 10.0
 # Longest wait for any single recovery before it counts as failed.
 RECOVERY_TIMEOUT_S = 60.0
 SAMPLE_EVERY_S = 1.0
+# Longest wait for a gap's events (bogus_id, clock_skew) to reach every sink.
+GAP_TIMEOUT_S = 30.0
+# The first bogus id; each bogus_id fault pushes the next one, so each is a distinct event.
+BOGUS_BASE = 2**62
+# The server clock's offsets, in turn, one step of ten minutes per clock_skew fault.
+CLOCK_OFFSETS = (-600.0, 0.0, 600.0, 0.0)
+# The spool's tmpfs (disk_full): room for the database and its WAL under a steady stream.
+SPOOL_FS_MB = 128
+# Room left when only part of the ballast goes, and how long the bridge has to recover in it.
+PARTIAL_ROOM = 1 << 20
+PARTIAL_TIMEOUT_S = 20.0
+# The disk stays full until the bridge stops committing for this long (or answers 503), at
+# most MAX_FULL_S.
+STALL_S = 1.0
+MAX_FULL_S = 10.0
 
 
 # ---------------------------------------------------------------------------- the bridge
@@ -126,13 +173,15 @@ class Generation:
 class BridgeProcess:
     """Starts the bridge child, restarts it after a SIGKILL, and notices unexpected exits."""
 
-    def __init__(self, tmp: Path, url: str, api_url: str, to: list[str], t0: float) -> None:
+    def __init__(
+        self, tmp: Path, spool: Path, url: str, api_url: str, to: list[str], t0: float
+    ) -> None:
         self.tmp = tmp
         self.url = url
         self.api_url = api_url
         self.to = to
         self.t0 = t0
-        self.spool = tmp / "spool.db"
+        self.spool = spool
         self.generations: list[Generation] = []
         self.unexpected_exits: list[str] = []
         self.metrics_port = 0
@@ -301,6 +350,11 @@ class Fault:
     recovered: float | None = None
     """Seconds from injection to recovery (see the module docstring)."""
     caught_up_after_restore: float | None = None
+    gap: int | None = None
+    """Events emitted while the bridge was away (bogus_id, clock_skew)."""
+    health: dict[str, int] | None = None
+    """``/healthz`` answers while the disk was full (disk_full): status (or "none") -> count."""
+    note: str | None = None
     error: str | None = None
 
 
@@ -327,6 +381,13 @@ class Soak:
         self.http: aiohttp.ClientSession | None = None
         self.soak_rss: list[tuple[float, int]] = []
         self.result: dict[str, Any] = {}
+        self.skipped: dict[str, str] = {}
+        """Fault kinds asked for but not injected, with the reason."""
+        self.bogus_ids: list[int] = []
+        self.spool_fs: Path | None = None
+        """The tmpfs the spool lives on (disk_full), while mounted."""
+        self.redis: Any = None
+        self.tails: sinks.Tails | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -376,10 +437,48 @@ class Soak:
                 with contextlib.suppress(Exception):
                     await sinks.delete_nats(nc, self.nats_stream)
                 await nc.close()
+            self._unmount_spool_fs()
             if args.keep:
                 print(f"soak: kept {self.tmp}")
             else:
                 shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _mount_spool_fs(self) -> str | None:
+        """Mount a small tmpfs for the spool; the reason it cannot be, or None once mounted."""
+        where = self.tmp / "spool-fs"
+        where.mkdir()
+        if os.geteuid() != 0:
+            return "mounting a tmpfs needs root"
+        if shutil.which("mount") is None:
+            return "no mount command"
+        try:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={SPOOL_FS_MB}m,mode=0700", "neuroio-soak",
+                 str(where)],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"mount failed: {exc}"
+        if done.returncode != 0:
+            return f"mount failed: {(done.stderr or done.stdout).strip() or done.returncode}"
+        self.spool_fs = where
+        return None
+
+    def _unmount_spool_fs(self) -> None:
+        where = self.spool_fs
+        if where is None:
+            return
+        if self.args.keep:
+            kept = self.tmp / "spool-kept"
+            kept.mkdir(exist_ok=True)
+            for path in where.glob("spool.db*"):
+                with contextlib.suppress(OSError):
+                    shutil.copy2(path, kept / path.name)
+        done = subprocess.run(["umount", str(where)], capture_output=True, check=False)
+        if done.returncode != 0:
+            # Busy (a child still holding a file): detach it now, freed when the last user goes.
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+        self.spool_fs = None
 
     def sink_uris(self) -> list[str]:
         assert self.redis_proxy is not None and self.nats_proxy is not None
@@ -399,9 +498,28 @@ class Soak:
         args = self.args
         emu, ws_proxy = self.emu, self.ws_proxy
         assert emu is not None and ws_proxy is not None
+        self.redis = redis
+        self.tails = sinks.Tails(
+            self.events_file, redis, self.redis_stream, nc, self.nats_stream, self.nats_subject
+        )
+        spool_dir = self.tmp
+        if "disk_full" in self.kinds:
+            reason = self._mount_spool_fs()
+            if reason is None:
+                assert self.spool_fs is not None
+                spool_dir = self.spool_fs
+            else:
+                print(f"soak: disk_full skipped: {reason}", file=sys.stderr)
+                self.skipped["disk_full"] = reason
+                self.kinds = tuple(k for k in self.kinds if k != "disk_full")
         self.t0 = time.monotonic()
         self.bridge = bridge = BridgeProcess(
-            self.tmp, ws_proxy.url_for(), emu.api_url, self.sink_uris(), self.t0
+            self.tmp,
+            spool_dir / "spool.db",
+            ws_proxy.url_for(),
+            emu.api_url,
+            self.sink_uris(),
+            self.t0,
         )
         bridge.start()
         await self._wait_connection(0, timeout=60)
@@ -422,6 +540,7 @@ class Soak:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+            await self.tails.aclose()
         exit_code = await bridge.stop()
         self.result = self._report(emitted, stored, drained, drain_s, exit_code)
         self._print(self.result)
@@ -470,6 +589,8 @@ class Soak:
         # Leave time at the end for the last fault to be over before the stream stops.
         last_start = args.duration - max(5.0, args.fault_every)
         next_at = 3.0
+        if not self.kinds:
+            return
         kinds = self._kinds()
         # A short run goes on until each kind has been injected once (the first round).
         while next_at <= last_start or len(self.faults) < len(self.kinds):
@@ -556,8 +677,209 @@ class Soak:
             await bridge.sigkill()
             await self._wait_connection(before)
             fault.detected = fault.recovered = since()
+        elif fault.kind == "redis_wrong_type":
+            fault.duration = round(self.rng.uniform(2.0, 4.0), 2)
+            if not await sinks.redis_wrong_type(self.redis, self.redis_stream):
+                raise TimeoutError("the Redis stream does not exist yet")
+            try:
+                await asyncio.sleep(fault.duration)  # the fault itself
+            finally:
+                if not await sinks.redis_right_type(self.redis, self.redis_stream):
+                    fault.error = "the stream was not found aside"
+            restored = time.monotonic()
+            await self._wait_caught_up("redis")
+            fault.recovered = since()
+            fault.caught_up_after_restore = time.monotonic() - restored
+        elif fault.kind == "bogus_id":
+            bogus = BOGUS_BASE + len(self.bogus_ids)
+            self.bogus_ids.append(bogus)
+            fault.note = f"id {bogus}"
+            await emu.wait_until(
+                lambda: bool(emu.live_clients), timeout=RECOVERY_TIMEOUT_S, what="a live bridge"
+            )
+            await emu.push_unlisted(id=bogus)
+            await self._wait_delivered({bogus}, what=f"the bogus event {bogus}")
+            await self._gap(fault, since)
+            fault.recovered = since()
+        elif fault.kind == "clock_skew":
+            turn = sum(1 for f in self.faults if f.kind == "clock_skew") - 1
+            was, emu.clock_offset = emu.clock_offset, CLOCK_OFFSETS[turn % len(CLOCK_OFFSETS)]
+            fault.note = f"server clock offset {was:+.0f} -> {emu.clock_offset:+.0f} s"
+            await self._gap(fault, since)
+            fault.recovered = since()
+        elif fault.kind == "disk_full":
+            await self._disk_full(fault, since)
         else:
             raise AssertionError(fault.kind)
+
+    async def _gap(self, fault: Fault, since: Callable[[], float]) -> None:
+        """Cut the WebSocket and wait until every sink holds every event emitted until the
+        bridge was back (``push_while_disconnected=False``: only the REST API has them)."""
+        emu, ws_proxy = self.emu, self.ws_proxy
+        assert emu is not None and ws_proxy is not None
+        before = self.authenticated()
+        first = emu.factory.next_id
+        requests = len(emu.rest_requests)
+        ws_proxy.cut()
+        await self._wait_connection(before)
+        fault.detected = since()
+        gap = set(range(first, emu.factory.next_id))
+        fault.gap = len(gap)
+        try:
+            await self._wait_delivered(gap, what=f"the gap of {len(gap)} events from id {first}")
+        except TimeoutError as exc:
+            # What the bridge asked the REST API for says why the gap was not recovered.
+            asked = emu.rest_requests[requests : requests + 3]
+            raise TimeoutError(f"{exc}; REST requests since the cut: {asked or 'none'}") from None
+
+    async def _wait_delivered(self, ids: set[int], *, what: str) -> None:
+        """Wait (up to ``GAP_TIMEOUT_S``) until every sink holds every id of ``ids``."""
+        assert self.tails is not None and self.bridge is not None
+        deadline = time.monotonic() + GAP_TIMEOUT_S
+        while True:
+            self.bridge.check_exit()
+            missing = await self.tails.missing(ids)
+            if not any(missing.values()):
+                return
+            if time.monotonic() > deadline:
+                lost = "; ".join(
+                    f"{len(m)} missing from {name} ({_id_ranges(m)})"
+                    for name, m in missing.items()
+                    if m
+                )
+                raise TimeoutError(f"{what}: after {GAP_TIMEOUT_S:.0f} s, {lost}")
+            await asyncio.sleep(0.2)  # polling period of the read-back
+
+    async def _disk_full(self, fault: Fault, since: Callable[[], float]) -> None:
+        """Fill the spool's tmpfs while Redis is away (so the spool has to grow), hold it
+        until the bridge stops committing, free it (all, or all but a little room)."""
+        assert self.spool_fs is not None and self.redis_proxy is not None
+        redis_proxy = self.redis_proxy
+        turn = sum(1 for f in self.faults if f.kind == "disk_full")
+        partial = turn % 2 == 0
+        fault.duration = round(self.rng.uniform(2.0, 4.0), 2)
+        ballast = self.spool_fs / "ballast"
+        health: Counter[str] = Counter()
+        full = asyncio.Event()
+        prober = asyncio.create_task(self._probe_health(health, full))
+        # A spool in its steady state rewrites pages it already has and needs no new room;
+        # with a sink away it must hold the backlog, and grow: that is when a disk fills.
+        redis_proxy.blackhole("both", new_connections=True)
+        away = True
+        try:
+            size = await asyncio.to_thread(_fill, ballast)
+            full.set()
+            start = time.monotonic()
+            bitten, committed = await self._hold_full(fault.duration, health)
+            full.clear()
+            fault.duration = round(time.monotonic() - start, 2)
+            fault.detected = bitten
+            fault.note = (
+                f"ballast {size / (1 << 20):.1f} MiB, {committed:.0f} events committed while "
+                + ("full" if bitten is not None else f"full, never stopped in {MAX_FULL_S:.0f} s")
+            )
+            if partial:
+                await asyncio.to_thread(os.truncate, ballast, max(0, size - PARTIAL_ROOM))
+                redis_proxy.restore()
+                redis_proxy.cut()
+                away = False
+                fault.note += f"; {PARTIAL_ROOM >> 20} MiB freed first"
+                released = time.monotonic()
+                try:
+                    await self._wait_recovered(PARTIAL_TIMEOUT_S, released)
+                except TimeoutError as exc:
+                    fault.error = f"with {PARTIAL_ROOM >> 20} MiB freed: {exc}"
+                else:
+                    fault.note += f", recovered in it after {time.monotonic() - released:.1f} s"
+        finally:
+            full.clear()
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
+            fault.health = dict(health)
+            with contextlib.suppress(FileNotFoundError):
+                ballast.unlink()
+            if away:
+                redis_proxy.restore()
+                redis_proxy.cut()
+        released = time.monotonic()
+        await self._wait_recovered(RECOVERY_TIMEOUT_S, released)
+        fault.recovered = since()
+        fault.caught_up_after_restore = time.monotonic() - released
+
+    async def _hold_full(self, duration: float, health: Counter[str]) -> tuple[float | None, float]:
+        """Keep the disk full at least ``duration`` s and until the bridge is hit by it (its
+        commits stop for ``STALL_S``, or ``/healthz`` answers 503), at most ``MAX_FULL_S``.
+
+        Returns the seconds until it was hit (``None``: never) and the events it committed
+        meanwhile."""
+        start = time.monotonic()
+        first = last = await self._received_total()
+        changed = start
+        bitten: float | None = None
+        while True:
+            await asyncio.sleep(0.1)  # polling period of an HTTP probe
+            now = time.monotonic()
+            total = await self._received_total()
+            if total is not None and (last is None or total != last):
+                if last is not None and total[0] != last[0]:
+                    first = total  # a new process: count from its own start
+                last, changed = total, now
+            if bitten is None and (now - changed >= STALL_S or health.get("503")):
+                bitten = round(now - start, 3)
+            elapsed = now - start
+            if (bitten is not None and elapsed >= duration) or elapsed >= MAX_FULL_S:
+                committed = last[1] - first[1] if first is not None and last is not None else 0
+                return bitten, committed
+
+    async def _probe_health(self, health: Counter[str], full: asyncio.Event) -> None:
+        """Count the ``/healthz`` answers while ``full`` is set."""
+        assert self.http is not None and self.bridge is not None
+        while True:
+            await full.wait()
+            url = f"http://127.0.0.1:{self.bridge.metrics_port}/healthz"
+            try:
+                async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    await r.read()
+                    status = str(r.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                status = "none"
+            if full.is_set():
+                health[status] += 1
+            await asyncio.sleep(0.1)  # probing period
+
+    async def _wait_recovered(self, timeout: float, since: float) -> None:
+        """Wait until the bridge commits again after ``since`` and every sink caught up."""
+        assert self.bridge is not None
+        deadline = since + timeout
+        base: tuple[int, float] | None = None
+        while True:
+            self.bridge.check_exit()
+            total = await self._received_total()
+            if total is not None:
+                if base is None or base[0] != total[0]:
+                    base = total
+                elif total[1] > base[1]:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no commit within {timeout:.0f} s of the room coming back")
+            await asyncio.sleep(0.05)  # polling period of an HTTP probe
+        await self._wait_caught_up(None, deadline)
+
+    async def _received_total(self) -> tuple[int, float] | None:
+        """(process number, ``neuroio_events_received_total``) of the current bridge."""
+        assert self.http is not None and self.bridge is not None
+        gen = self.bridge.current.number
+        url = f"http://127.0.0.1:{self.bridge.metrics_port}/metrics"
+        try:
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, UnicodeDecodeError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("neuroio_events_received_total "):
+                return gen, float(line.split()[1])
+        return None
 
     async def _sink_lags(self) -> dict[str, int] | None:
         """Each sink kind's lag from the bridge's ``/healthz`` (``None``: not answering)."""
@@ -574,18 +896,20 @@ class Soak:
             lags[kind] = int(status.get("lag", 0))
         return lags
 
-    async def _wait_caught_up(self, sink: str) -> None:
-        """Wait until the sink's lag is at most 50 ms of the stream."""
+    async def _wait_caught_up(self, sink: str | None, deadline: float | None = None) -> None:
+        """Wait until the sink's lag (every sink's: ``None``) is at most 50 ms of the stream."""
         assert self.bridge is not None
         limit = max(1, int(self.args.rate / 20))
-        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        if deadline is None:
+            deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        names = [sink] if sink is not None else ["file", "redis", "nats"]
         while True:
             self.bridge.check_exit()
             lags = await self._sink_lags()
-            if lags is not None and lags.get(sink, limit + 1) <= limit:
+            if lags is not None and all(lags.get(n, limit + 1) <= limit for n in names):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"sink {sink} still behind after {RECOVERY_TIMEOUT_S} s")
+                raise TimeoutError(f"sinks {', '.join(names)} still behind: lags {lags}")
             await asyncio.sleep(0.02)  # polling period of an HTTP probe
 
     # -- the end ---------------------------------------------------------------------------
@@ -611,7 +935,7 @@ class Soak:
     ) -> tuple[bool, dict[str, sinks.Stored]]:
         """Wait (bounded) until every sink holds every emitted id; returns what they hold."""
         assert self.bridge is not None
-        want = set(emitted)
+        want = set(emitted) | set(self.bogus_ids)
         deadline = time.monotonic() + self.args.drain_timeout
         stored: dict[str, sinks.Stored] = {}
         while True:
@@ -645,19 +969,24 @@ class Soak:
     ) -> dict[str, Any]:
         assert self.bridge is not None and self.emu is not None
         args = self.args
-        want = set(emitted)
+        # The bogus events came on the socket, so they are delivered like any other.
+        bogus = set(self.bogus_ids)
+        want = set(emitted) | bogus
         checks: list[tuple[str, bool, str]] = []
         per_sink: dict[str, Any] = {}
         for name, s in stored.items():
             counts = Counter(s.ids)
-            missing = len(want - counts.keys())
+            lost = want - counts.keys()
+            missing = len(lost)
             dupes = sum(n - 1 for n in counts.values() if n > 1)
             extra = len(counts.keys() - want)
             per_sink[name] = {
                 "delivered": len(s.ids),
                 "distinct": len(counts),
                 "missing": missing,
+                "missing_ids": _id_ranges(lost, limit=20) if lost else None,
                 "duplicates": dupes,
+                "bogus_delivered": sum(counts[i] for i in bogus),
                 "unknown_ids": extra,
                 "unreadable": s.unreadable,
             }
@@ -688,12 +1017,33 @@ class Soak:
                 "max_recovered_s": _round(max(recovered, default=None)),
                 "max_caught_up_after_restore_s": _round(max(caught_up, default=None)),
                 "errors": [f.error for f in mine if f.error],
+                "gaps": [f.gap for f in mine if f.gap is not None],
+                "healthz": [f.health for f in mine if f.health is not None],
+                "notes": [f.note for f in mine if f.note],
             }
             checks.append(
                 (
                     f"{kind}: injected and recovered",
                     bool(mine) and len(ok) == len(mine),
                     f"{len(ok)}/{len(mine)}",
+                )
+            )
+        if "disk_full" in self.kinds:
+            mine = [f for f in self.faults if f.kind == "disk_full"]
+            # A fault the spool found room for (it kept committing) was no fault to it: 200 is
+            # then the right answer.
+            hit = [f for f in mine if f.detected is not None]
+            answered = [f.health or {} for f in hit]
+            checks.append(
+                (
+                    f"disk_full: /healthz answered 503 in every fault that stopped commits "
+                    f"({len(hit)} of {len(mine)})",
+                    all(h.get("503", 0) > 0 for h in answered),
+                    "; ".join(
+                        ", ".join(f"{k}: {v}" for k, v in sorted(h.items())) or "no answer"
+                        for h in answered
+                    )
+                    or "none",
                 )
             )
         checks.append(
@@ -777,6 +1127,8 @@ class Soak:
             "fault_every_s": args.fault_every,
             "seed": args.seed,
             "kinds": list(self.kinds),
+            "skipped_kinds": self.skipped,
+            "bogus_ids": self.bogus_ids,
             "bridge_command": _shown_command(self.bridge.command()),
             "events_emitted": len(emitted),
             "sinks": per_sink,
@@ -809,13 +1161,20 @@ class Soak:
             f"duration {r['duration_s']} s at {r['rate']} events/s, a fault every ~"
             f"{r['fault_every_s']} s, seed {r['seed']}, faults: {', '.join(r['kinds'])}\n"
         )
-        out(f"events emitted: {r['events_emitted']}")
-        out(f"{'sink':8} {'delivered':>10} {'distinct':>10} {'missing':>8} {'duplicates':>11}")
+        for kind, reason in r["skipped_kinds"].items():
+            out(f"skipped: {kind} ({reason})")
+        out(f"events emitted: {r['events_emitted']}, plus {len(r['bogus_ids'])} bogus ids pushed")
+        out(
+            f"{'sink':8} {'delivered':>10} {'distinct':>10} {'missing':>8} {'duplicates':>11} "
+            f"{'bogus':>6}"
+        )
         for name, s in r["sinks"].items():
             out(
                 f"{name:8} {s['delivered']:>10} {s['distinct']:>10} {s['missing']:>8} "
-                f"{s['duplicates']:>11}"
+                f"{s['duplicates']:>11} {s['bogus_delivered']:>6}"
             )
+            if s["missing_ids"]:
+                out(f"         missing: {s['missing_ids']}")
         logs = r["bridge_log_lines"]
         out("bridge log lines: " + ", ".join(f"{k} {v}" for k, v in sorted(logs.items())))
         out(
@@ -835,9 +1194,15 @@ class Soak:
                 f"{_s(f['max_caught_up_after_restore_s']):>14}"
             )
         out(
-            "  (detect: injection -> next authenticated connection; recover: injection -> "
-            "recovered; caught up: outage over -> sink lag within 50 ms of the stream)"
+            "  (detect: injection -> next authenticated connection, for disk_full -> the bridge "
+            "hit; recover: injection -> recovered; caught up: outage over -> sink lag within "
+            "50 ms of the stream)"
         )
+        for kind, f in r["faults"].items():
+            for error in f["errors"]:
+                out(f"  {kind} error: {error}")
+            if f["healthz"]:
+                out(f"  {kind} /healthz while full: {f['healthz']}")
         out(f"\n{'process':8} {'lived':>7} {'RSS start/mid/end MB':>24} {'fds start/mid/end':>19}")
         for g in r["resources"]:
             if g["start"] is None:
@@ -901,6 +1266,39 @@ def _resources(gen: Generation) -> dict[str, Any]:
     return out
 
 
+def _fill(path: Path) -> int:
+    """Write zeros to ``path`` until its file system is full; returns the bytes written."""
+    chunk = bytes(1 << 20)
+    size = len(chunk)
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        # Halving the write on ENOSPC fills the last pages too.
+        while size >= 4096:
+            try:
+                written += os.write(fd, chunk[:size])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size //= 2
+    finally:
+        os.close(fd)
+    return written
+
+
+def _id_ranges(ids: set[int], limit: int = 5) -> str:
+    """``ids`` as ranges of consecutive ids, e.g. ``"ids 10-19, 25"`` (the first few)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    shown = [f"{a}-{b}" if a != b else str(a) for a, b in runs[:limit]]
+    more = f" and {len(runs) - limit} more ranges" if len(runs) > limit else ""
+    return "ids " + ", ".join(shown) + more
+
+
 def _mb(kb: int) -> float:
     return round(kb / 1024, 1)
 
@@ -947,8 +1345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    if args.duration < len(args.kinds) * args.fault_every + 10:
-        parser.error("--duration must leave room for one fault of each kind")
+    # A short run goes on until each kind has come once; this only keeps the stream's own
+    # length sensible.
+    if args.duration < args.fault_every + 10:
+        parser.error("--duration must be at least --fault-every + 10 s")
     soak = Soak(args)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(soak.run())
