@@ -19,6 +19,8 @@ import pytest
 from neuroio.bridge.spool import ROW_OVERHEAD, Spool, default_spool_path
 from neuroio.exceptions import ConfigurationError, SpoolError, SpoolFullError
 
+from .helpers import small_tmpfs
+
 
 def ev(event_id: int, at: float = 1000.0) -> tuple[int, bytes, float]:
     return (event_id, json.dumps({"id": event_id, "data": {"id": event_id}}).encode(), at)
@@ -561,21 +563,8 @@ def test_damaged_ids_are_reported_as_unknown_with_the_seq_range(path: Path) -> N
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for the test (root only)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command to make a small file system")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.strip() or made.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "mnt", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(disk: Path, leave: int) -> Path:
