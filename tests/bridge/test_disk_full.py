@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,27 @@ def fill(disk: Path) -> Path:
     return ballast
 
 
+@contextlib.contextmanager
+def kept_full(disk: Path) -> Iterator[Path]:
+    """The disk full, and kept full: a thread takes back at once every block the spool
+    gives back (a failed commit makes it truncate its log), as another writer filling a real
+    disk would; without it a commit may find room again before the test looks."""
+    stop = threading.Event()
+    ballast = fill(disk)
+
+    def keep() -> None:
+        while not stop.wait(0.001):  # pacing of a busy writer, not a synchronisation
+            fill(disk)
+
+    thread = threading.Thread(target=keep, daemon=True)
+    thread.start()
+    try:
+        yield ballast
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 async def stream(pipeline: Pipeline, ids: range) -> None:
     """Hand events to the pipeline as a socket would: yielding to the loop between frames."""
     for i in ids:
@@ -106,22 +128,15 @@ async def test_commits_resume_by_themselves_after_a_little_room_comes_back(
     try:
         await feed(pipeline, range(1, 11))
         await pipeline.wait_delivered(timeout=5)
-        ballast = fill(small_disk)
-        # More than a small disk holds, so the disk is still full when the pause is checked
-        # (whatever room a truncated log gives back is taken by the next events).
-        feeder = asyncio.create_task(stream(pipeline, range(11, _STREAMED)))
-        await until(lambda: pipeline.commit_failing_since is not None, timeout=10)
-
-        def paused() -> bool:
-            # A failed commit makes the spool truncate its log, which gives blocks back to the
-            # file system: take them again, as whatever else fills a real disk would.
-            fill(small_disk)
-            return pipeline.paused_since is not None
-
-        await until(paused, timeout=10)
-        assert feeder is not None and not feeder.done()
-        await assert_nothing_more_accepted(pipeline, small_disk)
-        assert "full" in str(pipeline.commit_error)
+        with kept_full(small_disk) as ballast:
+            # More than the disk holds: still streaming when the first failure is known,
+            # however long that first commit takes.
+            feeder = asyncio.create_task(stream(pipeline, range(11, _STREAMED)))
+            await until(lambda: pipeline.commit_failing_since is not None, timeout=10)
+            await until(lambda: pipeline.paused_since is not None, timeout=10)
+            assert feeder is not None and not feeder.done()
+            await assert_nothing_more_accepted(pipeline, small_disk)
+            assert "full" in str(pipeline.commit_error)
         free(ballast, _FREED)
         await asyncio.wait_for(feeder, 60)
         await pipeline.wait_delivered(timeout=60)
