@@ -296,13 +296,18 @@ class Pipeline:
             self.malformed += 1
             log.warning("dropped an event frame without a 64-bit integer id and an object data")
             return
+        # Room first, then the tracker: an event is marked seen (which moves the recovery
+        # cursor) only as it is queued. A handler cancelled while it waits (the connection was
+        # lost meanwhile) leaves the event unseen, so gap recovery fetches it again.
+        if self._closed or self._blocked():
+            await self._wait_for_room()
         admit = self.admit
         if admit is not None:
             created = data.get("created")
             if not admit(event_id, created if created.__class__ is str else None):
                 self.duplicates += 1
                 return
-        await self._put(event_id, _encoder.encode(value), time.time())
+        self._append(event_id, _encoder.encode(value), time.time())
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
@@ -330,6 +335,9 @@ class Pipeline:
     async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
         if self._closed or self._blocked():
             await self._wait_for_room()
+        self._append(event_id, payload, received_at)
+
+    def _append(self, event_id: int, payload: bytes, received_at: float) -> None:
         self._pending.append((event_id, payload, received_at))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
