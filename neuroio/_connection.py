@@ -525,8 +525,14 @@ class Connection:
                 data = msg.data
                 if data.startswith(prefix):
                     stats.events += 1
-                    if remember is not None and not remember(data):
-                        continue
+                    if remember is not None:
+                        if len(inbox) >= inbox.maxsize:
+                            # Room before the tracker: an event is marked seen only once it
+                            # is queued, so one dropped with a connection lost meanwhile is
+                            # left for gap recovery instead of skipped as a duplicate.
+                            await self._wait(inbox.room())
+                        if not remember(data):
+                            continue
                 elif not control(data, False):
                     continue
             elif mtype is binary:

@@ -85,6 +85,19 @@ class Inbox(Generic[T]):
                 except ValueError:
                     pass
 
+    async def room(self) -> None:
+        """Wait until an item would fit (or the inbox is closed)."""
+        while not self._closed and len(self._items) >= self.maxsize:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._putters.append(waiter)
+            try:
+                await waiter
+            finally:
+                try:
+                    self._putters.remove(waiter)
+                except ValueError:
+                    pass
+
     def get_nowait(self) -> T:
         """Take the oldest item; :class:`IndexError` if there is none."""
         item = self._items.popleft()

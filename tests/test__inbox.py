@@ -51,3 +51,17 @@ async def test_close_drains_then_ends_and_releases_putters() -> None:
         await inbox.get()
     with pytest.raises(EOFError):
         inbox.put_nowait(5)
+
+
+async def test_room_waits_until_an_item_fits() -> None:
+    """``room()`` returns at once with space, waits while full, and ends when an item is taken
+    (the reader waits for room before it marks an event as seen)."""
+    inbox: Inbox[int] = Inbox(1)
+    await asyncio.wait_for(inbox.room(), 1)
+    assert inbox.put_nowait(1)
+    waiter = asyncio.create_task(inbox.room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert inbox.get_nowait() == 1
+    await asyncio.wait_for(waiter, 1)
+    assert inbox.put_nowait(2)
