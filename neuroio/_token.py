@@ -10,10 +10,16 @@ line or error could still quote stays hidden.
 from __future__ import annotations
 
 import inspect
+import logging
+import os
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from . import _redact
 from .exceptions import ConfigurationError
+
+logger = logging.getLogger("neuroio.token")
 
 TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
 """A callable or async callable giving the current API token."""
@@ -105,3 +111,70 @@ class Tokens:
         if token not in self._used:
             self._used.append(token)
             _redact.guard(token)
+
+
+class TokenFile:
+    """A token provider reading the first line of a file, again whenever the file changes.
+
+    Made by :func:`token_file`; see there.
+    """
+
+    __slots__ = ("path", "_seen", "_token", "_warned")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int, int] | None = None
+        self._token: str | None = None
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<TokenFile {str(self.path)!r}>"
+
+    def __call__(self) -> str:
+        """The token: the file's first line, stripped; read again only when the file changed.
+
+        Raises:
+            ConfigurationError: the file cannot be read, is not UTF-8 text, or is empty.
+        """
+        path = self.path
+        try:
+            info = os.stat(path)
+            seen = (info.st_mtime_ns, info.st_size, info.st_ino)
+            if seen == self._seen and self._token is not None:
+                return self._token
+            with path.open(encoding="utf-8") as file:
+                first = file.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigurationError(f"cannot read the token file {path}: {reason}") from None
+        if not first:
+            raise ConfigurationError(
+                f"the token file {path} is empty (the token is its first line)"
+            )
+        if info.st_mode & (stat.S_IRGRP | stat.S_IROTH) and not self._warned:
+            self._warned = True
+            logger.warning(
+                "the token file %s can be read by other users (mode %03o); run: chmod 600 %s",
+                path,
+                stat.S_IMODE(info.st_mode),
+                path,
+            )
+        if first != self._token:
+            # Guarded as soon as read: a later error or log line quoting it stays clean.
+            # Never released: the file's tokens live as long as the provider may hand them.
+            _redact.guard(first)
+        self._seen, self._token = seen, first
+        return first
+
+
+def token_file(path: str | os.PathLike[str]) -> TokenFile:
+    """A token provider for ``EventListener(api_token=...)`` that reads ``path``.
+
+    The token is the file's first line, whitespace stripped. The file is read again when
+    its modification time, size or inode changes (a rewrite, or a new file moved over it),
+    so a rotation is one write of the file. A file that cannot be read or is empty makes the
+    call raise :class:`~neuroio.exceptions.ConfigurationError` (for the listener: a failed
+    connection attempt, retried with backoff). A file other users can read is warned about,
+    once.
+    """
+    return TokenFile(path)
