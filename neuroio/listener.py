@@ -128,7 +128,7 @@ class EventListener:
 
     def __init__(
         self,
-        api_token: TokenSource,
+        api_token: TokenSource | Tokens,
         event_handler_func: Handler | None = None,
         timeout: float = _DEFAULTS.timeout,
         *,
@@ -152,7 +152,10 @@ class EventListener:
         on_connected: Callable[[], Awaitable[None]] | None = None,
         on_disconnected: Callable[[LossReason], Awaitable[None]] | None = None,
     ) -> None:
-        tokens = Tokens(api_token)
+        # Tokens given by an owner (the bridge) are shared with its gap recovery, and stay
+        # redacted as long as that owner lives.
+        self._owns_tokens = not isinstance(api_token, Tokens)
+        tokens = api_token if isinstance(api_token, Tokens) else Tokens(api_token)
         options = ConnectionOptions(
             url=url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL,
             timeout=timeout,
@@ -293,7 +296,8 @@ class EventListener:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self._tokens.release()
+            if self._owns_tokens:
+                self._tokens.release()
 
     @property
     def state(self) -> State:

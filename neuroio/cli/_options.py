@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import ssl
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,9 @@ from click.core import ParameterSource
 
 from .. import _redact
 from .._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
+from .._token import TokenProvider, TokenSource
+from .._token import token_file as token_file_provider
+from ..exceptions import ConfigurationError
 from . import _logging
 
 __all__ = [
@@ -63,16 +64,25 @@ TOKEN_HINT = (
 
 
 class Secret:
-    """A string that does not show itself in reprs, logs or tracebacks."""
+    """A string that does not show itself in reprs, logs or tracebacks.
 
-    __slots__ = ("_value",)
+    ``provider``: where a token comes from when it can change while running (a token
+    file, read again at each connection); :meth:`source` hands it to the listener.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_value", "_provider")
+
+    def __init__(self, value: str, provider: TokenProvider | None = None) -> None:
         self._value = value
+        self._provider = provider
 
     def reveal(self) -> str:
         """The secret itself, for the one place that must send it."""
         return self._value
+
+    def source(self) -> TokenSource:
+        """What ``api_token=`` is given: the provider if there is one, else the token."""
+        return self._provider if self._provider is not None else self._value
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -130,7 +140,12 @@ class ConnectionSettings:
             else:
                 token_file = None
         if token_file is not None:
-            token = _read_token_file(token_file)
+            provider = token_file_provider(token_file)
+            try:
+                # Read once now: a file unreadable at start-up is a usage error, not retries.
+                return Secret(provider(), provider)
+            except ConfigurationError as exc:
+                raise click.UsageError(str(exc)) from None
         if not token:
             raise click.UsageError(f"no API token: {TOKEN_HINT}")
         _redact.guard(token)
@@ -165,26 +180,6 @@ class ConnectionSettings:
             raise click.BadParameter(
                 f"cannot load CA certificates from {self.ca_file}: {exc}", param_hint="--ca-file"
             ) from exc
-
-
-def _read_token_file(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8") as file:
-            first = file.readline().strip()
-        mode = os.stat(path).st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise click.UsageError(f"cannot read the token file {path}: {reason}") from None
-    if not first:
-        raise click.UsageError(f"the token file {path} is empty (the token is its first line)")
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        logger.warning(
-            "the token file %s can be read by other users (mode %03o); run: chmod 600 %s",
-            path,
-            stat.S_IMODE(mode),
-            path,
-        )
-    return first
 
 
 @dataclass
