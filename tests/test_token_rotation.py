@@ -73,12 +73,16 @@ def test_api_token_must_be_a_string_or_a_callable() -> None:
         EventListener("")
 
 
-async def test_three_rotations_lose_nothing_and_cost_one_reconnect_each() -> None:
-    """Each rotation: the old token revoked, the provider gives the new one; nothing lost.
+async def test_three_rotations_lose_nothing_and_cost_one_reconnect_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each rotation: the old token revoked, the provider gives the new one; nothing lost,
+    and no token in any log record (DEBUG included), repr or stats.
 
     The emulator never pushes an event emitted while no client is live, so the events of
     each gap come back only through gap recovery, with the rotated token.
     """
+    caplog.set_level(logging.DEBUG)
     current = [ROTATED[0]]
 
     async def provider() -> str:
@@ -117,7 +121,9 @@ async def test_three_rotations_lose_nothing_and_cost_one_reconnect_each() -> Non
     refused = [c.auth_tokens for c in emu.clients if not c.authenticated]
     assert all(tokens in ([ROTATED[0]], [ROTATED[1]], [ROTATED[2]]) for tokens in refused)
     assert len({tokens[0] for tokens in refused}) == len(refused)
-    assert all(t not in repr(listener) for t in ROTATED)
+    assert all(t not in repr(listener) and t not in repr(listener.stats) for t in ROTATED)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert logged and all(t not in logged for t in ROTATED)
     assert emu.rest_requests, "the gaps were not recovered over the REST API"
 
 
@@ -130,8 +136,9 @@ async def test_a_revoked_token_the_provider_keeps_giving_is_fatal() -> None:
         task = asyncio.create_task(listener.listen())
         await until(lambda: listener.stats.authenticated == 1)
         await emu.revoke(token)
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError) as raised:
             await asyncio.wait_for(task, 5)
+    assert token not in str(raised.value) and token not in repr(raised.value)
     refused = [c for c in emu.clients if c.auth_tokens and not c.authenticated]
     assert 1 <= len(refused) <= 2
 
