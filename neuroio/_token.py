@@ -9,6 +9,8 @@ line or error could still quote stays hidden.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -178,3 +180,75 @@ def token_file(path: str | os.PathLike[str]) -> TokenFile:
     once.
     """
     return TokenFile(path)
+
+
+class TokenCommand:
+    """A token provider running a command and taking the first line of its output.
+
+    Args:
+        argv: the command and its arguments (no shell: write ``sh -c '...'`` for one).
+        timeout: seconds the command may take; it is killed after.
+    """
+
+    __slots__ = ("argv", "timeout")
+
+    def __init__(self, argv: list[str], timeout: float = 10.0) -> None:
+        if not argv:
+            raise ConfigurationError("the token command is empty")
+        self.argv = list(argv)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<TokenCommand {self.argv[0]!r}>"
+
+    async def __call__(self) -> str:
+        """Run the command; its first line of stdout, stripped. Its stderr is logged.
+
+        Raises:
+            ConfigurationError: it cannot be started, times out, exits non-zero or prints
+                no token.
+        """
+        name = self.argv[0]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot run the token command {name}: {exc.strerror}"
+            ) from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise ConfigurationError(
+                f"the token command {name} did not finish within {self.timeout:g} s"
+            ) from None
+        first = out.decode("utf-8", "replace").partition("\n")[0].strip()
+        if first:
+            _redact.guard(first)  # before its stderr is logged, which might quote it
+        for line in err.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                logger.warning("token command %s: %s", name, _redact.redact(line.rstrip()))
+        if proc.returncode != 0:
+            raise ConfigurationError(
+                f"the token command {name} exited with status {proc.returncode}"
+            )
+        if not first:
+            raise ConfigurationError(f"the token command {name} printed no token")
+        return first
+
+
+def token_command(argv: list[str], *, timeout: float = 10.0) -> TokenCommand:
+    """A token provider that runs ``argv`` (no shell) and uses its first line of stdout.
+
+    Its stderr is logged (tokens redacted); a non-zero exit, a timeout or no output makes
+    the call raise :class:`~neuroio.exceptions.ConfigurationError`, which the listener
+    counts as a failed connection attempt, retried with backoff.
+    """
+    return TokenCommand(argv, timeout)

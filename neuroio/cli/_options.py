@@ -17,8 +17,10 @@ library's keywords (``NEUROIO_API_TOKEN``, ``NEUROIO_EVENTS_URL``, ``NEUROIO_PIN
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import shlex
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from click.core import ParameterSource
 from .. import _redact
 from .._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
 from .._token import TokenProvider, TokenSource
+from .._token import token_command as token_command_provider
 from .._token import token_file as token_file_provider
 from ..exceptions import ConfigurationError
 from . import _logging
@@ -119,6 +122,7 @@ class ConnectionSettings:
     insecure: bool = False
     token_source: ParameterSource | None = None
     token_file_source: ParameterSource | None = None
+    token_command: str | None = None
 
     def api_token(self) -> Secret:
         """Resolve the token: ``--token-file``, ``--token`` or ``NEUROIO_API_TOKEN``.
@@ -130,6 +134,8 @@ class ConnectionSettings:
         Raises:
             click.UsageError: no token, both given, or an unreadable or empty token file.
         """
+        if self.token_command:
+            return self._command_token()
         token = (self.token or "").strip() or None
         token_file = self.token_file
         if token is not None and token_file is not None:
@@ -150,6 +156,20 @@ class ConnectionSettings:
             raise click.UsageError(f"no API token: {TOKEN_HINT}")
         _redact.guard(token)
         return Secret(token)
+
+    def _command_token(self) -> Secret:
+        """``--token-command``: run once now (a failure is a usage error), again later."""
+        if ParameterSource.COMMANDLINE in (self.token_source, self.token_file_source) and (
+            self.token or self.token_file
+        ):
+            raise click.UsageError("give only one of --token, --token-file, --token-command")
+        assert self.token_command is not None
+        try:
+            argv = shlex.split(self.token_command)
+            provider = token_command_provider(argv)
+            return Secret(asyncio.run(provider()), provider)
+        except ValueError as exc:
+            raise click.UsageError(f"--token-command: {exc}") from None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context trusting ``--ca-file`` too; ``None`` without it.
@@ -250,6 +270,7 @@ def connection_options(func: F) -> F:
             url=values["url"],
             token=values["token"],
             token_file=values["token_file"],
+            token_command=values["token_command"],
             ca_file=values["ca_file"],
             insecure=values["insecure"],
             token_source=ctx.get_parameter_source("token"),
@@ -263,6 +284,14 @@ def connection_options(func: F) -> F:
             envvar="NEUROIO_API_TOKEN_FILE",
             show_envvar=True,
             help="File whose first line is the API token (recommended; chmod 600).",
+        ),
+        click.option(
+            "--token-command",
+            metavar="CMD",
+            envvar="NEUROIO_TOKEN_COMMAND",
+            show_envvar=True,
+            help="Run CMD (split like a shell would, but run without one) at each "
+            "connection that needs a token; its first line of stdout is the token.",
         ),
         click.option(
             "--token",
@@ -297,7 +326,7 @@ def connection_options(func: F) -> F:
             "self-signed certificate: logs a warning.",
         ),
     ]
-    names = ("token_file", "token", "url", "ca_file", "insecure")
+    names = ("token_file", "token_command", "token", "url", "ca_file", "insecure")
     return _apply(_gather("conn", make, names)(func), options)
 
 
