@@ -121,3 +121,35 @@ def test_token_command_that_hangs_is_killed_after_its_timeout() -> None:
     provider = token_command([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.2)
     with pytest.raises(ConfigurationError, match="did not finish within 0.2 s"):
         asyncio.run(provider())
+
+
+async def test_emulate_tokens_file_is_followed_and_listen_rotates_with_it(
+    cli: StartCli, tmp_path: Path
+) -> None:
+    """Both sides rotate by rewriting files: emulate revokes the token removed from its
+    --tokens-file (dropping the connection), listen reads its --token-file again and goes on
+    printing events; neither exits."""
+    accepted = tmp_path / "accepted"
+    accepted.write_text(f"# accepted tokens\n{TOKEN}\n")
+    mine = tmp_path / "mine"
+    mine.write_text(TOKEN + "\n")
+    mine.chmod(0o600)
+    emu = await cli("emulate", "--port", "0", "--rate", "50", "--tokens-file", str(accepted))
+    url = (await emu.line()).decode().strip()
+    await emu.line()
+    proc = await cli(
+        "listen", "--url", url, "--token-file", str(mine), "--reconnect-delay", "0.01",
+    )  # fmt: skip
+    await proc.lines(3)
+    mine.write_text(NEW_TOKEN + "\n")
+    accepted.write_text(NEW_TOKEN + "\n")
+    await emu.wait_stderr("tokens file")
+    await proc.wait_stderr("reconnecting in")
+    before = len(proc.stdout)
+    await proc.lines(5)
+    assert len(proc.stdout) > before
+    proc.send(signal.SIGTERM)
+    assert await proc.finish() == 0
+    emu.send(signal.SIGTERM)
+    assert await emu.finish() == 0
+    assert NEW_TOKEN not in proc.err + emu.err
