@@ -594,9 +594,10 @@ class Recovery:
     def _ask_again(self, token: str, refused: str | None) -> bool:
         """A refused token: ``True`` to repeat the request with the provider's next answer.
 
-        Once per token: the same token refused twice in a row is final.
+        Once per request: a second refusal is final (whichever token), so a provider handing
+        out bad tokens never makes a tight loop of requests.
         """
-        if not self._tokens.dynamic or token == refused:
+        if not self._tokens.dynamic or refused is not None:
             return False
         self._tokens.rejected(token)
         return True

@@ -502,12 +502,13 @@ class EventListener:
     async def _rejected(self, verdict: Rejected, token: str) -> bool:
         """The server refused ``token``: ``True`` tries the provider's new token at once.
 
-        ``False``: the provider gave the same token (or failed); it is tried once more after
-        the backoff, the provider asked again first. A token refused twice in a row, or a
+        ``False``: the provider gave the same token (or failed), or the refused token was
+        itself the new one of a refusal; the next is tried after the backoff (the same token
+        once more, the provider asked again first). A token refused twice in a row, or a
         fixed one, raises :class:`~neuroio.exceptions.AuthenticationError`.
         """
-        tokens = self._tokens
-        if not tokens.dynamic or token == self._refused:
+        tokens, previous = self._tokens, self._refused
+        if not tokens.dynamic or token == previous:
             raise _authentication_error(verdict)
         self._refused = token
         tokens.rejected(token)
@@ -518,7 +519,9 @@ class EventListener:
             return False
         if fresh != token:
             logger.info("the API token was refused; trying the token provider's new one")
-            return True
+            # Refusals in a row: a provider handing out bad tokens gets the backoff, never
+            # a tight loop of connections.
+            return previous is None
         # Asked again after the backoff: a file or a secret store may lag a rotation.
         tokens.rejected(token)
         return False

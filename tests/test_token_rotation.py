@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from neuroio import AuthenticationError, ConfigurationError, EventListener, _redact, token_file
+from neuroio import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailedError,
+    EventListener,
+    _redact,
+    token_file,
+)
 from neuroio._token import TokenError, Tokens
 from neuroio.emulator import Emulator
 
@@ -236,3 +243,22 @@ async def test_a_listener_follows_a_rewritten_token_file(tmp_path: Path) -> None
         await listener.close()
         await task
     assert listener.stats.total_reconnects == 1
+
+
+async def test_a_provider_handing_out_bad_tokens_gets_the_backoff_and_max_retries() -> None:
+    """A new refused token at each call: one at once, then each after a backoff, counted
+    as failed attempts, so max_retries ends it (no tight loop of connections)."""
+    calls = 0
+
+    def provider() -> str:
+        nonlocal calls
+        calls += 1
+        return f"bad-token-{calls:04d}"
+
+    frames = Frames()
+    async with Emulator(tokens=["the-only-good-token"]) as emu:
+        listener = EventListener(provider, frames, url=emu.url, reconnect_delay=0.01, max_retries=2)
+        with pytest.raises(ConnectionFailedError):
+            await asyncio.wait_for(listener.listen(), 5)
+    assert listener.stats.reconnects["token_rejected"] == 2
+    assert [c.auth_tokens for c in emu.clients] == [[f"bad-token-{n:04d}"] for n in range(1, 5)]
