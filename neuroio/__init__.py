@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._protocol.frames import parse_message
 from ._protocol.session import LossReason
+from ._token import token_file
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -78,6 +79,7 @@ __all__ = [
     "Sex",
     "State",
     "UnknownMessage",
+    "token_file",
     "__version__",
     "parse_message",
 ]

@@ -64,17 +64,15 @@ from ._protocol.backoff import Backoff
 from ._protocol.gaps import Gap, GapTracker, Newest, entry_id
 from ._retry import Retrying
 from ._times import iso, parse_time
+from ._token import TokenError, Tokens, TokenSource
 from .exceptions import BackfillError
 
-__all__ = ["Deliver", "Recovery", "TokenSource"]
+__all__ = ["Deliver", "Recovery"]
 
 logger = logging.getLogger("neuroio.recovery")
 
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 """Called with each page of recovered entries, ascending by id, each entry once."""
-
-TokenSource = Callable[[], str]
-"""Gives the API token at each request (a token that rotates is read afresh)."""
 
 _decoder = msgspec.json.Decoder()
 _RETRY_STATUSES = frozenset({408, 429})
@@ -99,7 +97,9 @@ class Recovery:
     Args:
         session: the aiohttp session of the owner (one network stack).
         api_url: base URL, e.g. ``https://api.neuroio.com``.
-        token: the API token, or a callable giving it at each request; never logged.
+        token: the API token, a (sync or async) provider of it, or the owner's
+            :class:`~neuroio._token.Tokens`; a refused token is asked for again once.
+            Never logged.
         tracker: the gaps, the cursor and the limits.
         deliver: called with each page of recovered entries (ascending ids).
         page_size: ``limit`` of each request.
@@ -117,7 +117,7 @@ class Recovery:
         self,
         session: aiohttp.ClientSession,
         api_url: str,
-        token: str | TokenSource,
+        token: TokenSource | Tokens,
         tracker: GapTracker,
         deliver: Deliver,
         *,
@@ -133,7 +133,8 @@ class Recovery:
             raise ValueError("page_size must be at least 1")
         self._session = session
         self._url = api_url.rstrip("/") + "/v1/entries/"
-        self._token: TokenSource = token if callable(token) else (lambda: token)
+        # A fixed token is the owner's to redact; a provider's are redacted as they come.
+        self._tokens = token if isinstance(token, Tokens) else Tokens(token, guard=False)
         self.tracker = tracker
         self._deliver = deliver
         self.page_size = page_size
@@ -553,11 +554,13 @@ class Recovery:
     async def _get(self, params: dict[str, str]) -> _Page:
         url = f"{self._url}?{urllib.parse.urlencode(params)}"
         retry = self._retry
+        refused: str | None = None  # the token refused by this request's last attempt
         while True:
             self.requests += 1
             retry_after: float | None = None
             try:
-                headers = {"Authorization": f"Token {self._token()}", "Accept": "application/json"}
+                token = await self._tokens.get()
+                headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
                 async with self._session.get(
                     url, headers=headers, timeout=self._timeout, allow_redirects=False
                 ) as response:
@@ -567,6 +570,9 @@ class Recovery:
                         retry.reset()
                         return page
                     if status in (401, 403):
+                        if self._ask_again(token, refused):
+                            refused = token
+                            continue
                         raise BackfillError(
                             f"the entries API refused the token (HTTP {status}); "
                             "missed entries cannot be recovered, live events continue"
@@ -577,11 +583,24 @@ class Recovery:
                         )
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     problem = f"HTTP {status}"
+            except TokenError as exc:
+                problem = str(exc)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 problem = _redact.redact(str(exc) or type(exc).__name__)
             self.retries += 1
             if not await retry.wait(retry_after, reason=problem):
                 raise _Closing
+
+    def _ask_again(self, token: str, refused: str | None) -> bool:
+        """A refused token: ``True`` to repeat the request with the provider's next answer.
+
+        Once per request: a second refusal is final (whichever token), so a provider handing
+        out bad tokens never makes a tight loop of requests.
+        """
+        if not self._tokens.dynamic or refused is not None:
+            return False
+        self._tokens.rejected(token)
+        return True
 
 
 class _IgnoresIdFrom(Exception):

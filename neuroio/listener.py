@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from . import _redact
 from ._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
 from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._inbox import Inbox
@@ -35,6 +34,7 @@ from ._protocol.frames import event_decoder, event_key, parse_message
 from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
 from ._recovery import Recovery
+from ._token import TokenError, Tokens, TokenSource
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -67,7 +67,13 @@ class EventListener:
     """Listens to the NeuroIO events stream and never silently stops.
 
     Args:
-        api_token: the platform API token. Never logged or shown in errors and reprs.
+        api_token: the platform API token, or a callable or async callable returning it
+            (e.g. :func:`~neuroio.token_file`), asked at each connection attempt and REST
+            request while no token is held. A token is kept as long as the server accepts
+            it; once refused, the provider is asked again: a new token is tried at once, the
+            same one once more after the backoff, and refused again it is fatal. A provider
+            that raises is a failed attempt, retried with backoff. No token used is ever
+            logged or shown in errors and reprs.
         event_handler_func: ``async def handler(message: str | bytes)``, awaited for every frame
             the server sends (auth reply, PONG, error, event), one at a time, in arrival order.
             ``None`` to iterate over typed :class:`~neuroio.Event` objects instead.
@@ -122,7 +128,7 @@ class EventListener:
 
     def __init__(
         self,
-        api_token: str,
+        api_token: TokenSource | Tokens,
         event_handler_func: Handler | None = None,
         timeout: float = _DEFAULTS.timeout,
         *,
@@ -146,8 +152,10 @@ class EventListener:
         on_connected: Callable[[], Awaitable[None]] | None = None,
         on_disconnected: Callable[[LossReason], Awaitable[None]] | None = None,
     ) -> None:
-        if not isinstance(api_token, str) or not api_token:
-            raise ConfigurationError("api_token must be a non-empty string")
+        # Tokens given by an owner (the bridge) are shared with its gap recovery, and stay
+        # redacted as long as that owner lives.
+        self._owns_tokens = not isinstance(api_token, Tokens)
+        tokens = api_token if isinstance(api_token, Tokens) else Tokens(api_token)
         options = ConnectionOptions(
             url=url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL,
             timeout=timeout,
@@ -175,8 +183,9 @@ class EventListener:
             first_gap = parse_since(since)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-        self._token = api_token
-        _redact.guard(api_token)
+        self._tokens = tokens
+        # The provider's token the server last refused (None after an accepted one).
+        self._refused: str | None = None
         self._handler = event_handler_func
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
@@ -287,7 +296,8 @@ class EventListener:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            _redact.release(self._token)
+            if self._owns_tokens:
+                self._tokens.release()
 
     @property
     def state(self) -> State:
@@ -429,11 +439,11 @@ class EventListener:
     def _closing_now(self) -> bool:
         return self._closing is not None and self._closing.is_set()
 
-    def _connection(self, session: aiohttp.ClientSession) -> Connection:
+    def _connection(self, session: aiohttp.ClientSession, token: str) -> Connection:
         assert self._handoff is not None and self._closing is not None
         return Connection(
             url=self.url,
-            token=self._token,
+            token=token,
             options=self.options,
             ssl=self._ssl,
             http=session,
@@ -451,13 +461,28 @@ class EventListener:
         silent = SilentRejections()
         while not self._closing_now():
             self._set_state(State.CONNECTING)
-            connection = self._connection_now = self._connection(session)
+            try:
+                token = await self._tokens.get()
+            except TokenError as exc:
+                # A failed attempt like a refused TCP connection: the provider may recover.
+                self._last_failure = str(exc)
+                failures += 1
+                self._check_retries(failures, Lost(LossReason.CONNECT_FAILED))
+                await self._back_off("token_provider", detail=str(exc))
+                continue
+            connection = self._connection_now = self._connection(session, token)
             verdict = await connection.run()
             if connection.last_failure:
                 self._last_failure = connection.last_failure
             if isinstance(verdict, Rejected):
-                raise _authentication_error(verdict)
+                if await self._rejected(verdict, token):
+                    continue
+                failures += 1
+                self._check_retries(failures, Lost(LossReason.CONNECT_FAILED))
+                await self._back_off("token_rejected")
+                continue
             if verdict.authenticated:
+                self._refused = None
                 await self._disconnected(verdict.reason)
             if self._closing_now():
                 return
@@ -473,6 +498,33 @@ class EventListener:
                 raise _authentication_error(rejected)
             self._check_retries(failures, verdict)
             await self._back_off(verdict.reason.value)
+
+    async def _rejected(self, verdict: Rejected, token: str) -> bool:
+        """The server refused ``token``: ``True`` tries the provider's new token at once.
+
+        ``False``: the provider gave the same token (or failed), or the refused token was
+        itself the new one of a refusal; the next is tried after the backoff (the same token
+        once more, the provider asked again first). A token refused twice in a row, or a
+        fixed one, raises :class:`~neuroio.exceptions.AuthenticationError`.
+        """
+        tokens, previous = self._tokens, self._refused
+        if not tokens.dynamic or token == previous:
+            raise _authentication_error(verdict)
+        self._refused = token
+        tokens.rejected(token)
+        try:
+            fresh = await tokens.get()
+        except TokenError as exc:
+            self._last_failure = str(exc)
+            return False
+        if fresh != token:
+            logger.info("the API token was refused; trying the token provider's new one")
+            # Refusals in a row: a provider handing out bad tokens gets the backoff, never
+            # a tight loop of connections.
+            return previous is None
+        # Asked again after the backoff: a file or a secret store may lag a rotation.
+        tokens.rejected(token)
+        return False
 
     async def _disconnected(self, reason: LossReason) -> None:
         hook = self._on_disconnected
@@ -497,11 +549,13 @@ class EventListener:
                 last_reason=verdict.reason,
             )
 
-    async def _back_off(self, reason: str) -> None:
+    async def _back_off(self, reason: str, *, detail: str = "") -> None:
         self.stats.reconnects[reason] += 1
         delay = self._backoff.next_delay()
         self._set_state(State.BACKOFF)
-        logger.warning("no connection to %s (%s); reconnecting in %.2fs", self.url, reason, delay)
+        logger.warning(
+            "no connection to %s (%s); reconnecting in %.2fs", self.url, detail or reason, delay
+        )
         assert self._closing is not None
         with contextlib.suppress(asyncio.TimeoutError):
             async with _timeout(delay):
@@ -518,7 +572,7 @@ class EventListener:
         self._recovery = Recovery(
             session,
             self.api_url,
-            self._token,
+            self._tokens,
             tracker,
             self._deliver_recovered,
             backoff=Backoff(self._backoff.initial, self._backoff.maximum),

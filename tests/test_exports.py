@@ -12,6 +12,7 @@ import neuroio
 PUBLIC = {
     # the listener and what it hands out
     "EventListener", "Handler", "parse_message", "LossReason", "ListenerStats", "State",
+    "token_file",
     # messages
     "Message", "AuthOk", "Pong", "ServerError", "Event", "UnknownMessage", "Backfilled",
     "Entry", "Named", "Result", "Mood", "Liveness", "Sex",

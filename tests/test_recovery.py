@@ -479,9 +479,9 @@ async def test_an_empty_list_has_no_newest() -> None:
         assert got.ids == []
 
 
-async def test_emulator_failures_are_retried_and_the_token_is_read_at_each_request() -> None:
-    """The emulator's 429 with Retry-After, then 500, are retried; the token comes from a
-    callable at each request (the seam for a rotating token)."""
+async def test_emulator_failures_are_retried_and_a_provided_token_is_kept_while_it_works() -> None:
+    """The emulator's 429 with Retry-After, then 500, are retried; a token provider is asked
+    once, its token kept while the API accepts it."""
     async with Emulator(tokens=[TOKEN]) as emulator:
         await emulator.burst(10)
         calls: list[int] = []
@@ -504,7 +504,41 @@ async def test_emulator_failures_are_retried_and_the_token_is_read_at_each_reque
             await rec.run()
         assert got.ids == missed
         assert rec.retries == 4
-        assert len(calls) == rec.requests
+        assert rec.requests == 10
+        assert len(calls) == 1
+
+
+async def test_a_token_refused_by_the_api_is_asked_for_again_once() -> None:
+    """Revoked between requests: the 401 makes the provider give the new token, and the same
+    request is repeated at once with it; a provider giving the refused token again is final."""
+    old, new = "rest-old-token-1a2b", "rest-new-token-3c4d"
+    current = [old]
+
+    async def token() -> str:
+        return current[0]
+
+    async with Emulator(tokens=[old]) as emulator:
+        await emulator.burst(5)
+        got = Collector()
+        async with aiohttp.ClientSession() as session:
+            rec = Recovery(
+                session, emulator.api_url, token, GapTracker(), got, backoff=Backoff(0.001, 0.01)
+            )
+            await rec.connected()
+            rec.tracker.lost()
+            missed = [e["id"] for e in await emulator.burst(30)]
+            emulator.accept(new)
+            current[0] = new
+            await emulator.revoke(old)
+            await rec.connected()
+            await rec.run()
+            assert got.ids == missed
+            assert rec.retries == 0
+            await emulator.revoke(new)
+            rec.tracker.lost()
+            await emulator.burst(3)
+            with pytest.raises(BackfillError, match="refused the token"):
+                await rec.connected()
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])

@@ -42,6 +42,7 @@ import msgspec
 
 from .. import _redact
 from .._protocol.session import LossReason
+from .._token import Tokens, TokenSource
 from ..exceptions import BackfillError, ConfigurationError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
@@ -66,7 +67,9 @@ class Bridge:
     """Receives events from the platform and delivers each to every sink, durably.
 
     Args:
-        api_token: the platform API token (never logged or shown).
+        api_token: the platform API token, or a provider of it as for
+            :class:`~neuroio.EventListener` (e.g. :func:`~neuroio.token_file`), shared by the
+            listener and gap recovery; no token is ever logged or shown.
         sinks: sink URIs and/or :class:`~neuroio.sinks.Sink` objects.
         spool: the spool file (or an open :class:`~neuroio.bridge.spool.Spool`, which the bridge
             then does not close); ``None`` for the default path.
@@ -81,7 +84,7 @@ class Bridge:
 
     def __init__(
         self,
-        api_token: str,
+        api_token: TokenSource,
         sinks: Sequence[str | Sink] = (),
         *,
         spool: str | os.PathLike[str] | Spool | None = None,
@@ -101,19 +104,17 @@ class Bridge:
 
     def _setup(
         self,
-        api_token: str,
+        api_token: TokenSource,
         config: BridgeConfig,
         objects: Sequence[Sink],
         spool: Spool | None,
         ssl: _ssl.SSLContext | None,
     ) -> None:
-        if not isinstance(api_token, str) or not api_token:
-            raise ConfigurationError("api_token must be a non-empty string")
+        tokens = Tokens(api_token)
         self.config = config
         if not config.to and not objects:
             raise ConfigurationError("the bridge needs at least one sink (--to URI)")
-        self._token = api_token
-        _redact.guard(api_token)
+        self._tokens = tokens
         if config.webhook_secret:
             _redact.guard(config.webhook_secret)
         self._ssl = ssl
@@ -152,7 +153,7 @@ class Bridge:
     @classmethod
     def from_config(
         cls,
-        api_token: str,
+        api_token: TokenSource,
         config: BridgeConfig,
         *,
         sinks: Sequence[Sink] = (),
@@ -166,7 +167,7 @@ class Bridge:
         return bridge
 
     @classmethod
-    def from_options(cls, api_token: str, **options: Any) -> Bridge:
+    def from_options(cls, api_token: TokenSource, **options: Any) -> Bridge:
         """A bridge from CLI-style options (``to=[...]``, ``spool=...``, ``ssl=...``)."""
         ssl = options.pop("ssl", None)
         try:
@@ -238,7 +239,7 @@ class Bridge:
         # The bridge recovers gaps itself (see GapRecovery) so that where recovery must
         # start is kept in the spool and survives a crash during the recovery.
         self.listener = EventListener(
-            self._token,
+            self._tokens,
             self.pipeline.handle,
             ssl=self._ssl,
             backfill=False,
@@ -251,7 +252,7 @@ class Bridge:
         if recovering:
             self._http = aiohttp.ClientSession()
             self._recovery = GapRecovery(
-                self._token,
+                self._tokens,
                 options,
                 config.connection,
                 session=self._http,
@@ -402,7 +403,7 @@ class Bridge:
         self._started_sinks.clear()
         if self.spool is not None and self._given_spool is None:
             self.spool.close()
-        _redact.release(self._token)
+        self._tokens.release()
 
     async def __aenter__(self) -> Bridge:
         await self.start()

@@ -41,6 +41,7 @@ from .._protocol.gaps import Gap, GapStart, GapTracker, Newest, parse_since
 from .._recovery import Deliver, Recovery
 from .._retry import Retrying
 from .._times import iso, parse_time
+from .._token import Tokens, TokenSource
 from ..exceptions import BackfillError, SpoolError
 from .pipeline import Pipeline, valid_id
 from .spool import Spool
@@ -101,7 +102,8 @@ class GapRecovery:
     """The bridge's side of gap recovery: the floor and the stored starts.
 
     Args:
-        token: the API token for the REST API.
+        token: the API token for the REST API, or the bridge's tokens (shared with its
+            listener, so a token refused on one side is asked for again once for both).
         recovery: the recovery options (``since``, ``backfill``, limits).
         connection: the backoff of REST requests and the start-up bound (``timeout``).
         session: the bridge's aiohttp session.
@@ -112,7 +114,7 @@ class GapRecovery:
 
     def __init__(
         self,
-        token: str,
+        token: TokenSource | Tokens,
         recovery: RecoveryOptions,
         connection: ConnectionOptions,
         *,
@@ -126,7 +128,7 @@ class GapRecovery:
         self._connection = connection
         self._session = session
         self._api_url = api_url
-        self._token = token
+        self._token = token if isinstance(token, Tokens) else Tokens(token, guard=False)
         self._pipeline = pipeline
         self._spool = spool
         self._closed = False

@@ -17,11 +17,11 @@ library's keywords (``NEUROIO_API_TOKEN``, ``NEUROIO_EVENTS_URL``, ``NEUROIO_PIN
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import os
+import shlex
 import ssl
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,10 @@ from click.core import ParameterSource
 
 from .. import _redact
 from .._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
+from .._token import TokenProvider, TokenSource
+from .._token import token_command as token_command_provider
+from .._token import token_file as token_file_provider
+from ..exceptions import ConfigurationError
 from . import _logging
 
 __all__ = [
@@ -63,16 +67,25 @@ TOKEN_HINT = (
 
 
 class Secret:
-    """A string that does not show itself in reprs, logs or tracebacks."""
+    """A string that does not show itself in reprs, logs or tracebacks.
 
-    __slots__ = ("_value",)
+    ``provider``: where a token comes from when it can change while running (a token
+    file, read again at each connection); :meth:`source` hands it to the listener.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_value", "_provider")
+
+    def __init__(self, value: str, provider: TokenProvider | None = None) -> None:
         self._value = value
+        self._provider = provider
 
     def reveal(self) -> str:
         """The secret itself, for the one place that must send it."""
         return self._value
+
+    def source(self) -> TokenSource:
+        """What ``api_token=`` is given: the provider if there is one, else the token."""
+        return self._provider if self._provider is not None else self._value
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -109,6 +122,7 @@ class ConnectionSettings:
     insecure: bool = False
     token_source: ParameterSource | None = None
     token_file_source: ParameterSource | None = None
+    token_command: str | None = None
 
     def api_token(self) -> Secret:
         """Resolve the token: ``--token-file``, ``--token`` or ``NEUROIO_API_TOKEN``.
@@ -120,6 +134,8 @@ class ConnectionSettings:
         Raises:
             click.UsageError: no token, both given, or an unreadable or empty token file.
         """
+        if self.token_command:
+            return self._command_token()
         token = (self.token or "").strip() or None
         token_file = self.token_file
         if token is not None and token_file is not None:
@@ -130,11 +146,30 @@ class ConnectionSettings:
             else:
                 token_file = None
         if token_file is not None:
-            token = _read_token_file(token_file)
+            provider = token_file_provider(token_file)
+            try:
+                # Read once now: a file unreadable at start-up is a usage error, not retries.
+                return Secret(provider(), provider)
+            except ConfigurationError as exc:
+                raise click.UsageError(str(exc)) from None
         if not token:
             raise click.UsageError(f"no API token: {TOKEN_HINT}")
         _redact.guard(token)
         return Secret(token)
+
+    def _command_token(self) -> Secret:
+        """``--token-command``: run once now (a failure is a usage error), again later."""
+        if ParameterSource.COMMANDLINE in (self.token_source, self.token_file_source) and (
+            self.token or self.token_file
+        ):
+            raise click.UsageError("give only one of --token, --token-file, --token-command")
+        assert self.token_command is not None
+        try:
+            argv = shlex.split(self.token_command)
+            provider = token_command_provider(argv)
+            return Secret(asyncio.run(provider()), provider)
+        except ValueError as exc:
+            raise click.UsageError(f"--token-command: {exc}") from None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context trusting ``--ca-file`` too; ``None`` without it.
@@ -165,26 +200,6 @@ class ConnectionSettings:
             raise click.BadParameter(
                 f"cannot load CA certificates from {self.ca_file}: {exc}", param_hint="--ca-file"
             ) from exc
-
-
-def _read_token_file(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8") as file:
-            first = file.readline().strip()
-        mode = os.stat(path).st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise click.UsageError(f"cannot read the token file {path}: {reason}") from None
-    if not first:
-        raise click.UsageError(f"the token file {path} is empty (the token is its first line)")
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        logger.warning(
-            "the token file %s can be read by other users (mode %03o); run: chmod 600 %s",
-            path,
-            stat.S_IMODE(mode),
-            path,
-        )
-    return first
 
 
 @dataclass
@@ -255,6 +270,7 @@ def connection_options(func: F) -> F:
             url=values["url"],
             token=values["token"],
             token_file=values["token_file"],
+            token_command=values["token_command"],
             ca_file=values["ca_file"],
             insecure=values["insecure"],
             token_source=ctx.get_parameter_source("token"),
@@ -268,6 +284,14 @@ def connection_options(func: F) -> F:
             envvar="NEUROIO_API_TOKEN_FILE",
             show_envvar=True,
             help="File whose first line is the API token (recommended; chmod 600).",
+        ),
+        click.option(
+            "--token-command",
+            metavar="CMD",
+            envvar="NEUROIO_TOKEN_COMMAND",
+            show_envvar=True,
+            help="Run CMD (split like a shell would, but run without one) at each "
+            "connection that needs a token; its first line of stdout is the token.",
         ),
         click.option(
             "--token",
@@ -302,7 +326,7 @@ def connection_options(func: F) -> F:
             "self-signed certificate: logs a warning.",
         ),
     ]
-    names = ("token_file", "token", "url", "ca_file", "insecure")
+    names = ("token_file", "token_command", "token", "url", "ca_file", "insecure")
     return _apply(_gather("conn", make, names)(func), options)
 
 

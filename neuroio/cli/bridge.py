@@ -107,7 +107,7 @@ async def serve(
         AuthenticationError: the token was rejected.
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
-    bridge = Bridge.from_options(token.reveal(), ssl=ssl_context, **options)
+    bridge = Bridge.from_options(token.source(), ssl=ssl_context, **options)
     own_signals = signals is None
     if signals is None:
         signals = StopSignals(on_force=bridge.request_stop)

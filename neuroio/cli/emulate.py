@@ -26,8 +26,16 @@ __all__ = ["command", "serve"]
 logger = logging.getLogger("neuroio.cli")
 
 
-async def serve(emulator: Emulator, *, replaying: bool) -> int:
+async def serve(
+    emulator: Emulator,
+    *,
+    replaying: bool,
+    tokens_file: Path | None = None,
+    keep: frozenset[str] = frozenset(),
+) -> int:
     """Start ``emulator``, print its URLs, serve until SIGINT/SIGTERM, stop it.
+
+    ``tokens_file``: followed while serving (see :func:`_follow_tokens`).
 
     Raises:
         CommandFailed: the port cannot be bound.
@@ -59,6 +67,8 @@ async def serve(emulator: Emulator, *, replaying: bool) -> int:
             waits: list[asyncio.Task[Any]] = [asyncio.create_task(signals.requested.wait())]
             if replaying:
                 waits.append(asyncio.create_task(_report_replay(emulator)))
+            if tokens_file is not None:
+                waits.append(asyncio.create_task(_follow_tokens(emulator, tokens_file, keep)))
             try:
                 await signals.requested.wait()
             finally:
@@ -68,6 +78,49 @@ async def serve(emulator: Emulator, *, replaying: bool) -> int:
     finally:
         await emulator.stop()
     return EXIT_OK
+
+
+def read_tokens(path: Path) -> set[str]:
+    """The tokens of a tokens file: one a line, blank lines and ``#`` comments skipped.
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {t for line in lines if (t := line.strip()) and not t.startswith("#")}
+
+
+async def _follow_tokens(
+    emulator: Emulator, path: Path, keep: frozenset[str] = frozenset(), interval: float = 0.2
+) -> None:
+    """Read ``path`` again when it changes: new tokens accepted, removed ones revoked.
+
+    ``keep``: the tokens given with ``--token``, accepted whatever the file says.
+
+    A revoked token's live connections are dropped, as the platform does. A file that cannot
+    be read keeps the tokens as they are, said once per change.
+    """
+    seen: tuple[int, int] | None = None
+    while True:
+        await asyncio.sleep(interval)  # polling a file: nothing to wait on
+        try:
+            info = path.stat()
+            now = (info.st_mtime_ns, info.st_size)
+            if now == seen:
+                continue
+            seen = now
+            wanted = read_tokens(path) | keep
+        except (OSError, UnicodeDecodeError) as exc:
+            if seen != (0, 0):
+                seen = (0, 0)
+                logger.warning("cannot read the tokens file %s (%s); tokens unchanged", path, exc)
+            continue
+        current = set(emulator.tokens or ())
+        for token in wanted - current:
+            emulator.accept(token)
+        for token in current - wanted:
+            await emulator.revoke(token)
+        logger.info("tokens file %s read: accepting %d token(s)", path, len(wanted))
 
 
 def _wanted_port(emulator: Emulator) -> str:
@@ -122,6 +175,15 @@ async def _report_replay(emulator: Emulator) -> None:
     envvar="NEUROIO_EMULATE_TOKENS",
     show_envvar=True,
     help="Accept this API token (repeatable); without any, accept every non-empty token.",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="NEUROIO_EMULATE_TOKENS_FILE",
+    show_envvar=True,
+    help="Accept the tokens in this file (one a line), read again when it changes: removed "
+    "tokens are revoked and their connections dropped.",
 )
 @click.option(
     "--seed",
@@ -200,6 +262,7 @@ def command(
     port: int,
     rate: float | None,
     tokens: tuple[str, ...],
+    tokens_file: Path | None,
     seed: int | None,
     replay: Path | None,
     speed: float,
@@ -230,11 +293,19 @@ def command(
         logger.warning("listening on %s: reachable from other machines", host)
     if rate is None:
         rate = 0.0 if replay is not None else 1.0
+    accepted = [t for t in tokens if t]
+    if tokens_file is not None:
+        try:
+            accepted += sorted(read_tokens(tokens_file))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"cannot read the tokens file {tokens_file}: {exc}") from None
+        if not accepted:
+            raise click.UsageError(f"the tokens file {tokens_file} holds no token")
     try:
         emulator = Emulator(
             host=host,
             port=port,
-            tokens=[t for t in tokens if t] or None,
+            tokens=accepted or None,
             rate=rate or None,
             seed=seed,
             push_while_disconnected=push_while_disconnected,
@@ -247,4 +318,13 @@ def command(
     except ConfigurationError as exc:
         # nan passes click's number ranges; the emulator's own check words it.
         raise click.UsageError(str(exc)) from None
-    run(lambda: serve(emulator, replaying=replay is not None), log=log, use_uvloop=use_uvloop)
+    run(
+        lambda: serve(
+            emulator,
+            replaying=replay is not None,
+            tokens_file=tokens_file,
+            keep=frozenset(t for t in tokens if t),
+        ),
+        log=log,
+        use_uvloop=use_uvloop,
+    )

@@ -227,7 +227,7 @@ async def stream(
         )
         printer.worker = worker
         listener = EventListener(
-            token.reveal(),
+            token.source(),
             printer.handle,
             url=url,
             ssl=ssl_context,

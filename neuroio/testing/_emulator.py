@@ -116,6 +116,8 @@ class Emulator:
         """Accepted tokens (``None``: any non-empty one); change it to accept or reject."""
         if self.tokens is not None and not all(isinstance(t, str) and t for t in self.tokens):
             raise ConfigurationError("tokens must be non-empty strings")
+        # Revoked tokens are refused even when ``tokens`` is None (any token accepted).
+        self._revoked: set[str] = set()
         self.rate = rate
         self.push_while_disconnected = push_while_disconnected
         self.auth_timeout = auth_timeout
@@ -505,6 +507,32 @@ class Emulator:
         """Abort every open TCP connection: no close frame, queued frames are lost."""
         await self._ws.abort_clients()
 
+    async def revoke(self, token: str) -> None:
+        """Refuse ``token`` from now on, as the platform does with a deactivated token.
+
+        Its live connections are dropped with close code 1001 (a neutral one: the platform
+        says nothing about the token then); the client's next AUTH with it gets
+        ``{"error": ...}`` and close code 1008, and a REST request with it HTTP 401.
+        Returns once those connections have ended.
+        """
+        self._revoked.add(token)
+        if self.tokens is not None:
+            self.tokens.discard(token)
+        await self._ws.close_token(token, 1001, "going away")
+
+    def accept(self, token: str) -> None:
+        """Accept ``token`` from now on (a new or reactivated token of the same account).
+
+        A token new to the emulator queues the events emitted from now on for its first
+        connection, not the whole history.
+        """
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("a token must be a non-empty string")
+        self._revoked.discard(token)
+        if self.tokens is not None:
+            self.tokens.add(token)
+        self._ws.queue_from_now(token)
+
     def freeze(self, *, new_clients: bool = False) -> None:
         """Make the open connections go silent, as over a dead network path.
 
@@ -655,6 +683,8 @@ class Emulator:
 
     def _token_ok(self, token: Any) -> bool:
         if not isinstance(token, str) or not token:
+            return False
+        if token in self._revoked:
             return False
         return self.tokens is None or token in self.tokens
 

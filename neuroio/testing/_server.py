@@ -246,6 +246,18 @@ class WebSocketSide:
         if waits:
             await asyncio.wait(waits)
 
+    async def close_token(self, token: str, code: int, reason: str) -> None:
+        """Close, dropping what is queued, every connection authenticated with ``token``."""
+        clients = list(self._live.get(token, ()))
+        for client in clients:
+            client.pending.clear()
+            client.push(Close(code, reason))
+        await self._wait_closed(clients)
+
+    def queue_from_now(self, token: str) -> None:
+        """A token new to this server queues only the events emitted from now on."""
+        self._cursor.setdefault(token, self._history.next_seq)
+
     async def abort_clients(self) -> None:
         """Abort every open TCP connection: no close frame, queued frames are lost."""
         clients = list(self._open.values())
