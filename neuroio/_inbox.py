@@ -75,28 +75,24 @@ class Inbox(Generic[T]):
             EOFError: the inbox is closed (before or while waiting).
         """
         while not self.put_nowait(item):
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._putters.append(waiter)
-            try:
-                await waiter
-            finally:
-                try:
-                    self._putters.remove(waiter)
-                except ValueError:
-                    pass
+            await self._taken()
 
     async def room(self) -> None:
         """Wait until an item would fit (or the inbox is closed)."""
         while not self._closed and len(self._items) >= self.maxsize:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._putters.append(waiter)
+            await self._taken()
+
+    async def _taken(self) -> None:
+        """Wait until an item is taken (or the inbox is closed)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._putters.append(waiter)
+        try:
+            await waiter
+        finally:
             try:
-                await waiter
-            finally:
-                try:
-                    self._putters.remove(waiter)
-                except ValueError:
-                    pass
+                self._putters.remove(waiter)
+            except ValueError:
+                pass
 
     def get_nowait(self) -> T:
         """Take the oldest item; :class:`IndexError` if there is none."""
