@@ -16,6 +16,10 @@ NATS_START = (
     "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
 )
 
+MQTT_START = "mosquitto -d -c /etc/mosquitto/mosquitto.conf"
+AMQP_START = "service rabbitmq-server start"
+POSTGRES_START = "service postgresql start"
+
 
 def _reachable(host: str, port: int) -> bool:
     try:
@@ -47,3 +51,24 @@ def nats_url() -> str:
     """URL of the real NATS server with JetStream."""
     require_service("NATS", 4222, NATS_START)
     return "nats://127.0.0.1:4222"
+
+
+@pytest.fixture
+def mqtt_url() -> str:
+    """URL of the real Mosquitto broker (anonymous)."""
+    require_service("Mosquitto", 1883, MQTT_START)
+    return "mqtt://127.0.0.1:1883"
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    """URL of the real RabbitMQ broker (guest/guest, vhost ``/``)."""
+    require_service("RabbitMQ", 5672, AMQP_START)
+    return "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of the real PostgreSQL server (database ``test``, trust auth)."""
+    require_service("PostgreSQL", 5432, POSTGRES_START)
+    return "postgresql://postgres@127.0.0.1:5432/test"

@@ -19,13 +19,78 @@ from .._config import ConnectionOptions, RecoveryOptions
 from ..exceptions import ConfigurationError
 from .spool import DEFAULT_MAX_BYTES
 
-__all__ = ["BRIDGE_RECOVERY", "BridgeConfig"]
+__all__ = ["BRIDGE_RECOVERY", "BridgeConfig", "CooldownConfig", "FilterConfig", "RouteConfig"]
 
 BRIDGE_RECOVERY = RecoveryOptions(backfill=True, backfill_max_events=None, backfill_max_age=None)
 """The bridge's recovery defaults, where they differ from the listener's on purpose: gap
 recovery is what makes the bridge lose nothing across reconnects and its own restarts, so it is
 on, and no gap is cut short by a count or an age (the listener's defaults bound what a user's
 handler is handed at once)."""
+
+
+class FilterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which events a route takes, in the platform's own vocabulary; every given key must
+    hold (``None``: not checked). ``docs/routing.md`` gives each key's meaning.
+
+    Attributes:
+        result, mood, liveness: the entry's value is one of these.
+        confidence_min, confidence_max, age_min, age_max: inclusive bounds.
+        sex: 0 (male) or 1 (female).
+        source_id, space_id: the camera's / space's id is one of these.
+        source_name: the camera's name matches one of these glob patterns.
+        pid: the person id is one of these.
+        known: ``True``: the entry has a person id; ``False``: it has none.
+        backfilled: ``True``: only events recovered from the REST API; ``False``: only pushed.
+        where: a JMESPath expression over the event JSON; the event passes when it is truthy.
+    """
+
+    result: tuple[str, ...] | None = None
+    mood: tuple[str, ...] | None = None
+    liveness: tuple[str, ...] | None = None
+    confidence_min: float | None = None
+    confidence_max: float | None = None
+    age_min: int | None = None
+    age_max: int | None = None
+    sex: int | None = None
+    source_id: tuple[int, ...] | None = None
+    source_name: tuple[str, ...] | None = None
+    space_id: tuple[int, ...] | None = None
+    pid: tuple[str, ...] | None = None
+    known: bool | None = None
+    backfilled: bool | None = None
+    where: str | None = None
+
+
+class CooldownConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """At most one event per ``key`` per ``seconds`` through a route.
+
+    Attributes:
+        key: field paths of the entry (``["pid", "source.id"]``) whose values, together, are
+            the key; a missing value is ``unknown`` (all such events share it).
+        seconds: the window, from the event let through.
+    """
+
+    key: tuple[str, ...]
+    seconds: float
+
+
+class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One route: the events its filter and cooldown admit go to the sink ``to`` names.
+
+    Attributes:
+        name: names the route in the spool (its cursor), logs and metrics; stable across
+            restarts, free of secrets.
+        to: the sink URI; topics, subjects, streams, routing keys and file paths in it may be
+            templates (:mod:`neuroio._routing.template`).
+        filter: which events it takes; ``None``: every event.
+        cooldown: at most one event per key per window; ``None``: no cooldown.
+    """
+
+    name: str
+    to: str
+    filter: FilterConfig | None = None
+    cooldown: CooldownConfig | None = None
+
 
 _CONNECTION_FIELDS = frozenset(ConnectionOptions.__struct_fields__)
 _RECOVERY_FIELDS = frozenset(RecoveryOptions.__struct_fields__)
@@ -37,7 +102,9 @@ class BridgeConfig:
     ``spool_max_bytes``). ``None`` disables an optional feature. Built valid or not at all.
 
     Attributes:
-        to: sink URIs (see :mod:`neuroio.sinks`).
+        to: sink URIs (see :mod:`neuroio.sinks`); each is a route that takes every event,
+            named as its sink.
+        routes: routes with their own filters and cooldowns (``docs/routing.md``).
         spool: spool file; ``None`` for the default in the user's data directory.
         spool_max_bytes: size of stored events at which the socket is paused.
         spool_sync: ``"normal"`` (default: a commit survives the process being killed; a
@@ -61,6 +128,7 @@ class BridgeConfig:
     """
 
     to: tuple[str, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
     spool: str | None = None
     spool_max_bytes: int | None = DEFAULT_MAX_BYTES
     spool_sync: Literal["full", "normal"] = "normal"
@@ -102,6 +170,8 @@ class BridgeConfig:
             raise ConfigurationError(f"invalid bridge option: unknown {', '.join(sorted(unknown))}")
         if "to" in own:
             own["to"] = tuple(own["to"] or ())
+        if "routes" in own:
+            own["routes"] = tuple(own["routes"] or ())
         return cls(
             **own,
             connection=msgspec.structs.replace(ConnectionOptions(), **connection),
