@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -84,7 +85,11 @@ class IndependentServer:
                 raise TimeoutError(f"{n} authenticated connections not seen")
             await asyncio.sleep(0.005)
 
-    async def emit(self, count: int = 1) -> list[int]:
+    async def emit(
+        self, count: int = 1, fields: Callable[[int], dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Push ``count`` new entries to every live connection; ``fields(id)`` gives fields
+        that replace the defaults (an exact match of one person at one door)."""
         ids: list[int] = []
         for _ in range(count):
             self._next_id += 1
@@ -97,6 +102,8 @@ class IndependentServer:
                 "pid": "0b7e3c1c-4d0e-4b7c-9a52-9f2a0d6b1e11",
                 "face_image": f"https://example.invalid/faces/{self._next_id}.jpg",
             }
+            if fields is not None:
+                entry.update(fields(self._next_id))
             self.history.append(entry)
             ids.append(self._next_id)
             frame = json.dumps({"id": entry["id"], "data": entry})
