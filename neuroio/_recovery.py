@@ -71,7 +71,7 @@ from ._times import iso, parse_time
 from ._token import TokenError, Tokens, TokenSource
 from .exceptions import BackfillError
 
-__all__ = ["Deliver", "Recovery"]
+__all__ = ["Deliver", "EntriesAnswer", "Recovery"]
 
 logger = logging.getLogger("neuroio.recovery")
 
@@ -83,6 +83,7 @@ _RETRY_STATUSES = frozenset({408, 429})
 # Of an error answer's body, only what a message shows is read (UTF-8: up to 4 bytes a
 # character, and room for a token to be found whole and replaced).
 _ERROR_BODY_BYTES = 4 * BODY_START_CHARS + 1024
+_CONSEQUENCE = "missed entries cannot be recovered, live events continue"
 # A page holds at most this many entries more than page_size, absorbing entries created
 # between two requests of a descending walk without a repeated request.
 _SLACK_DIVISOR = 4
@@ -573,12 +574,12 @@ class Recovery:
                 ) as response:
                     status = response.status
                     if status == 200:
-                        answer = _Answer(status, response.headers, await response.read())
+                        answer = EntriesAnswer(status, response.headers, await response.read())
                         page = answer.page(token)
                         retry.reset()
                         return page
                     # Of an error answer only its start is shown: no need to read it all.
-                    answer = _Answer(status, response.headers, await _start_of(response))
+                    answer = EntriesAnswer(status, response.headers, await _start_of(response))
                     if status in (401, 403):
                         if self._ask_again(token, refused):
                             refused = token
@@ -638,7 +639,7 @@ async def _start_of(response: aiohttp.ClientResponse) -> bytes:
     return bytes(start)
 
 
-class _Answer:
+class EntriesAnswer:
     """One answer of the entries API: its page, or an error naming what came."""
 
     __slots__ = ("status", "content_type", "body")
@@ -663,8 +664,12 @@ class _Answer:
             body_start=body_start(self.body, secrets=(token,)),
         )
 
-    def page(self, token: str) -> _Page:
+    def page(self, token: str, consequence: str = _CONSEQUENCE) -> _Page:
         """The entries of a DRF page (``results``, ``count``) or of a bare list.
+
+        Args:
+            token: the token the request carried (never shown).
+            consequence: what an error message says follows from a bad answer.
 
         Raises:
             BackfillError: invalid JSON, or JSON of another shape; the message names the
@@ -673,7 +678,7 @@ class _Answer:
         try:
             value = _decoder.decode(self.body)
         except msgspec.DecodeError:
-            raise self._unexpected(", not JSON", token) from None
+            raise self._unexpected(", not JSON", token, consequence) from None
         if isinstance(value, list):
             return _Page([e for e in value if isinstance(e, dict)], None)
         if isinstance(value, dict):
@@ -683,13 +688,11 @@ class _Answer:
                 if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                     count = None
                 return _Page([e for e in results if isinstance(e, dict)], count)
-        raise self._unexpected(", JSON neither a page of 'results' nor a list", token)
+        raise self._unexpected(", JSON neither a page of 'results' nor a list", token, consequence)
 
-    def _unexpected(self, what: str, token: str) -> BackfillError:
+    def _unexpected(self, what: str, token: str, consequence: str) -> BackfillError:
         return self.error(
-            f"the entries API answered {self.describe(token, what)}; missed entries cannot "
-            "be recovered, live events continue",
-            token,
+            f"the entries API answered {self.describe(token, what)}; {consequence}", token
         )
 
 
