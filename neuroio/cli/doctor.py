@@ -447,7 +447,7 @@ class Doctor:
             raise _StepFailed(
                 f"the entries API answered {answer.describe(token)}: is --api-url the REST API?"
             )
-        return "token accepted"
+        return "token accepted (HTTP 200)"
 
     async def _check_rest_answer(self) -> str:
         answer = self._answer

@@ -65,7 +65,7 @@ async def test_passes_against_the_emulator(
     assert verdicts(proc) == {**dict.fromkeys(STEPS, "✓"), "TLS": "–"}
     assert "3 samples: min" in proc.out
     assert f"GET {emulator.api_url}/v1/entries/?limit=1: HTTP 200 application/json" in proc.out
-    assert detail(proc, "REST token") == "token accepted"
+    assert detail(proc, "REST token") == "token accepted (HTTP 200)"
     assert detail(proc, "REST answer").startswith("a page of 'results' with a count of ")
     assert "All required checks passed." in proc.out
 
