@@ -68,7 +68,7 @@ def health(listener: EventListener) -> tuple[bool, dict[str, Any]]:
         "connection": state,
         "events": stats.events,
         "reconnects": dict(sorted(stats.reconnects.items())),
-        "pong_rtt": stats.last_rtt,
+        "pong_rtt": round(stats.last_rtt, 6) if stats.last_rtt is not None else None,
         "last_event_age": round(time.time() - last, 3) if last is not None else None,
         "backfill_error": str(error) if error is not None else None,
     }

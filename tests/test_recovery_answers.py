@@ -9,13 +9,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from neuroio import EventListener, State
 from neuroio._http import BODY_START_CHARS, body_start, content_type
+from neuroio.bridge import Bridge
 from neuroio.exceptions import BackfillError
+from neuroio.sinks import MemorySink
 from neuroio.testing import Emulator
 
 from .helpers import Frames, until
@@ -203,3 +206,36 @@ def test_body_start_is_bounded_printable_and_hides_secrets() -> None:
     secret = "s3cr3t-token-value"
     cut = body_start(b"y" * (BODY_START_CHARS - 5) + secret.encode(), secrets=(secret,))
     assert "s3cr" not in cut and cut.endswith("***")
+
+
+async def test_the_bridge_names_an_html_answer_in_one_line_and_delivers_live(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bridge's gap recovery against an HTML 200: ``backfill_error`` names what came,
+    one ERROR line without a traceback, and live events still reach the sink."""
+    caplog.set_level(logging.INFO, logger="neuroio")
+    sink = MemorySink()
+    async with (
+        BadApi((200, "text/html", HTML.encode())) as api,
+        Emulator(tokens={TOKEN}, seed=4) as emu,
+    ):
+        bridge = Bridge(
+            TOKEN,
+            [sink],
+            url=emu.url,
+            api_url=api.api_url,
+            spool=tmp_path / "spool.db",
+            reconnect_delay=0.01,
+        )
+        async with bridge:
+            await until(lambda: bridge.backfill_error is not None)
+            error = bridge.backfill_error
+            assert error is not None and error.status == 200
+            assert "answered HTTP 200 text/html, not JSON: '<html><body>Bad gateway" in str(error)
+            await emu.wait_for_clients(1)
+            sent = await emu.burst(5)
+            await sink.wait_for(5)
+            assert [e.id for e in sink.events][-5:] == [e["id"] for e in sent]
+    failures = [r for r in caplog.records if "not JSON" in r.getMessage()]
+    assert failures and all(r.levelno == logging.ERROR for r in failures)
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
