@@ -585,8 +585,7 @@ class Recovery:
                             refused = token
                             continue
                         raise answer.error(
-                            f"the entries API refused the token (HTTP {status}); "
-                            "missed entries cannot be recovered, live events continue",
+                            f"the entries API refused the token (HTTP {status}); {_CONSEQUENCE}",
                             token,
                         )
                     if status not in _RETRY_STATUSES and status < 500:
@@ -657,6 +656,7 @@ class EntriesAnswer:
         return f"HTTP {self.status} {self.content_type}{what}: {shown}"
 
     def error(self, message: str, token: str) -> BackfillError:
+        """A :class:`BackfillError` saying ``message``, carrying what came as attributes."""
         return BackfillError(
             message,
             status=self.status,
