@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from neuroio.emulator import Emulator
 
 from .conftest import TOKEN, Cli, StartCli, free_port
+from .rest_server import RestServer
 
 STEPS = (
     "URL",
@@ -93,7 +93,7 @@ async def test_names_a_token_the_rest_api_rejects(cli: StartCli, token_file: Pat
     """The socket accepts the token, the REST API refuses it: exit 3, said so."""
     async with (
         Emulator(tokens={TOKEN}, seed=7) as emulator,
-        RestServer((401, "application/json", b'{"detail": "Invalid token."}')) as api,
+        RestServer(401, "application/json", b'{"detail": "Invalid token."}') as api,
     ):
         proc = await doctor(cli, emulator.url, token_file, "--wait", "0", api_url=api.url)
         assert await proc.finish() == 3
@@ -144,7 +144,7 @@ async def test_names_an_answer_that_is_not_an_entries_list(
 ) -> None:
     """A server answering HTML (or JSON of another shape): the failing REST step names the
     status, the media type and the start of the body; exit 1, one line, no traceback."""
-    async with Emulator(tokens={TOKEN}, seed=7) as emulator, RestServer(answer) as api:
+    async with Emulator(tokens={TOKEN}, seed=7) as emulator, RestServer(*answer) as api:
         proc = await doctor(cli, emulator.url, token_file, "--wait", "0", api_url=api.url)
         assert await proc.finish() == 1
     assert verdicts(proc)[step] == "✗"
@@ -163,96 +163,3 @@ async def test_names_an_unreachable_rest_api(
     assert verdicts(proc)["REST API"] == "✗"
     assert "cannot reach" in detail(proc, "REST API")
     assert "Connection refused" in detail(proc, "REST API")
-
-
-class RestServer:
-    """A loopback HTTP server answering every request with one fixed answer."""
-
-    def __init__(self, answer: tuple[int, str, bytes]) -> None:
-        self.answer = answer
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def _answer(self, request: web.Request) -> web.Response:
-        status, media, body = self.answer
-        return web.Response(status=status, body=body, headers={"Content-Type": media})
-
-    async def __aenter__(self) -> RestServer:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-
-async def test_a_quiet_platform_is_a_warning(
-    cli: StartCli, emulator: Emulator, token_file: Path
-) -> None:
-    """No event within --wait is a warning ("may be quiet"), not a failure."""
-    proc = await doctor(cli, emulator.url, token_file, "--wait", "0.3")
-    assert await proc.finish() == 0
-    assert verdicts(proc)["First event"] == "!"
-    assert set(verdicts(proc)) == set(SOCKET_STEPS)  # --no-rest: no REST step
-    assert "may be quiet" in proc.out
-    assert "(1 warning)" in proc.out
-
-
-async def test_names_tcp_connect_against_a_closed_port(cli: StartCli, token_file: Path) -> None:
-    """Nothing listening: the TCP connect step fails, exit 1, no later step runs."""
-    proc = await doctor(cli, f"ws://127.0.0.1:{free_port()}/", token_file)
-    assert await proc.finish() == 1
-    assert verdicts(proc) == {"URL": "✓", "DNS": "✓", "TCP connect": "✗"}
-    assert "Connection refused" in proc.out
-    assert "'TCP connect' step failed" in proc.err
-
-
-async def test_names_auth_against_a_rejecting_emulator(cli: StartCli, token_file: Path) -> None:
-    """A rejected token: the AUTH step fails with exit 3."""
-    async with Emulator(tokens={"another-token"}) as emulator:
-        proc = await doctor(cli, emulator.url, token_file)
-        assert await proc.finish() == 3
-    assert verdicts(proc)["WebSocket handshake"] == "✓"
-    assert verdicts(proc)["AUTH"] == "✗"
-    assert "PING/PONG" not in verdicts(proc)
-    assert "'AUTH' step failed" in proc.err and "Traceback" not in proc.err
-
-
-async def test_names_ping_against_a_frozen_emulator(
-    cli: StartCli, emulator: Emulator, token_file: Path
-) -> None:
-    """A server that accepts the token, then never answers PING: the PING/PONG step fails."""
-    proc = await doctor(cli, emulator.url, token_file, "--wait", "0")
-    await emulator.wait_for_clients(1)
-    # The doctor spaces its samples, so the connection is frozen before the last one.
-    emulator.freeze()
-    assert await proc.finish() == 1
-    assert verdicts(proc)["AUTH"] == "✓"
-    assert verdicts(proc)["PING/PONG"] == "✗"
-    assert "does not answer PING" in proc.out
-    assert "'PING/PONG' step failed" in proc.err
-
-
-async def test_tls_verified_with_ca_file(
-    cli: StartCli, tls_emulator: Emulator, ca_file: Path, token_file: Path
-) -> None:
-    """wss:// with the CA given: the certificate is verified and its expiry shown."""
-    proc = await doctor(cli, tls_emulator.url, token_file, "--ca-file", str(ca_file))
-    assert await proc.finish() == 0
-    assert verdicts(proc)["TLS"] == "✓"
-    assert "certificate verified" in proc.out and "expires in" in proc.out
-
-
-async def test_names_tls_when_the_certificate_is_not_trusted(
-    cli: StartCli, tls_emulator: Emulator, token_file: Path
-) -> None:
-    """wss:// with a certificate from an unknown CA: the TLS step fails and says why."""
-    proc = await doctor(cli, tls_emulator.url, token_file)
-    assert await proc.finish() == 1
-    assert verdicts(proc)["TLS"] == "✗"
-    assert "--ca-file" in proc.out

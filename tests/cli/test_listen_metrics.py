@@ -16,6 +16,7 @@ from neuroio.emulator import Emulator
 
 from ..helpers import eventually
 from .conftest import TOKEN, Cli, StartCli, clean_env
+from .rest_server import RestServer
 
 # Every family ``listen`` documents (docs/cli.md, neuroio/_listener_metrics.py).
 DOCUMENTED_METRICS = (
@@ -171,3 +172,34 @@ async def test_without_the_metrics_extra_metrics_port_is_one_line(
     await emulator.burst(1)
     assert await plain.finish() == 0
     assert len(plain.out.splitlines()) == 1
+
+
+async def test_a_failed_gap_recovery_shows_in_health_without_failing_it(
+    cli: StartCli, emulator: Emulator, token_file: Path
+) -> None:
+    """--backfill against an entries API answering HTML: /healthz stays 200 (live events go
+    on) and names the error; neuroio_backfill_failed is 1; the log has the one ERROR line."""
+    async with RestServer(200, "text/html", b"<html><body>Bad gateway</body></html>") as api:
+        proc = await cli(
+            "listen", "--url", emulator.url, "--token-file", str(token_file),
+            "--backfill", "--api-url", api.url, "--metrics-port", "0",
+        )  # fmt: skip
+        port = await metrics_port(proc)
+        await proc.wait_stderr("gap recovery failed")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                assert answer.status == 200
+                report = await answer.json()
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                metrics = await answer.text()
+        assert report["backfill_error"].startswith(
+            "the entries API answered HTTP 200 text/html, not JSON: "
+            "'<html><body>Bad gateway</body></html>'"
+        )
+        assert sample(metrics, "neuroio_backfill_failed") == 1
+        assert sample(metrics, "neuroio_healthy") == 1
+        sent = await emulator.emit()
+        assert json.loads(await proc.line())["id"] == sent["id"]
+        proc.send(signal.SIGTERM)
+        assert await proc.finish() == 0
+    assert proc.err.count("gap recovery failed") == 1 and "Traceback" not in proc.err
