@@ -43,7 +43,11 @@ How an owner uses it (the listener; the bridge the same way, with its spool's fl
 ``next`` links are never followed: every URL is built from ``api_url``, so the token goes to
 no other host. Failures: connection errors, timeouts, 408, 429 and 5xx are retried through
 :class:`~neuroio._retry.Retrying` (``Retry-After`` honoured); 401/403 and answers that are not
-an entries list raise :class:`~neuroio.exceptions.BackfillError` at once.
+an entries list raise :class:`~neuroio.exceptions.BackfillError` at once. Every failure
+names what came: the status, the media type and the start of the body (printable, bounded,
+the token replaced), e.g. ``the entries API answered HTTP 200 text/html, not JSON:
+'<html><body>Bad gateway...'``; the error carries them as ``status``, ``content_type`` and
+``body_start``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +63,7 @@ import aiohttp
 import msgspec
 
 from . import _redact
-from ._http import parse_retry_after
+from ._http import BODY_START_CHARS, body_start, content_type, parse_retry_after
 from ._protocol.backoff import Backoff
 from ._protocol.gaps import Gap, GapTracker, Newest, entry_id
 from ._retry import Retrying
@@ -67,7 +71,7 @@ from ._times import iso, parse_time
 from ._token import TokenError, Tokens, TokenSource
 from .exceptions import BackfillError
 
-__all__ = ["Deliver", "Recovery"]
+__all__ = ["Deliver", "EntriesAnswer", "Recovery"]
 
 logger = logging.getLogger("neuroio.recovery")
 
@@ -76,6 +80,10 @@ Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 _decoder = msgspec.json.Decoder()
 _RETRY_STATUSES = frozenset({408, 429})
+# Of an error answer's body, only what a message shows is read (UTF-8: up to 4 bytes a
+# character, and room for a token to be found whole and replaced).
+_ERROR_BODY_BYTES = 4 * BODY_START_CHARS + 1024
+_CONSEQUENCE = "missed entries cannot be recovered, live events continue"
 # A page holds at most this many entries more than page_size, absorbing entries created
 # between two requests of a descending walk without a repeated request.
 _SLACK_DIVISOR = 4
@@ -566,23 +574,28 @@ class Recovery:
                 ) as response:
                     status = response.status
                     if status == 200:
-                        page = _parse(await response.read())
+                        answer = EntriesAnswer(status, response.headers, await response.read())
+                        page = answer.page(token)
                         retry.reset()
                         return page
+                    # Of an error answer only its start is shown: no need to read it all.
+                    answer = EntriesAnswer(status, response.headers, await _start_of(response))
                     if status in (401, 403):
                         if self._ask_again(token, refused):
                             refused = token
                             continue
-                        raise BackfillError(
-                            f"the entries API refused the token (HTTP {status}); "
-                            "missed entries cannot be recovered, live events continue"
+                        raise answer.error(
+                            f"the entries API refused the token (HTTP {status}); {_CONSEQUENCE}",
+                            token,
                         )
                     if status not in _RETRY_STATUSES and status < 500:
-                        raise BackfillError(
-                            f"the entries API answered HTTP {status} to a recovery request"
+                        raise answer.error(
+                            f"the entries API answered {answer.describe(token)} "
+                            "to a recovery request",
+                            token,
                         )
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    problem = f"HTTP {status}"
+                    problem = answer.describe(token)
             except TokenError as exc:
                 problem = str(exc)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -611,21 +624,76 @@ class _Closing(Exception):
     """The owner is closing: the walk stops where it is (internal)."""
 
 
-def _parse(body: bytes) -> _Page:
+async def _start_of(response: aiohttp.ClientResponse) -> bytes:
+    """The first bytes of an error answer's body (what an error message shows of it)."""
+    start = bytearray()
     try:
-        value = _decoder.decode(body)
-    except msgspec.DecodeError:
-        raise BackfillError("the entries API answered with invalid JSON") from None
-    if isinstance(value, list):
-        return _Page([e for e in value if isinstance(e, dict)], None)
-    if isinstance(value, dict):
-        results = value.get("results")
-        count = value.get("count")
-        if isinstance(results, list):
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                count = None
-            return _Page([e for e in results if isinstance(e, dict)], count)
-    raise BackfillError("the entries API answered without a 'results' list")
+        while len(start) < _ERROR_BODY_BYTES:
+            chunk = await response.content.read(_ERROR_BODY_BYTES - len(start))
+            if not chunk:
+                break
+            start += chunk
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        pass  # what came is shown; the status says enough
+    return bytes(start)
+
+
+class EntriesAnswer:
+    """One answer of the entries API: its page, or an error naming what came."""
+
+    __slots__ = ("status", "content_type", "body")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.content_type = content_type(headers)
+        self.body = body
+
+    def describe(self, token: str, what: str = "") -> str:
+        """``HTTP 502 text/html: '<html>...'``: status, media type, ``what`` is wrong with
+        it (``, not JSON``), the body's start."""
+        start = body_start(self.body, secrets=(token,))
+        shown = f"'{start}'" if start else "an empty body"
+        return f"HTTP {self.status} {self.content_type}{what}: {shown}"
+
+    def error(self, message: str, token: str) -> BackfillError:
+        """A :class:`BackfillError` saying ``message``, carrying what came as attributes."""
+        return BackfillError(
+            message,
+            status=self.status,
+            content_type=self.content_type,
+            body_start=body_start(self.body, secrets=(token,)),
+        )
+
+    def page(self, token: str, consequence: str = _CONSEQUENCE) -> _Page:
+        """The entries of a DRF page (``results``, ``count``) or of a bare list.
+
+        Args:
+            token: the token the request carried (never shown).
+            consequence: what an error message says follows from a bad answer.
+
+        Raises:
+            BackfillError: invalid JSON, or JSON of another shape; the message names the
+                status, the content type and the start of the body.
+        """
+        try:
+            value = _decoder.decode(self.body)
+        except msgspec.DecodeError:
+            raise self._unexpected(", not JSON", token, consequence) from None
+        if isinstance(value, list):
+            return _Page([e for e in value if isinstance(e, dict)], None)
+        if isinstance(value, dict):
+            results = value.get("results")
+            count = value.get("count")
+            if isinstance(results, list):
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    count = None
+                return _Page([e for e in results if isinstance(e, dict)], count)
+        raise self._unexpected(", JSON neither a page of 'results' nor a list", token, consequence)
+
+    def _unexpected(self, what: str, token: str, consequence: str) -> BackfillError:
+        return self.error(
+            f"the entries API answered {self.describe(token, what)}; {consequence}", token
+        )
 
 
 def _newest(entry: dict[str, Any], descending: bool | None) -> Newest:

@@ -118,7 +118,30 @@ class ConnectionFailedError(NeuroIOError, ConnectionError):
 
 
 class BackfillError(NeuroIOError):
-    """The REST API failed a request for missed entries (after retries, or refused it)."""
+    """The REST API failed a request for missed entries (after retries, or refused it).
+
+    Args:
+        message: the explanation; for an answer that is not an entries list it names the
+            HTTP status, the content type and the start of the body.
+        status: the HTTP status of the answer that failed; ``None`` when none did (e.g. the
+            entries changed faster than they could be paged).
+        content_type: that answer's media type (``text/html``), without parameters.
+        body_start: the first characters of its body, printable, the token replaced by
+            ``***``, ``...`` appended when cut.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        content_type: str | None = None,
+        body_start: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.content_type = content_type
+        self.body_start = body_start
 
 
 class SpoolError(NeuroIOError):

@@ -45,15 +45,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aiohttp import web
-
-from ..exceptions import ConfigurationError, MissingExtraError, SpoolError
+from .._metrics_http import MetricsServer
+from ..exceptions import MissingExtraError, SpoolError
 from ..stats import State
 from ._snapshot import BridgeSnapshot, SinkSnapshot
 from .delivery import LATENCY_BUCKETS
 
 try:
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -213,7 +212,7 @@ def render(snapshot: BridgeSnapshot) -> bytes:
     return bytes(generate_latest(registry))
 
 
-class BridgeMetrics:
+class BridgeMetrics(MetricsServer):
     """The metrics and health HTTP server of one bridge.
 
     Args:
@@ -229,52 +228,15 @@ class BridgeMetrics:
         snapshot: Callable[[], BridgeSnapshot],
         health: Callable[[], tuple[bool, dict[str, Any]]],
     ) -> None:
+        super().__init__(self._scrape, health)
         self._snapshot = snapshot
-        self._health = health
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format (call it on the event loop)."""
         return render(self._snapshot())
 
-    async def start(self, host: str, port: int | None) -> None:
-        """Serve ``/metrics`` and ``/healthz`` on ``host:port``.
-
-        Raises:
-            ConfigurationError: the address cannot be bound (e.g. the port is in use).
-        """
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port or 0)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigurationError(
-                f"metrics server cannot listen on {host}:{port}: {exc}"
-            ) from exc
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-
-    async def stop(self) -> None:
-        """Stop the HTTP server. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _scrape(self) -> bytes:
         # The snapshot is taken here, on the loop; rendering it (and the spool reads it
         # needs) happens off the loop and never touches what the loop mutates.
         snapshot = self._snapshot()
-        body = await asyncio.to_thread(render, snapshot)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        ok, report = self._health()
-        return web.json_response(report, status=200 if ok else 503)
+        return await asyncio.to_thread(render, snapshot)

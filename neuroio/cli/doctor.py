@@ -1,9 +1,10 @@
 """``neuroio-events doctor``: check, step by step, what a listener needs to work.
 
-URL, DNS, TCP connect, TLS, WebSocket handshake, AUTH, PING/PONG round-trip, then the first
-event. Each step prints a verdict; the first failing step ends the run and is named in the
-exit message, so "the platform is quiet" (no event: a warning) is told apart from "my network
-or my token is broken" (a failure).
+URL, DNS, TCP connect, TLS, WebSocket handshake, AUTH, PING/PONG round-trip, the first
+event, then the REST API gap recovery uses (``GET /v1/entries/?limit=1``: reachable, token
+accepted, which shape of answer). Each step prints a verdict; the first failing step ends the
+run and is named in the exit message, so "the platform is quiet" (no event: a warning) is told
+apart from "my network or my token is broken" (a failure).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
+from .._config import DEFAULT_API_URL
 from .._net import is_loopback
 from .._protocol.frames import Kind, classify, encode_auth, encode_ping, parse_message
 from .._protocol.session import AUTH_CLOSE_CODES
+from .._recovery import EntriesAnswer
+from ..exceptions import BackfillError
 from ._options import (
     ConnectionSettings,
     LogSettings,
@@ -100,6 +104,7 @@ class Doctor:
         ssl_context: trust for ``wss://`` (``None``: the system's CA certificates).
         timeout: seconds allowed for each network step (and each PING sample).
         wait: seconds to wait for a first event; 0 skips the step.
+        api_url: the REST API whose entries list is checked; ``None`` skips those steps.
         report: called with each :class:`StepResult` as soon as it is known.
     """
 
@@ -111,9 +116,11 @@ class Doctor:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 4.0,
         wait: float = 10.0,
+        api_url: str | None = None,
         report: Callable[[StepResult], None] | None = None,
     ) -> None:
         self.url = url
+        self.api_url = api_url
         self._token = token
         self._ssl = ssl_context
         self.timeout = timeout
@@ -128,6 +135,7 @@ class Doctor:
         self._addresses: list[tuple[Any, ...]] = []
         self._first_event: tuple[int | None, float] | None = None
         self._authenticated_at = 0.0
+        self._answer: EntriesAnswer | None = None
 
     async def run(self) -> int:
         """Run every step until one fails. Returns the exit code (0, 1, or 3 for AUTH)."""
@@ -145,22 +153,35 @@ class Doctor:
         cleanup = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False))
         connector = aiohttp.TCPConnector(enable_cleanup_closed=cleanup)
         async with aiohttp.ClientSession(connector=connector) as session:
-            ws = await self._handshake(session)
-            if ws is None:
+            if not await self._socket_steps(session) or self.api_url is None:
                 return self.exit_code
-            try:
-                on_socket: list[tuple[str, Callable[[Any], Awaitable[str]]]] = [
-                    ("AUTH", self._check_auth),
-                    ("PING/PONG", self._check_ping),
-                    ("First event", self._check_event),
-                ]
-                for name, socket_check in on_socket:
-                    if not await self._step(name, socket_check(ws)):
-                        return self.exit_code
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), self.timeout)
+            rest: list[tuple[str, Callable[[], Awaitable[str]]]] = [
+                ("REST API", lambda: self._check_rest(session)),
+                ("REST token", self._check_rest_token),
+                ("REST answer", self._check_rest_answer),
+            ]
+            for name, check in rest:
+                if not await self._step(name, check()):
+                    break
         return self.exit_code
+
+    async def _socket_steps(self, session: aiohttp.ClientSession) -> bool:
+        ws = await self._handshake(session)
+        if ws is None:
+            return False
+        try:
+            on_socket: list[tuple[str, Callable[[Any], Awaitable[str]]]] = [
+                ("AUTH", self._check_auth),
+                ("PING/PONG", self._check_ping),
+                ("First event", self._check_event),
+            ]
+            for name, socket_check in on_socket:
+                if not await self._step(name, socket_check(ws)):
+                    return False
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), self.timeout)
+        return True
 
     async def _step(self, name: str, check: Awaitable[str]) -> bool:
         try:
@@ -371,6 +392,83 @@ class Doctor:
             f"no event within {self.wait:g} s: the platform may be quiet (this is not an error)"
         )
 
+    async def _check_rest(self, session: aiohttp.ClientSession) -> str:
+        """``GET /v1/entries/?limit=1`` with the token: any answer but a 5xx or a redirect
+        is the API reached (the token and the answer's shape are the next steps)."""
+        assert self.api_url is not None
+        parts = urllib.parse.urlsplit(self.api_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _StepFailed(
+                f"--api-url must be an http(s):// URL, got {_redact.redact(self.api_url)!r}"
+            )
+        url = self.api_url.rstrip("/") + "/v1/entries/?limit=1"
+        token = self._token.reveal()
+        headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
+        start = time.perf_counter()
+        try:
+            async with session.get(
+                url,
+                headers=headers,
+                ssl=self._ssl if self._ssl is not None else True,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                body = await response.read()
+                answer = EntriesAnswer(response.status, response.headers, body)
+                location = response.headers.get("Location")
+        except asyncio.TimeoutError:
+            raise _StepFailed(f"no answer from {url} within {self.timeout:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _StepFailed(f"cannot reach {url}: {_reason(exc)}") from None
+        elapsed = time.perf_counter() - start
+        self._answer = answer
+        status = answer.status
+        if 300 <= status < 400:
+            where = f" to {_redact.redact(location)}" if location else ""
+            raise _StepFailed(
+                f"GET {url} redirects{where} (HTTP {status}); gap recovery follows no "
+                "redirect (the token goes to no other host): give that URL as --api-url"
+            )
+        if status >= 500:
+            raise _StepFailed(f"GET {url} failed: {answer.describe(token)}")
+        return f"GET {url}: HTTP {status} {answer.content_type} in {_ms(elapsed)}"
+
+    async def _check_rest_token(self) -> str:
+        answer = self._answer
+        assert answer is not None
+        token = self._token.reveal()
+        if answer.status in (401, 403):
+            raise _StepFailed(
+                f"token rejected by the entries API: {answer.describe(token)}; gap recovery "
+                "(--backfill, --since) cannot work with it",
+                EXIT_AUTH,
+            )
+        if answer.status != 200:
+            raise _StepFailed(
+                f"the entries API answered {answer.describe(token)}: is --api-url the REST API?"
+            )
+        return "token accepted (HTTP 200)"
+
+    async def _check_rest_answer(self) -> str:
+        answer = self._answer
+        assert answer is not None
+        try:
+            page = answer.page(self._token.reveal(), "gap recovery cannot read this answer")
+        except BackfillError as exc:
+            raise _StepFailed(str(exc)) from None
+        first = page.results[0].get("id") if page.results else None
+        entry = f", first entry id {first}" if first is not None else ", no entry yet"
+        if page.count is None:
+            detail = f"a bare JSON list (paged by limit/offset){entry}"
+        else:
+            detail = f"a page of 'results' with a count of {page.count}{entry}"
+        if len(page.results) > 1:
+            raise _Warn(
+                f"{detail}: {len(page.results)} entries for limit=1, the API ignores limit "
+                "(gap recovery reads more than it needs)"
+            )
+        return detail
+
     # ------------------------------------------------------------------ receiving
 
     async def _receive(self, ws: Any, deadline: float, what: str) -> tuple[Kind, Any]:
@@ -466,16 +564,24 @@ def _printer(console: Console) -> Callable[[StepResult], None]:
 
 
 async def diagnose(
-    conn: ConnectionSettings, token: Secret, *, timeout: float, wait: float, console: Console
+    conn: ConnectionSettings,
+    token: Secret,
+    *,
+    timeout: float,
+    wait: float,
+    console: Console,
+    api_url: str | None = None,
 ) -> int:
     """Run the doctor with a printed verdict per step; returns the exit code."""
-    console.print(Text(f"Checking {conn.url}", style="bold"))
+    also = f" and {api_url}" if api_url is not None else ""
+    console.print(Text(f"Checking {conn.url}{also}", style="bold"))
     doctor = Doctor(
         conn.url,
         token,
         ssl_context=conn.ssl_context(),
         timeout=timeout,
         wait=wait,
+        api_url=api_url,
         report=_printer(console),
     )
     code = await doctor.run()
@@ -507,19 +613,44 @@ async def diagnose(
     show_envvar=True,
     help="Seconds to wait for a first event (none is a warning, not a failure); 0 skips it.",
 )
+@click.option(
+    "--api-url",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    envvar="NEUROIO_API_URL",
+    show_envvar=True,
+    help="The REST API gap recovery uses (--backfill, --since), checked after the socket.",
+)
+@click.option(
+    "--rest/--no-rest",
+    default=True,
+    show_default=True,
+    envvar="NEUROIO_DOCTOR_REST",
+    show_envvar=True,
+    help="Check the REST API: GET /v1/entries/?limit=1 with the token.",
+)
 @logging_options
-def command(conn: ConnectionSettings, timeout: float, wait: float, log: LogSettings) -> None:
-    """Check URL, DNS, TCP, TLS, WebSocket, AUTH, PING/PONG and the first event.
+def command(
+    conn: ConnectionSettings,
+    timeout: float,
+    wait: float,
+    api_url: str,
+    rest: bool,
+    log: LogSettings,
+) -> None:
+    """Check URL, DNS, TCP, TLS, WebSocket, AUTH, PING/PONG, the first event, then the
+    REST API (reachable, token accepted, the shape of its answer).
 
     Exits 0 when every required step passes (no event within --wait is only a warning:
-    the platform may be quiet), 3 when the token is rejected, 1 when another step fails;
-    the failing step is named.
+    the platform may be quiet), 3 when the token is rejected (by the socket or the REST
+    API), 1 when another step fails; the failing step is named.
     """
     log.configure()
     token = conn.api_token()
     console = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+    checked = api_url if rest else None
     run(
-        lambda: diagnose(conn, token, timeout=timeout, wait=wait, console=console),
+        lambda: diagnose(conn, token, timeout=timeout, wait=wait, console=console, api_url=checked),
         log=log,
         use_uvloop=False,
     )

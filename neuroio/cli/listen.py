@@ -17,7 +17,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -48,6 +48,10 @@ from ._output import (
 )
 from ._run import EXIT_OK, CommandFailed, StopSignals, run
 
+if TYPE_CHECKING:
+    # Imported when serving: it needs prometheus-client (the metrics extra).
+    from .._metrics_http import MetricsServer
+
 __all__ = ["StreamSettings", "command", "stream"]
 
 logger = logging.getLogger("neuroio.cli")
@@ -70,6 +74,9 @@ class StreamSettings:
         include_control: also write AUTH answers, PONGs and error messages.
         count: stop after this many events.
         status: draw the live status line (only ever on a terminal).
+        metrics_port: serve ``/metrics`` and ``/healthz`` on this port (0: a free one,
+            logged); ``None``: no metrics server.
+        metrics_host: the address the metrics server listens on.
     """
 
     fmt: str | None = "jsonl"
@@ -78,6 +85,8 @@ class StreamSettings:
     include_control: bool = False
     count: int | None = None
     status: bool = True
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 class _Printer:
@@ -233,6 +242,7 @@ async def stream(
             ssl=ssl_context,
             **listener_settings.kwargs(),
         )
+        metrics = await _serve_metrics(listener, settings)
         worker.start()
         if status_on:
             _logging.set_sink(lambda data: worker.write_nowait(2, data))
@@ -240,6 +250,8 @@ async def stream(
             await _supervise(listener, printer, worker, status_on, signals)
         finally:
             _logging.set_sink(None)
+            if metrics is not None:
+                await metrics.stop()
             if not await worker.aclose(_FLUSH_BUDGET):
                 logger.warning("output still blocked at exit; the last lines may be missing")
     finally:
@@ -249,6 +261,23 @@ async def stream(
     if printer.failure is not None:
         raise CommandFailed(printer.failure)
     return EXIT_OK
+
+
+async def _serve_metrics(listener: EventListener, settings: StreamSettings) -> MetricsServer | None:
+    """Start the ``/metrics`` and ``/healthz`` server when asked; its URL is logged.
+
+    Raises:
+        MissingExtraError: the ``metrics`` extra is not installed.
+        ConfigurationError: the port cannot be bound (e.g. it is in use).
+    """
+    if settings.metrics_port is None:
+        return None
+    from .._listener_metrics import ListenerMetrics  # MissingExtraError without the extra
+
+    server = ListenerMetrics(listener)
+    await server.start(settings.metrics_host, settings.metrics_port)
+    logger.info("metrics on %s, health on /healthz", server.url("/metrics"))
+    return server
 
 
 def _open(path: Path, what: str) -> int:
@@ -357,6 +386,24 @@ async def _supervise(
     show_envvar=True,
     help="Live status line on stderr: state, events, events/s, reconnects, PONG round-trip.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    show_default="no metrics server",
+    envvar="NEUROIO_LISTEN_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus /metrics and /healthz on this port (0: a free port, logged); "
+    "pip install 'neuroio-events[metrics]'.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="NEUROIO_LISTEN_METRICS_HOST",
+    show_envvar=True,
+    help="Address the metrics server listens on.",
+)
 @listener_options
 @loop_option
 @logging_options
@@ -368,6 +415,8 @@ def command(
     include_control: bool,
     count: int | None,
     status: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     listener: ListenerSettings,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -397,6 +446,8 @@ def command(
         include_control=include_control,
         count=count,
         status=status,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     run(
         lambda: stream(conn.url, token, settings, listener, ssl_context=ssl_context),
