@@ -385,8 +385,13 @@ class Connection:
         self._live_since = asyncio.get_running_loop().time()
         self._heartbeat.start(self._live_since)
         read = self._read_to_inbox if self._handoff.handler is None else self._read_to_handler
+        # Counted before the reader starts: a burst it reads before the keepalive first runs
+        # (uvloop can do that) still moves last_event_at.
+        events_before = self._stats.events
         reader = self.reader_task = asyncio.create_task(read(ws), name="neuroio-reader")
-        keepalive = asyncio.create_task(self._keepalive(ws), name="neuroio-keepalive")
+        keepalive = asyncio.create_task(
+            self._keepalive(ws, events_before), name="neuroio-keepalive"
+        )
         closing = asyncio.create_task(self._closing.wait(), name="neuroio-closing")
         tasks = (reader, keepalive, closing)
         try:
@@ -401,13 +406,13 @@ class Connection:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _keepalive(self, ws: _WebSocket) -> Ending:
-        """Send PINGs on schedule and judge the PONGs while the reader reads."""
+    async def _keepalive(self, ws: _WebSocket, events_seen: int) -> Ending:
+        """Send PINGs on schedule and judge the PONGs while the reader reads
+        (``events_seen``: the event count when the connection went live)."""
         loop = asyncio.get_running_loop()
         heartbeat = self._heartbeat
         stats = self._stats
         inbox = self._handoff.inbox
-        events_seen = stats.events
         while True:
             now = loop.time()
             if stats.events != events_seen:
