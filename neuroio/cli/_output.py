@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
-from .._io import write_all
+from .._io import open_private, write_all
 from .._protocol.frames import Kind
 from .._times import parse_time
 from ..stats import ListenerStats, State
@@ -62,8 +62,9 @@ def encode_compact(value: Any) -> bytes:
 
 
 def open_append(path: str | os.PathLike[str]) -> int:
-    """Open ``path`` for appending (created with mode 0600: events describe people)."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Open ``path`` for appending (created with mode 0600 whatever the umask: events
+    describe people)."""
+    return open_private(path, os.O_WRONLY | os.O_APPEND)
 
 
 class _Stop:
