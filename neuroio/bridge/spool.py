@@ -482,9 +482,6 @@ class Spool:
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise SpoolError(f"spool {str(self.path)!r}: the file is not readable and writable")
         self._lock()
-        # Locked: no other bridge uses these files. The log and shared-memory files of a
-        # bridge that was killed outlive it with the mode they were created with.
-        self._make_private(self._files())
         try:
             self._wconn = self._connect()
             conn = self._wconn
@@ -504,9 +501,11 @@ class Spool:
             self._create_schema(conn)
             self._rconn = self._connect()
             self._load_counters(conn)
-            # SQLite gives the log and shared-memory files it creates the database's mode
-            # on most builds; this holds on the others too.
-            self._make_private(self._files()[1:])
+            # Once the file is known to be a spool (another file is never touched): an older
+            # spool may be readable by others, and the log and shared-memory files of a
+            # bridge that was killed outlive it with their mode. SQLite gives the files it
+            # creates the database's mode on most builds; this holds on the others too.
+            self._make_private(self._files())
         except sqlite3.DatabaseError as exc:
             # sqlite3 reports a garbage file as "file is not a database" on the first statement.
             if "not a database" in str(exc) or "malformed" in str(exc):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import pty
 import re
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +32,11 @@ from neuroio.cli._output import (
     format_rtt,
     summary_line,
 )
+from neuroio.emulator import Emulator
 from neuroio.messages import Result
 from neuroio.stats import ListenerStats, State
+
+from .conftest import clean_env
 
 EVENT = (
     '{"id": 7, "data": {"id": 7, "created": "2019-07-29T13:53:27.306Z", '
@@ -312,3 +319,74 @@ async def test_a_failed_write_is_reported_once(pipe: Pipe) -> None:
     assert await worker.aclose()
     assert len(errors) == 1
     assert errors[0][0] == write_fd and isinstance(errors[0][1], BrokenPipeError)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def test_listen_on_a_terminal_prints_a_header_and_sums_up_at_exit(
+    emulator: Emulator, token_file: Path
+) -> None:
+    """The real CLI with stdout on a terminal: a header line, then one coloured line per
+    event in the header's columns (a long camera name cut with …); on SIGINT, exit 0 and
+    one line on stderr summing up the run: 3 events, 0 reconnects."""
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "neuroio",
+        "listen",
+        "--url",
+        emulator.url,
+        "--token-file",
+        str(token_file),
+        "--no-status",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=slave,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    terminal = bytearray()
+    loop = asyncio.get_running_loop()
+
+    async def lines_on_terminal(n: int, timeout: float = 5.0) -> list[str]:
+        deadline = loop.time() + timeout
+        while terminal.count(b"\n") < n:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(master, _wake, ready)
+            try:
+                await asyncio.wait_for(ready, max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                pytest.fail(f"not {n} lines on the terminal: {bytes(terminal)!r}")
+            finally:
+                loop.remove_reader(master)
+            with contextlib.suppress(BlockingIOError):
+                terminal.extend(os.read(master, 65536))
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", terminal.decode())  # colours and bold
+        return plain.replace("\r\n", "\n").splitlines()
+
+    try:
+        await emulator.wait_for_clients(1)
+        await emulator.emit(result="exact")
+        await emulator.emit(source={"id": 9, "name": "Loading dock, far end, camera 12"})
+        await emulator.emit(result="brand-new-result")
+        header, *events = await lines_on_terminal(4)
+        assert b"\x1b[" in terminal
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(master)
+    assert list(columns(header))[:3] == ["time", "id", "result"]
+    assert len(events) == 3 and len({len(line) for line in events}) == 1
+    assert "Loading dock, f…" in events[1] and "brand…" in events[2]
+    summary = [line for line in err.decode().splitlines() if "events in" in line]
+    assert len(summary) == 1, err
+    assert re.search(r": 3 events in \d+\.\d s, 0 reconnects$", summary[0]), summary
