@@ -324,20 +324,22 @@ def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
 # ---------------------------------------------------------------------- pretty format
 
 RESULT_CODES = {
-    "exact": "a known person, recognised with confidence >= 79.3 (default thresholds)",
+    "exact": "a known person, recognised with confidence 79.3 or more",
     "ha": "a known person, a high-accuracy match: confidence 75.5 to 79.3",
-    "junk": "a weak match to a known person, confidence 68.84 to 75.5: treat it as unsure",
+    "junk": "a weak match to a known person (68.84 to 75.5): unsure",
     "new": "nobody known matched: a new person (a new pid) was created",
-    "reinit": "a known person, matched as surely as exact, whose stored face was renewed",
+    "reinit": "a known person, matched as exact, whose stored face was renewed",
     "nm": "not matched: a face too poor to compare (no person)",
     "det": "detected only: a face found but not recognised (no person)",
 }
 """What each value of an entry's ``result`` means (``docs/protocol.md``, ``docs/cli.md``)."""
 
-RESULT_LEGEND = "Result codes (the result column of --format pretty):\n" + "\n".join(
-    f"  {code:<7} {meaning}" for code, meaning in RESULT_CODES.items()
+RESULT_LEGEND = (
+    "Result codes (the result column of --format pretty; default thresholds):\n"
+    + "\n".join(f"  {code:<7} {meaning}" for code, meaning in RESULT_CODES.items())
 )
-"""The result codes as plain text, one per line (no blank line: shown as is under --help)."""
+"""The result codes as plain text, one per line, none longer than 76 characters and no blank
+line, so that click shows it as it is under ``--help`` after a ``\\b`` line."""
 
 _RESULT_STYLES = {
     "exact": "bold green",
