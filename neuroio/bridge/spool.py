@@ -38,6 +38,10 @@ kept at that size so that later commits overwrite it instead of allocating new b
 also lets a commit succeed on a full disk once a checkpoint has run). Delivered rows are
 deleted in batches; nothing is vacuumed.
 
+The database, its write-ahead log and its shared-memory file are private (mode ``0600``, any
+group or other permission of an existing spool taken off with a warning), and the
+directories created for it ``0700``, whatever the umask: events describe people.
+
 Only one process may use a spool: the database file itself is locked (``flock`` on its
 inode) for as long as the spool is open, so a symbolic or hard link to it cannot get a
 second bridge in, and the kernel releases the lock if the process is killed.
@@ -67,6 +71,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .._io import PRIVATE_FILE_MODE, make_private, make_private_dirs, open_private
 from ..exceptions import ConfigurationError, SpoolError, SpoolFullError
 from ..sinks.base import SpooledEvent
 
@@ -471,7 +476,7 @@ class Spool:
 
     def _open(self, check: bool) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
         except OSError as exc:
             raise self._fail("cannot create its directory", exc) from exc
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
@@ -496,6 +501,11 @@ class Spool:
             self._create_schema(conn)
             self._rconn = self._connect()
             self._load_counters(conn)
+            # Once the file is known to be a spool (another file is never touched): an older
+            # spool may be readable by others, and the log and shared-memory files of a
+            # bridge that was killed outlive it with their mode. SQLite gives the files it
+            # creates the database's mode on most builds; this holds on the others too.
+            self._make_private(self._files())
         except sqlite3.DatabaseError as exc:
             # sqlite3 reports a garbage file as "file is not a database" on the first statement.
             if "not a database" in str(exc) or "malformed" in str(exc):
@@ -546,11 +556,43 @@ class Spool:
         # Freed pages are not overwritten with zeros: that would be one more write per page.
         conn.execute("PRAGMA secure_delete = OFF")
 
+    def _files(self) -> tuple[Path, Path, Path]:
+        """The database, its write-ahead log and its shared-memory file."""
+        return (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        )
+
+    def _make_private(self, paths: Iterable[Path]) -> None:
+        """Take every permission of group and others off ``paths``: events describe people."""
+        for path in paths:
+            try:
+                former = make_private(path)
+            except OSError as exc:
+                log.warning(
+                    "spool %s: cannot make %s private (%s); other users may read the events",
+                    self.path,
+                    path.name,
+                    exc.strerror or exc,
+                )
+                continue
+            if former is not None:
+                log.warning(
+                    "spool %s: %s could be read by other users (mode %03o); made private "
+                    "(mode %03o)",
+                    self.path,
+                    path.name,
+                    former,
+                    former & PRIVATE_FILE_MODE,
+                )
+
     def _lock(self) -> None:
         # The lock is on the database file's own inode, so a symbolic or hard link to the
-        # same file meets the same lock (a lock file beside the path would not).
+        # same file meets the same lock (a lock file beside the path would not). Created
+        # here, before SQLite opens it, so that it is private from its first byte.
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = open_private(self.path, os.O_RDWR)
         except OSError as exc:
             raise self._fail("cannot open", exc) from exc
         self._lock_fd = fd

@@ -1,4 +1,5 @@
-"""What ``listen`` and ``demo`` write: JSON lines, pretty lines, recordings, the status line.
+"""What ``listen`` and ``demo`` write: JSON lines, pretty lines, recordings, the status line,
+the summary at exit.
 
 All writes go through one :class:`OutputWorker` thread. A reader that stops reading (a paused
 terminal, a slow pipe) then blocks that thread only: the event loop keeps answering the
@@ -20,27 +21,34 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
-from .._io import write_all
+from .._io import open_private, write_all
 from .._protocol.frames import Kind
 from .._times import parse_time
 from ..stats import ListenerStats, State
 
 __all__ = [
+    "RESULT_CODES",
+    "RESULT_LEGEND",
     "FrameFormatter",
     "OutputWorker",
     "StatusLine",
+    "connections_lost",
     "decode_frame",
     "encode_compact",
+    "failed_attempts",
+    "format_rtt",
     "open_append",
     "render",
     "run_status",
+    "summary_line",
 ]
 
 # Numbers are decoded as Decimal and written back as numbers, so every value the server sent
@@ -62,8 +70,9 @@ def encode_compact(value: Any) -> bytes:
 
 
 def open_append(path: str | os.PathLike[str]) -> int:
-    """Open ``path`` for appending (created with mode 0600: events describe people)."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Open ``path`` for appending (created with mode 0600 whatever the umask: events
+    describe people)."""
+    return open_private(path, os.O_WRONLY | os.O_APPEND)
 
 
 class _Stop:
@@ -314,6 +323,24 @@ def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
 
 # ---------------------------------------------------------------------- pretty format
 
+RESULT_CODES = {
+    "exact": "a known person, recognised with confidence 79.3 or more",
+    "ha": "a known person, a high-accuracy match: confidence 75.5 to 79.3",
+    "junk": "a weak match to a known person (68.84 to 75.5): unsure",
+    "new": "nobody known matched: a new person (a new pid) was created",
+    "reinit": "a known person, matched as exact, whose stored face was renewed",
+    "nm": "not matched: a face too poor to compare (no person)",
+    "det": "detected only: a face found but not recognised (no person)",
+}
+"""What each value of an entry's ``result`` means (``docs/protocol.md``, ``docs/cli.md``)."""
+
+RESULT_LEGEND = (
+    "Result codes (the result column of --format pretty; default thresholds):\n"
+    + "\n".join(f"  {code:<7} {meaning}" for code, meaning in RESULT_CODES.items())
+)
+"""The result codes as plain text, one per line, none longer than 76 characters and no blank
+line, so that click shows it as it is under ``--help`` after a ``\\b`` line."""
+
 _RESULT_STYLES = {
     "exact": "bold green",
     "ha": "green",
@@ -334,6 +361,44 @@ _STATE_STYLES = {
     State.IDLE: "dim",
 }
 
+# The pretty line's columns: title, width in terminal cells, right-aligned. Every value is
+# cut to its width (with "…"), so an unexpected value never shifts the columns after it;
+# only an id longer than its column is shown whole, since a cut id would name another event.
+_COLUMNS = (
+    ("time", 8, False),
+    ("id", 10, False),
+    ("result", 6, False),
+    ("person", 8, False),
+    ("age", 3, True),
+    ("sex", 3, False),
+    ("mood", 9, False),
+    ("liveness", 12, False),
+    ("camera", 16, False),
+    ("conf", 5, True),
+)
+_GAP = "  "
+# Loss reasons of attempts that never became a connection (``ListenerStats.reconnects``
+# counts them with the losses of real connections).
+_FAILED_ATTEMPTS = frozenset({"connect_failed", "auth_timeout", "closed_before_auth"})
+
+
+def _printable(value: str) -> str:
+    """``value`` with control and format characters (escape sequences, newlines, bidi
+    overrides a server could send in a camera name) replaced by ``?``."""
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() else "?" for ch in value)
+
+
+def _cell(value: str, width: int, right: bool = False) -> str:
+    """``value`` in exactly ``width`` terminal cells: cut with ``…``, or padded."""
+    value = _printable(value)
+    size = cell_len(value)
+    if size > width:
+        return set_cell_size(value, width - 1) + "…"
+    padding = " " * (width - size)
+    return padding + value if right else value + padding
+
 
 def _text(value: Any, missing: str = "?") -> str:
     return value if isinstance(value, str) and value else missing
@@ -352,8 +417,12 @@ def _camera(source: Any) -> str:
         if isinstance(name, str) and name:
             return name
         if source.get("id") is not None:
-            return f"source {source['id']}"
+            return f"source {_shown(source['id'])}"
     return "?"
+
+
+def _number(value: Any) -> TypeGuard[int | float | Decimal]:
+    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
 
 
 def _console(color: bool) -> Console:
@@ -384,20 +453,41 @@ class FrameFormatter:
         fmt: ``"jsonl"`` or ``"pretty"``.
         color: colour the pretty lines (ANSI).
         include_control: also format AUTH answers, PONGs, errors and unknown messages.
+        header: put a line of column titles before the first pretty event line; ``None``
+            (the default) does so when ``color`` is on, i.e. for a person at a terminal,
+            and not for a program reading a pipe.
     """
 
-    def __init__(self, fmt: str, *, color: bool = False, include_control: bool = False) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        *,
+        color: bool = False,
+        include_control: bool = False,
+        header: bool | None = None,
+    ) -> None:
         if fmt not in ("jsonl", "pretty"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
         self.include_control = include_control
         self._console = _console(color)
+        self._header_due = fmt == "pretty" and (color if header is None else header)
+
+    def header(self) -> bytes:
+        """The line of column titles of the pretty format."""
+        titles = _GAP.join(_cell(title, width, right) for title, width, right in _COLUMNS)
+        return (render(self._console, Text(titles.rstrip(), style="bold")) + "\n").encode()
 
     def event(self, value: dict[str, Any], backfilled: bool = False) -> bytes:
-        """The line for an event whose decoded JSON is ``value``."""
+        """The line for an event whose decoded JSON is ``value`` (after the header line,
+        for the first one, when there is a header)."""
         if self.fmt == "jsonl":
             return encode_compact(value)
-        return (render(self._console, self._pretty_event(value, backfilled)) + "\n").encode()
+        line = (render(self._console, self._pretty_event(value, backfilled)) + "\n").encode()
+        if self._header_due:
+            self._header_due = False
+            return self.header() + line
+        return line
 
     def control(self, value: Any, kind: Kind) -> bytes | None:
         """The line for a control message, or ``None`` when they are not shown."""
@@ -414,28 +504,31 @@ class FrameFormatter:
         # Read from the decoded JSON, not a typed Entry: a field of an unexpected type or
         # a number out of float range must not cost the line.
         data: dict[str, Any] = value["data"]
-        line = Text()
-        line.append(_clock(data.get("created")), style="dim")
-        line.append(f"  #{value['id']:<8}", style="dim")
         result = _text(data.get("result"))
-        line.append(f"{result:<7}", style=_RESULT_STYLES.get(result, ""))
-        pid = _text(data.get("pid"), "-")[:8]
-        line.append(f"{pid:<9}", style="magenta")
         age = data.get("age")
-        age_text = (
-            str(age) if isinstance(age, (int, Decimal)) and not isinstance(age, bool) else "?"
-        )
         sex = data.get("sex")
-        sex_text = _SEX.get(sex, "?") if isinstance(sex, int) and not isinstance(sex, bool) else "?"
-        line.append(f"{age_text:>3} {sex_text} {_text(data.get('mood')):<10}")
         liveness = _text(data.get("liveness"))
-        line.append(f"{liveness:<13}", style=_LIVENESS_STYLES.get(liveness, "dim"))
-        line.append(f"{_camera(data.get('source')):<16}", style="blue")
         confidence = data.get("confidence")
-        if isinstance(confidence, (int, float, Decimal)) and not isinstance(confidence, bool):
-            line.append(f"{float(confidence):5.1f}")
-        else:
-            line.append("    ?", style="dim")
+        cells = (
+            (_clock(data.get("created")), "dim"),
+            (f"#{value['id']}", "dim"),
+            (result, _RESULT_STYLES.get(result, "")),
+            (_text(data.get("pid"), "-")[:8], "magenta"),
+            (str(age) if _number(age) else "?", ""),
+            (_SEX.get(sex, "?") if isinstance(sex, int) and not isinstance(sex, bool) else "?", ""),
+            (_text(data.get("mood")), ""),
+            (liveness, _LIVENESS_STYLES.get(liveness, "dim")),
+            (_camera(data.get("source")), "blue"),
+            (f"{float(confidence):.1f}" if _number(confidence) else "?", ""),
+        )
+        line = Text()
+        for i, ((text, style), (_, width, right)) in enumerate(zip(cells, _COLUMNS, strict=True)):
+            if i:
+                line.append(_GAP)
+            if i == 1 and len(text) > width:
+                line.append(_printable(text), style=style)  # an id is never cut
+            else:
+                line.append(_cell(text, width, right), style=style or None)
         if backfilled:
             line.append("  (recovered)", style="dim italic")
         return line
@@ -447,10 +540,10 @@ class FrameFormatter:
         if kind is Kind.AUTH_OK:
             line.append("auth ok", style="green")
         elif kind is Kind.PONG and isinstance(value, dict):
-            line.append(f"PING {_shown(value.get('PING'))}", style="dim")
+            line.append(f"PING {_printable(_shown(value.get('PING')))}", style="dim")
         elif kind in (Kind.ERROR, Kind.AUTH_REJECTED) and isinstance(value, dict):
             detail = value.get("error", value.get("auth"))
-            line.append(f"error: {_shown(detail)}", style="bold red")
+            line.append(f"error: {_printable(_shown(detail))}", style="bold red")
         else:
             line.append(f"message {_encoder.encode(value).decode()}", style="dim")
         return line
@@ -460,8 +553,55 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else _encoder.encode(value).decode()
 
 
+def connections_lost(stats: ListenerStats) -> int:
+    """Authenticated connections that were lost (each followed by a reconnect)."""
+    return sum(n for reason, n in stats.reconnects.items() if reason not in _FAILED_ATTEMPTS)
+
+
+def failed_attempts(stats: ListenerStats) -> int:
+    """Connection attempts that failed before the server accepted the token (refused,
+    unreachable, no AUTH answer, closed before it)."""
+    return sum(stats.reconnects[reason] for reason in _FAILED_ATTEMPTS)
+
+
+def format_rtt(seconds: float) -> str:
+    """A round trip for people: ``<1 ms`` below a millisecond, else to 0.1 ms."""
+    milliseconds = seconds * 1000
+    return "<1 ms" if milliseconds < 1 else f"{milliseconds:.1f} ms"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def summary_line(stats: ListenerStats, elapsed: float) -> str:
+    """One line on what a listener did, for the end of a command:
+    ``73 events in 14 s, 0 reconnects`` (recovered events and failed attempts when any)."""
+    parts = [_plural(stats.events, "event")]
+    if stats.backfilled_events:
+        parts.append(f"and {stats.backfilled_events} recovered")
+    lost = _plural(connections_lost(stats), "reconnect")
+    line = f"{' '.join(parts)} in {_duration(elapsed)}, {lost}"
+    failed = failed_attempts(stats)
+    if failed:
+        line += f", {_plural(failed, 'failed connection attempt')}"
+    return line
+
+
 class StatusLine:
-    """The one-line summary of a listener for a terminal: state, events, rate, reconnects, RTT.
+    """The one-line summary of a listener for a terminal: state, events, rate, reconnects
+    (connections lost), failed attempts (when any), PONG round trip.
 
     Args:
         stats: the listener's counters.
@@ -494,9 +634,12 @@ class StatusLine:
         line.append(f"{state.value:<14}", style=_STATE_STYLES.get(state, ""))
         line.append(f"events {stats.events}", style="bold")
         line.append(f"  {self.rate(now):.1f}/s")
-        line.append(f"  reconnects {stats.total_reconnects}")
+        line.append(f"  reconnects {connections_lost(stats)}")
+        failed = failed_attempts(stats)
+        if failed:
+            line.append(f"  failed attempts {failed}", style="yellow")
         if stats.last_rtt is not None:
-            line.append(f"  rtt {stats.last_rtt * 1000:.1f} ms")
+            line.append(f"  rtt {format_rtt(stats.last_rtt)}")
         else:
             line.append("  rtt -", style="dim")
         return line

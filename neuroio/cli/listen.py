@@ -45,6 +45,7 @@ from ._output import (
     encode_compact,
     open_append,
     run_status,
+    summary_line,
 )
 from ._run import EXIT_OK, CommandFailed, StopSignals, run
 
@@ -209,6 +210,7 @@ async def stream(
         ConfigurationError: an output file cannot be opened, or a listener option is invalid.
         CommandFailed: an output could not be written.
     """
+    started = time.monotonic()
     stdout_tty = os.isatty(1)
     status_on = settings.status and os.isatty(2)
     fds: list[int] = []
@@ -248,6 +250,7 @@ async def stream(
             _logging.set_sink(lambda data: worker.write_nowait(2, data))
         try:
             await _supervise(listener, printer, worker, status_on, signals)
+            logger.info("%s", summary_line(listener.stats, time.monotonic() - started))
         finally:
             _logging.set_sink(None)
             if metrics is not None:

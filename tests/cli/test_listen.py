@@ -389,8 +389,8 @@ async def test_status_line_on_a_terminal_only(emulator: Emulator, token_file: Pa
         assert await asyncio.wait_for(proc.wait(), 5) == 0
         with contextlib.suppress(OSError):
             terminal.extend(os.read(master, 65536))
-        # The status line is transient: its last drawing is erased.
-        assert terminal.rfind(b"\r\x1b[K") > terminal.rfind(b"events ")
+        # The status line is transient: its last drawing is erased (the summary after it).
+        assert terminal.rfind(b"\r\x1b[K") > terminal.rfind(b"/s  reconnects ")
         assert TOKEN.encode() not in terminal
     finally:
         if proc.returncode is None:

@@ -8,16 +8,27 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from neuroio.bridge import Pipeline
+from neuroio.bridge import Bridge, Pipeline
 from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, PermanentSinkError, SinkError
 from neuroio.sinks import SpooledEvent, from_uri
 from neuroio.sinks.base import retry_after_of
-from neuroio.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify_signature
+from neuroio.sinks.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSink,
+    verify_signature,
+)
+from neuroio.testing import Emulator
+
+from ..bridge._common import TOKEN, bridge_options
+from ..helpers import eventually, until
 
 SECRET = "whsec-test-123"
 
@@ -134,9 +145,9 @@ async def test_retryable_statuses(
     assert retry_after_of(info.value) == retry_after
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422])
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
 async def test_other_4xx_is_permanent(receiver: Receiver, status: int) -> None:
-    """Any other 4xx refuses the event for good."""
+    """A 4xx that says the event is wrong refuses it for good."""
     receiver.answers = [(status, {})]
     sink = await started(receiver.url)
     try:
@@ -144,6 +155,76 @@ async def test_other_4xx_is_permanent(receiver: Receiver, status: int) -> None:
             await sink.send(events(1))
     finally:
         await sink.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [
+        (401, "wants credentials"),
+        (403, "refuses these credentials"),
+        (404, "the URL is probably wrong"),
+        (405, "does not accept POST"),
+        (410, "endpoint was removed"),
+        (302, "redirects to http://elsewhere.example/hook"),
+    ],
+)
+async def test_misconfigured_answers_are_retried_and_explained(
+    receiver: Receiver, status: int, meaning: str
+) -> None:
+    """401, 403, 404, 405, 410 and a redirect mean the sink is misconfigured, not the event
+    wrong: a retryable SinkError naming the URL, the status and what it likely means (a
+    redirect is not followed, so a POST never becomes a body-less GET)."""
+    receiver.answers = [(status, {"Location": "http://elsewhere.example/hook"})]
+    sink = await started(receiver.url + "?token=tk-secret-7")
+    try:
+        with pytest.raises(SinkError) as info:
+            await sink.send(events(1))
+    finally:
+        await sink.aclose()
+    message = str(info.value)
+    assert not isinstance(info.value, PermanentSinkError)
+    assert f"answered HTTP {status} " in message and meaning in message
+    assert receiver.url.removeprefix("http://") in message
+    assert "tk-secret-7" not in message
+    assert len(receiver.requests) == 1
+
+
+async def test_dead_letter_option_chooses_the_refusing_statuses(receiver: Receiver) -> None:
+    """?dead_letter=404,500 makes 404 and 500 dead-letter and 422 retried; the option is
+    not sent to the receiver, the endpoint's own query is."""
+    receiver.answers = [(404, {}), (500, {}), (422, {})]
+    sink = await started(receiver.url + "?key=1&dead_letter=404,%20500&x=y")
+    assert sink.dead_letter == {404, 500}
+    try:
+        with pytest.raises(PermanentSinkError, match="HTTP 404"):
+            await sink.send(events(1))
+        with pytest.raises(PermanentSinkError, match="HTTP 500"):
+            await sink.send(events(1))
+        with pytest.raises(SinkError) as info:
+            await sink.send(events(1))
+        assert not isinstance(info.value, PermanentSinkError)
+    finally:
+        await sink.aclose()
+    assert sink.url.endswith("/hook?key=1&x=y")
+    assert "dead_letter" not in sink.name
+
+
+def test_dead_letter_defaults_and_bad_values() -> None:
+    """By default every 4xx dead-letters but 401, 403, 404, 405, 408, 410 and 429; none
+    (or an empty value) dead-letters nothing; a bad list is one ConfigurationError line
+    naming the option."""
+    default = from_uri("http://h/x").dead_letter  # type: ignore[attr-defined]
+    assert {400, 409, 413, 415, 422, 451} <= default
+    assert not default & {401, 403, 404, 405, 408, 410, 429}
+    assert not any(s >= 500 for s in default)
+    assert from_uri("http://h/x?dead_letter=none").dead_letter == frozenset()  # type: ignore[attr-defined]
+    assert from_uri("http://h/x?dead_letter=").dead_letter == frozenset()  # type: ignore[attr-defined]
+    for bad, why in (("4o4", "comma-separated"), ("200", "from 400 to 599"), ("404,", "")):
+        with pytest.raises(ConfigurationError) as info:
+            from_uri(f"http://h/x?token=tk-3&dead_letter={bad}")
+        message = str(info.value)
+        assert "dead_letter must" in message and why in message and "\n" not in message
+        assert "tk-3" not in message
 
 
 async def test_timeout_is_retryable(receiver: Receiver) -> None:
@@ -208,3 +289,106 @@ def test_bad_uris_and_redaction() -> None:
     assert "pw-123" not in repr(sink) and "tk-9" not in repr(sink)
     assert "batch" not in sink.name
     assert from_uri("http://h/x?name=orders").name == "orders"
+
+
+@dataclass
+class Endpoint:
+    """A receiver that answers ``status`` to every request until fixed, then 204."""
+
+    status: int = 404
+    fixed: bool = False
+    delivered: list[int] = field(default_factory=list)
+    refused: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        event_id = json.loads(await request.read())["id"]
+        if not self.fixed:
+            self.refused += 1
+            return web.Response(status=self.status, text="no such hook")
+        self.delivered.append(event_id)
+        return web.Response(status=204)
+
+
+async def healthz(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, Any]:
+    assert bridge.metrics is not None
+    async with http.get(f"http://127.0.0.1:{bridge.metrics.port}/healthz") as answer:
+        return answer.status, await answer.json()
+
+
+async def run_bridge_against(
+    endpoint: Endpoint, query: str, tmp_path: Path, *, retried: bool
+) -> list[int]:
+    """A bridge from the emulator to ``endpoint``: 20 events while it answers its status
+    (``retried``: until ``/healthz`` says the sink fails), then fixed, until every event is
+    delivered or dead-lettered and ``/healthz`` is 200; returns the ids emitted."""
+    app = web.Application()
+    app.router.add_post("/hook", endpoint.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/hook{query}"
+    try:
+        async with Emulator(tokens=[TOKEN]) as server:
+            bridge = Bridge(
+                TOKEN,
+                [url],
+                metrics_port=0,
+                health_max_sink_failure=0.1,
+                **bridge_options(server, tmp_path),  # type: ignore[arg-type]
+            )
+            async with bridge, aiohttp.ClientSession() as http:
+                await server.wait_for_clients(1)
+                emitted = [e["id"] for e in [await server.emit() for _ in range(20)]]
+                await until(lambda: bridge.pipeline is not None and bridge.pipeline.received == 20)
+                if retried:
+
+                    async def failing() -> bool:
+                        status, report = await healthz(http, bridge)
+                        return status == 503 and any("failing for" in p for p in report["problems"])
+
+                    await eventually(failing, "/healthz 503 naming the failing sink", 5)
+                    _, report = await healthz(http, bridge)
+                    [sink] = report["sinks"].values()
+                    assert f"answered HTTP {endpoint.status}" in sink["last_error"]
+                    assert endpoint.refused >= 2  # retried, not dead-lettered
+                else:
+                    await until(lambda: endpoint.refused == 20)
+                endpoint.fixed = True
+                assert bridge.pipeline is not None
+                await bridge.pipeline.wait_delivered(timeout=5)
+
+                async def healthy() -> bool:
+                    return (await healthz(http, bridge))[0] == 200
+
+                await eventually(healthy, "/healthz 200 once the webhook is fixed", 5)
+    finally:
+        await runner.cleanup()
+    return emitted
+
+
+async def test_a_404_webhook_fixed_later_loses_nothing(tmp_path: Path) -> None:
+    """A bridge whose webhook answers 404 for a while, then is fixed: /healthz is 503 naming
+    the sink while it fails and 200 after; every event is delivered once fixed, in order, and
+    nothing is dead-lettered."""
+    endpoint = Endpoint(404)
+    emitted = await run_bridge_against(endpoint, "", tmp_path, retried=True)
+    assert endpoint.delivered == emitted
+    with Spool(tmp_path / "spool.db") as spool:
+        assert spool.dead_letters() == []
+
+
+@pytest.mark.parametrize(("status", "query"), [(422, ""), (404, "?dead_letter=404")])
+async def test_refusing_statuses_dead_letter_through_the_bridge(
+    tmp_path: Path, status: int, query: str
+) -> None:
+    """A 422, or a 404 listed in ?dead_letter=, refuses the events for good: each is sent
+    once and dead-lettered, with the status in the error, and the sink stays healthy."""
+    endpoint = Endpoint(status)
+    emitted = await run_bridge_against(endpoint, query, tmp_path, retried=False)
+    with Spool(tmp_path / "spool.db") as spool:
+        letters = spool.dead_letters()
+    assert [d.event.id for d in letters] == emitted
+    assert all(f"HTTP {status}" in d.error for d in letters)
+    assert endpoint.refused == 20 and endpoint.delivered == []
