@@ -38,6 +38,7 @@ from ._options import (
     loop_option,
 )
 from ._output import (
+    RESULT_LEGEND,
     FrameFormatter,
     OutputWorker,
     StatusLine,
@@ -338,6 +339,7 @@ async def _supervise(
 @click.command(
     "listen",
     short_help="Print the events stream (JSON lines or pretty).",
+    epilog="\b\n" + RESULT_LEGEND,
 )
 @connection_options
 @click.option(

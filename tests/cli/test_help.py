@@ -85,3 +85,12 @@ def test_missing_cli_extra_prints_the_install_hint(module: str) -> None:
     assert "pip install 'neuroio-events[cli]'" in result.stderr
     assert module in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_listen_help_explains_the_result_codes() -> None:
+    """``listen --help`` ends with the legend of the result codes, one per line."""
+    result = CliRunner().invoke(cli, ["listen", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    legend = result.output[result.output.index("Result codes") :]
+    for code in ("exact", "ha", "junk", "new", "reinit", "nm", "det"):
+        assert f"\n    {code} " in legend
