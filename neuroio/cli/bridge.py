@@ -331,7 +331,10 @@ def command(
     except ConfigurationError as exc:
         _usage_exit(str(exc), log)
     if check:
-        token_line = resolved.token_description(conn)
+        try:
+            token_line = resolved.token_description(conn)
+        except ConfigurationError as exc:
+            _usage_exit(str(exc), log)
         write_all(
             sys.stdout.fileno(),
             _check_report(resolved, config, names, token_line).encode("utf-8", "replace"),
