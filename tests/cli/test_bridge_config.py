@@ -123,7 +123,7 @@ MISTAKES = {
         '[webhook]\nsecret_file = "/nonexistent/hook.secret"\n',
         "webhook.secret_file: cannot read /nonexistent/hook.secret: No such file or directory",
     ),
-    "TOML syntax": ('[spool\npath = "x"\n', "line 1, column 7: invalid TOML"),
+    "TOML syntax": ('[spool\npath = "x"\n', "line 2, column 7: invalid TOML"),
     "route as a table": (
         '[route]\nname = "doors"\n',
         "route: expected a list, got a table (write [[route]] for each route)",
