@@ -293,13 +293,15 @@ class ConfigFile:
         return ConfigurationError(f"{self.path}: {key}: {problem}")
 
     def bridge_config(self, **overrides: Any) -> BridgeConfig:
-        """The :class:`BridgeConfig` of this file, ``overrides`` (flat names) winning.
+        """The :class:`BridgeConfig` of this file, ``overrides`` (flat names) winning,
+        except ``to``, whose URIs are added to the file's.
 
         Raises:
             ConfigurationError: a value out of range, naming the file.
         """
+        added = tuple(overrides.pop("to", None) or ())
         options = {**self.options, **overrides}
-        options["to"] = tuple(options.get("to") or ())
+        options["to"] = (*self.to, *added)  # --to adds routes to the file's
         options.setdefault("routes", self.routes)
         try:
             return BridgeConfig.from_flat(**options)
