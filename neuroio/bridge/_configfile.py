@@ -752,8 +752,8 @@ def check_sinks(config: BridgeConfig, *, origin: Mapping[str, str] | None = None
             ``"bridge.toml: route[0] (doors).to"``).
 
     Raises:
-        ConfigurationError: a URI a sink refuses (shown redacted), prefixed by its origin.
-        MissingExtraError: a sink's extra is not installed.
+        ConfigurationError: a URI a sink refuses (shown redacted), or a sink whose extra is
+            not installed (with its ``pip install`` line), prefixed by its origin.
     """
     from ..sinks import from_uri
 
@@ -762,9 +762,7 @@ def check_sinks(config: BridgeConfig, *, origin: Mapping[str, str] | None = None
     for key, uri in [*((r.name, r.to) for r in config.routes), *((u, u) for u in config.to)]:
         try:
             sink = from_uri(uri, webhook_secret=config.webhook_secret)
-        except MissingExtraError:
-            raise
-        except ConfigurationError as exc:
+        except ConfigurationError as exc:  # MissingExtraError too: its pip line, prefixed
             where = origin.get(key)
             raise ConfigurationError(f"{where}: {exc}" if where else str(exc)) from None
         names.append(sink.name)

@@ -341,7 +341,7 @@ def command(
         )
         sys.exit(EXIT_OK)
     token = resolved.token(conn, log)
-    ssl_context = conn.ssl_context()
+    ssl_context = resolved.ssl_context(conn, log)
     options = resolved.options
     run(lambda: serve(token, options, ssl_context=ssl_context), log=log, use_uvloop=use_uvloop)
 
@@ -464,6 +464,16 @@ class _Resolved:
             return conn.api_token()
         except click.UsageError as exc:
             _usage_exit(f"{self.file.path}: {key}: {exc.message}", log)
+
+    def ssl_context(self, conn: ConnectionSettings, log: LogSettings) -> ssl.SSLContext | None:
+        """The TLS context (a file's unloadable ``ca_file`` is one line)."""
+        file = self.file
+        try:
+            return conn.ssl_context()
+        except click.BadParameter as exc:
+            if file is None or file.ca_file is None or conn.ca_file != Path(file.ca_file):
+                raise
+            _usage_exit(f"{file.path}: connection.ca_file: {exc.message}", log)
 
     def token_description(self, conn: ConnectionSettings) -> str:
         """Where the token comes from, for ``--check``; a token file is read (it must be
