@@ -218,13 +218,14 @@ async def test_a_bridge_configured_by_a_file_delivers_to_its_file_route(
     cli: StartCli, tmp_path: Path, token_file: Path
 ) -> None:
     """A running bridge, everything from the file (connection, token file, spool, timings)
-    but the spool path, which the command line overrides: the file's route gets every event;
-    the spool named in the file is never created."""
-    out = tmp_path / "events.jsonl"
+    but the spool path, which the command line overrides: the file's route, a templated path
+    (a file per camera), gets every event, each in its camera's file, in order; the spool
+    named in the file is never created."""
+    out = tmp_path / "by-camera"
     async with Emulator(tokens={TOKEN}, seed=3) as server:
         path = write(
             tmp_path,
-            f'to = ["file:{out}"]\n'
+            f'to = ["file:{out}/cam-{{source.id}}.jsonl"]\n'
             f'[connection]\nurl = "{server.url}"\napi_url = "{server.api_url}"\n'
             f'token_file = "{token_file}"\nreconnect_delay = 0.01\n'
             f'[spool]\npath = "{tmp_path / "unused.db"}"\n'
@@ -234,15 +235,26 @@ async def test_a_bridge_configured_by_a_file_delivers_to_its_file_route(
             "bridge", "--config", str(path), "--spool", str(tmp_path / "spool.db"), "--no-uvloop"
         )
         await server.wait_for_clients(1, timeout=10)
-        sent = [(await server.emit())["id"] for _ in range(20)]
+        sent = [await server.emit() for _ in range(30)]
 
-        def ids() -> list[int]:
+        def written() -> dict[str, list[dict[str, object]]]:
             if not out.exists():
-                return []
-            return [json.loads(line)["id"] for line in out.read_text().splitlines()]
+                return {}
+            return {
+                p.name: [json.loads(line) for line in p.read_text().splitlines()]
+                for p in out.iterdir()
+            }
 
-        await eventually(lambda: ids() == sent, "20 events in the file", 10)
+        def count() -> int:
+            return sum(len(events) for events in written().values())
+
+        await eventually(lambda: count() >= len(sent), "30 events in the files", 10)
         proc.send(signal.SIGTERM)
         assert await proc.finish(timeout=10) == 0
+    expected: dict[str, list[int]] = {}
+    for entry in sent:
+        expected.setdefault(f"cam-{entry['source']['id']}.jsonl", []).append(entry["id"])
+    assert len(expected) > 1  # the emulator's events come from several cameras
+    assert {name: [e["id"] for e in events] for name, events in written().items()} == expected
     assert (tmp_path / "spool.db").exists()
     assert not (tmp_path / "unused.db").exists()
