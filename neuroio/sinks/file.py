@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from .._io import write_all
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, SinkError
+from ._render import Renderer
 from ._uri import Bool, Text, parse_options
 from .base import Sink, SpooledEvent
 
@@ -38,8 +37,6 @@ MAX_OPEN = 32
 """Files a templated sink keeps open at most (the least recently written is closed)."""
 IDLE_CLOSE = 60.0
 """Seconds after which a templated sink closes a file it has not written (yesterday's)."""
-
-_decoder = msgspec.json.Decoder()
 
 
 def clean_path_value(value: str) -> str:
@@ -84,6 +81,7 @@ class FileSink(Sink):
         self._fd: int | None = None
         self.template = Template(self.path, what=f"sink {self.name}: path")
         """The path as a template (static when it has no placeholder)."""
+        self._renderer = Renderer(self.template, clean_path_value)
         self._files: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._started = False
 
@@ -181,13 +179,9 @@ class FileSink(Sink):
                 raise SinkError(f"{self.name}: write failed: {exc}") from exc
             return
         groups: dict[str, list[bytes]] = {}
+        render = self._renderer.render
         for event in events:
-            try:
-                decoded = _decoder.decode(event.payload)
-            except msgspec.DecodeError:
-                decoded = {}
-            path = self.template.render(decoded, clean_path_value)
-            groups.setdefault(path, []).append(event.payload)
+            groups.setdefault(render(event.payload), []).append(event.payload)
         try:
             await asyncio.to_thread(self._write_groups, groups)
         except OSError as exc:

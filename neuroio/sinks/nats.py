@@ -39,6 +39,7 @@ import msgspec
 
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from ._render import Renderer
 from ._uri import Duration, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent, check_reachable
 
@@ -110,13 +111,6 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(want) == len(have)
 
 
-def _decoded(payload: bytes) -> Any:
-    try:
-        return _decoder.decode(payload)
-    except msgspec.DecodeError:
-        return {}
-
-
 @dataclasses.dataclass(eq=False)
 class _Batch:
     expected: int
@@ -147,6 +141,7 @@ class NatsSink(Sink):
         self.subject = options[_SUBJECT]
         self.template = Template(self.subject, what=f"sink {redact_uri(uri)}: subject")
         """The subject as a template (static when it has no placeholder)."""
+        self._renderer = Renderer(self.template, clean_subject_value)
         self.subject_filter = subject_filter(self.template)
         """What the stream must take: the subject, ``*`` for each templated token."""
         self.stream = options[_STREAM]
@@ -261,10 +256,10 @@ class NatsSink(Sink):
         self._batches[reply] = batch
         try:
             subject, stream = self.subject, self.stream
-            template = None if self.template.is_static else self.template
+            render = None if self.template.is_static else self._renderer.render
             for event in events:
-                if template is not None:
-                    subject = template.render(_decoded(event.payload), clean_subject_value)
+                if render is not None:
+                    subject = render(event.payload)
                 await nc.publish(
                     subject,
                     event.payload,

@@ -43,10 +43,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
-
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from ._render import Renderer
 from ._uri import Bool, Choice, Duration, Int, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
@@ -58,7 +57,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["RedisSink", "clean_stream_value"]
 
-_decoder = msgspec.json.Decoder()
 _UNSAFE = re.compile(r"[\s{}]")
 
 
@@ -163,6 +161,7 @@ class RedisSink(Sink):
         self.stream = options[_STREAM]
         self.template = Template(self.stream, what=f"sink {redact_uri(uri)}: stream")
         """The stream name as a template (static when it has no placeholder)."""
+        self._renderer = Renderer(self.template, clean_stream_value)
         self.maxlen = options[_MAXLEN]
         self.dedupe_ttl = int(options[_DEDUPE_TTL])
         self._connection = {o.name: o.default for o in connection if o.name in _ALWAYS}
@@ -227,13 +226,9 @@ class RedisSink(Sink):
 
     def _by_stream(self, events: Sequence[SpooledEvent]) -> dict[str, Sequence[SpooledEvent]]:
         groups: dict[str, list[SpooledEvent]] = {}
+        render = self._renderer.render
         for event in events:
-            try:
-                decoded = _decoder.decode(event.payload)
-            except msgspec.DecodeError:
-                decoded = {}
-            stream = self.template.render(decoded, clean_stream_value)
-            groups.setdefault(stream, []).append(event)
+            groups.setdefault(render(event.payload), []).append(event)
         return dict(groups)
 
     async def aclose(self) -> None:
