@@ -752,8 +752,9 @@ def check_sinks(config: BridgeConfig, *, origin: Mapping[str, str] | None = None
             ``"bridge.toml: route[0] (doors).to"``).
 
     Raises:
-        ConfigurationError: a URI a sink refuses (shown redacted), or a sink whose extra is
-            not installed (with its ``pip install`` line), prefixed by its origin.
+        ConfigurationError: a URI a sink refuses (shown redacted), a sink whose extra is
+            not installed (with its ``pip install`` line), prefixed by its origin; or a
+            ``to`` sink named as a route.
     """
     from ..sinks import from_uri
 
@@ -766,4 +767,13 @@ def check_sinks(config: BridgeConfig, *, origin: Mapping[str, str] | None = None
             where = origin.get(key)
             raise ConfigurationError(f"{where}: {exc}" if where else str(exc)) from None
         names.append(sink.name)
+    routes = {r.name for r in config.routes}
+    for uri, name in zip(config.to, names[len(config.routes) :], strict=True):
+        if name in routes:
+            # Both would keep their place in the spool under one name.
+            where = origin.get(uri) or "--to"
+            raise ConfigurationError(
+                f"{where}: the sink {name} has the name of a route; give it ?name=... or "
+                "rename the route"
+            )
     return names

@@ -117,3 +117,13 @@ def test_mistakes_name_the_key(tmp_path: Path, body: str, problem: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         load(path)
     assert str(caught.value).startswith(f"{path}: {problem}")
+
+
+def test_a_to_sink_named_as_a_route_is_refused(tmp_path: Path) -> None:
+    """A route and a take-everything sink of one name would share a place in the spool."""
+    from neuroio.bridge._configfile import check_sinks
+
+    path = write(tmp_path, 'to = ["memory:x"]\n[[route]]\nname = "x"\nto = "memory:y"\n')
+    file = load(path)
+    with pytest.raises(ConfigurationError, match=r"to\[0\]: the sink x has the name of a"):
+        check_sinks(file.bridge_config(), origin={"memory:x": f"{path}: to[0]"})
