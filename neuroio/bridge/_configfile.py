@@ -288,10 +288,6 @@ class ConfigFile:
         # Never the options' values: one of them may be the webhook secret.
         return f"<ConfigFile {self.path} {sorted(self.options)} routes={len(self.routes)}>"
 
-    def error(self, key: str, problem: str) -> ConfigurationError:
-        """The one-line error about ``key`` of this file."""
-        return ConfigurationError(f"{self.path}: {key}: {problem}")
-
     def bridge_config(self, **overrides: Any) -> BridgeConfig:
         """The :class:`BridgeConfig` of this file, ``overrides`` (flat names) winning,
         except ``to``, whose URIs are added to the file's.
