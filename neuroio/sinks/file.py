@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -84,6 +85,9 @@ class FileSink(Sink):
         self._renderer = Renderer(self.template, clean_path_value)
         self._files: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._started = False
+        # Held by the thread writing and by aclose(): a send abandoned by a forced stop
+        # leaves its thread running, and its descriptors must not be closed under it.
+        self._io = threading.Lock()
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> FileSink:
@@ -174,7 +178,7 @@ class FileSink(Sink):
         if self._fd is not None:
             data = b"\n".join(e.payload for e in events) + b"\n"
             try:
-                await asyncio.to_thread(self._write, self._fd, data)
+                await asyncio.to_thread(self._write_locked, self._fd, data)
             except OSError as exc:
                 raise SinkError(f"{self.name}: write failed: {exc}") from exc
             return
@@ -187,7 +191,15 @@ class FileSink(Sink):
         except OSError as exc:
             raise SinkError(f"{self.name}: write failed: {exc}") from exc
 
+    def _write_locked(self, fd: int, data: bytes) -> None:
+        with self._io:
+            self._write(fd, data)
+
     def _write_groups(self, groups: dict[str, list[bytes]]) -> None:
+        with self._io:
+            self._write_each(groups)
+
+    def _write_each(self, groups: dict[str, list[bytes]]) -> None:
         now = time.monotonic()
         for path, payloads in groups.items():
             entry = self._files.pop(path, None)
@@ -227,11 +239,15 @@ class FileSink(Sink):
             raise
 
     async def aclose(self) -> None:
-        """Close the file (standard output stays open)."""
-        fd, self._fd = self._fd, None
-        if fd is not None and self.path != "-":
-            os.close(fd)
-        files, self._files = self._files, OrderedDict()
+        """Close the files (standard output stays open), once a write in flight ended."""
         self._started = False
-        for fd, _ in files.values():
-            os.close(fd)
+        await asyncio.to_thread(self._close_all)
+
+    def _close_all(self) -> None:
+        with self._io:
+            fd, self._fd = self._fd, None
+            if fd is not None and self.path != "-":
+                os.close(fd)
+            files, self._files = self._files, OrderedDict()
+            for fd, _ in files.values():
+                os.close(fd)
