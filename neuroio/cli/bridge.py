@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
+import sys
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from .. import _redact
+from .._io import write_all
 from ..bridge import BRIDGE_RECOVERY, Bridge
+from ..bridge._configfile import ConfigFile, check_sinks, parse_size
+from ..bridge._configfile import load as load_config
 from ..bridge.spool import DEFAULT_MAX_BYTES
+from ..exceptions import ConfigurationError
+from ._bridge_config import Resolved, check_report, file_log_settings, usage_exit
 from ._options import (
     ConnectionSettings,
     ListenerSettings,
@@ -44,24 +49,6 @@ _DEFAULTS = {
     "backfill_max_age": BRIDGE_RECOVERY.backfill_max_age or 0.0,
 }
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
 
 class ByteSize(click.ParamType[int]):
     """A positive number of bytes: ``1073741824``, ``512MiB``, ``1GiB``, ``2GB``."""
@@ -70,19 +57,10 @@ class ByteSize(click.ParamType[int]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         """Parse ``value`` into a number of bytes."""
-        if isinstance(value, int):
-            size = value
-        else:
-            match = _SIZE.match(str(value))
-            unit = _UNITS.get(match.group(2).lower()) if match else None
-            if match is None or unit is None:
-                self.fail(
-                    f"{value!r} is not a size (e.g. 1073741824, 512MiB, 1GiB, 2GB)", param, ctx
-                )
-            size = int(float(match.group(1)) * unit)
-        if size <= 0:
-            self.fail(f"{value!r} is not a positive size", param, ctx)
-        return size
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 async def serve(
@@ -143,6 +121,22 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     "bridge",
     short_help="Deliver every event to files, webhooks, Redis, NATS (durable spool).",
     context_settings={"default_map": _DEFAULTS},
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    default=None,
+    envvar="NEUROIO_BRIDGE_CONFIG",
+    show_envvar=True,
+    help="Read the options and [[route]] tables from this TOML file (docs/routing.md); "
+    "options given on the command line or in their environment variables win over it.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the configuration (file, --to URIs, templates, secret files), print the "
+    "resolved routes and options with secrets masked, and exit 0; or 2 with one line.",
 )
 @connection_options
 @click.option(
@@ -242,6 +236,8 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
 @loop_option
 @logging_options
 def command(
+    config_path: str | None,
+    check: bool,
     conn: ConnectionSettings,
     to: tuple[str, ...],
     spool: str | None,
@@ -267,6 +263,10 @@ def command(
     (spool, unreachable sink), 2 on a usage error, 3 if the token is rejected, 4 if
     --max-retries is exhausted.
 
+    With --config FILE, the options and the routes (each with its own filter, cooldown and
+    sink) come from a TOML file; every mistake in it is one line naming the file and the key,
+    status 2. --to URI adds a route that takes every event.
+
     \b
     Examples:
       NEUROIO_API_TOKEN=... neuroio-events bridge --to file:/var/lib/neuroio/events.jsonl
@@ -274,26 +274,28 @@ def command(
           --to 'redis://127.0.0.1:6379/0?stream=neuroio:events' \\
           --to 'nats://127.0.0.1:4222?subject=neuroio.events&stream=NEUROIO' \\
           --metrics-port 9464
+      neuroio-events bridge --config /etc/neuroio/bridge.toml --check
     """
+    ctx = click.get_current_context()
     log.configure()
-    if not to:
-        raise click.UsageError(
-            "no sink: give at least one --to URI (e.g. --to file:events.jsonl); see --help"
-        )
+    file: ConfigFile | None = None
+    if config_path is not None:
+        try:
+            file = load_config(config_path)
+        except ConfigurationError as exc:
+            usage_exit(str(exc), log)
+        log = file_log_settings(ctx, log, file)
+        log.configure()
     if webhook_secret is not None:
         _redact.guard(webhook_secret)
-        source = click.get_current_context().get_parameter_source("webhook_secret")
-        if source == ParameterSource.COMMANDLINE:
+        if ctx.get_parameter_source("webhook_secret") == ParameterSource.COMMANDLINE:
             logger.warning(
                 "--webhook-secret on the command line is visible to other users in ps; "
                 "prefer NEUROIO_WEBHOOK_SECRET"
             )
-    token = conn.api_token()
-    ssl_context = conn.ssl_context()
     settings = listener.kwargs()
     del settings["drain_timeout"]
-    options: dict[str, Any] = {
-        "to": to,
+    given: dict[str, Any] = {
         "spool": spool,
         "spool_max_bytes": spool_max_bytes,
         "spool_sync": spool_sync,
@@ -306,4 +308,34 @@ def command(
         "url": conn.url,
         **settings,
     }
+    resolved = Resolved(ctx, file, given, to)
+    if file is not None:
+        conn = resolved.connection(conn)
+    if not resolved.options["to"] and not resolved.options["routes"]:
+        if file is None and not check:
+            raise click.UsageError(
+                "no sink: give at least one --to URI (e.g. --to file:events.jsonl); see --help"
+            )
+        where = f"{file.path}: " if file is not None else ""
+        usage_exit(
+            f"{where}no route: give [[route]] tables, to = [...] in the file, or --to URI", log
+        )
+    try:
+        config = resolved.bridge_config()
+        names = check_sinks(config, origin=resolved.origins())
+    except ConfigurationError as exc:
+        usage_exit(str(exc), log)
+    if check:
+        try:
+            token_line = resolved.token_description(conn)
+        except ConfigurationError as exc:
+            usage_exit(str(exc), log)
+        write_all(
+            sys.stdout.fileno(),
+            check_report(resolved, config, names, token_line).encode("utf-8", "replace"),
+        )
+        sys.exit(EXIT_OK)
+    token = resolved.token(conn, log)
+    ssl_context = resolved.ssl_context(conn, log)
+    options = resolved.options
     run(lambda: serve(token, options, ssl_context=ssl_context), log=log, use_uvloop=use_uvloop)

@@ -9,8 +9,16 @@ of ``dedupe_window`` seconds, default one day); an existing stream is used as it
 JetStream records an id only when it stores the message, so a publish it refuses (a full
 stream, a wrong subject) leaves no mark, and the retry stores it.
 
-Query options: ``subject``, ``stream``, ``dedupe_window`` (seconds, or ``1d``, ``12h``...),
-``timeout`` (seconds to wait for the acknowledgements of a batch, default 10), ``name``.
+The subject may be a template (:mod:`neuroio._routing.template`):
+``subject=neuroio.events.{source.id}`` publishes each event on its camera's subject. A rendered
+value holds no space, ``.``, ``*`` or ``>`` (each becomes ``_``), so it is always one token;
+the stream is created to capture every subject the template can render: each token with a
+placeholder becomes ``*`` (``neuroio.events.*``), and an existing stream must take that
+filter. A subject without placeholders is published without decoding events.
+
+Query options: ``subject`` (a template), ``stream``, ``dedupe_window`` (seconds, or ``1d``,
+``12h``...), ``timeout`` (seconds to wait for the acknowledgements of a batch, default 10),
+``name``.
 Credentials go in the URI (``nats://user:password@host:4222`` or ``nats://token@host:4222``);
 ``tls://`` uses TLS.
 """
@@ -22,14 +30,17 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
-from ._uri import Duration, Text, parse_options, parse_url
+from ._render import Renderer
+from ._uri import Duration, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent, check_reachable
 
 try:
@@ -39,7 +50,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("nats", "the nats:// sink") from exc
 
-__all__ = ["NatsSink", "subject_matches"]
+__all__ = ["NatsSink", "clean_subject_value", "subject_filter", "subject_matches"]
 
 log = logging.getLogger("neuroio.sinks")
 
@@ -68,6 +79,24 @@ _DEDUPE_WINDOW = Duration("dedupe_window", float(DEFAULT_DEDUPE_WINDOW), minimum
 _TIMEOUT = Duration("timeout", 10.0)
 _NAME = Text("name", "")
 _OPTIONS = (_SUBJECT, _STREAM, _DEDUPE_WINDOW, _TIMEOUT, _NAME)
+
+
+_UNSAFE = re.compile(r"[\s.*>]")
+_MARK = "\x00"
+
+
+def clean_subject_value(value: str) -> str:
+    """One rendered value as one subject token: whitespace, ``.``, ``*`` and ``>`` become
+    ``_``."""
+    return _UNSAFE.sub("_", value)
+
+
+def subject_filter(template: Template) -> str:
+    """The subject filter capturing every subject ``template`` renders: each token holding
+    a placeholder becomes ``*`` (a value is always one token, see
+    :func:`clean_subject_value`)."""
+    rendered = template.render({}, lambda _: _MARK)
+    return ".".join("*" if _MARK in token else token for token in rendered.split("."))
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -110,6 +139,11 @@ class NatsSink(Sink):
         url = parse_url(uri, schemes=("nats", "tls"), expected="nats://host:port")
         options = parse_options(url.raw_query_string, _OPTIONS, uri=uri, sink="NATS")
         self.subject = options[_SUBJECT]
+        self.template = Template(self.subject, what=f"sink {redact_uri(uri)}: subject")
+        """The subject as a template (static when it has no placeholder)."""
+        self._renderer = Renderer(self.template, clean_subject_value)
+        self.subject_filter = subject_filter(self.template)
+        """What the stream must take: the subject, ``*`` for each templated token."""
         self.stream = options[_STREAM]
         self.dedupe_window = int(options[_DEDUPE_WINDOW])
         self.timeout = options[_TIMEOUT]
@@ -186,16 +220,16 @@ class NatsSink(Sink):
         except nats.js.errors.NotFoundError:
             await self._js.add_stream(
                 name=self.stream,
-                subjects=[self.subject],
+                subjects=[self.subject_filter],
                 duplicate_window=float(self.dedupe_window),
             )
-            log.info("created JetStream stream %s for subject %s", self.stream, self.subject)
+            log.info("created JetStream stream %s for subject %s", self.stream, self.subject_filter)
             return
         subjects = info.config.subjects or []
-        if not any(subject_matches(s, self.subject) for s in subjects):
+        if not any(subject_matches(s, self.subject_filter) for s in subjects):
             raise ConfigurationError(
-                f"sink {self.name}: stream {self.stream} does not take subject {self.subject} "
-                f"(its subjects: {subjects})"
+                f"sink {self.name}: stream {self.stream} does not take subject "
+                f"{self.subject_filter} (its subjects: {subjects})"
             )
         window = info.config.duplicate_window or 0
         if window < self.dedupe_window:
@@ -222,7 +256,10 @@ class NatsSink(Sink):
         self._batches[reply] = batch
         try:
             subject, stream = self.subject, self.stream
+            render = None if self.template.is_static else self._renderer.render
             for event in events:
+                if render is not None:
+                    subject = render(event.payload)
                 await nc.publish(
                     subject,
                     event.payload,

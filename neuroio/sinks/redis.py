@@ -17,8 +17,16 @@ script that fails part-way, so the script never writes a mark before the entry i
 * a script cannot be stopped part-way once it has written (``SCRIPT KILL`` refuses it), so
   there is no other half-done state.
 
-Query options: ``stream`` (default ``neuroio:events``), ``maxlen`` (trim the stream to about N
-entries, ``XADD MAXLEN ~``; default no trim), ``dedupe_ttl`` (seconds or ``1d``, ``12h``...),
+The stream name may be a template (:mod:`neuroio._routing.template`):
+``stream=neuroio:{source.id}`` adds each event to its camera's stream. The events of a batch
+are then grouped per stream (in order within each), and each stream has its own dedupe keys
+(``<stream>:seen:<id>``), so an event is once in the stream it belongs to. A rendered value
+holds no whitespace, ``{`` or ``}`` (each becomes ``_``: braces would change a Redis
+Cluster hash tag). A name without placeholders is written without decoding events.
+
+Query options: ``stream`` (default ``neuroio:events``; a template), ``maxlen`` (trim the
+stream to about N entries, ``XADD MAXLEN ~``; default no trim), ``dedupe_ttl`` (seconds or
+``1d``, ``12h``...),
 ``name``, and the redis-py connection options ``socket_timeout``, ``socket_connect_timeout``
 (seconds), ``socket_keepalive``, ``retry_on_timeout`` (true/false), ``health_check_interval``
 (seconds), ``max_connections``, ``socket_read_size``, ``protocol`` (2 or 3), ``client_name``,
@@ -30,11 +38,14 @@ script: give the stream a hash tag (``{neuroio}:events``) so they land in its sl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from ._render import Renderer
 from ._uri import Bool, Choice, Duration, Int, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
@@ -44,7 +55,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("redis", "the redis:// sink") from exc
 
-__all__ = ["RedisSink"]
+__all__ = ["RedisSink", "clean_stream_value"]
+
+_UNSAFE = re.compile(r"[\s{}]")
+
+
+def clean_stream_value(value: str) -> str:
+    """One rendered value as part of a stream name: whitespace, ``{`` and ``}`` become ``_``."""
+    return _UNSAFE.sub("_", value)
+
 
 DEFAULT_STREAM = "neuroio:events"
 DEFAULT_DEDUPE_TTL = 86_400
@@ -140,6 +159,9 @@ class RedisSink(Sink):
         if _database(db) is not None:
             raise ConfigurationError(f"sink {redact_uri(uri)}: the database must be a number")
         self.stream = options[_STREAM]
+        self.template = Template(self.stream, what=f"sink {redact_uri(uri)}: stream")
+        """The stream name as a template (static when it has no placeholder)."""
+        self._renderer = Renderer(self.template, clean_stream_value)
         self.maxlen = options[_MAXLEN]
         self.dedupe_ttl = int(options[_DEDUPE_TTL])
         self._connection = {o.name: o.default for o in connection if o.name in _ALWAYS}
@@ -176,14 +198,19 @@ class RedisSink(Sink):
         """Add the events with one round trip (several script calls pipelined)."""
         if self._client is None or self._script is None:
             raise SinkError(f"sink {self.name}: not started")
+        if self.template.is_static:
+            groups: dict[str, Sequence[SpooledEvent]] = {self.stream: events}
+        else:
+            groups = self._by_stream(events)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(events), _CHUNK):
-                    args: list[Any] = [self.dedupe_ttl, self.maxlen]
-                    for event in events[start : start + _CHUNK]:
-                        args.append(event.id)
-                        args.append(event.payload)
-                    await self._script(keys=[self.stream], args=args, client=pipe)
+                for stream, members in groups.items():
+                    for start in range(0, len(members), _CHUNK):
+                        args: list[Any] = [self.dedupe_ttl, self.maxlen]
+                        for event in members[start : start + _CHUNK]:
+                            args.append(event.id)
+                            args.append(event.payload)
+                        await self._script(keys=[stream], args=args, client=pipe)
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise SinkError(f"sink {self.name}: {type(exc).__name__}: {exc}") from exc
@@ -196,6 +223,13 @@ class RedisSink(Sink):
                 raise SinkError(f"sink {self.name}: Redis refused: {result}") from result
             if isinstance(result, BaseException):
                 raise SinkError(f"sink {self.name}: {type(result).__name__}: {result}")
+
+    def _by_stream(self, events: Sequence[SpooledEvent]) -> dict[str, Sequence[SpooledEvent]]:
+        groups: dict[str, list[SpooledEvent]] = {}
+        render = self._renderer.render
+        for event in events:
+            groups.setdefault(render(event.payload), []).append(event)
+        return dict(groups)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

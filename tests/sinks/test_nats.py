@@ -193,3 +193,65 @@ async def test_refused_publishes_leave_no_mark(nats_url: str, js: tuple[str, Any
     finally:
         await sink.aclose()
     assert await stored_ids(ctx, stream) == list(range(1, 21))
+
+
+def camera_events(*pairs: tuple[int, object]) -> list[SpooledEvent]:
+    return [
+        SpooledEvent(i, i, json.dumps({"id": i, "data": {"source": {"id": cam}}}).encode(), 0.0)
+        for i, cam in pairs
+    ]
+
+
+async def test_a_templated_subject_publishes_per_camera_into_one_stream(
+    nats_url: str, js: tuple[str, Any]
+) -> None:
+    """subject=<base>.{source.id}: the stream is created on <base>.*, each event stored once on
+    its camera's subject (a retry and a second sink add nothing); a value's dots, spaces and
+    wildcards become '_', so it stays one token."""
+    stream, ctx = js
+    base = stream.lower()
+    uri = f"{nats_url}?subject={base}.cam.{{source.id}}&stream={stream}"
+    batch = camera_events((1, 7), (2, 8), (3, "a.b *>"), (4, None))
+    first = await started(uri)
+    second = await started(uri)
+    try:
+        await first.send(batch)
+        await first.send(batch)
+        await second.send(batch[:2])
+    finally:
+        await first.aclose()
+        await second.aclose()
+    info = await ctx.stream_info(stream)
+    assert info.config.subjects == [f"{base}.cam.*"]
+    assert await stored_ids(ctx, stream) == [1, 2, 3, 4]
+    subjects = [(await ctx.get_msg(stream, seq)).subject for seq in range(1, 5)]
+    assert subjects == [
+        f"{base}.cam.7",
+        f"{base}.cam.8",
+        f"{base}.cam.a_b___",
+        f"{base}.cam.unknown",
+    ]
+
+
+async def test_an_existing_stream_must_capture_every_templated_subject(
+    nats_url: str, js: tuple[str, Any]
+) -> None:
+    """A stream that takes only one camera's subject cannot hold the others: refused at start."""
+    stream, ctx = js
+    base = stream.lower()
+    await ctx.add_stream(name=stream, subjects=[f"{base}.cam.7"])
+    sink = from_uri(f"{nats_url}?subject={base}.cam.{{source.id}}&stream={stream}")
+    try:
+        with pytest.raises(ConfigurationError, match=rf"does not take subject {base}\.cam\.\*"):
+            await sink.start()
+    finally:
+        await sink.aclose()
+
+
+def test_subject_filters_of_templates() -> None:
+    from neuroio._routing.template import Template
+    from neuroio.sinks.nats import subject_filter
+
+    assert subject_filter(Template("a.b")) == "a.b"
+    assert subject_filter(Template("a.{source.id}.x-{pid}")) == "a.*.*"
+    assert subject_filter(Template("{result}.{created:%Y.%m}")) == "*.*"

@@ -230,3 +230,39 @@ async def test_bridge_through_a_wrong_type_key_delivers_every_event(
     ids = [i for i, _ in await entries(client, name)]
     assert sorted(ids) == list(range(1, 201)) and len(ids) == 200
     assert status.delivered == 200
+
+
+def camera_events(*pairs: tuple[int, object]) -> list[SpooledEvent]:
+    return [
+        SpooledEvent(i, i, json.dumps({"id": i, "data": {"source": {"id": cam}}}).encode(), 0.0)
+        for i, cam in pairs
+    ]
+
+
+async def test_a_templated_stream_name_groups_each_batch_per_stream(
+    redis_url: str, stream: tuple[str, Any]
+) -> None:
+    """stream={source.id}: each event in its camera's stream, in order; a retried batch and a
+    second sink add nothing twice (each stream has its own dedupe keys); an event without the
+    field goes to the 'unknown' stream; a value's spaces and braces become '_'."""
+    name, client = stream
+    uri = f"{redis_url}?stream={name}:{{source.id}}"
+    batch = camera_events((1, 7), (2, 8), (3, 7), (4, None), (5, "a {b}"))
+    first, second = await started(uri), await started(uri)
+    try:
+        await first.send(batch)
+        await first.send(batch)
+        await second.send(batch[:3])
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert [i for i, _ in await entries(client, f"{name}:7")] == [1, 3]
+    assert [i for i, _ in await entries(client, f"{name}:8")] == [2]
+    assert [i for i, _ in await entries(client, f"{name}:unknown")] == [4]
+    assert [i for i, _ in await entries(client, f"{name}:a__b_")] == [5]
+    assert first.added == 5 and second.added == 0
+
+
+def test_a_bad_stream_template_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"stream 'x:\{source': the placeholder"):
+        from_uri("redis://127.0.0.1:6379/0?stream=x:{source")
