@@ -1,0 +1,278 @@
+"""Route filters: a :class:`~neuroio.bridge.config.FilterConfig` compiled into a predicate.
+
+The predicate takes the decoded event (``{"id": ..., "data": {<entry>}}``, plus
+``"backfilled": true`` on events the bridge recovered from the REST API) and answers whether
+the route takes it. Every key given must hold; a key left ``None`` is not checked.
+
+Semantics, decided once here (``docs/routing.md`` gives the user's view):
+
+* ``result``, ``mood``, ``liveness``, ``pid``: the entry's value is a string among those given.
+* ``source_id``, ``space_id``: ``source.id`` / ``space.id`` is an integer among those given.
+* ``source_name``: ``source.name`` matches one of the glob patterns (``fnmatch.fnmatchcase``:
+  ``*``, ``?``, ``[seq]``, case-sensitive).
+* ``confidence_min``/``_max``, ``age_min``/``_max``: inclusive bounds on a number.
+* ``sex``: the entry's ``sex`` is that integer (0 male, 1 female).
+* ``known``: ``true`` passes an entry with a non-empty ``pid``; ``false`` one with none
+  (missing, ``null`` or empty).
+* ``backfilled``: ``true`` passes only events recovered from the REST API; ``false`` only
+  those pushed on the socket (which carry no ``backfilled`` key).
+* ``where``: a JMESPath expression over the whole event; it passes when the result is true
+  by JMESPath's own rule (anything but ``null``, ``false``, ``""``, ``[]`` and ``{}``; so
+  ``0`` passes). An expression that fails on an event (a function given the wrong type)
+  does not pass it; the first such failure of a route is logged.
+
+An entry that lacks the field a key checks, or holds a value of another type (a number where
+a string is expected, ``true`` where a number is), fails that check: ``known = false`` is the
+one key that a missing field satisfies. Values are validated when the filter is compiled:
+a result, mood or liveness outside the platform's documented values, a ``sex`` other than 0
+or 1, an empty list, a minimum above its maximum or a JMESPath syntax error is a
+:class:`~neuroio.exceptions.ConfigurationError` naming the route and the key.
+
+Pure: no I/O, no asyncio.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ConfigurationError, MissingExtraError
+
+if TYPE_CHECKING:
+    from ..bridge.config import FilterConfig
+
+__all__ = ["LIVENESS", "MOODS", "RESULTS", "Predicate", "compile_filter"]
+
+log = logging.getLogger("neuroio.bridge")
+
+RESULTS = ("new", "reinit", "exact", "ha", "junk", "nm", "det")
+"""The entry results the platform documents (``docs/protocol.md``)."""
+MOODS = ("neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise",
+         "nm", "det")  # fmt: skip
+"""The entry moods the platform documents."""
+LIVENESS = ("passed", "failed", "undetermined")
+"""The liveness verdicts the platform documents."""
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+"""Whether a route takes a decoded event."""
+_Check = Callable[[dict[str, Any]], bool]
+
+
+def compile_filter(config: FilterConfig, *, route: str) -> Predicate:
+    """The predicate of ``config``, validated (errors name ``route <route>: filter.<key>``).
+
+    Raises:
+        ConfigurationError: a value out of the documented vocabulary or range, an empty list,
+            a minimum above its maximum, or a JMESPath syntax error.
+        MissingExtraError: ``where`` is given and ``jmespath`` is not installed.
+    """
+    what = f"route {route}: filter"
+    entry: list[_Check] = []
+    for key, vocabulary in (("result", RESULTS), ("mood", MOODS), ("liveness", LIVENESS)):
+        values = getattr(config, key)
+        if values is not None:
+            choices = _strings(values, f"{what}.{key}", vocabulary)
+            entry.append(_choice(key, choices))
+    if config.pid is not None:
+        entry.append(_choice("pid", _strings(config.pid, f"{what}.pid", None)))
+    entry += _bounds(config.confidence_min, config.confidence_max, "confidence", what, float)
+    entry += _bounds(config.age_min, config.age_max, "age", what, int)
+    if config.sex is not None:
+        if _number(config.sex) is None or config.sex not in (0, 1):
+            raise ConfigurationError(
+                f"{what}.sex: must be 0 (male) or 1 (female), got {config.sex!r}"
+            )
+        entry.append(_equals("sex", int(config.sex)))
+    for key in ("source_id", "space_id"):
+        values = getattr(config, key)
+        if values is not None:
+            entry.append(_nested_id(key.split("_")[0], _ints(values, f"{what}.{key}")))
+    if config.source_name is not None:
+        patterns = _strings(config.source_name, f"{what}.source_name", None)
+        entry.append(_name_matches(patterns))
+    if config.known is not None:
+        entry.append(_known(_flag(config.known, f"{what}.known")))
+    whole: list[Callable[[Mapping[str, Any]], bool]] = []
+    if config.backfilled is not None:
+        wanted = _flag(config.backfilled, f"{what}.backfilled")
+        whole.append(lambda event: (event.get("backfilled") is True) is wanted)
+    if config.where is not None:
+        whole.append(_where(config.where, f"{what}.where", route))
+    return _all(tuple(entry), tuple(whole))
+
+
+def _all(
+    entry: tuple[_Check, ...], whole: tuple[Callable[[Mapping[str, Any]], bool], ...]
+) -> Predicate:
+    def admit(event: Mapping[str, Any]) -> bool:
+        data = event.get("data")
+        if data.__class__ is not dict:
+            return False
+        for check in entry:
+            if not check(data):
+                return False
+        for check_event in whole:
+            if not check_event(event):
+                return False
+        return True
+
+    return admit
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def _choice(key: str, choices: frozenset[str]) -> _Check:
+    def check(data: dict[str, Any]) -> bool:
+        value = data.get(key)
+        return value.__class__ is str and value in choices
+
+    return check
+
+
+def _equals(key: str, wanted: int) -> _Check:
+    def check(data: dict[str, Any]) -> bool:
+        value = data.get(key)
+        return value.__class__ in (int, float) and value == wanted
+
+    return check
+
+
+def _range(key: str, low: float, high: float) -> _Check:
+    def check(data: dict[str, Any]) -> bool:
+        value = data.get(key)
+        # bool is not a number here; NaN fails both comparisons.
+        return value.__class__ in (int, float) and low <= value <= high
+
+    return check
+
+
+def _nested_id(key: str, ids: frozenset[int]) -> _Check:
+    def check(data: dict[str, Any]) -> bool:
+        obj = data.get(key)
+        if obj.__class__ is not dict:
+            return False
+        value = obj.get("id")
+        return value.__class__ is int and value in ids
+
+    return check
+
+
+def _name_matches(patterns: frozenset[str]) -> _Check:
+    # One regular expression for every pattern: fnmatch.translate anchors each one.
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in sorted(patterns)))
+    match = regex.match
+
+    def check(data: dict[str, Any]) -> bool:
+        obj = data.get("source")
+        if obj.__class__ is not dict:
+            return False
+        name = obj.get("name")
+        return name.__class__ is str and match(name) is not None
+
+    return check
+
+
+def _known(wanted: bool) -> _Check:
+    def check(data: dict[str, Any]) -> bool:
+        pid = data.get("pid")
+        return (pid.__class__ is str and pid != "") is wanted
+
+    return check
+
+
+def _where(expression: str, what: str, route: str) -> Callable[[Mapping[str, Any]], bool]:
+    try:
+        import jmespath
+        from jmespath.exceptions import JMESPathError
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError("routing", what) from exc
+    if not isinstance(expression, str) or not expression.strip():
+        raise ConfigurationError(f"{what}: must be a non-empty JMESPath expression")
+    try:
+        compiled = jmespath.compile(expression)
+    except JMESPathError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigurationError(
+            f"{what}: invalid JMESPath expression {expression!r}: {reason}"
+        ) from None
+    search = compiled.search
+    warned = False
+
+    def check(event: Mapping[str, Any]) -> bool:
+        nonlocal warned
+        try:
+            value = search(event)
+        except JMESPathError as exc:
+            if not warned:
+                warned = True
+                log.warning("route %s: filter.where failed on event %s (not taken): %s",
+                            route, event.get("id"), exc)  # fmt: skip
+            return False
+        # JMESPath's truth: 0 is true, empty strings, lists and objects are false.
+        return not (value is None or value is False or value == "" or value == [] or value == {})
+
+    return check
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _sequence(values: Any, what: str) -> Sequence[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigurationError(f"{what}: must be a list, got {values!r}")
+    if not values:
+        raise ConfigurationError(f"{what}: must not be empty (it would take no event)")
+    return values
+
+
+def _strings(values: Any, what: str, vocabulary: Sequence[str] | None) -> frozenset[str]:
+    for value in _sequence(values, what):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{what}: {value!r} is not a non-empty string")
+        if vocabulary is not None and value not in vocabulary:
+            raise ConfigurationError(
+                f"{what}: unknown value {value!r}; expected one of {', '.join(vocabulary)}"
+            )
+    return frozenset(values)
+
+
+def _ints(values: Any, what: str) -> frozenset[int]:
+    for value in _sequence(values, what):
+        if value.__class__ is not int:
+            raise ConfigurationError(f"{what}: {value!r} is not an integer id")
+    return frozenset(values)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{what}: must be true or false, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if value.__class__ not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _bounds(low: Any, high: Any, key: str, what: str, kind: type) -> list[_Check]:
+    if low is None and high is None:
+        return []
+    bounds: list[float] = []
+    for name, value, default in ((f"{key}_min", low, -math.inf), (f"{key}_max", high, math.inf)):
+        if value is None:
+            bounds.append(default)
+            continue
+        number = _number(value)
+        if number is None or (kind is int and not number.is_integer()):
+            noun = "an integer" if kind is int else "a finite number"
+            raise ConfigurationError(f"{what}.{name}: must be {noun}, got {value!r}")
+        bounds.append(number)
+    if bounds[0] > bounds[1]:
+        raise ConfigurationError(f"{what}.{key}_min: {low} is greater than {key}_max {high}")
+    return [_range(key, bounds[0], bounds[1])]
