@@ -21,8 +21,10 @@ backpressure
     limit, or while commits fail and a small number of events already wait uncommitted:
     memory holds a bounded number of events, never the whole outage.
 
-Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per sink) reads what the writer
-committed, from an in-memory tail when it keeps up, from the spool otherwise.
+Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per route, that is per sink) reads
+what the writer committed, from an in-memory tail when it keeps up, from the spool otherwise.
+A route with a filter or a cooldown needs its events decoded: they are decoded once for all
+the routes (:meth:`Pipeline.decoded`, a small cache by ``seq``), not once per route.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import msgspec
 from .._protocol.backoff import Backoff
 from .._protocol.frames import Kind, classify
 from .._retry import Retrying
+from .._routing.rules import RouteRules
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker
@@ -68,6 +71,10 @@ FAILING_MAX_PENDING = 64
 _MAX_COMMIT_RETRY_DELAY = 2.0
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
+# Decoded events kept for the routes that need them (a power of two: slots are seq & mask).
+# Routes that keep up read the same events within a few commits of each other, so the first
+# decodes and the others reuse it; a few MB at most, whatever the number of routes.
+_DECODED_SLOTS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +98,9 @@ class Pipeline:
 
     Args:
         spool: an open :class:`~neuroio.bridge.spool.Spool` (the pipeline does not close it).
-        sinks: started sinks, each with a distinct ``name``.
+        sinks: started sinks, each with a distinct ``name`` (one per route).
+        rules: the filter and cooldown of each route that has them, by sink name; the
+            others take every event.
         retry_delay: cap of the first retry delay of a failing sink or commit (full jitter,
             doubling).
         max_retry_delay: largest retry delay cap of a failing sink.
@@ -109,6 +118,7 @@ class Pipeline:
         spool: Spool,
         sinks: Sequence[Sink],
         *,
+        rules: Mapping[str, RouteRules] | None = None,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         max_pending: int = 10_000,
@@ -118,12 +128,16 @@ class Pipeline:
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ConfigurationError(f"sink names must be distinct; repeated: {dupes}")
+        rules = dict(rules or {})
+        if set(rules) - set(names):
+            raise ConfigurationError(f"rules for no sink: {sorted(set(rules) - set(names))}")
         if retry_delay <= 0 or max_retry_delay < retry_delay:
             raise ConfigurationError("need 0 < retry_delay <= max_retry_delay")
         if max_pending < 1:
             raise ConfigurationError("max_pending must be at least 1")
         self.spool = spool
         self.sinks = list(sinks)
+        self.rules = rules
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_pending = max_pending
@@ -159,6 +173,7 @@ class Pipeline:
         self._committed = 0
         self._acks: dict[str, int] = {}
         self._tail: list[SpooledEvent] = []
+        self._decoded: list[tuple[int, Mapping[str, Any]] | None] = [None] * _DECODED_SLOTS
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -222,7 +237,36 @@ class Pipeline:
             stopping=self._stop_delivery,
             retry_delay=self.retry_delay,
             max_retry_delay=self.max_retry_delay,
+            rules=self.rules.get(name),
+            decode=self.decoded,
         )
+
+    def decoded(self, events: Sequence[SpooledEvent]) -> list[Mapping[str, Any]]:
+        """``events`` decoded (each payload once for every route that reads it soon after).
+
+        A payload that is not a JSON object decodes as ``{}``: no filter takes it."""
+        slots = self._decoded
+        mask = _DECODED_SLOTS - 1
+        out: list[Mapping[str, Any]] = []
+        append = out.append
+        for event in events:
+            seq = event.seq
+            slot = slots[seq & mask]
+            if slot is not None and slot[0] == seq:
+                append(slot[1])
+                continue
+            try:
+                value = _decoder.decode(event.payload)
+            except (msgspec.DecodeError, RecursionError):
+                value = None
+            if value.__class__ is not dict:
+                log.warning(
+                    "event %d in the spool is not a JSON object: no filter takes it", event.id
+                )
+                value = {}
+            slots[seq & mask] = (seq, value)
+            append(value)
+        return out
 
     async def _read(self, after: int, limit: int) -> list[SpooledEvent]:
         batch = self._from_tail(after, limit)
