@@ -1,9 +1,17 @@
 """A route's rules: its filter, then its cooldown, applied to a batch of spooled events.
 
-:class:`RouteRules` is what the bridge puts in front of a route's sink
-(:class:`~neuroio.bridge.delivery.SinkWorker` calls :meth:`RouteRules.select` once per batch
-it reads, before any send, so a retried send never runs the cooldown again). A route without
-a filter and without a cooldown has no rules at all: its events are never decoded.
+:class:`RouteRules` is what the bridge puts in front of a route's sink, in two steps:
+
+* :meth:`RouteRules.judge`: the pure part, the same whenever it is asked: whether the filter
+  takes a decoded event and, if the route has a cooldown, the event's key (a
+  :data:`Verdict`). The bridge judges each event once for every route
+  (:meth:`neuroio.bridge.Pipeline.judged`), so ten routes cost one decode per event;
+* :meth:`RouteRules.select`: the stateful part, the cooldown moved in spool order; the
+  route's worker calls it once per batch it reads, before any send, so a retried send never
+  runs the cooldown again.
+
+A route without a filter and without a cooldown has no rules at all: its events are never
+decoded.
 
 Pure: no I/O, no asyncio.
 """
@@ -20,7 +28,11 @@ if TYPE_CHECKING:
     from ..bridge.config import RouteConfig
     from ..sinks.base import SpooledEvent
 
-__all__ = ["RouteRules", "Selection"]
+__all__ = ["RouteRules", "Selection", "Verdict"]
+
+Verdict = tuple[str, ...] | bool
+"""What a route's filter says of one event: ``False`` (not taken), ``True`` (taken; the
+route has no cooldown) or the event's cooldown key (taken if the cooldown lets it through)."""
 
 
 class Selection(NamedTuple):
@@ -72,22 +84,30 @@ class RouteRules:
             return None
         return cls(admit, cooldown)
 
-    def select(
-        self, events: Sequence[SpooledEvent], values: Sequence[Mapping[str, Any]]
-    ) -> Selection:
-        """The events of a batch the route takes; ``values`` are the same events decoded.
+    def judge(self, value: Mapping[str, Any]) -> Verdict:
+        """The :data:`Verdict` of one decoded event (pure: ask it any time, any number)."""
+        if self.admit is not None and not self.admit(value):
+            return False
+        if self.cooldown is None:
+            return True
+        return self.cooldown.key_of(value)
+
+    def select(self, events: Sequence[SpooledEvent], verdicts: Sequence[Verdict]) -> Selection:
+        """The events of a batch the route takes, given their :meth:`judge` verdicts.
 
         The cooldown is judged by each event's ``received_at`` (see
         :mod:`~neuroio._routing.cooldown`) and is moved by this call: call it once per batch.
         """
-        admit, cooldown = self.admit, self.cooldown
+        cooldown = self.cooldown
         taken: list[SpooledEvent] = []
         filtered = suppressed = 0
-        for event, value in zip(events, values, strict=True):
-            if admit is not None and not admit(value):
+        for event, verdict in zip(events, verdicts, strict=True):
+            if verdict is False:
                 filtered += 1
-            elif cooldown is not None and not cooldown.admit(value, event.received_at):
-                suppressed += 1
-            else:
+            elif verdict is True:
                 taken.append(event)
+            elif cooldown is not None and cooldown.admit_key(verdict, event.received_at):
+                taken.append(event)
+            else:
+                suppressed += 1
         return Selection(taken, filtered, suppressed)

@@ -21,12 +21,11 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from .._protocol.backoff import Backoff
 from .._retry import Retrying
-from .._routing.rules import RouteRules
+from .._routing.rules import Selection
 from ..exceptions import PermanentSinkError, SinkError, SpoolError
 from ..sinks import Sink
 from ..sinks.base import retry_after_of
@@ -87,8 +86,8 @@ class SinkStatus:
 
 Reader = Callable[[int, int], Awaitable[list[SpooledEvent]]]
 """``read(after_seq, limit)``: the next events after a cursor (the pipeline's tail or spool)."""
-Decoder = Callable[[Sequence[SpooledEvent]], list[Mapping[str, Any]]]
-"""``decode(events)``: the events' payloads decoded, in order (shared by the routes)."""
+Selector = Callable[[Sequence[SpooledEvent]], Selection]
+"""``select(batch)``: what a route takes of a batch (its filter, then its cooldown)."""
 
 
 class SinkWorker:
@@ -103,8 +102,8 @@ class SinkWorker:
         wake: set when new events are committed.
         stopping: set when delivery must stop; ends retry waits at once.
         retry_delay, max_retry_delay: the backoff of a failing sink.
-        rules: the route's filter and cooldown; ``None``: every event, never decoded.
-        decode: decodes a batch for the rules (required with ``rules``).
+        select: what the route takes of a batch (moves its cooldown: called once per batch);
+            ``None``: every event, never decoded.
     """
 
     def __init__(
@@ -119,14 +118,10 @@ class SinkWorker:
         stopping: asyncio.Event,
         retry_delay: float,
         max_retry_delay: float,
-        rules: RouteRules | None = None,
-        decode: Decoder | None = None,
+        select: Selector | None = None,
     ) -> None:
-        if rules is not None and decode is None:
-            raise ValueError("a route with rules needs a decoder")
         self.sink = sink
-        self.rules = rules
-        self._decode = decode
+        self._select = select
         self.status = status
         self._read = read
         self._acked = acked
@@ -142,7 +137,7 @@ class SinkWorker:
 
     async def run(self) -> None:
         """Read, send, acknowledge, until stopping (or cancelled: a send is abandoned)."""
-        sink, status, wake, rules = self.sink, self.status, self._wake, self.rules
+        sink, status, wake, select = self.sink, self.status, self._wake, self._select
         limit = max(1, sink.max_batch)
         while not self._stopping.is_set():
             wake.clear()
@@ -156,13 +151,12 @@ class SinkWorker:
             if not batch:
                 await wake.wait()
                 continue
-            if rules is None:
+            if select is None:
                 if not await self._send(batch):
                     return
             else:
-                assert self._decode is not None
                 # Selected once, before the send and its retries: the cooldown moves once.
-                taken, filtered, suppressed = rules.select(batch, self._decode(batch))
+                taken, filtered, suppressed = select(batch)
                 status.filtered += filtered
                 status.suppressed += suppressed
                 if taken and not await self._send(taken):

@@ -23,8 +23,9 @@ backpressure
 
 Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per route, that is per sink) reads
 what the writer committed, from an in-memory tail when it keeps up, from the spool otherwise.
-A route with a filter or a cooldown needs its events decoded: they are decoded once for all
-the routes (:meth:`Pipeline.decoded`, a small cache by ``seq``), not once per route.
+A route with a filter or a cooldown needs its events decoded and judged: each event is
+decoded once and judged for every such route at once (:meth:`Pipeline.judged`, kept in a small
+cache by ``seq`` that the routes reading the same events share), not once per route.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import msgspec
 from .._protocol.backoff import Backoff
 from .._protocol.frames import Kind, classify
 from .._retry import Retrying
-from .._routing.rules import RouteRules
+from .._routing.rules import RouteRules, Selection, Verdict
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker
@@ -71,10 +72,11 @@ FAILING_MAX_PENDING = 64
 _MAX_COMMIT_RETRY_DELAY = 2.0
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
-# Decoded events kept for the routes that need them (a power of two: slots are seq & mask).
-# Routes that keep up read the same events within a few commits of each other, so the first
-# decodes and the others reuse it; a few MB at most, whatever the number of routes.
-_DECODED_SLOTS = 2048
+# Verdicts of the routes kept per event (a power of two: slots are seq & mask). Routes that
+# keep up read the same events within a few batches of each other, so the first judges an
+# event for every route and the others reuse it. A slot is a small tuple (a bool or a key per
+# route, no decoded event): about 3 MB for ten routes.
+_JUDGED_SLOTS = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +175,8 @@ class Pipeline:
         self._committed = 0
         self._acks: dict[str, int] = {}
         self._tail: list[SpooledEvent] = []
-        self._decoded: list[tuple[int, Mapping[str, Any]] | None] = [None] * _DECODED_SLOTS
+        self._judges = [r.judge for r in rules.values()]
+        self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = [None] * _JUDGED_SLOTS
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -237,17 +240,28 @@ class Pipeline:
             stopping=self._stop_delivery,
             retry_delay=self.retry_delay,
             max_retry_delay=self.max_retry_delay,
-            rules=self.rules.get(name),
-            decode=self.decoded,
+            select=self._selector(name),
         )
 
-    def decoded(self, events: Sequence[SpooledEvent]) -> list[Mapping[str, Any]]:
-        """``events`` decoded (each payload once for every route that reads it soon after).
+    def _selector(self, name: str) -> Callable[[Sequence[SpooledEvent]], Selection] | None:
+        rules = self.rules.get(name)
+        if rules is None:
+            return None
+        index = list(self.rules).index(name)
+
+        def select(batch: Sequence[SpooledEvent]) -> Selection:
+            return rules.select(batch, [v[index] for v in self.judged(batch)])
+
+        return select
+
+    def judged(self, events: Sequence[SpooledEvent]) -> list[tuple[Verdict, ...]]:
+        """The verdicts of every route with rules on ``events`` (in :attr:`rules` order):
+        each event decoded and judged once for all of them, while the cache holds it.
 
         A payload that is not a JSON object decodes as ``{}``: no filter takes it."""
-        slots = self._decoded
-        mask = _DECODED_SLOTS - 1
-        out: list[Mapping[str, Any]] = []
+        slots, judges = self._judged, self._judges
+        mask = _JUDGED_SLOTS - 1
+        out: list[tuple[Verdict, ...]] = []
         append = out.append
         for event in events:
             seq = event.seq
@@ -264,8 +278,9 @@ class Pipeline:
                     "event %d in the spool is not a JSON object: no filter takes it", event.id
                 )
                 value = {}
-            slots[seq & mask] = (seq, value)
-            append(value)
+            verdicts = tuple([judge(value) for judge in judges])
+            slots[seq & mask] = (seq, verdicts)
+            append(verdicts)
         return out
 
     async def _read(self, after: int, limit: int) -> list[SpooledEvent]:

@@ -36,13 +36,13 @@ def test_filter_then_cooldown_counts_each_apart() -> None:
         spooled(4, 3.0, result="exact", pid="b"),
         spooled(5, 10.0, result="exact", pid="a"),  # a's window is over
     ]
-    values = [msgspec.json.decode(e.payload) for e in batch]
-    taken, filtered, suppressed = rules.select(batch, values)
+    verdicts = [rules.judge(msgspec.json.decode(e.payload)) for e in batch]
+    assert verdicts[:3] == [("a",), False, ("a",)]
+    taken, filtered, suppressed = rules.select(batch, verdicts)
     assert [e.seq for e in taken] == [1, 4, 5]
     assert (filtered, suppressed) == (1, 1)
-    # An event the filter refused never opened a window: b's filtered event does not count.
+    # An event the filter refused never opened a window: c's filtered event does not count.
     again = [spooled(6, 11.0, result="junk", pid="c"), spooled(7, 12.0, result="exact", pid="c")]
-    taken, filtered, suppressed = rules.select(
-        again, [msgspec.json.decode(e.payload) for e in again]
-    )
+    verdicts = [rules.judge(msgspec.json.decode(e.payload)) for e in again]
+    taken, filtered, suppressed = rules.select(again, verdicts)
     assert [e.seq for e in taken] == [7] and (filtered, suppressed) == (1, 0)
