@@ -99,14 +99,17 @@ class RouteRules:
         :mod:`~neuroio._routing.cooldown`) and is moved by this call: call it once per batch.
         """
         cooldown = self.cooldown
-        taken: list[SpooledEvent] = []
+        if cooldown is None:  # verdicts are True or False: the common case, kept short
+            taken = [event for event, verdict in zip(events, verdicts, strict=True) if verdict]
+            return Selection(taken, len(events) - len(taken), 0)
+        taken = []
         filtered = suppressed = 0
         for event, verdict in zip(events, verdicts, strict=True):
             if verdict is False:
                 filtered += 1
             elif verdict is True:
                 taken.append(event)
-            elif cooldown is not None and cooldown.admit_key(verdict, event.received_at):
+            elif cooldown.admit_key(verdict, event.received_at):
                 taken.append(event)
             else:
                 suppressed += 1

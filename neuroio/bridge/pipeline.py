@@ -177,6 +177,7 @@ class Pipeline:
         self._tail: list[SpooledEvent] = []
         self._judges = [r.judge for r in rules.values()]
         self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = [None] * _JUDGED_SLOTS
+        self._prejudged: dict[int, tuple[Verdict, ...] | None] = {}
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -366,14 +367,14 @@ class Pipeline:
             if not admit(event_id, created if created.__class__ is str else None):
                 self.duplicates += 1
                 return
-        self._append(event_id, _encoder.encode(value), time.time())
+        self._append(event_id, _encoder.encode(value), time.time(), value)
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
         event_id = event.get("id")
         if not valid_id(event_id):
             raise ValueError("an event needs a 64-bit integer 'id'")
-        await self._put(event_id, _encoder.encode(event), time.time())
+        await self._put(event_id, _encoder.encode(event), time.time(), event)
 
     async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
         """Queue one event for the next commit, waiting while the spool is full or failing.
@@ -391,12 +392,33 @@ class Pipeline:
             raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
         await self._put(event_id, payload, time.time() if received_at is None else received_at)
 
-    async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
+    async def _put(
+        self,
+        event_id: int,
+        payload: bytes,
+        received_at: float,
+        value: Mapping[str, Any] | None = None,
+    ) -> None:
         if self._closed or self._blocked():
             await self._wait_for_room()
-        self._append(event_id, payload, received_at)
+        self._append(event_id, payload, received_at, value)
 
-    def _append(self, event_id: int, payload: bytes, received_at: float) -> None:
+    def _append(
+        self,
+        event_id: int,
+        payload: bytes,
+        received_at: float,
+        value: Mapping[str, Any] | None = None,
+    ) -> None:
+        if self._judges:
+            # The routes' verdicts while the event is decoded anyway: moved into the cache
+            # once committed. An id queued twice (pushed and recovered: payloads that differ)
+            # gets none: it is judged later from the copy the spool kept.
+            pre = self._prejudged
+            if event_id in pre or value is None:
+                pre[event_id] = None
+            else:
+                pre[event_id] = tuple([judge(value) for judge in self._judges])
         self._pending.append((event_id, payload, received_at))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
@@ -566,6 +588,16 @@ class Pipeline:
         self._committed += len(events)
         self.received += len(stored)
         self.duplicates += len(events) - len(stored)
+        pre = self._prejudged
+        if pre:
+            slots, mask = self._judged, _JUDGED_SLOTS - 1
+            for event in stored:
+                verdicts = pre.pop(event.id, None)
+                if verdicts is not None:
+                    slots[event.seq & mask] = (event.seq, verdicts)
+            if len(stored) != len(events):
+                for event_id, _, _ in events:  # the repeats the spool dropped
+                    pre.pop(event_id, None)
         if stored:
             self._extend_tail(stored)
             for wake in self._wakes.values():

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from neuroio.bridge import Bridge
+from neuroio._routing.rules import RouteRules
+from neuroio.bridge import Bridge, Pipeline
 from neuroio.bridge.config import CooldownConfig, FilterConfig, RouteConfig
 from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, SinkError
@@ -19,7 +20,7 @@ from neuroio.sinks import MemorySink
 from neuroio.testing import Emulator
 
 from ..helpers import until
-from ._common import TOKEN, bridge_options
+from ._common import TOKEN, bridge_options, frame
 
 EXACT = RouteConfig(name="exact", to="memory:", filter=FilterConfig(result=("exact",)))
 ONCE = RouteConfig(name="once", to="memory:", cooldown=CooldownConfig(key=("pid",), seconds=3600))
@@ -174,3 +175,28 @@ def test_route_configuration_errors_are_one_line(tmp_path: Path) -> None:
     assert "secret" not in str(caught.value)
     with pytest.raises(ConfigurationError, match="route name must be a non-empty string"):
         Bridge(TOKEN, [], routes=[RouteConfig(name=" ", to="memory:")], spool=spool)
+
+
+async def test_an_id_queued_twice_is_judged_by_the_copy_the_spool_kept(spool: Spool) -> None:
+    """Pushed and recovered copies of one id queued for the same commit differ (the mark):
+    the spool keeps the first, and every route judges that copy, not the other."""
+    recovered = RouteConfig(name="recovered", to="memory:", filter=FilterConfig(backfilled=True))
+    pushed = RouteConfig(name="pushed", to="memory:", filter=FilterConfig(backfilled=False))
+    rules = {r.name: RouteRules.from_config(r) for r in (recovered, pushed)}
+    sinks = {name: MemorySink(name) for name in rules}
+    pipeline = Pipeline(
+        spool, list(sinks.values()), rules={k: v for k, v in rules.items() if v is not None}
+    )
+    await pipeline.start()
+    try:
+        # No await suspends between them: both are queued for the same commit.
+        await pipeline.handle(frame(5))
+        await pipeline.put_event({"id": 5, "data": {"id": 5}, "backfilled": True})
+        await pipeline.put_event({"id": 6, "data": {"id": 6}, "backfilled": True})
+        await pipeline.handle(frame(6))
+        await pipeline.wait_delivered(timeout=5)
+    finally:
+        await pipeline.close()
+    assert sinks["pushed"].ids == [5]
+    assert sinks["recovered"].ids == [6]
+    assert pipeline.duplicates == 2
