@@ -201,7 +201,8 @@ def _where(expression: str, what: str, route: str) -> Callable[[Mapping[str, Any
         nonlocal warned
         try:
             value = search(event)
-        except JMESPathError as exc:
+        except Exception as exc:  # JMESPathError, or RecursionError on absurd nesting
+            # A filter never raises: the event is not taken, and the route goes on.
             if not warned:
                 warned = True
                 log.warning("route %s: filter.where failed on event %s (not taken): %s",
