@@ -23,9 +23,12 @@ backpressure
 
 Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per route, that is per sink) reads
 what the writer committed, from an in-memory tail when it keeps up, from the spool otherwise.
-A route with a filter or a cooldown needs its events decoded and judged: each event is
-decoded once and judged for every such route at once (:meth:`Pipeline.judged`, kept in a small
-cache by ``seq`` that the routes reading the same events share), not once per route.
+A route with a filter or a cooldown needs its events judged (the filter's answer and the
+cooldown key, :meth:`~neuroio._routing.rules.RouteRules.judge`): each event is judged for
+every such route at once, while the input holds it decoded anyway, and the verdicts are kept
+in a small cache by ``seq`` that the routes share; an event read back from the spool (a route
+that fell behind) is decoded and judged again once (:meth:`Pipeline.judged`). The cooldown
+itself is moved by each route's worker, in spool order.
 """
 
 from __future__ import annotations
@@ -176,7 +179,9 @@ class Pipeline:
         self._acks: dict[str, int] = {}
         self._tail: list[SpooledEvent] = []
         self._judges = [r.judge for r in rules.values()]
-        self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = [None] * _JUDGED_SLOTS
+        self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = (
+            [None] * _JUDGED_SLOTS if rules else []
+        )
         self._prejudged: dict[int, tuple[Verdict, ...] | None] = {}
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
