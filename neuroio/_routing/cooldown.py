@@ -14,9 +14,9 @@ answers whether it goes out. Decisions, made here once:
 * **The window** runs from the last event let through: one passes when ``seconds`` have gone
   by since the previous one of its key. Only events the route's filter took count, and an
   event let through counts even if its sink then refuses it for good (a dead letter): the
-  decision is taken once, before the send, and a retry does not take it again. A clock stepped back (``received_at`` is wall time)
-  is read as elapsed time of its absolute value, so a step back never silences a key for
-  longer than two windows.
+  decision is taken once, before the send, and a retry does not take it again. A clock
+  stepped back (``received_at`` is wall time) is read as elapsed time of its absolute value,
+  so a step back never silences a key for longer than two windows.
 * **Memory is bounded**: a key whose window is over is forgotten (the table holds only keys
   seen within the last ``seconds``), and at most ``max_keys`` (100 000) keys are kept: beyond
   that the key let through longest ago is forgotten first, so its next event may go out

@@ -159,7 +159,9 @@ class SinkWorker:
                 taken, filtered, suppressed = select(batch)
                 status.filtered += filtered
                 status.suppressed += suppressed
-                if taken and not await self._send(taken):
+                if not taken:
+                    self._works()  # a failure (a spool read) is over: nothing to send
+                elif not await self._send(taken):
                     return
             # The whole batch is acknowledged: what the route did not take is done with too.
             status.cursor = batch[-1].seq
@@ -211,6 +213,10 @@ class SinkWorker:
             counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         status.latency_sum += total
         status.delivered += len(batch)
+        self._works()
+
+    def _works(self) -> None:
+        status = self.status
         if status.failing_since is not None:
             log.warning(
                 "sink %s works again after %.1f s of failures",

@@ -4,6 +4,8 @@ configuration errors."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ import aiohttp
 import pytest
 
 from neuroio._routing.rules import RouteRules
-from neuroio.bridge import Bridge, Pipeline
+from neuroio.bridge import Bridge, Pipeline, SinkStatus
 from neuroio.bridge.config import CooldownConfig, FilterConfig, RouteConfig
+from neuroio.bridge.delivery import SinkWorker
 from neuroio.bridge.spool import Spool
-from neuroio.exceptions import ConfigurationError, SinkError
-from neuroio.sinks import MemorySink
+from neuroio.exceptions import ConfigurationError, SinkError, SpoolError
+from neuroio.sinks import MemorySink, SpooledEvent
 from neuroio.testing import Emulator
 
 from ..helpers import until
@@ -202,3 +205,56 @@ async def test_an_id_queued_twice_is_judged_by_the_copy_the_spool_kept(spool: Sp
     assert sinks["pushed"].ids == [5]
     assert sinks["recovered"].ids == [6]
     assert pipeline.duplicates == 2
+
+
+async def test_a_route_that_takes_nothing_still_recovers_from_a_failed_read() -> None:
+    """A spool read that failed marks the route failing; the next batch, though its filter
+    takes none of it (nothing is sent), ends the failure and is acknowledged whole."""
+    rules = RouteRules.from_config(EXACT)
+    assert rules is not None
+    batch = [
+        SpooledEvent(seq, seq, json.dumps({"id": seq, "data": {"result": "junk"}}).encode(), 0.0)
+        for seq in (1, 2, 3)
+    ]
+    reads = 0
+    acked: list[int] = []
+    stopping, wake = asyncio.Event(), asyncio.Event()
+
+    async def read(after: int, limit: int) -> list[SpooledEvent]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise SpoolError("disk I/O error")
+        return [e for e in batch if e.seq > after][:limit]
+
+    async def ack(cursor: int) -> None:
+        acked.append(cursor)
+
+    async def dead_letter(event: SpooledEvent, reason: str) -> None:
+        raise AssertionError("nothing is sent, so nothing is refused")
+
+    sink = MemorySink("exact")
+    status = SinkStatus("exact")
+    worker = SinkWorker(
+        sink,
+        status,
+        read=read,
+        acked=ack,
+        store_dead_letter=dead_letter,
+        wake=wake,
+        stopping=stopping,
+        retry_delay=0.001,
+        max_retry_delay=0.002,
+        select=lambda events: rules.select(
+            events, [rules.judge(json.loads(e.payload)) for e in events]
+        ),
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: acked == [3])
+        assert status.failing_since is None and status.last_error is not None
+        assert status.filtered == 3 and sink.sends == 0
+    finally:
+        stopping.set()
+        wake.set()
+        await task
