@@ -104,6 +104,56 @@ def _ten_routes(tmp: Path) -> list[Any]:
     return routes
 
 
+def routing_cost(count: int = 10_000) -> dict[str, float]:
+    """CPU per event of the ten routes' rules, measured in this process (best of 5): judging
+    an event for every route (done once, at input, where the event is decoded anyway), the
+    routes' selections, and the decode a route would cost if it decoded for itself."""
+    from datetime import datetime, timezone
+
+    import msgspec
+
+    from neuroio._routing.rules import RouteRules
+    from neuroio.emulator import EntryFactory
+    from neuroio.sinks import SpooledEvent
+
+    factory = EntryFactory(1, start_time=datetime(2024, 5, 17, 8, 0, tzinfo=timezone.utc))
+    now = time.time()
+    events = [
+        SpooledEvent(i, i, msgspec.json.encode({"id": i, "data": factory.make()}), now)
+        for i in range(1, count + 1)
+    ]
+    values = [msgspec.json.decode(e.payload) for e in events]
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = [RouteRules.from_config(r) for r in _ten_routes(Path(tmp))]
+    judges = [r.judge for r in rules if r is not None]
+    verdicts = [tuple([judge(v) for judge in judges]) for v in values]
+
+    def judge_all() -> None:
+        for value in values:
+            tuple([judge(value) for judge in judges])
+
+    def select_all() -> None:
+        for index, route in enumerate(r for r in rules if r is not None):
+            for start in range(0, count, 1000):
+                batch = events[start : start + 1000]
+                route.select(batch, [v[index] for v in verdicts[start : start + 1000]])
+
+    def decode_all() -> None:
+        for event in events:
+            msgspec.json.decode(event.payload)
+
+    def best_us(fn: Any) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return min(runs) / count * 1e6
+
+    return {"judge_us": best_us(judge_all), "select_us": best_us(select_all),
+            "decode_us": best_us(decode_all)}  # fmt: skip
+
+
 async def _cleanup(uris: Sequence[str], tag: str) -> None:
     if any(u.startswith("redis") for u in uris):
         import redis.asyncio as aioredis
@@ -340,6 +390,11 @@ async def parent_main(args: argparse.Namespace) -> int:
             say(f"ten filtered routes vs one route (file sinks): {ratio:.2f}x "
                 f"(target >= {TARGET_ROUTES_RATIO})")  # fmt: skip
             summary["routes_vs_file"] = ratio
+            cost = routing_cost()
+            say(f"  routing CPU per event (ten routes): judged for all {cost['judge_us']:.2f} us "
+                f"(once, at input), selected by all {cost['select_us']:.2f} us; a decode per "
+                f"route would add {cost['decode_us']:.2f} us each")  # fmt: skip
+            summary["routing_cost_us"] = cost
             if ratio < TARGET_ROUTES_RATIO:
                 failures.append(f"routes: {ratio:.2f}x of one route < {TARGET_ROUTES_RATIO}")
         say()

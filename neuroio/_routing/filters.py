@@ -117,6 +117,27 @@ def _predicate(  # noqa: C901 - see admit
         if data.__class__ is not dict:
             return False
         get = data.get
+        # Cameras and spaces first: a route is most often one camera's, and most events
+        # then fail at the first test.
+        if sources is not None or names is not None:
+            source = get("source")
+            if source.__class__ is not dict:
+                return False
+            if sources is not None:
+                value = source.get("id")
+                if value.__class__ is not int or value not in sources:
+                    return False
+            if names is not None:
+                value = source.get("name")
+                if value.__class__ is not str or names(value) is None:
+                    return False
+        if spaces is not None:
+            space = get("space")
+            if space.__class__ is not dict:
+                return False
+            value = space.get("id")
+            if value.__class__ is not int or value not in spaces:
+                return False
         if results is not None:
             value = get("result")
             if value.__class__ is not str or value not in results:
@@ -145,25 +166,6 @@ def _predicate(  # noqa: C901 - see admit
         if sex is not None:
             value = get("sex")
             if value.__class__ not in _NUMBERS or value != sex:
-                return False
-        if sources is not None or names is not None:
-            source = get("source")
-            if source.__class__ is not dict:
-                return False
-            if sources is not None:
-                value = source.get("id")
-                if value.__class__ is not int or value not in sources:
-                    return False
-            if names is not None:
-                value = source.get("name")
-                if value.__class__ is not str or names(value) is None:
-                    return False
-        if spaces is not None:
-            space = get("space")
-            if space.__class__ is not dict:
-                return False
-            value = space.get("id")
-            if value.__class__ is not int or value not in spaces:
                 return False
         if known is not None:
             value = get("pid")
