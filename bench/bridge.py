@@ -112,7 +112,7 @@ def routing_cost(count: int = 10_000) -> dict[str, float]:
 
     import msgspec
 
-    from neuroio._routing.rules import RouteRules
+    from neuroio._routing.rules import Judges, RouteRules
     from neuroio.emulator import EntryFactory
     from neuroio.sinks import SpooledEvent
 
@@ -125,12 +125,12 @@ def routing_cost(count: int = 10_000) -> dict[str, float]:
     values = [msgspec.json.decode(e.payload) for e in events]
     with tempfile.TemporaryDirectory() as tmp:
         rules = [RouteRules.from_config(r) for r in _ten_routes(Path(tmp))]
-    judges = [r.judge for r in rules if r is not None]
-    verdicts = [tuple([judge(v) for judge in judges]) for v in values]
+    judges = Judges([r for r in rules if r is not None])
+    verdicts = [judges(v) for v in values]
 
     def judge_all() -> None:
         for value in values:
-            tuple([judge(value) for judge in judges])
+            judges(value)
 
     def select_all() -> None:
         for index, route in enumerate(r for r in rules if r is not None):

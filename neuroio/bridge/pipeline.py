@@ -48,7 +48,7 @@ import msgspec
 from .._protocol.backoff import Backoff
 from .._protocol.frames import Kind, classify
 from .._retry import Retrying
-from .._routing.rules import RouteRules, Selection, Verdict
+from .._routing.rules import Judges, RouteRules, Selection, Verdict
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker
@@ -178,7 +178,7 @@ class Pipeline:
         self._committed = 0
         self._acks: dict[str, int] = {}
         self._tail: list[SpooledEvent] = []
-        self._judges = [r.judge for r in rules.values()]
+        self._judges = Judges(list(rules.values()))
         self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = (
             [None] * _JUDGED_SLOTS if rules else []
         )
@@ -284,7 +284,7 @@ class Pipeline:
                     "event %d in the spool is not a JSON object: no filter takes it", event.id
                 )
                 value = {}
-            verdicts = tuple([judge(value) for judge in judges])
+            verdicts = judges(value)
             slots[seq & mask] = (seq, verdicts)
             append(verdicts)
         return out
@@ -423,7 +423,7 @@ class Pipeline:
             if event_id in pre or value is None:
                 pre[event_id] = None
             else:
-                pre[event_id] = tuple([judge(value) for judge in self._judges])
+                pre[event_id] = self._judges(value)
         self._pending.append((event_id, payload, received_at))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
