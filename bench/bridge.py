@@ -7,7 +7,11 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 * ``file`` / ``redis`` / ``nats``: a :class:`neuroio.bridge.Bridge` with a fresh spool
   (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink; the clock
   runs from the first event received to the last event confirmed by the sink;
-* ``all``: one bridge delivering to the three sinks at once.
+* ``all``: one bridge delivering to the three sinks at once;
+* ``routes``: one bridge with ten routes, each with a filter (a camera and a result group:
+  every event is taken by exactly one route, so as many lines are written as with ``file``),
+  each into its own file sink; compared with ``file`` (one route taking everything) in the
+  same run, as a ratio (target >= 0.8).
 
 Then the delivery latency (an event received by the bridge → confirmed by the sink) at a
 steady ``--rate`` events/s for each sink, and, per variant, the peak RSS of its process.
@@ -23,6 +27,7 @@ Usage::
 
     .venv/bin/python bench/bridge.py            # about a minute
     .venv/bin/python bench/bridge.py --quick    # a smoke run
+    .venv/bin/python bench/bridge.py --variants file,routes --latency-seconds 0
     .venv/bin/python bench/bridge.py --gap 50000
 
 Redis on 127.0.0.1:6379 (db 14) and NATS JetStream on 127.0.0.1:4222 must be running; each run
@@ -61,6 +66,8 @@ TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000}
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
+TARGET_ROUTES_RATIO = 0.8
+OTHER_RESULTS = ("new", "reinit", "ha", "junk", "nm", "det")
 
 
 # ---------------------------------------------------------------------------- child side
@@ -77,6 +84,74 @@ def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
         "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
     }
     return list(uris.values()) if kind == "all" else [uris[kind]]
+
+
+def _ten_routes(tmp: Path) -> list[Any]:
+    """Ten filtered routes into file sinks; together they take each event exactly once."""
+    from neuroio.bridge.config import FilterConfig, RouteConfig
+
+    routes = []
+    for source in range(1, 6):
+        for group, results in (("exact", ("exact",)), ("other", OTHER_RESULTS)):
+            name = f"camera{source}-{group}"
+            routes.append(
+                RouteConfig(
+                    name=name,
+                    to=f"file:{tmp / name}.jsonl",
+                    filter=FilterConfig(source_id=(source,), result=results, confidence_min=0),
+                )
+            )
+    return routes
+
+
+def routing_cost(count: int = 10_000) -> dict[str, float]:
+    """CPU per event of the ten routes' rules, measured in this process (best of 5): judging
+    an event for every route (done once, at input, where the event is decoded anyway), the
+    routes' selections, and the decode a route would cost if it decoded for itself."""
+    from datetime import datetime, timezone
+
+    import msgspec
+
+    from neuroio._routing.rules import Judges, RouteRules
+    from neuroio.emulator import EntryFactory
+    from neuroio.sinks import SpooledEvent
+
+    factory = EntryFactory(1, start_time=datetime(2024, 5, 17, 8, 0, tzinfo=timezone.utc))
+    now = time.time()
+    events = [
+        SpooledEvent(i, i, msgspec.json.encode({"id": i, "data": factory.make()}), now)
+        for i in range(1, count + 1)
+    ]
+    values = [msgspec.json.decode(e.payload) for e in events]
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = [RouteRules.from_config(r) for r in _ten_routes(Path(tmp))]
+    judges = Judges([r for r in rules if r is not None])
+    verdicts = [judges(v) for v in values]
+
+    def judge_all() -> None:
+        for value in values:
+            judges(value)
+
+    def select_all() -> None:
+        for index, route in enumerate(r for r in rules if r is not None):
+            for start in range(0, count, 1000):
+                batch = events[start : start + 1000]
+                route.select(batch, [v[index] for v in verdicts[start : start + 1000]])
+
+    def decode_all() -> None:
+        for event in events:
+            msgspec.json.decode(event.payload)
+
+    def best_us(fn: Any) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return min(runs) / count * 1e6
+
+    return {"judge_us": best_us(judge_all), "select_us": best_us(select_all),
+            "decode_us": best_us(decode_all)}  # fmt: skip
 
 
 async def _cleanup(uris: Sequence[str], tag: str) -> None:
@@ -164,13 +239,15 @@ async def child_bridge(
     tag = uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory(prefix="neuroio-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        uris = _sink_uris(kind, tmp, tag)
+        uris = [] if kind == "routes" else _sink_uris(kind, tmp, tag)
+        routes = _ten_routes(tmp) if kind == "routes" else []
         sinks: list[Any] = [from_uri(u) for u in uris]
         if timed:
             sinks = [_TimedSink(s) for s in sinks]
         bridge = Bridge(
             TOKEN,
             sinks,
+            routes=routes,
             url=url,
             spool=tmp / "spool.db",
             spool_sync=spool_sync,
@@ -272,7 +349,8 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
-        variants = ["bare", "file", "redis", "nats", "all"]
+        variants = [v for v in ["bare", "file", "redis", "nats", "all", "routes"]
+                    if args.variants is None or v in args.variants]  # fmt: skip
         for _ in range(args.repeat):
             for variant in variants:
                 url, _tag = server.url(n=args.events)
@@ -307,12 +385,24 @@ async def parent_main(args: argparse.Namespace) -> int:
                 failures.append(f"{variant}: {rate:,.0f} events/s < target {target:,}")
             if rss[variant] > TARGET_RSS_MB:
                 failures.append(f"{variant}: peak RSS {rss[variant]:.1f} MB > {TARGET_RSS_MB}")
+        if rates.get("routes") and rates.get("file"):
+            ratio = statistics.median(rates["routes"]) / statistics.median(rates["file"])
+            say(f"ten filtered routes vs one route (file sinks): {ratio:.2f}x "
+                f"(target >= {TARGET_ROUTES_RATIO})")  # fmt: skip
+            summary["routes_vs_file"] = ratio
+            cost = routing_cost()
+            say(f"  routing CPU per event (ten routes): judged for all {cost['judge_us']:.2f} us "
+                f"(once, at input), selected by all {cost['select_us']:.2f} us; a decode per "
+                f"route would add {cost['decode_us']:.2f} us each")  # fmt: skip
+            summary["routing_cost_us"] = cost
+            if ratio < TARGET_ROUTES_RATIO:
+                failures.append(f"routes: {ratio:.2f}x of one route < {TARGET_ROUTES_RATIO}")
         say()
         count = int(args.rate * args.latency_seconds)
         say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
-        for variant in ("file", "redis", "nats"):
+        for variant in ("file", "redis", "nats") if count else ():
             url, _tag = server.url(n=count, mode="rate", rate=args.rate)
             result = await run_child(
                 [
@@ -347,7 +437,8 @@ async def parent_main(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     say()
-    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, p99 < 50 ms, RSS < 150 MB")
+    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, ten filtered routes >= 0.8x "
+        "one route, p99 < 50 ms, RSS < 150 MB")  # fmt: skip
     for failure in failures:
         say(f"MISSED  {failure}")
     if not failures:
@@ -463,6 +554,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="measure the recovery of a gap of N entries instead (peak RSS and time)",
+    )
+    parser.add_argument(
+        "--variants",
+        type=lambda text: set(text.split(",")),
+        help="throughput variants to run, comma-separated (default: all)",
     )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -42,13 +42,14 @@ import msgspec
 
 from .. import _redact
 from .._protocol.session import LossReason
+from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
-from ..exceptions import BackfillError, ConfigurationError, NeuroIOError
+from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ._recovery import GapRecovery
 from ._snapshot import BridgeSnapshot, SinkSnapshot
-from .config import BridgeConfig
+from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
 from .spool import Spool
 
@@ -64,7 +65,13 @@ FORCE_GRACE = 1.0
 
 
 class Bridge:
-    """Receives events from the platform and delivers each to every sink, durably.
+    """Receives events from the platform and delivers each to every route that takes it,
+    durably.
+
+    A route is a sink with an optional filter and cooldown in front (``config.routes``); each
+    sink URI and :class:`~neuroio.sinks.Sink` object given is a route that takes every event,
+    named as its sink. The route's name is its sink's name, its cursor in the spool, and its
+    label in metrics and health.
 
     Args:
         api_token: the platform API token, or a provider of it as for
@@ -77,7 +84,8 @@ class Bridge:
         options: the other options of :class:`BridgeConfig`, by their flat (CLI) names.
 
     Raises:
-        ConfigurationError: an option or a sink URI is invalid, or two sinks share a name.
+        ConfigurationError: an option, a sink URI or a route's filter or cooldown is invalid,
+            or two routes (sinks) share a name.
         MissingExtraError: a sink's extra, or ``metrics`` when ``metrics_port`` is set, is
             not installed.
     """
@@ -112,8 +120,8 @@ class Bridge:
     ) -> None:
         tokens = Tokens(api_token)
         self.config = config
-        if not config.to and not objects:
-            raise ConfigurationError("the bridge needs at least one sink (--to URI)")
+        if not config.to and not objects and not config.routes:
+            raise ConfigurationError("the bridge needs at least one sink (--to URI) or route")
         self._tokens = tokens
         if config.webhook_secret:
             _redact.guard(config.webhook_secret)
@@ -122,6 +130,9 @@ class Bridge:
             from_uri(uri, webhook_secret=config.webhook_secret) for uri in config.to
         ]
         self.sinks += objects
+        self.rules: dict[str, RouteRules] = {}
+        """The filter and cooldown of each route that has them, by route name."""
+        self.sinks += self._routes(config.routes, config.webhook_secret)
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):
             raise ConfigurationError(
@@ -150,6 +161,30 @@ class Bridge:
         self.force_exit = False
         """A second stop was requested: the sends in flight are abandoned."""
 
+    def _routes(self, routes: Sequence[RouteConfig], secret: str | None) -> list[Sink]:
+        """A sink per configured route, named as the route, and the routes' rules."""
+        sinks: list[Sink] = []
+        seen: set[str] = set()
+        for route in routes:
+            name = route.name
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigurationError(f"route name must be a non-empty string, got {name!r}")
+            if name in seen:
+                raise ConfigurationError(f"two routes are named {name!r}; route names must differ")
+            seen.add(name)
+            rules = RouteRules.from_config(route)
+            try:
+                sink = from_uri(route.to, webhook_secret=secret)
+            except MissingExtraError:
+                raise
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"route {name}: to: {exc}") from None
+            sink.name = name
+            if rules is not None:
+                self.rules[name] = rules
+            sinks.append(sink)
+        return sinks
+
     @classmethod
     def from_config(
         cls,
@@ -177,7 +212,7 @@ class Bridge:
         return cls.from_config(api_token, config, ssl=ssl)
 
     def __repr__(self) -> str:
-        return f"<Bridge {self._state} sinks={[s.name for s in self.sinks]}>"
+        return f"<Bridge {self._state} routes={[s.name for s in self.sinks]}>"
 
     @property
     def recovered(self) -> int:
@@ -222,6 +257,7 @@ class Bridge:
         self.pipeline = Pipeline(
             self.spool,
             self.sinks,
+            rules=self.rules,
             retry_delay=config.sink_retry_delay,
             max_retry_delay=config.sink_max_retry_delay,
         )
@@ -269,7 +305,7 @@ class Bridge:
             self.listener.listen(), name="neuroio-bridge-listen"
         )
         log.info(
-            "bridge running: spool %s (%d events held), sinks %s",
+            "bridge running: spool %s (%d events held), routes %s",
             self.spool.path,
             self.spool.depth,
             ", ".join(s.name for s in self.sinks),
@@ -421,8 +457,9 @@ class Bridge:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the bridge is healthy, and why: the connection is live, spool commits
-        work, the socket is not paused, and no sink has been failing for longer than
-        ``health_max_sink_failure``."""
+        work, the socket is not paused, and no route's sink has been failing for longer than
+        ``health_max_sink_failure`` (a problem names the route: ``sink <route> failing for N
+        s``, the words kept from before routes)."""
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
@@ -435,6 +472,9 @@ class Bridge:
                 failing = status.failing_for(now)
                 sinks[name] = {
                     "lag": pipeline.lag(name),
+                    "delivered": status.delivered,
+                    "filtered": status.filtered,
+                    "suppressed": status.suppressed,
                     "failing_for": round(failing, 3),
                     "last_error": status.last_error if failing else None,
                 }
@@ -462,6 +502,8 @@ class Bridge:
                     SinkSnapshot(
                         name=name,
                         delivered=status.delivered,
+                        filtered=status.filtered,
+                        suppressed=status.suppressed,
                         failures=status.failures,
                         dead_lettered=status.dead_lettered,
                         lag=lag.events,

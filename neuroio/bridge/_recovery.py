@@ -18,6 +18,10 @@ are :class:`neuroio._recovery.Recovery`'s; what is delivered and what is trusted
 - the **damaged batches** the spool reports (:meth:`~neuroio.bridge.spool.Spool.damaged`, found at
   start-up or by a sink's read): their events are fetched again from the REST API, from just
   below the damaged ids to the largest, then the batches are forgotten;
+- **the mark of a recovered event**: it is spooled as
+  ``{"id": ..., "data": {<entry>}, "backfilled": true}`` (pushed events carry no such key),
+  so a route can filter on it and every sink receives it; the spool stores each id once
+  whichever way it came first;
 - :data:`RECOVER_AFTER`: where an unfinished recovery starts, stored before any later frame
   of the connection is handled and cleared once what it recovered is committed, so a bridge
   that dies during a recovery starts the next one from the same place;
@@ -353,7 +357,11 @@ class GapRecovery:
     async def _deliver(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
             try:
-                await self._pipeline.put_event({"id": entry.get("id"), "data": entry})
+                # Marked so that routes can tell (filter.backfilled) and sinks see it: the
+                # spool keeps one copy per id either way, so the mark changes no count.
+                await self._pipeline.put_event(
+                    {"id": entry.get("id"), "data": entry, "backfilled": True}
+                )
             except ValueError:
                 log.warning("gap recovery skipped an entry without a usable id")
 

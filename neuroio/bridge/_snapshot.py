@@ -18,11 +18,12 @@ __all__ = ["BridgeSnapshot", "SinkSnapshot"]
 
 @dataclasses.dataclass(frozen=True)
 class SinkSnapshot:
-    """One sink's figures at one moment.
+    """One route's figures at one moment (a route is a sink, by name).
 
     Attributes:
-        name: the sink's name.
+        name: the route's name, which is its sink's.
         delivered, failures, dead_lettered: its counters.
+        filtered, suppressed: events its filter did not take, and its cooldown held back.
         lag: events spooled it has not confirmed.
         oldest_received_at: when the oldest of them was received, if memory knew it.
         oldest_seq: that event's ``seq``, when only the spool knows when it was received.
@@ -41,6 +42,8 @@ class SinkSnapshot:
     failing_for: float
     latency_counts: tuple[int, ...]
     latency_sum: float
+    filtered: int = 0
+    suppressed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,16 @@
-"""Delivery: one worker per sink, reading the spool from that sink's cursor.
+"""Delivery: one worker per route (a sink, with its filter and cooldown in front), reading
+the spool from that route's cursor.
 
-A :class:`SinkWorker` reads the next batch after its cursor, sends it, and reports the
-acknowledgement (the pipeline's writer persists it with the next commit). A failing sink is
-retried with backoff (a ``Retry-After`` it asks for taking precedence); a batch the sink refuses
-for good (:class:`~neuroio.exceptions.PermanentSinkError`) is bisected until the refused events
-are found, and each goes to the dead-letter table. :class:`SinkStatus` is what a worker has
-done, for monitoring.
+A :class:`SinkWorker` reads the next batch after its cursor, selects what the route takes
+(its :class:`~neuroio._routing.rules.RouteRules`: the filter, then the cooldown, once per
+batch read, so a retried send never runs the cooldown again), sends those events (no send
+when none is taken), and reports the acknowledgement of the whole batch (the pipeline's writer
+persists it with the next commit): an event the route did not take is acknowledged and
+counted, never stored again. A failing sink is retried with backoff (a ``Retry-After`` it asks
+for taking precedence); a batch the sink refuses for good
+(:class:`~neuroio.exceptions.PermanentSinkError`) is bisected until the refused events are
+found, and each goes to the dead-letter table. :class:`SinkStatus` is what a worker has done,
+for monitoring.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from .._protocol.backoff import Backoff
 from .._retry import Retrying
+from .._routing.rules import Selection
 from ..exceptions import PermanentSinkError, SinkError, SpoolError
 from ..sinks import Sink
 from ..sinks.base import retry_after_of
@@ -36,12 +42,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 @dataclasses.dataclass(eq=False)
 class SinkStatus:
-    """What one sink's delivery task has done; read it for monitoring.
+    """What one route's delivery task has done; read it for monitoring.
 
     Attributes:
-        name: the sink's name.
-        cursor: ``seq`` of the last event the sink confirmed.
+        name: the route's name, which is its sink's name.
+        cursor: ``seq`` of the last event the route acknowledged (confirmed by the sink, or
+            not taken by the route).
         delivered: events confirmed.
+        filtered: events the route's filter did not take (acknowledged, never sent).
+        suppressed: events its cooldown held back (acknowledged, never sent).
         failures: failed send attempts (each retried).
         dead_lettered: events refused for good.
         failing_since: ``time.monotonic()`` of the first failure of the current run of
@@ -52,6 +61,8 @@ class SinkStatus:
     name: str
     cursor: int = 0
     delivered: int = 0
+    filtered: int = 0
+    suppressed: int = 0
     failures: int = 0
     dead_lettered: int = 0
     failing_since: float | None = None
@@ -75,13 +86,15 @@ class SinkStatus:
 
 Reader = Callable[[int, int], Awaitable[list[SpooledEvent]]]
 """``read(after_seq, limit)``: the next events after a cursor (the pipeline's tail or spool)."""
+Selector = Callable[[Sequence[SpooledEvent]], Selection]
+"""``select(batch)``: what a route takes of a batch (its filter, then its cooldown)."""
 
 
 class SinkWorker:
-    """Delivers the spool to one sink, in order, until ``stopping`` is set.
+    """Delivers the spool to one route's sink, in order, until ``stopping`` is set.
 
     Args:
-        sink: the started sink.
+        sink: the started sink (its name is the route's).
         status: where progress and failures are recorded.
         read: reads the next batch after a cursor (may raise :class:`SpoolError`).
         acked: called with the new cursor once the sink confirmed a batch.
@@ -89,6 +102,8 @@ class SinkWorker:
         wake: set when new events are committed.
         stopping: set when delivery must stop; ends retry waits at once.
         retry_delay, max_retry_delay: the backoff of a failing sink.
+        select: what the route takes of a batch (moves its cooldown: called once per batch);
+            ``None``: every event, never decoded.
     """
 
     def __init__(
@@ -103,8 +118,10 @@ class SinkWorker:
         stopping: asyncio.Event,
         retry_delay: float,
         max_retry_delay: float,
+        select: Selector | None = None,
     ) -> None:
         self.sink = sink
+        self._select = select
         self.status = status
         self._read = read
         self._acked = acked
@@ -120,7 +137,7 @@ class SinkWorker:
 
     async def run(self) -> None:
         """Read, send, acknowledge, until stopping (or cancelled: a send is abandoned)."""
-        sink, status, wake = self.sink, self.status, self._wake
+        sink, status, wake, select = self.sink, self.status, self._wake, self._select
         limit = max(1, sink.max_batch)
         while not self._stopping.is_set():
             wake.clear()
@@ -134,8 +151,19 @@ class SinkWorker:
             if not batch:
                 await wake.wait()
                 continue
-            if not await self._send(batch):
-                return
+            if select is None:
+                if not await self._send(batch):
+                    return
+            else:
+                # Selected once, before the send and its retries: the cooldown moves once.
+                taken, filtered, suppressed = select(batch)
+                status.filtered += filtered
+                status.suppressed += suppressed
+                if not taken:
+                    self._works()  # a failure (a spool read) is over: nothing to send
+                elif not await self._send(taken):
+                    return
+            # The whole batch is acknowledged: what the route did not take is done with too.
             status.cursor = batch[-1].seq
             await self._acked(status.cursor)
 
@@ -185,6 +213,10 @@ class SinkWorker:
             counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         status.latency_sum += total
         status.delivered += len(batch)
+        self._works()
+
+    def _works(self) -> None:
+        status = self.status
         if status.failing_since is not None:
             log.warning(
                 "sink %s works again after %.1f s of failures",

@@ -7,7 +7,10 @@ spool commits fail). Each
 scrape has its own registry; nothing is added to prometheus-client's global one. Values are
 a :class:`~neuroio.bridge.BridgeSnapshot` taken on the event loop when scraped, so they are
 never stale, and the worker thread that renders them touches no state the loop mutates.
-Metrics:
+Metrics (a route is a sink: the ``sink`` label of the ``neuroio_sink_*`` families is the
+route's name, so dashboards made before routes keep working; the two ``neuroio_route_*``
+families carry the name as ``route``, and as ``sink`` too so they join the others with
+``on(sink)``):
 
 =========================================  =========  =========================================
 name                                       type       meaning
@@ -23,6 +26,8 @@ name                                       type       meaning
 ``neuroio_sink_lag_seconds``               gauge      age of the oldest unconfirmed event
 ``neuroio_sink_failing_seconds``           gauge      how long the sink has been failing
 ``neuroio_sink_delivery_seconds``          histogram  received → confirmed by the sink
+``neuroio_route_filtered_total``           counter    events a route's filter did not take
+``neuroio_route_suppressed_total``         counter    events a route's cooldown held back
 ``neuroio_spool_events``                   gauge      events not yet confirmed by every sink
 ``neuroio_spool_bytes``                    gauge      their size, counted against the limit
 ``neuroio_spool_max_bytes``                gauge      the limit (``--spool-max-bytes``)
@@ -129,8 +134,18 @@ class BridgeCollector(Collector):
             "neuroio_sink_delivery_seconds", "From receiving an event to the sink confirming it.",
             labels=["sink"],
         )  # fmt: skip
+        filtered = CounterMetricFamily(
+            "neuroio_route_filtered", "Events the route's filter did not take (acknowledged).",
+            labels=["route", "sink"],
+        )  # fmt: skip
+        suppressed = CounterMetricFamily(
+            "neuroio_route_suppressed", "Events the route's cooldown held back (acknowledged).",
+            labels=["route", "sink"],
+        )  # fmt: skip
         for sink in snap.sinks:
             name = [sink.name]
+            filtered.add_metric([sink.name, sink.name], sink.filtered)
+            suppressed.add_metric([sink.name, sink.name], sink.suppressed)
             delivered.add_metric(name, sink.delivered)
             failures.add_metric(name, sink.failures)
             dead.add_metric(name, sink.dead_lettered)
@@ -143,7 +158,7 @@ class BridgeCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             latency.add_metric(name, buckets, sink.latency_sum)
-        yield from (delivered, failures, dead, lag, lag_s, failing, latency)
+        yield from (delivered, failures, dead, lag, lag_s, failing, latency, filtered, suppressed)
 
     @staticmethod
     def _lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:

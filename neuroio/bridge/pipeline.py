@@ -21,8 +21,14 @@ backpressure
     limit, or while commits fail and a small number of events already wait uncommitted:
     memory holds a bounded number of events, never the whole outage.
 
-Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per sink) reads what the writer
-committed, from an in-memory tail when it keeps up, from the spool otherwise.
+Delivery (one :class:`~neuroio.bridge.delivery.SinkWorker` per route, that is per sink) reads
+what the writer committed, from an in-memory tail when it keeps up, from the spool otherwise.
+A route with a filter or a cooldown needs its events judged (the filter's answer and the
+cooldown key, :meth:`~neuroio._routing.rules.RouteRules.judge`): each event is judged for
+every such route at once, while the input holds it decoded anyway, and the verdicts are kept
+in a small cache by ``seq`` that the routes share; an event read back from the spool (a route
+that fell behind) is decoded and judged again once (:meth:`Pipeline.judged`). The cooldown
+itself is moved by each route's worker, in spool order.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import msgspec
 from .._protocol.backoff import Backoff
 from .._protocol.frames import Kind, classify
 from .._retry import Retrying
+from .._routing.rules import Judges, RouteRules, Selection, Verdict
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker
@@ -68,6 +75,11 @@ FAILING_MAX_PENDING = 64
 _MAX_COMMIT_RETRY_DELAY = 2.0
 # A spool filling again soon after draining is the same incident: warn about it once.
 _FULL_WARNING_INTERVAL = 60.0
+# Verdicts of the routes kept per event (a power of two: slots are seq & mask). Routes that
+# keep up read the same events within a few batches of each other, so the first judges an
+# event for every route and the others reuse it. A slot is a small tuple (a bool or a key per
+# route, no decoded event): about 3 MB for ten routes.
+_JUDGED_SLOTS = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +103,9 @@ class Pipeline:
 
     Args:
         spool: an open :class:`~neuroio.bridge.spool.Spool` (the pipeline does not close it).
-        sinks: started sinks, each with a distinct ``name``.
+        sinks: started sinks, each with a distinct ``name`` (one per route).
+        rules: the filter and cooldown of each route that has them, by sink name; the
+            others take every event.
         retry_delay: cap of the first retry delay of a failing sink or commit (full jitter,
             doubling).
         max_retry_delay: largest retry delay cap of a failing sink.
@@ -109,6 +123,7 @@ class Pipeline:
         spool: Spool,
         sinks: Sequence[Sink],
         *,
+        rules: Mapping[str, RouteRules] | None = None,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         max_pending: int = 10_000,
@@ -118,12 +133,16 @@ class Pipeline:
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ConfigurationError(f"sink names must be distinct; repeated: {dupes}")
+        rules = dict(rules or {})
+        if set(rules) - set(names):
+            raise ConfigurationError(f"rules for no sink: {sorted(set(rules) - set(names))}")
         if retry_delay <= 0 or max_retry_delay < retry_delay:
             raise ConfigurationError("need 0 < retry_delay <= max_retry_delay")
         if max_pending < 1:
             raise ConfigurationError("max_pending must be at least 1")
         self.spool = spool
         self.sinks = list(sinks)
+        self.rules = rules
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_pending = max_pending
@@ -159,6 +178,11 @@ class Pipeline:
         self._committed = 0
         self._acks: dict[str, int] = {}
         self._tail: list[SpooledEvent] = []
+        self._judges = Judges(list(rules.values()))
+        self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = (
+            [None] * _JUDGED_SLOTS if rules else []
+        )
+        self._prejudged: dict[int, tuple[Verdict, ...] | None] = {}
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -222,7 +246,48 @@ class Pipeline:
             stopping=self._stop_delivery,
             retry_delay=self.retry_delay,
             max_retry_delay=self.max_retry_delay,
+            select=self._selector(name),
         )
+
+    def _selector(self, name: str) -> Callable[[Sequence[SpooledEvent]], Selection] | None:
+        rules = self.rules.get(name)
+        if rules is None:
+            return None
+        index = list(self.rules).index(name)
+
+        def select(batch: Sequence[SpooledEvent]) -> Selection:
+            return rules.select(batch, [v[index] for v in self.judged(batch)])
+
+        return select
+
+    def judged(self, events: Sequence[SpooledEvent]) -> list[tuple[Verdict, ...]]:
+        """The verdicts of every route with rules on ``events`` (in :attr:`rules` order):
+        each event decoded and judged once for all of them, while the cache holds it.
+
+        A payload that is not a JSON object decodes as ``{}``: no filter takes it."""
+        slots, judges = self._judged, self._judges
+        mask = _JUDGED_SLOTS - 1
+        out: list[tuple[Verdict, ...]] = []
+        append = out.append
+        for event in events:
+            seq = event.seq
+            slot = slots[seq & mask]
+            if slot is not None and slot[0] == seq:
+                append(slot[1])
+                continue
+            try:
+                value = _decoder.decode(event.payload)
+            except (msgspec.DecodeError, RecursionError):
+                value = None
+            if value.__class__ is not dict:
+                log.warning(
+                    "event %d in the spool is not a JSON object: no filter takes it", event.id
+                )
+                value = {}
+            verdicts = judges(value)
+            slots[seq & mask] = (seq, verdicts)
+            append(verdicts)
+        return out
 
     async def _read(self, after: int, limit: int) -> list[SpooledEvent]:
         batch = self._from_tail(after, limit)
@@ -307,14 +372,14 @@ class Pipeline:
             if not admit(event_id, created if created.__class__ is str else None):
                 self.duplicates += 1
                 return
-        self._append(event_id, _encoder.encode(value), time.time())
+        self._append(event_id, _encoder.encode(value), time.time(), value)
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
         event_id = event.get("id")
         if not valid_id(event_id):
             raise ValueError("an event needs a 64-bit integer 'id'")
-        await self._put(event_id, _encoder.encode(event), time.time())
+        await self._put(event_id, _encoder.encode(event), time.time(), event)
 
     async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
         """Queue one event for the next commit, waiting while the spool is full or failing.
@@ -332,12 +397,33 @@ class Pipeline:
             raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
         await self._put(event_id, payload, time.time() if received_at is None else received_at)
 
-    async def _put(self, event_id: int, payload: bytes, received_at: float) -> None:
+    async def _put(
+        self,
+        event_id: int,
+        payload: bytes,
+        received_at: float,
+        value: Mapping[str, Any] | None = None,
+    ) -> None:
         if self._closed or self._blocked():
             await self._wait_for_room()
-        self._append(event_id, payload, received_at)
+        self._append(event_id, payload, received_at, value)
 
-    def _append(self, event_id: int, payload: bytes, received_at: float) -> None:
+    def _append(
+        self,
+        event_id: int,
+        payload: bytes,
+        received_at: float,
+        value: Mapping[str, Any] | None = None,
+    ) -> None:
+        if self._judges:
+            # The routes' verdicts while the event is decoded anyway: moved into the cache
+            # once committed. An id queued twice (pushed and recovered: payloads that differ)
+            # gets none: it is judged later from the copy the spool kept.
+            pre = self._prejudged
+            if event_id in pre or value is None:
+                pre[event_id] = None
+            else:
+                pre[event_id] = self._judges(value)
         self._pending.append((event_id, payload, received_at))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
@@ -507,6 +593,16 @@ class Pipeline:
         self._committed += len(events)
         self.received += len(stored)
         self.duplicates += len(events) - len(stored)
+        pre = self._prejudged
+        if pre:
+            slots, mask = self._judged, _JUDGED_SLOTS - 1
+            for event in stored:
+                verdicts = pre.pop(event.id, None)
+                if verdicts is not None:
+                    slots[event.seq & mask] = (event.seq, verdicts)
+            if len(stored) != len(events):
+                for event_id, _, _ in events:  # the repeats the spool dropped
+                    pre.pop(event_id, None)
         if stored:
             self._extend_tail(stored)
             for wake in self._wakes.values():
