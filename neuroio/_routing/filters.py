@@ -33,6 +33,7 @@ Pure: no I/O, no asyncio.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 import math
@@ -41,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError, MissingExtraError
+from ..messages import Liveness, Mood, Result
 
 if TYPE_CHECKING:
     from ..bridge.config import FilterConfig
@@ -49,12 +51,11 @@ __all__ = ["LIVENESS", "MOODS", "RESULTS", "Predicate", "compile_filter"]
 
 log = logging.getLogger("neuroio.bridge")
 
-RESULTS = ("new", "reinit", "exact", "ha", "junk", "nm", "det")
+RESULTS = tuple(m.value for m in Result)
 """The entry results the platform documents (``docs/protocol.md``)."""
-MOODS = ("neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise",
-         "nm", "det")  # fmt: skip
+MOODS = tuple(m.value for m in Mood)
 """The entry moods the platform documents."""
-LIVENESS = ("passed", "failed", "undetermined")
+LIVENESS = tuple(m.value for m in Liveness)
 """The liveness verdicts the platform documents."""
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -234,8 +235,10 @@ def _choices(values: Any, what: str, vocabulary: Sequence[str] | None) -> frozen
         if not isinstance(value, str) or not value:
             raise ConfigurationError(f"{what}: {value!r} is not a non-empty string")
         if vocabulary is not None and value not in vocabulary:
+            close = difflib.get_close_matches(value, vocabulary, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigurationError(
-                f"{what}: unknown value {value!r}; expected one of {', '.join(vocabulary)}"
+                f"{what}: unknown value {value!r}{hint}; expected one of {', '.join(vocabulary)}"
             )
     return frozenset(values)
 

@@ -53,7 +53,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ..exceptions import ConfigurationError, MissingExtraError
+from .._routing.rules import RouteRules
+from ..exceptions import ConfigurationError
 from .config import BridgeConfig, CooldownConfig, FilterConfig, RouteConfig
 
 if sys.version_info >= (3, 11):
@@ -64,9 +65,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = [
     "KEYS",
     "LOG_LEVELS",
-    "MOODS",
-    "LIVENESS",
-    "RESULTS",
     "ConfigFile",
     "check_sinks",
     "expand",
@@ -75,24 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("neuroio.bridge")
-
-RESULTS = ("new", "reinit", "exact", "ha", "junk", "nm", "det")
-"""The platform's recognition results (``docs/protocol.md``)."""
-MOODS = (
-    "neutral",
-    "anger",
-    "contempt",
-    "disgust",
-    "fear",
-    "happiness",
-    "sadness",
-    "surprise",
-    "nm",
-    "det",
-)
-"""The platform's moods."""
-LIVENESS = ("passed", "failed", "undetermined")
-"""The platform's liveness verdicts."""
 
 LOG_LEVELS: dict[str, int] = {"error": -2, "warning": -1, "info": 0, "debug": 1, "trace": 2}
 """``log.level`` → the CLI's verbosity (``-v`` count minus ``-q`` count)."""
@@ -233,7 +213,6 @@ _SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
 
 
 def parse_size(value: int | str) -> int:
@@ -657,60 +636,14 @@ def _route(name: str, index: int, route: _Route) -> RouteConfig:
         else:
             merged = route.where
         filter_ = msgspec.structs.replace(filter_ or FilterConfig(), where=merged)
-    if filter_ is not None:
-        _check_filter(f"{where}.filter", filter_)
-    if route.cooldown is not None:
-        _check_cooldown(f"{where}.cooldown", route.cooldown)
-    return RouteConfig(name=route.name.strip(), to=to, filter=filter_, cooldown=route.cooldown)
-
-
-def _check_filter(where: str, f: FilterConfig) -> None:
-    for key, allowed in (("result", RESULTS), ("mood", MOODS), ("liveness", LIVENESS)):
-        values: tuple[str, ...] | None = getattr(f, key)
-        for value in values or ():
-            if value not in allowed:
-                close = difflib.get_close_matches(value, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigurationError(
-                    f"{where}.{key}: unknown value {value!r}{hint}; the platform's values: "
-                    + ", ".join(allowed)
-                )
-    if f.sex is not None and f.sex not in (0, 1):
-        raise ConfigurationError(f"{where}.sex: must be 0 (male) or 1 (female), got {f.sex}")
-    for low, high in (("confidence_min", "confidence_max"), ("age_min", "age_max")):
-        a, b = getattr(f, low), getattr(f, high)
-        if a is not None and b is not None and a > b:
-            raise ConfigurationError(f"{where}: {low} ({a:g}) is above {high} ({b:g})")
-    for key in ("result", "mood", "liveness", "source_id", "source_name", "space_id", "pid"):
-        if getattr(f, key) == ():
-            raise ConfigurationError(
-                f"{where}.{key}: an empty list admits no event (leave the key out instead)"
-            )
-    if f.where is not None:
-        try:
-            import jmespath
-            import jmespath.exceptions
-        except ImportError as exc:  # pragma: no cover - the cli extra installs it
-            raise MissingExtraError("routing", "where expressions") from exc
-        try:
-            jmespath.compile(f.where)
-        except jmespath.exceptions.JMESPathError as exc:
-            problem = " ".join(str(exc).split())
-            raise ConfigurationError(
-                f"{where}.where: not a JMESPath expression: {problem}"
-            ) from None
-
-
-def _check_cooldown(where: str, cooldown: CooldownConfig) -> None:
-    if not cooldown.seconds > 0:
-        raise ConfigurationError(f"{where}.seconds: must be > 0, got {cooldown.seconds:g}")
-    if not cooldown.key:
-        raise ConfigurationError(f'{where}.key: give at least one field (e.g. ["pid"])')
-    for field in cooldown.key:
-        if _FIELD_PATH.match(field) is None:
-            raise ConfigurationError(
-                f"{where}.key: {field!r} is not a field path (like pid or source.id)"
-            )
+    config = RouteConfig(name=route.name.strip(), to=to, filter=filter_, cooldown=route.cooldown)
+    try:
+        # The engine's own validation, so the file and the running bridge agree on every value.
+        RouteRules.from_config(config)
+    except ConfigurationError as exc:
+        problem = str(exc).removeprefix(f"route {config.name}: ")
+        raise ConfigurationError(f"{where}.{problem}") from None
+    return config
 
 
 def _read_secret(name: str, key: str, path: str) -> str:

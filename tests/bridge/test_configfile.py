@@ -96,15 +96,15 @@ def test_a_route_uri_from_a_secret_file(tmp_path: Path, caplog: pytest.LogCaptur
         ),
         (
             '[[route]]\nname = "r"\nto = "memory:"\nfilter = { age_min = 30, age_max = 20 }\n',
-            r"route[0] (r).filter: age_min (30) is above age_max (20)",
+            r"route[0] (r).filter.age_min: 30 is greater than age_max 20",
         ),
         (
             '[[route]]\nname = "r"\nto = "memory:"\ncooldown = { key = ["pid"], seconds = 0 }\n',
-            "route[0] (r).cooldown.seconds: must be > 0",
+            "route[0] (r).cooldown.seconds: must be a positive number",
         ),
         (
             '[[route]]\nname = "r"\nto = "memory:"\nwhere = "a[["\n',
-            "route[0] (r).filter.where: not a JMESPath expression",
+            "route[0] (r).filter.where: invalid JMESPath expression",
         ),
         ('[connection]\nurl = "http://x"\n', "connection.url: must start with ws://"),
         ("[connection]\nmax_retries = -1\n", "connection.max_retries: expected an integer >= 0"),
