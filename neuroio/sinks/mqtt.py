@@ -47,8 +47,9 @@ import contextlib
 import logging
 import math
 import secrets
+import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,6 +73,9 @@ DEFAULT_TOPIC = "neuroio/events"
 DEFAULT_AVAILABILITY = "neuroio/available"
 ONLINE = b"online"
 OFFLINE = b"offline"
+# Small publishes go out at once rather than waiting for the broker's TCP acknowledgement of
+# the previous ones (Nagle's algorithm), which delays a batch's last publishes.
+_SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _CLEAN = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 
@@ -113,6 +117,30 @@ _CA_CERTS = Text("ca_certs", "")
 _CERTFILE = Text("certfile", "")
 _KEYFILE = Text("keyfile", "")
 _TLS: tuple[Option[Any], ...] = (_CA_CERTS, _CERTFILE, _KEYFILE)
+
+
+def _quickack(client: aiomqtt.Client) -> Callable[[], None]:
+    """A function acknowledging at once, at the TCP level, what the broker sent so far.
+
+    A broker that leaves Nagle's algorithm on (Mosquitto's default) holds each small packet
+    until its previous one is acknowledged, and this side's kernel delays that acknowledgement
+    (up to 40 ms) while it expects to send data back: a batch's last PUBACKs would wait for it.
+    Linux only; elsewhere a no-op.
+    """
+    option = getattr(socket, "TCP_QUICKACK", None)
+    sock = client._client.socket()  # noqa: SLF001 - aiomqtt exposes no socket of its own
+    if option is None or not isinstance(sock, socket.socket):
+        return _nothing
+
+    def quickack() -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+
+    return quickack
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Progress:
@@ -223,10 +251,13 @@ class MqttSink(Sink):
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
 
+        quickack = _quickack(client)
+
         async def one(name: str, payload: bytes) -> None:
             try:
                 await client.publish(name, payload, qos, timeout=math.inf)
                 progress.acked += 1
+                quickack()
             finally:
                 window.release()
 
@@ -287,6 +318,7 @@ class MqttSink(Sink):
             keepalive=self.keepalive,
             max_inflight_messages=self.inflight,
             tls_context=tls_context,
+            socket_options=_SOCKET_OPTIONS,
         )
         # aiomqtt warns once per publish beyond ten pending; a batch is many by design.
         client.pending_calls_threshold = 1 << 30
