@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+import trustme
 
 from neuroio.bridge import Bridge
 from neuroio.exceptions import ConfigurationError, SinkError
@@ -187,18 +189,19 @@ class Mosquitto:
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        await until(lambda: _listening(self.port), timeout=10)
+    async def start(self, config: Path | None = None) -> None:
+        argv = ["mosquitto", "-c", str(config)] if config else ["mosquitto", "-p", str(self.port)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = proc
+        await until(lambda: _listening(self.port) or proc.poll() is not None, timeout=10)
+        if proc.poll() is not None:
+            self.proc = None
+            pytest.fail(f"mosquitto exited: {proc.communicate()[1].decode()}")
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(10)
+            self.proc.communicate(timeout=10)  # waits, and closes the stderr pipe
             self.proc = None
 
 
@@ -236,6 +239,44 @@ async def test_broker_down_is_a_sink_error_then_it_recovers(mosquitto: Mosquitto
         assert sub.payloads() == [e.payload for e in events(2, 3)]
     finally:
         await sink.aclose()
+
+
+# paho-mqtt leaves the socket of a failed TLS handshake to the garbage collector.
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
+async def test_mqtts_verifies_the_broker_and_publishes(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """mqtts:// against a TLS listener: with the CA given it publishes; without it (the system
+    CAs do not know this broker) start() fails with SinkError."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    plain = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        # "user root": as root, Mosquitto would otherwise become a user who cannot read tmp_path.
+        f"user root\nlistener {mosquitto.port} 127.0.0.1\nallow_anonymous true\n"
+        f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'cert.pem'}\n"
+        f"keyfile {tmp_path / 'key.pem'}\nlistener {plain} 127.0.0.1\n"
+    )
+    await mosquitto.start(config)
+    await until(lambda: _listening(plain), timeout=10)
+    uri = f"mqtts://127.0.0.1:{mosquitto.port}/tls/ev"
+    untrusted = from_uri(uri)
+    with pytest.raises(SinkError, match="certificate verify failed"):
+        await untrusted.start()
+    await untrusted.aclose()
+    gc.collect()  # that socket's warning, here rather than in another test
+    async with subscribed("tls/#", port=plain) as sub:
+        sink = await started(f"{uri}?ca_certs={tmp_path / 'ca.pem'}")
+        try:
+            await sink.send(events(1, 2))
+        finally:
+            await sink.aclose()
+        await until(lambda: len(sub.messages) >= 2)
+    assert sub.payloads("tls/ev") == [e.payload for e in events(1, 2)]
 
 
 async def test_closed_port_fails_at_start_without_the_password() -> None:
