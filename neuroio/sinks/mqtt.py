@@ -128,7 +128,7 @@ def _quickack(client: aiomqtt.Client) -> Callable[[], None]:
     Linux only; elsewhere a no-op.
     """
     option = getattr(socket, "TCP_QUICKACK", None)
-    sock = client._client.socket()  # noqa: SLF001 - aiomqtt exposes no socket of its own
+    sock = _paho(client).socket()
     if option is None or not isinstance(sock, socket.socket):
         return _nothing
 
@@ -141,6 +141,18 @@ def _quickack(client: aiomqtt.Client) -> Callable[[], None]:
 
 def _nothing() -> None:
     pass
+
+
+def _paho(client: aiomqtt.Client) -> Any:
+    """The paho-mqtt client inside ``client`` (aiomqtt exposes neither it nor its socket)."""
+    return client._client  # noqa: SLF001
+
+
+def _discard(client: aiomqtt.Client) -> None:
+    """Close what a failed connection attempt left open: aiomqtt keeps the socket of a
+    connection whose CONNACK never came, and its keepalive would keep it alive."""
+    with contextlib.suppress(Exception):
+        _paho(client).disconnect()
 
 
 class _Progress:
@@ -333,8 +345,11 @@ class MqttSink(Sink):
                 raise SinkError(f"sink {self.name}: closed")
             client = self._new_client()
             try:
-                await asyncio.wait_for(client.__aenter__(), self.timeout)
-            except (aiomqtt.MqttError, asyncio.TimeoutError, OSError) as exc:
+                # Bounded by the client itself (TCP connect, then CONNACK within `timeout`):
+                # cancelling it would leave its connecting thread to open a connection later.
+                await client.__aenter__()
+            except (aiomqtt.MqttError, OSError) as exc:
+                _discard(client)
                 raise SinkError(
                     f"sink {self.name}: the MQTT broker is unreachable: {exc or type(exc).__name__}"
                 ) from exc
