@@ -90,11 +90,6 @@ def _publish_topic(value: str) -> str | None:
     return None
 
 
-def _no_retain(value: bool) -> None:
-    if value:
-        raise ValueError("events are never retained")
-
-
 _QOS = Choice("qos", "1", choices=("0", "1", "2"))
 _RETAIN = Bool("retain", False)
 _CLIENT_ID = Text("client_id", "")
