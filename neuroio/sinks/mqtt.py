@@ -214,6 +214,11 @@ class MqttSink(Sink):
     def __repr__(self) -> str:
         return f"<MqttSink {self.name}>"
 
+    @property
+    def connected(self) -> bool:
+        """Whether the sink holds a connection to the broker now."""
+        return self._client is not None
+
     async def start(self) -> None:
         """Connect and publish ``online``; an unreachable broker is a :class:`SinkError`."""
         await self._connect()

@@ -173,7 +173,7 @@ async def test_lost_connection_fails_the_batch_at_once(mqtt_url: str, prefix: st
             with pytest.raises(SinkError, match="acknowledgements missing: the connection"):
                 await asyncio.wait_for(send, 10)
             assert loop.time() - started_at < 10  # far below the 30 s timeout
-            await until(lambda: sink._client is not None, timeout=10)
+            await until(lambda: sink.connected, timeout=10)
             await sink.send(events(1, 2, 3))
         finally:
             await sink.aclose()
@@ -228,12 +228,12 @@ async def test_broker_down_is_a_sink_error_then_it_recovers(mosquitto: Mosquitto
         mosquitto.stop()
         with pytest.raises(SinkError):
             await sink.send(events(2, 3))
-        await until(lambda: sink._client is None)
+        await until(lambda: not sink.connected)
         with pytest.raises(SinkError, match="unreachable"):
             await sink.send(events(2, 3))
         await mosquitto.start()
         async with subscribed("down/#", port=mosquitto.port) as sub:
-            await until(lambda: sink._client is not None, timeout=10)
+            await until(lambda: sink.connected, timeout=10)
             await sink.send(events(2, 3))
             await until(lambda: len(sub.messages) >= 2)
         assert sub.payloads() == [e.payload for e in events(2, 3)]
