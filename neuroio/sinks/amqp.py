@@ -154,26 +154,33 @@ class AmqpSink(Sink):
 
     async def send(self, events: Sequence[SpooledEvent]) -> None:
         """Publish the batch pipelined and return once the broker confirmed every message."""
-        channel = await self._connect()
+        try:
+            channel = await self._connect()
+        except ConfigurationError as exc:
+            # The exchange changed under a running bridge: retried, in case it is put back.
+            raise SinkError(str(exc)) from exc
         exchange, key = self.exchange, self.routing_key
         static = key.text if key.is_static else None
+        loop = asyncio.get_running_loop()
         publishes = [
-            channel.basic_publish(
-                event.payload,
-                exchange=exchange,
-                routing_key=static or _fit_key(key.render(event.json(), clean_key_value)),
-                properties=Basic.Properties(
-                    delivery_mode=2,
-                    content_type="application/json",
-                    message_id=str(event.id),
-                ),
-                mandatory=True,
-                wait=False,
+            loop.create_task(
+                channel.basic_publish(
+                    event.payload,
+                    exchange=exchange,
+                    routing_key=static or _fit_key(key.render(event.json(), clean_key_value)),
+                    properties=Basic.Properties(
+                        delivery_mode=2,
+                        content_type="application/json",
+                        message_id=str(event.id),
+                    ),
+                    mandatory=True,
+                    wait=False,
+                )
             )
             for event in events
         ]
         try:
-            results = await asyncio.wait_for(asyncio.gather(*publishes), self.timeout)
+            results = await self._confirmed(publishes)
         except asyncio.TimeoutError as exc:
             await self._drop()
             raise SinkError(f"sink {self.name}: confirms missing after {self.timeout:g} s") from exc
@@ -187,6 +194,17 @@ class AmqpSink(Sink):
             if isinstance(result, DeliveredMessage):
                 self._returned(result)
         self.published += len(results)
+
+    async def _confirmed(self, publishes: list[asyncio.Task[Any]]) -> list[Any]:
+        """The confirmations of ``publishes``; on the first failure, the others are given up
+        (the batch is sent again whole) and the failure raised."""
+        try:
+            return await asyncio.wait_for(asyncio.gather(*publishes), self.timeout)
+        except BaseException:
+            for task in publishes:
+                task.cancel()
+            await asyncio.gather(*publishes, return_exceptions=True)
+            raise
 
     async def aclose(self) -> None:
         """Close the channel and the connection."""
