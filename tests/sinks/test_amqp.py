@@ -180,6 +180,30 @@ async def test_a_lost_connection_is_a_sink_error_then_it_recovers(broker: Broker
     assert got[0] == events(1)[0].payload and got[-2:] == [e.payload for e in events(2, 3)]
 
 
+async def test_an_exchange_deleted_under_the_sink_is_declared_again(broker: Broker) -> None:
+    """The exchange disappears while the sink runs: the send fails (the broker closes the
+    channel), and the retry declares it again and publishes. One put back with another type
+    is found at the next connection: a SinkError, retried, not a crash."""
+    async with FaultProxy("127.0.0.1", 5672) as proxy:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        sink = await started(broker.uri("routing_key=k", url=url))
+        try:
+            await broker.channel.exchange_delete(broker.exchange)
+            with pytest.raises(SinkError, match="NOT_FOUND"):
+                await sink.send(events(1))
+            await sink.send(events(1))
+            assert sink.published == 1 and sink.returned == 1  # declared again, unbound
+            await broker.channel.exchange_delete(broker.exchange)
+            await broker.channel.declare_exchange(broker.exchange, "fanout", durable=True)
+            proxy.cut()
+            with pytest.raises(SinkError):
+                await sink.send(events(2))  # the lost connection (or already the check)
+            with pytest.raises(SinkError, match="exists with another type"):
+                await sink.send(events(2))
+        finally:
+            await sink.aclose()
+
+
 async def test_closed_port_fails_at_start_without_the_password() -> None:
     port = free_port()
     sink = from_uri(f"amqp://user:hunter2@127.0.0.1:{port}/vh")
