@@ -7,7 +7,7 @@ URI                                            sink
 ``http://...``, ``https://...``                :class:`~neuroio.sinks.webhook.WebhookSink`
 ``redis://host:port/db?stream=...&maxlen=N``   :class:`~neuroio.sinks.redis.RedisSink`
 ``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
-``mqtt://host:port/TOPIC?qos=1``, ``mqtts://``  :class:`~neuroio.sinks.mqtt.MqttSink`
+``mqtt://host/TOPIC?qos=1``, ``mqtts://``       :class:`~neuroio.sinks.mqtt.MqttSink`
 ``amqp://user:pass@host/vhost?exchange=...``   :class:`~neuroio.sinks.amqp.AmqpSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
