@@ -4,10 +4,12 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 850 bytes each) as fast as the socket takes them. Each variant runs in a fresh process:
 
 * ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
-* ``file`` / ``redis`` / ``nats``: a :class:`neuroio.bridge.Bridge` with a fresh spool
-  (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink; the clock
-  runs from the first event received to the last event confirmed by the sink;
-* ``all``: one bridge delivering to the three sinks at once;
+* ``file`` / ``redis`` / ``nats`` / ``mqtt`` / ``amqp``: a :class:`neuroio.bridge.Bridge` with a
+  fresh spool (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink;
+  the clock runs from the first event received to the last event confirmed by the sink
+  (``mqtt``: QoS 1, every PUBACK; ``amqp``: persistent messages into a durable queue, every
+  publisher confirm);
+* ``all``: one bridge delivering to the file, Redis and NATS sinks at once;
 * ``routes``: one bridge with ten routes, each with a filter (a camera and a result group:
   every event is taken by exactly one route, so as many lines are written as with ``file``),
   each into its own file sink; compared with ``file`` (one route taking everything) in the
@@ -30,8 +32,9 @@ Usage::
     .venv/bin/python bench/bridge.py --variants file,routes --latency-seconds 0
     .venv/bin/python bench/bridge.py --gap 50000
 
-Redis on 127.0.0.1:6379 (db 14) and NATS JetStream on 127.0.0.1:4222 must be running; each run
-uses its own stream and deletes it afterwards.
+Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883
+and RabbitMQ on 127.0.0.1:5672 (guest/guest) must be running; each run uses its own stream,
+topic or exchange and queue, and deletes them afterwards.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ ROOT = BENCH.parent
 TOKEN = "bench-token"
 REDIS = "redis://127.0.0.1:6379/14"
 NATS = "nats://127.0.0.1:4222"
-TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000}
+MQTT = "mqtt://127.0.0.1:1883"
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+# The AMQP variant's queue keeps at most this many messages (the oldest are dropped), so a run
+# does not fill the broker; every publish is still routed, persisted and confirmed.
+AMQP_QUEUE_MAX = 50_000
+TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "mqtt": 5_000, "amqp": 5_000}
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
@@ -82,8 +90,25 @@ def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
         "file": f"file:{tmp / 'events.jsonl'}",
         "redis": f"{REDIS}?stream=bench:{tag}",
         "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
+        "mqtt": f"{MQTT}/bench/{tag}/{{source.id}}?qos=1&availability=bench/{tag}/available",
+        "amqp": f"{AMQP}?exchange=bench-{tag}&routing_key=bench.{{source.id}}",
     }
-    return list(uris.values()) if kind == "all" else [uris[kind]]
+    return [uris[k] for k in ("file", "redis", "nats")] if kind == "all" else [uris[kind]]
+
+
+async def _prepare(uris: Sequence[str], tag: str) -> None:
+    """Give the AMQP exchange a durable queue, so its messages are routed and persisted."""
+    if any(u.startswith("amqp") for u in uris):
+        import aio_pika
+
+        connection = await aio_pika.connect(AMQP)
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(f"bench-{tag}", "topic", durable=True)
+        queue = await channel.declare_queue(
+            f"bench-{tag}", durable=True, arguments={"x-max-length": AMQP_QUEUE_MAX}
+        )
+        await queue.bind(exchange, "bench.#")
+        await connection.close()
 
 
 def _ten_routes(tmp: Path) -> list[Any]:
@@ -175,6 +200,19 @@ async def _cleanup(uris: Sequence[str], tag: str) -> None:
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream(f"BENCH{tag.upper()}")
         await nc.close()
+    if any(u.startswith("mqtt") for u in uris):
+        import aiomqtt
+
+        async with aiomqtt.Client("127.0.0.1", 1883) as mqtt:  # clear the retained status
+            await mqtt.publish(f"bench/{tag}/available", b"", qos=1, retain=True)
+    if any(u.startswith("amqp") for u in uris):
+        import aio_pika
+
+        connection = await aio_pika.connect(AMQP)
+        channel = await connection.channel()
+        await channel.queue_delete(f"bench-{tag}")
+        await channel.exchange_delete(f"bench-{tag}")
+        await connection.close()
 
 
 async def child_bare(url: str, events: int) -> dict[str, Any]:
@@ -241,6 +279,7 @@ async def child_bridge(
         tmp = Path(tmp_dir)
         uris = [] if kind == "routes" else _sink_uris(kind, tmp, tag)
         routes = _ten_routes(tmp) if kind == "routes" else []
+        await _prepare(uris, tag)
         sinks: list[Any] = [from_uri(u) for u in uris]
         if timed:
             sinks = [_TimedSink(s) for s in sinks]
@@ -349,7 +388,7 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
-        variants = [v for v in ["bare", "file", "redis", "nats", "all", "routes"]
+        variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "all", "routes"]
                     if args.variants is None or v in args.variants]  # fmt: skip
         for _ in range(args.repeat):
             for variant in variants:
@@ -402,7 +441,9 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
-        for variant in ("file", "redis", "nats") if count else ():
+        latency_variants = [v for v in ("file", "redis", "nats", "mqtt", "amqp")
+                            if args.variants is None or v in args.variants]  # fmt: skip
+        for variant in latency_variants if count else ():
             url, _tag = server.url(n=count, mode="rate", rate=args.rate)
             result = await run_child(
                 [
@@ -437,8 +478,9 @@ async def parent_main(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     say()
-    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, ten filtered routes >= 0.8x "
-        "one route, p99 < 50 ms, RSS < 150 MB")  # fmt: skip
+    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, mqtt (QoS 1) and amqp "
+        "(confirms) >= 5,000/s, ten filtered routes >= 0.8x one route, p99 < 50 ms, "
+        "RSS < 150 MB")  # fmt: skip
     for failure in failures:
         say(f"MISSED  {failure}")
     if not failures:

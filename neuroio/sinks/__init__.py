@@ -7,6 +7,8 @@ URI                                            sink
 ``http://...``, ``https://...``                :class:`~neuroio.sinks.webhook.WebhookSink`
 ``redis://host:port/db?stream=...&maxlen=N``   :class:`~neuroio.sinks.redis.RedisSink`
 ``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
+``mqtt://host/TOPIC?qos=1``, ``mqtts://``       :class:`~neuroio.sinks.mqtt.MqttSink`
+``amqp://user:pass@host/vhost?exchange=...``   :class:`~neuroio.sinks.amqp.AmqpSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
@@ -30,7 +32,20 @@ from .memory import MemorySink
 
 __all__ = ["FileSink", "MemorySink", "Sink", "SpooledEvent", "from_uri", "redact_uri"]
 
-_SCHEMES = ("file:", "memory:", "http://", "https://", "redis://", "rediss://", "nats://", "tls://")
+_SCHEMES = (
+    "file:",
+    "memory:",
+    "http://",
+    "https://",
+    "redis://",
+    "rediss://",
+    "nats://",
+    "tls://",
+    "mqtt://",
+    "mqtts://",
+    "amqp://",
+    "amqps://",
+)
 
 
 def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> Sink:
@@ -66,6 +81,14 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
         from .nats import NatsSink
 
         return NatsSink(uri, **options)
+    if lowered.startswith(("mqtt://", "mqtts://")):
+        from .mqtt import MqttSink
+
+        return MqttSink(uri, **options)
+    if lowered.startswith(("amqp://", "amqps://")):
+        from .amqp import AmqpSink
+
+        return AmqpSink(uri, **options)
     raise ConfigurationError(
         f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
     )

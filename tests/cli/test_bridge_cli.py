@@ -349,11 +349,11 @@ async def test_bad_sink_uri_is_a_usage_error_with_the_password_hidden(
     password in it shown as ***."""
     base = ("--url", "ws://127.0.0.1:9", "--spool", str(tmp_path / "s.db"))
     code, err = await run_to_exit(
-        cli, *base, "--to", "mqtt://user:hunter2@broker:1883/x", NEUROIO_API_TOKEN=TOKEN
+        cli, *base, "--to", "kafka://user:hunter2@broker:9092/x", NEUROIO_API_TOKEN=TOKEN
     )
     assert code == 2
     line = one_error_line(err)
-    assert "mqtt://user:***@broker:1883/x" in line and "hunter2" not in err
+    assert "kafka://user:***@broker:9092/x" in line and "hunter2" not in err
     code, err = await run_to_exit(
         cli, *base, "--to", "redis://:hunter2@127.0.0.1:6379/0?maxlen=lots", NEUROIO_API_TOKEN=TOKEN
     )
