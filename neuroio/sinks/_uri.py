@@ -56,9 +56,13 @@ class _BadValue(ValueError):
     """A value an option cannot take; the message completes "<option> must ..."."""
 
 
+# Options whose names look like credentials but whose values are not (shown in errors).
+_NOT_SECRET = frozenset({"routing_key"})
+
+
 def is_secret_option(name: str) -> bool:
     """Whether the query option ``name`` holds a credential (its value is always masked)."""
-    return _SECRET_PARAM.search(name) is not None
+    return name not in _NOT_SECRET and _SECRET_PARAM.search(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)

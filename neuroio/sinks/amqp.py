@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from ._render import Renderer
 from ._uri import Choice, Duration, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
@@ -119,6 +120,7 @@ class AmqpSink(Sink):
         )
         key = options[_ROUTING_KEY]
         self.routing_key = Template(key, what=f"sink {redact_uri(uri)}: routing_key")
+        self._renderer = Renderer(self.routing_key, clean_key_value)
         if self.routing_key.is_static and len(key.encode()) > MAX_KEY_BYTES:
             raise ConfigurationError(
                 f"sink {redact_uri(uri)}: routing_key must be at most {MAX_KEY_BYTES} bytes"
@@ -159,15 +161,15 @@ class AmqpSink(Sink):
         except ConfigurationError as exc:
             # The exchange changed under a running bridge: retried, in case it is put back.
             raise SinkError(str(exc)) from exc
-        exchange, key = self.exchange, self.routing_key
-        static = key.text if key.is_static else None
+        exchange, render = self.exchange, self._renderer.render
+        static = self.routing_key.render({}) if self.routing_key.is_static else None
         loop = asyncio.get_running_loop()
         publishes = [
             loop.create_task(
                 channel.basic_publish(
                     event.payload,
                     exchange=exchange,
-                    routing_key=static or _fit_key(key.render(event.json(), clean_key_value)),
+                    routing_key=static or _fit_key(render(event.payload)),
                     properties=Basic.Properties(
                         delivery_mode=2,
                         content_type="application/json",

@@ -57,6 +57,7 @@ from .._protocol.backoff import Backoff
 from .._retry import Retrying
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
+from ._render import Renderer
 from ._uri import Bool, Choice, Duration, Int, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
@@ -190,6 +191,7 @@ class MqttSink(Sink):
                 f"sink {redact_uri(uri)}: the topic {topic!r} has a wildcard (+ or #) or a NUL"
             )
         self.topic = Template(topic, what=f"sink {redact_uri(uri)}: topic")
+        self._renderer = Renderer(self.topic, clean_topic_value)
         self.qos = int(options[_QOS])
         self.availability = options[_AVAILABILITY]
         self.timeout = options[_TIMEOUT]
@@ -257,8 +259,8 @@ class MqttSink(Sink):
         bookkeeping costs grow with the number of publishes pending, so a whole batch handed to
         it at once is slower than one window at a time.
         """
-        topic, qos = self.topic, self.qos
-        static = topic.text if topic.is_static else None
+        qos, render = self.qos, self._renderer.render
+        static = self.topic.render({}) if self.topic.is_static else None
         window = asyncio.Semaphore(self.inflight)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
@@ -276,7 +278,7 @@ class MqttSink(Sink):
         try:
             for event in events:
                 await window.acquire()
-                name = static or topic.render(event.json(), clean_topic_value)
+                name = static or render(event.payload)
                 tasks.append(loop.create_task(one(name, event.payload)))
             await asyncio.gather(*tasks)
         finally:

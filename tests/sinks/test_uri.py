@@ -244,3 +244,15 @@ def test_sink_error_carries_retry_after() -> None:
     assert retry_after_of(SinkError("busy", retry_after=2.5)) == 2.5
     assert retry_after_of(SinkError("busy")) == 0.0
     assert retry_after_of(ValueError("x")) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [("password", True), ("api_key", True), ("token", True), ("routing_key", False),
+     ("stream", False)],  # fmt: skip
+)
+def test_which_options_are_credentials(name: str, secret: bool) -> None:
+    """Credential-looking names are masked; an AMQP routing key is not a credential."""
+    from neuroio.sinks._uri import is_secret_option
+
+    assert is_secret_option(name) is secret
