@@ -30,7 +30,7 @@ from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._inbox import Inbox
 from ._net import is_loopback_url
 from ._protocol.backoff import Backoff
-from ._protocol.frames import event_decoder, event_key, parse_message
+from ._protocol.frames import event_decoder, event_key, parse_message, parse_refused
 from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
 from ._recovery import Recovery
@@ -412,11 +412,13 @@ class EventListener:
                 try:
                     frame = _decode_event(item)
                 except Exception:
-                    pass
+                    parse = parse_refused  # not again the attempt that just failed
                 else:
                     return Event(id=frame.id, entry=frame.data)
+            else:
+                parse = parse_message
             try:
-                message = parse_message(item)
+                message = parse(item)
             except Exception:
                 continue
             if isinstance(message, Event):

@@ -16,7 +16,17 @@ import msgspec
 
 from .. import _redact
 from ..exceptions import MessageError
-from ..messages import AuthOk, Entry, Event, Message, Pong, ServerError, UnknownMessage
+from ..messages import (
+    AuthOk,
+    Entry,
+    Event,
+    Message,
+    Pong,
+    ServerError,
+    UnknownMessage,
+    _adopt,
+    _LaxEntry,
+)
 
 __all__ = [
     "EVENT_PREFIX",
@@ -34,6 +44,7 @@ __all__ = [
     "is_event_id",
     "message_from_dict",
     "parse_message",
+    "parse_refused",
 ]
 
 # Events dominate the stream; this prefix is how the platform and the emulator write them,
@@ -65,10 +76,19 @@ class _Probe(msgspec.Struct):
 
 
 class _EventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    # An event whose every field is known and well-typed decodes in one pass; anything else
-    # (an unknown field, a new enum value) takes the tolerant path through a dict.
+    # An event whose every field is known and well-typed decodes in one pass (its extra is
+    # empty); anything else is tried with _LaxEventFrame.
     id: int
     data: Entry
+
+
+class _LaxEventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    # An event whose entry has fields Entry does not know, every known one well-typed, also
+    # decodes in one pass: the unknown fields are skipped, and decoded from the frame only if
+    # ``extra`` is read. Anything else (a new enum value, a value of the wrong type, an unknown
+    # key beside ``id`` and ``data``) takes the tolerant path through a dict.
+    id: int
+    data: _LaxEntry
 
 
 class _DataProbe(msgspec.Struct):
@@ -103,7 +123,10 @@ def _plain(raw: str | bytes) -> str | bytes:
 _probe_decoder = msgspec.json.Decoder(_Probe)
 _id_probe_decoder = msgspec.json.Decoder(_IdProbe)
 event_decoder = msgspec.json.Decoder(_EventFrame)
-"""Decodes a well-formed event frame in one pass (``.decode(text).id`` / ``.data``)."""
+"""Decodes a well-formed event frame in one pass (``.decode(text).id`` / ``.data``).
+
+It refuses an entry with unknown fields: :func:`parse_refused` takes those."""
+_lax_event_decoder = msgspec.json.Decoder(_LaxEventFrame)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -195,9 +218,22 @@ def parse_message(raw: str | bytes) -> Message:
     try:
         frame = event_decoder.decode(raw)
     except _DECODE_ERRORS:
+        return parse_refused(raw)
+    return Event(id=frame.id, entry=frame.data)
+
+
+def parse_refused(raw: str | bytes) -> Message:
+    """:func:`parse_message` of a frame that :data:`event_decoder` refused.
+
+    The listener's iterator calls it after its own one-pass attempt, so as not to repeat it.
+    """
+    raw = _plain(raw)
+    try:
+        lax = _lax_event_decoder.decode(raw)
+    except _DECODE_ERRORS:
         pass
     else:
-        return Event(id=frame.id, entry=frame.data)
+        return Event(id=lax.id, entry=_adopt(lax.data, raw))
     value = decode_json(raw)
     if not isinstance(value, dict):
         raise MessageError(f"expected a JSON object, got {type(value).__name__}")
