@@ -272,26 +272,24 @@ class _UnreadExtra(enum.Enum):
       :class:`collections.abc.Mapping` of the same items.
     """
 
-    # Instances are made by _UnreadExtra.of(), one per entry; the class has no members.
-
-    @classmethod
-    def of(cls, frame: str | bytes) -> _UnreadExtra:
-        """The unread extra of an entry decoded from ``frame``."""
-        self = object.__new__(cls)
-        self.__dict__["frame"] = frame
-        return self
+    # Instances are made by _adopt(), one per entry; the class has no members. Slots: an
+    # instance is made for every such event, and a __dict__ would cost a third more.
+    __slots__ = ("_frame", "_decoded")
+    _frame: str | bytes
+    _decoded: dict[str, Any]
 
     def read(self) -> dict[str, Any]:
         """The unknown fields, decoded from the frame once."""
-        state = self.__dict__
-        value: dict[str, Any] | None = state.get("value")
-        if value is None:
-            # The frame was already decoded once into the entry, which only succeeds for a
-            # well-formed event, so this decode cannot fail.
-            data = _frame_data_decoder.decode(state["frame"]).data
-            value = {key: item for key, item in data.items() if key not in _ENTRY_FIELDS}
-            state["value"] = value
-            del state["frame"]
+        try:
+            return self._decoded
+        except AttributeError:
+            pass
+        # The frame was already decoded once into the entry, which only succeeds for a
+        # well-formed event, so this decode cannot fail.
+        data = _frame_data_decoder.decode(self._frame).data
+        value = {key: item for key, item in data.items() if key not in _ENTRY_FIELDS}
+        self._decoded = value
+        del self._frame
         return value
 
     def __eq__(self, other: object) -> bool:
@@ -358,6 +356,7 @@ _UnreadExtra._value_ = property(_UnreadExtra.read)
 collections.abc.Mapping.register(_UnreadExtra)
 
 _extra_slot: Any = Entry.__dict__["extra"]  # the field's slot, which msgspec reads directly
+_new_unread = object.__new__  # an Enum's own __new__ looks members up; this one only allocates
 
 
 def _get_extra(entry: Entry) -> dict[str, Any]:
@@ -390,7 +389,9 @@ def _adopt(entry: _LaxEntry, frame: str | bytes) -> Entry:
     ``omit_defaults`` only leaves out the field's own default).
     """
     entry.__class__ = Entry  # type: ignore[assignment]
-    _extra_slot.__set__(entry, _UnreadExtra.of(frame))
+    unread = _new_unread(_UnreadExtra)
+    unread._frame = frame
+    _extra_slot.__set__(entry, unread)
     return entry
 
 
