@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import enum
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -253,6 +254,19 @@ class _LaxEntry(Entry, forbid_unknown_fields=False, gc=False):
     """
 
 
+def _decode_on_fresh_stack(frame: str | bytes) -> dict[str, Any]:
+    result: list[dict[str, Any]] = []
+    thread = threading.Thread(
+        target=lambda: result.append(_frame_data_decoder.decode(frame).data),
+        name="neuroio-extra",
+    )
+    thread.start()
+    thread.join()
+    if not result:  # the thread's exception was printed by threading's excepthook
+        raise RecursionError("entry extra fields are nested too deeply to decode")
+    return result[0]
+
+
 class _UnreadExtra(enum.Enum):
     """The ``extra`` of an entry decoded with its unknown fields skipped, until it is read.
 
@@ -285,8 +299,14 @@ class _UnreadExtra(enum.Enum):
         except AttributeError:
             pass
         # The frame was already decoded once into the entry, which only succeeds for a
-        # well-formed event, so this decode cannot fail.
-        data = _frame_data_decoder.decode(self._frame).data
+        # well-formed event, so this decode cannot fail for want of form.
+        try:
+            data = _frame_data_decoder.decode(self._frame).data
+        except RecursionError:
+            # A field nested almost as deep as the decoder goes, read from code deeper in
+            # the stack than the listener was when it decoded the entry: a fresh stack has
+            # the room the first decode had.
+            data = _decode_on_fresh_stack(self._frame)
         value = {key: item for key, item in data.items() if key not in _ENTRY_FIELDS}
         self._decoded = value
         del self._frame
