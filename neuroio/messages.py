@@ -289,27 +289,27 @@ class _UnreadExtra(enum.Enum):
     # Instances are made by _adopt(), one per entry; the class has no members. Slots: an
     # instance is made for every such event, and a __dict__ would cost a third more.
     __slots__ = ("_frame", "_decoded")
-    _frame: str | bytes
+    _frame: str | bytes | None
     _decoded: dict[str, Any]
 
     def read(self) -> dict[str, Any]:
         """The unknown fields, decoded from the frame once."""
-        try:
+        frame = self._frame
+        if frame is None:
             return self._decoded
-        except AttributeError:
-            pass
         # The frame was already decoded once into the entry, which only succeeds for a
         # well-formed event, so this decode cannot fail for want of form.
         try:
-            data = _frame_data_decoder.decode(self._frame).data
+            data = _frame_data_decoder.decode(frame).data
         except RecursionError:
             # A field nested almost as deep as the decoder goes, read from code deeper in
             # the stack than the listener was when it decoded the entry: a fresh stack has
             # the room the first decode had.
-            data = _decode_on_fresh_stack(self._frame)
+            data = _decode_on_fresh_stack(frame)
         value = {key: item for key, item in data.items() if key not in _ENTRY_FIELDS}
+        # In this order, so that a thread reading meanwhile finds one or the other.
         self._decoded = value
-        del self._frame
+        self._frame = None
         return value
 
     def __eq__(self, other: object) -> bool:
