@@ -415,6 +415,16 @@ def _adopt(entry: _LaxEntry, frame: str | bytes) -> Entry:
     return entry
 
 
+def _has_wire_extra(entry: Entry) -> bool:
+    """Whether a just-decoded entry's frame held the ``"neuroio:extra"`` key itself."""
+    return bool(_extra_slot.__get__(entry, Entry))
+
+
+def _is_unread(entry: Entry) -> bool:
+    """Whether ``entry.extra`` is still to be decoded from its frame."""
+    return type(_extra_slot.__get__(entry, Entry)) is _UnreadExtra
+
+
 def _entry_from_dict(data: dict[str, Any]) -> Entry:
     known: dict[str, Any] = {}
     extra: dict[str, Any] = {}

@@ -32,7 +32,7 @@ from neuroio import (
     Result,
     parse_message,
 )
-from neuroio._protocol.frames import event_to_json, parse_refused
+from neuroio._protocol.frames import _MISSES, StreamParser, event_to_json, parse_refused
 from neuroio.emulator import Emulator
 from neuroio.recording import RecordingWriter, read_recording
 
@@ -401,6 +401,138 @@ def test_any_unknown_fields_behave_as_if_decoded_at_once(
     for encode in (msgspec.json.encode, msgspec.to_builtins, repr):
         assert encode(parse_message(frame).entry) == encode(reference)  # type: ignore[union-attr]
     assert event.entry == reference and event.entry.extra == reference.extra
+
+
+def same_as_parse_message(message: Any, frame: str | bytes, *, read: bool = False) -> None:
+    """``message`` is what parse_message makes of ``frame``, in every encoding.
+
+    ``read``: its extra may have been read already (else it is unread exactly when
+    parse_message's is).
+    """
+    reference = parse_message(frame)
+    assert message == reference
+    if isinstance(reference, Event):
+        assert isinstance(message, Event)
+        if not read:
+            assert unread(message.entry) == unread(reference.entry)
+        for encode in (msgspec.json.encode, msgspec.to_builtins, repr):
+            assert encode(message) == encode(parse_message(frame))
+
+
+def learned(frame: str = FRAME) -> StreamParser:
+    """A parser that has seen one event with unknown fields (the strict attempt refused)."""
+    parser = StreamParser()
+    same_as_parse_message(parser.refused(frame), frame, read=True)
+    assert parser.lax_first
+    return parser
+
+
+def test_stream_parser_decodes_lax_first_once_unknown_fields_came() -> None:
+    """After one entry with unknown fields, the next are decoded once, lax, and unread."""
+    parser = learned()
+    for frame in (FRAME, FRAME.replace('"visit_count":17', '"visit_count":18')):
+        event = parser.lax(frame)
+        same_as_parse_message(event, frame)
+        assert isinstance(event, Event) and unread(event.entry)
+        unknown = {k: v for k, v in json.loads(frame)["data"].items() if k in UNDOCUMENTED}
+        assert event.entry.extra == unknown
+        assert event.entry == Entry.from_dict(json.loads(frame)["data"])
+
+
+def test_stream_parser_gives_clean_entries_their_plain_extra() -> None:
+    """A clean frame in lax-first mode is exactly parse_message's: no unread, empty extra."""
+    parser = learned()
+    event = parser.lax(CLEAN_FRAME)
+    same_as_parse_message(event, CLEAN_FRAME)
+    assert isinstance(event, Event) and not unread(event.entry)
+    assert b"neuroio:extra" not in msgspec.json.encode(event)
+
+
+def test_stream_parser_without_the_marker_still_keeps_unknown_fields() -> None:
+    """Unknown fields other than the remembered one are found by the strict decoder."""
+    parser = learned(json.dumps({"id": 1, "data": {"age": 3, "only_here": [1]}}))
+    for data in (DATA, {"age": 4, "elsewhere": None}, {**DOCUMENTED, "x": {"only_here": 1}}):
+        frame = json.dumps({"id": 2, "data": data})
+        event = parser.lax(frame)
+        same_as_parse_message(event, frame)
+        assert isinstance(event, Event) and event.entry == Entry.from_dict(data)
+
+
+def test_stream_parser_goes_back_to_strict_first_on_a_clean_stream() -> None:
+    """After _MISSES frames in a row without the marker, strict first again."""
+    parser = learned()
+    for _ in range(_MISSES - 1):
+        parser.lax(CLEAN_FRAME)
+    assert parser.lax_first
+    parser.lax(FRAME)  # the marker: the count starts again
+    for _ in range(_MISSES):
+        assert parser.lax_first
+        same_as_parse_message(parser.lax(CLEAN_FRAME), CLEAN_FRAME)
+    assert not parser.lax_first
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        json.dumps({"id": 1, "data": {**DATA, "age": "thirty"}}),
+        json.dumps({"id": 1, "data": {**DATA, "result": "brand-new-kind"}}),
+        json.dumps({"id": 1, "data": {**DATA, "neuroio:extra": {"x": 1}}}),
+        json.dumps({"id": 1, "data": {**DOCUMENTED, "neuroio:extra": {"groups": 1}}}),
+        json.dumps({"id": 1, "data": {**DOCUMENTED, "source": {"id": 1, "groups": 2}}}),
+        json.dumps({"id": 1, "data": {**DOCUMENTED, "face_image": '"groups": [1]'}}),
+        json.dumps({"id": 1, "data": DOCUMENTED, "groups": []}),
+        json.dumps({"id": 1, "data": {**DATA, "source": {"id": 3, "name": "x"}}}),
+        '{"id": 1, "data": {"gr\u006fups": 1}}',
+        '{"auth": "ok"}',
+        "not json",
+        FRAME.encode(),
+        Backfilled(FRAME),
+    ],
+    ids=[
+        "wrong-type",
+        "new-enum",
+        "wire-name-and-unknown",
+        "wire-name-holding-the-marker",
+        "camera-with-the-marker",
+        "marker-inside-a-string",
+        "marker-beside-data",
+        "plain",
+        "escaped-key",
+        "control",
+        "garbage",
+        "bytes",
+        "backfilled",
+    ],
+)
+def test_stream_parser_in_lax_first_mode_is_parse_message(frame: Any) -> None:
+    """Whatever comes while lax first, the result is parse_message's."""
+    parser = learned()  # the marker is '"groups":'
+    try:
+        expected = parse_message(frame)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            parser.lax(frame)
+        return
+    same_as_parse_message(parser.lax(frame), frame)
+    assert expected is not None
+
+
+@settings(
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    st.dictionaries(_unknown_keys | st.just("m"), _values, max_size=4),
+    st.sampled_from([{}, DOCUMENTED, {"age": 3, "face_image": '{"m": 1}'}]),
+    st.sampled_from([None, (",", ":"), (", ", ": ")]),
+)
+def test_stream_parser_agrees_with_parse_message_on_any_entry(
+    unknown: dict[str, Any], known: dict[str, Any], separators: tuple[str, str] | None
+) -> None:
+    """With the marker '"m":', any entry (marker or not, nested or not) parses the same."""
+    parser = learned(json.dumps({"id": 1, "data": {"m": 1}}))
+    data = {**known, **unknown}
+    frame = json.dumps({"id": 1, "data": data}, separators=separators)
+    same_as_parse_message(parser.lax(frame), frame)
 
 
 async def test_listener_iterator_keeps_unknown_fields() -> None:
