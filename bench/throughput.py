@@ -23,7 +23,7 @@ events/s.
 
 Usage::
 
-    .venv/bin/python bench/throughput.py              # the full run, about three minutes
+    .venv/bin/python bench/throughput.py              # the full run, about five minutes
     .venv/bin/python bench/throughput.py --quick      # a smoke run, well under a minute
 """
 
