@@ -471,6 +471,18 @@ def test_stream_parser_goes_back_to_strict_first_on_a_clean_stream() -> None:
     assert not parser.lax_first
 
 
+def test_stream_parser_without_a_usable_key_stays_strict_first() -> None:
+    """Unknown keys that cannot be a marker: strict first, a new try only now and then."""
+    frame = '{"id": 1, "data": {"age": 3, "name": "x", "gr\\u006fups": 1}}'
+    parser = StreamParser()
+    for _ in range(3):
+        same_as_parse_message(parser.refused(frame), frame, read=True)
+        assert not parser.lax_first
+    event = parser.refused(frame)  # not tried again yet: extra left unread
+    assert isinstance(event, Event) and unread(event.entry)
+    same_as_parse_message(event, frame)
+
+
 @pytest.mark.parametrize(
     "frame",
     [

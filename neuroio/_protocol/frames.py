@@ -274,25 +274,32 @@ class StreamParser:
             then calls :meth:`refused`, when it is false).
     """
 
-    __slots__ = ("_marker", "_misses", "lax_first")
+    __slots__ = ("_marker", "_misses", "_wait", "lax_first")
 
     def __init__(self) -> None:
         self.lax_first = False
         self._marker = ""
         self._misses = 0
+        self._wait = 0  # refused events to let pass before trying to learn a marker again
 
     def refused(self, raw: str | bytes) -> Message:
         """:func:`parse_refused`, learning a marker from an entry with unknown fields."""
         message = parse_refused(raw)
-        if type(raw) is str and isinstance(message, Event) and _is_unread(message.entry):
-            # Once per switch to lax first: this entry's extra is decoded now.
-            for key in message.entry.extra:
-                marker = f'"{key}":'
-                if key not in _CLEAN_KEYS and marker in raw:  # written without escapes
-                    self._marker = marker
-                    self._misses = 0
-                    self.lax_first = True
-                    break
+        if type(raw) is not str or not isinstance(message, Event) or not _is_unread(message.entry):
+            return message
+        if self._wait:
+            self._wait -= 1
+            return message
+        # Once per switch to lax first: this entry's extra is decoded now.
+        for key in message.entry.extra:
+            marker = f'"{key}":'
+            if key not in _CLEAN_KEYS and marker in raw:  # written without escapes
+                self._marker = marker
+                self._misses = 0
+                self.lax_first = True
+                return message
+        # No key fit (each one escaped, or named like a documented one): not for a while.
+        self._wait = _MISSES
         return message
 
     def lax(self, raw: str | bytes) -> Message:
