@@ -17,6 +17,10 @@ Throughput variants (count ``--events`` events, timed from the first to the last
     :class:`neuroio.EventListener` with a raw handler that counts event frames.
 ``typed``
     :class:`neuroio.EventListener` iterated for typed events.
+``raw-orjson`` / ``raw-msgspec``
+    ``raw`` with a handler that decodes each event into plain Python objects, with orjson
+    (not a dependency: install it into the benchmark's environment) or, as its stand-in,
+    msgspec's untyped decoder.
 
 Latency variants (``lat-bare``, ``lat-raw``, ``lat-typed``) read the server's
 ``data.sent_at`` stamp and report how long each event took to reach the handler.
@@ -182,9 +186,30 @@ def _counting_handler(counter: _Counter) -> Any:
     return handler
 
 
-async def raw_client(url: str, events: int) -> dict[str, Any]:
+def _decoding_handler(counter: _Counter, decoder: str) -> Any:
+    """A raw handler that decodes every event into dicts and lists, as a user's would."""
+    if decoder == "orjson":
+        try:
+            import orjson
+        except ImportError:
+            emit({"error": "orjson is not installed in this environment"})
+            raise SystemExit(3) from None
+        loads = orjson.loads
+    else:
+        loads = msgspec.json.Decoder().decode
+
+    async def handler(message: str | bytes) -> None:
+        if isinstance(message, str) and message.startswith(EVENT_PREFIX):
+            loads(message)
+            counter.hit()
+
+    return handler
+
+
+async def raw_client(url: str, events: int, decoder: str | None = None) -> dict[str, Any]:
     counter = _Counter(events)
-    listener = _listener_class()(TOKEN, _counting_handler(counter), url=url)
+    handler = _counting_handler(counter) if decoder is None else _decoding_handler(counter, decoder)
+    listener = _listener_class()(TOKEN, handler, url=url)
     task = asyncio.create_task(listener.listen())
     await asyncio.wait({task, counter.done}, return_when=asyncio.FIRST_COMPLETED)
     await listener.close()
@@ -314,6 +339,8 @@ async def _main(args: argparse.Namespace) -> None:
         )
     elif variant == "raw":
         result = await raw_client(args.url, args.events)
+    elif variant in ("raw-orjson", "raw-msgspec"):
+        result = await raw_client(args.url, args.events, decoder=variant.split("-", 1)[1])
     elif variant == "typed":
         result = await typed_client(args.url, args.events)
     elif variant.startswith("lat-"):

@@ -11,6 +11,11 @@ Each connection is configured by its URL query:
 
 ``n``
     events to send after ``{"auth": "ok"}`` (default 100000).
+``entries``
+    ``clean`` (only the documented fields) or ``undocumented`` (the same entries with ten
+    fields more that ``docs/protocol.md`` does not list: nested objects, lists and nulls, as
+    real entries carry groups, tags and ids of related objects). The default is ``clean``,
+    or ``undocumented`` when the server was started with ``--undocumented``.
 ``mode``
     ``blast`` (default) sends as fast as the socket takes them; ``rate`` sends ``rate`` events
     per second, each entry carrying ``"sent_at": time.time()`` taken just before the write.
@@ -55,8 +60,10 @@ __all__ = [
     "client_handshake",
     "encode_client_frame",
     "encode_server_frame",
+    "ENTRY_KINDS",
     "make_entry_source",
     "serve",
+    "with_undocumented",
 ]
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -116,12 +123,49 @@ EntrySource = Callable[[int], dict[str, Any]]
 """Returns the ``i``-th entry as JSON-ready data (the server replaces its ``id``)."""
 
 
-def make_entry_source(seed: int = 1) -> EntrySource:
-    """Realistic entries from the project's own generator, the same for the same seed."""
+ENTRY_KINDS = ("clean", "undocumented")
+"""What the ``entries`` query parameter can ask for."""
+
+
+def make_entry_source(seed: int = 1, *, undocumented: bool = False) -> EntrySource:
+    """Realistic entries from the project's own generator, the same for the same seed.
+
+    With ``undocumented``, each also carries ten fields outside the documented set
+    (:func:`with_undocumented`).
+    """
     from neuroio.emulator import EntryFactory
 
     factory = EntryFactory(seed, start_time=datetime(2024, 5, 17, 8, 0, tzinfo=timezone.utc))
+    if undocumented:
+        return lambda i: with_undocumented(factory.make(), i)
     return lambda _i: factory.make()
+
+
+_GROUPS = ((3, "VIP"), (8, "Staff"), (11, "Loyalty"), (14, "Watch list"))
+_TAGS = ("returning", "morning", "weekday", "queue", "promo")
+
+
+def with_undocumented(entry: dict[str, Any], i: int) -> dict[str, Any]:
+    """``entry`` with ten fields :class:`neuroio.Entry` does not know, after its own.
+
+    Nested objects, lists, nulls, numbers and strings, varying with ``i``: what an entry of a
+    newer platform version, or of an account with groups and integrations, carries. They come
+    last, after every documented field, as a serializer that adds fields appends them.
+    """
+    groups = [{"id": gid, "name": name} for gid, name in _GROUPS[: 1 + i % 3]]
+    return {
+        **entry,
+        "groups": groups,
+        "tags": list(_TAGS[i % 3 : i % 3 + 2]),
+        "person_id": None if i % 4 else 90_000 + i,
+        "zone": {"id": 12 + i % 3, "name": "North aisle", "floor": 1 + i % 2},
+        "external_ref": f"crm-{48_213 + i}",
+        "visit_count": 1 + i % 17,
+        "note": None,
+        "attributes": {"glasses": i % 2 == 0, "mask": False, "beard": None},
+        "related_entries": [880_000 + i, 880_004 + i],
+        "quality": {"blur": round(0.05 + (i % 9) / 50, 2), "pose": {"yaw": -3.2, "roll": None}},
+    }
 
 
 class _Block:
@@ -174,18 +218,36 @@ class LoadServer:
         report: called with each connection event (``done``, ``stalled``, ``closed``).
     """
 
-    def __init__(self, source: EntrySource, report: Callable[[dict[str, Any]], None]) -> None:
-        self._source = source
+    def __init__(
+        self,
+        source: EntrySource,
+        report: Callable[[dict[str, Any]], None],
+        *,
+        undocumented: EntrySource | None = None,
+        default_kind: str = "clean",
+    ) -> None:
         self._report = report
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.server: asyncio.Server | None = None
-        self._pool = [source(i) for i in range(_BLOCK * 4)]
-        self._blocks = [
-            _Block(self._pool[i : i + _BLOCK]) for i in range(0, len(self._pool), _BLOCK)
-        ]
+        self._pools: dict[str, list[dict[str, Any]]] = {}
+        self._kinds: dict[str, list[_Block]] = {}
+        sources = {"clean": source}
+        if undocumented is not None:
+            sources["undocumented"] = undocumented
+        for kind, make in sources.items():
+            pool = [make(i) for i in range(_BLOCK * 4)]
+            self._pools[kind] = pool
+            self._kinds[kind] = [_Block(pool[i : i + _BLOCK]) for i in range(0, len(pool), _BLOCK)]
+        if default_kind not in self._kinds:
+            raise ValueError(f"no {default_kind!r} entries")
+        self.default_kind = default_kind
         self._next_id = _ID_BASE
-        self.frame_bytes = sum(b.mean_frame for b in self._blocks) / len(self._blocks)
+        self.frame_bytes_by_kind = {
+            kind: sum(b.mean_frame for b in blocks) / len(blocks)
+            for kind, blocks in self._kinds.items()
+        }
+        self.frame_bytes = self.frame_bytes_by_kind[default_kind]
 
     def _take_ids(self, count: int) -> int:
         first = self._next_id
@@ -316,11 +378,16 @@ class LoadServer:
         total = int(params.get("n", "100000"))
         tag = params.get("tag", "")
         stall = float(params["stall"]) if "stall" in params else None
+        kind = params.get("entries", self.default_kind)
+        if kind not in self._kinds:
+            self._report({"tag": tag, "event": "error", "error": f"no {kind!r} entries"})
+            return
         start = time.perf_counter()
         if params.get("mode", "blast") == "rate":
-            sent = await self._send_paced(writer, total, float(params.get("rate", "2000")))
+            rate = float(params.get("rate", "2000"))
+            sent = await self._send_paced(writer, total, rate, self._pools[kind])
         else:
-            sent = await self._send_blast(writer, total, tag, stall)
+            sent = await self._send_blast(writer, total, tag, stall, self._kinds[kind])
         if params.get("end") == "1":
             writer.write(END_FRAME)
         await writer.drain()
@@ -330,11 +397,15 @@ class LoadServer:
         await asyncio.Event().wait()
 
     async def _send_blast(
-        self, writer: asyncio.StreamWriter, total: int, tag: str, stall: float | None
+        self,
+        writer: asyncio.StreamWriter,
+        total: int,
+        tag: str,
+        stall: float | None,
+        blocks: list[_Block],
     ) -> int:
         sent = 0
         stalled = False
-        blocks = self._blocks
         while sent < total:
             count = min(_BLOCK, total - sent)
             block = blocks[(sent // _BLOCK) % len(blocks)]
@@ -351,12 +422,13 @@ class LoadServer:
                 await writer.drain()
         return sent
 
-    async def _send_paced(self, writer: asyncio.StreamWriter, total: int, rate: float) -> int:
+    async def _send_paced(
+        self, writer: asyncio.StreamWriter, total: int, rate: float, pool: list[dict[str, Any]]
+    ) -> int:
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent = 0
         dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-        pool = self._pool
         while sent < total:
             due = min(total, int((loop.time() - start) * rate) + 1)
             while sent < due:
@@ -403,9 +475,19 @@ async def serve(
     *,
     seed: int = 1,
     report: Callable[[dict[str, Any]], None] | None = None,
+    undocumented: bool = False,
 ) -> tuple[LoadServer, int]:
-    """Start a load server; returns it and the port it listens on."""
-    server = LoadServer(make_entry_source(seed), report or (lambda _: None))
+    """Start a load server; returns it and the port it listens on.
+
+    It serves both kinds of entries (the ``entries`` query parameter); ``undocumented`` makes
+    the entries with undocumented fields the default.
+    """
+    server = LoadServer(
+        make_entry_source(seed),
+        report or (lambda _: None),
+        undocumented=make_entry_source(seed, undocumented=True),
+        default_kind="undocumented" if undocumented else "clean",
+    )
     return server, await server.start(host, port)
 
 
@@ -414,8 +496,16 @@ async def _main(args: argparse.Namespace) -> None:
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
-    server, port = await serve(args.host, args.port, seed=args.seed, report=report)
-    report({"port": port, "frame_bytes": server.frame_bytes})
+    server, port = await serve(
+        args.host, args.port, seed=args.seed, report=report, undocumented=args.undocumented
+    )
+    report(
+        {
+            "port": port,
+            "frame_bytes": server.frame_bytes,
+            "frame_bytes_by_kind": server.frame_bytes_by_kind,
+        }
+    )
     # The harness owns this process: it ends when the harness closes our stdin.
     loop = asyncio.get_running_loop()
     stdin_closed = asyncio.Event()
@@ -443,6 +533,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--undocumented",
+        action="store_true",
+        help="send entries with ten undocumented fields unless a connection asks otherwise",
+    )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
     args = parser.parse_args()
     runner: Any = asyncio.run
@@ -466,10 +561,12 @@ class LoadServerProcess:
     """This server run as a child process by a benchmark (``bench/throughput.py``,
     ``bench/bridge.py``); reports its connection events keyed by each connection's tag."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, undocumented: bool = False) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.frame_bytes = 0.0
+        self.frame_bytes_by_kind: dict[str, float] = {}
+        self._undocumented = undocumented
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._pump: asyncio.Task[None] | None = None
         self._tags = itertools.count(1)
@@ -478,6 +575,7 @@ class LoadServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(Path(__file__).resolve()),
+            *(["--undocumented"] if self._undocumented else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
@@ -486,6 +584,7 @@ class LoadServerProcess:
         hello = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30))
         self.port = hello["port"]
         self.frame_bytes = hello["frame_bytes"]
+        self.frame_bytes_by_kind = hello.get("frame_bytes_by_kind", {})
         self._pump = asyncio.create_task(self._read_reports())
 
     async def _read_reports(self) -> None:

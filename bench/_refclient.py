@@ -3,7 +3,9 @@
 Runs with the interpreter of the benchmark's own virtual environment for that SDK, so
 ``import neuroio`` here is the reference package, not this project. Variants: ``ref``
 (throughput, timed from the first event to the last) and ``lat-ref`` (latency from the
-server's ``data.sent_at`` stamp to the handler call). One JSON result line on stdout.
+server's ``data.sent_at`` stamp to the handler call), and ``ref-json``: ``ref`` with a handler
+that decodes every event with ``json.loads``, as that SDK's users do (it hands the handler the
+raw text). One JSON result line on stdout.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ async def _main(args: argparse.Namespace) -> None:
     samples: list[float] = []
     marks = {"count": 0, "first": 0.0, "last": 0.0, "first_cpu": 0.0, "last_cpu": 0.0}
 
+    decode = args.variant == "ref-json"
+
     async def count(message: str) -> None:
         if message.startswith(EVENT_PREFIX):
+            if decode:
+                json.loads(message)
             n = marks["count"] = marks["count"] + 1
             if n == 1:
                 marks["first"] = time.perf_counter()
@@ -89,9 +95,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    """Command line: ``python bench/_refclient.py {ref,lat-ref} --url URL --events N``."""
+    """Command line: ``python bench/_refclient.py {ref,ref-json,lat-ref} --url URL --events N``."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("variant", choices=("ref", "lat-ref"))
+    parser.add_argument("variant", choices=("ref", "ref-json", "lat-ref"))
     parser.add_argument("--url", required=True)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")

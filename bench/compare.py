@@ -3,13 +3,18 @@
 For "within x% of the previous version": one load server (this checkout's), then
 ``bench/_clients.py`` of each checkout, each run by its own interpreter (so each imports its
 own ``neuroio``), alternating per repetition with the order swapped every other one, for the
-raw handler and the typed iterator on each loop. Prints the medians of events/s (wall clock)
-and of events per CPU-second of the client (steadier on a shared machine), and their ratios.
+raw handler and the typed iterator on each loop, on entries with documented fields only or
+also with ten undocumented ones (``--entries``). Prints the medians of events/s (wall clock)
+and of events per CPU-second of the client (steadier on a shared machine), their ratios, and
+the median and range of the ratios of the two runs of each repetition (run back to back, so
+the load of the moment weighs on both alike).
 
 Usage::
 
     git worktree add ../base <commit>          # with a venv of its own
     .venv/bin/python bench/compare.py ../base ../base/.venv/bin/python
+    .venv/bin/python bench/compare.py ../base ../base/.venv/bin/python \
+        --entries clean,undocumented --loops uvloop
 """
 
 from __future__ import annotations
@@ -51,49 +56,76 @@ async def amain(args: argparse.Namespace) -> None:
     trees = {"this": (BENCH.parent, sys.executable), "base": (Path(args.base), args.python)}
     loops = args.loops.split(",")
     variants = args.variants.split(",")
-    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    kinds = args.entries.split(",")
+    Key = tuple[str, str, str]
+    runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    # Per repetition, the ratio this/base of wall and of CPU rates, for each (kind, loop, variant).
+    paired: dict[Key, list[tuple[float, float]]] = {}
     server = LoadServerProcess()
     await server.start()
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     try:
         for rep in range(args.reps):
             order = ["this", "base"] if rep % 2 == 0 else ["base", "this"]
-            for loop in loops:
-                for variant in variants:
-                    for name in order:
-                        tree, python = trees[name]
-                        url, _ = server.url(n=args.events)
-                        r = await run_client(tree, python, variant, url, args.events, loop)
-                        head = f"rep {rep + 1} {loop:7} {variant:6} {name:4}"
-                        if "error" in r:
-                            print(f"{head} FAILED: {r['error']}", flush=True)
-                            continue
-                        runs.setdefault((loop, variant, name), []).append(r)
-                        print(
-                            f"{head} {r['rate']:>10,.0f} ev/s {r['cpu_rate']:>10,.0f} ev/CPU-s",
-                            flush=True,
-                        )
+            for kind in kinds:
+                for loop in loops:
+                    for variant in variants:
+                        pair: dict[str, dict[str, Any]] = {}
+                        for name in order:
+                            tree, python = trees[name]
+                            url, _ = server.url(n=args.events, entries=kind)
+                            r = await run_client(tree, python, variant, url, args.events, loop)
+                            head = f"rep {rep + 1} {kind:12} {loop:7} {variant:6} {name:4}"
+                            if "error" in r:
+                                print(f"{head} FAILED: {r['error']}", flush=True)
+                                continue
+                            runs.setdefault((kind, loop, variant, name), []).append(r)
+                            pair[name] = r
+                            print(
+                                f"{head} {r['rate']:>10,.0f} ev/s {r['cpu_rate']:>10,.0f} ev/CPU-s",
+                                flush=True,
+                            )
+                        if len(pair) == 2:
+                            this, base = pair["this"], pair["base"]
+                            paired.setdefault((kind, loop, variant), []).append(
+                                (
+                                    this["rate"] / base["rate"],
+                                    this["cpu_rate"] / base["cpu_rate"],
+                                )
+                            )
     finally:
         await server.stop()
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     print(
-        "| loop | variant | this ev/s | base ev/s | wall ratio "
-        "| this ev/CPU-s | base ev/CPU-s | CPU ratio |"
+        "| entries | loop | variant | this ev/s | base ev/s | wall ratio "
+        "| this ev/CPU-s | base ev/CPU-s | CPU ratio "
+        "| paired wall: median (min – max) | paired CPU: median (min – max) |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for loop in loops:
-        for variant in variants:
-            this, base = runs.get((loop, variant, "this")), runs.get((loop, variant, "base"))
-            if not this or not base:
-                continue
-            tw = statistics.median(r["rate"] for r in this)
-            bw = statistics.median(r["rate"] for r in base)
-            tc = statistics.median(r["cpu_rate"] for r in this)
-            bc = statistics.median(r["cpu_rate"] for r in base)
-            print(
-                f"| {loop} | {variant} | {tw:,.0f} | {bw:,.0f} | {tw / bw:.3f} "
-                f"| {tc:,.0f} | {bc:,.0f} | {tc / bc:.3f} |"
-            )
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for kind in kinds:
+        for loop in loops:
+            for variant in variants:
+                this_runs = runs.get((kind, loop, variant, "this"))
+                base_runs = runs.get((kind, loop, variant, "base"))
+                if not this_runs or not base_runs:
+                    continue
+                tw = statistics.median(r["rate"] for r in this_runs)
+                bw = statistics.median(r["rate"] for r in base_runs)
+                tc = statistics.median(r["cpu_rate"] for r in this_runs)
+                bc = statistics.median(r["cpu_rate"] for r in base_runs)
+                walls = [w for w, _ in paired.get((kind, loop, variant), [])]
+                cpus = [c for _, c in paired.get((kind, loop, variant), [])]
+                print(
+                    f"| {kind} | {loop} | {variant} | {tw:,.0f} | {bw:,.0f} | {tw / bw:.3f} "
+                    f"| {tc:,.0f} | {bc:,.0f} | {tc / bc:.3f} | {_spread(walls)} "
+                    f"| {_spread(cpus)} |"
+                )
+
+
+def _spread(ratios: list[float]) -> str:
+    if not ratios:
+        return "–"
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f} – {max(ratios):.3f})"
 
 
 def main() -> None:
@@ -105,6 +137,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events per run")
     parser.add_argument("--loops", default="asyncio,uvloop", help="comma-separated")
     parser.add_argument("--variants", default="raw,typed", help="comma-separated")
+    parser.add_argument(
+        "--entries",
+        default="clean",
+        help="comma-separated: clean (documented fields only), undocumented (ten more)",
+    )
     asyncio.run(amain(parser.parse_args()))
 
 

@@ -12,13 +12,18 @@ medians are compared:
 * ``ref``: the reference SDK ``neuroio==0.1.2``, installed by this script into
   ``bench/.venv-ref`` (skipped with a message when it cannot be installed).
 
+Then, on entries with ten undocumented fields each (``entries=undocumented``, see
+``bench/_loadserver.py``), on uvloop: the typed iterator against a raw handler decoding each
+event with orjson (or msgspec's untyped decoder, its stand-in when orjson is not installed)
+and against the reference SDK with a ``json.loads`` handler.
+
 Then: peak RSS after ``--rss-events`` events, RSS with a handler stuck forever for two
 ``max_queue`` sizes and two stream lengths, and send-to-handler latency at ``--latency-rate``
 events/s.
 
 Usage::
 
-    .venv/bin/python bench/throughput.py              # the full run, about three minutes
+    .venv/bin/python bench/throughput.py              # the full run, about five minutes
     .venv/bin/python bench/throughput.py --quick      # a smoke run, well under a minute
 """
 
@@ -71,7 +76,24 @@ BASELINE = {
 }
 TARGETS = {"raw": (0.85, 3.0), "typed": (0.85, 2.5)}  # (x bare baseline, x reference)
 RSS_LIMIT_MB = 60.0
-SECTIONS = ("throughput", "memory", "stuck", "latency", "profile")
+SECTIONS = ("throughput", "undocumented", "memory", "stuck", "latency", "profile")
+
+# The "undocumented" section: (name, client variant, entries kind, label).
+UNDOCUMENTED_VARIANTS = (
+    ("typed", "typed", "undocumented", "EventListener, typed iterator"),
+    ("raw-orjson", "raw-orjson", "undocumented", "EventListener, raw handler + orjson.loads"),
+    (
+        "raw-msgspec",
+        "raw-msgspec",
+        "undocumented",
+        "EventListener, raw handler + msgspec untyped decode",
+    ),
+    ("ref-json", "ref-json", "undocumented", f"reference SDK {REF_SPEC} + json.loads handler"),
+    ("raw", "raw", "undocumented", "EventListener, raw handler, no decoding"),
+    ("typed-clean", "typed", "clean", "EventListener, typed iterator, documented fields only"),
+)
+# (variant, baseline, wanted ratio) of the issue's targets for these entries.
+UNDOCUMENTED_TARGETS = (("typed", "raw-orjson", 0.8), ("typed", "ref-json", 2.5))
 
 
 def say(text: str = "") -> None:
@@ -171,10 +193,11 @@ class Bench:
     ref_python: Path | None
     ref_loops: set[str]
     listener_ok: bool
+    orjson_ok: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
     def child(self, variant: str, url: str, events: int, loop: str, *extra: str) -> list[str]:
-        if variant in ("ref", "lat-ref"):
+        if variant in ("ref", "ref-json", "lat-ref"):
             assert self.ref_python is not None
             script = [str(self.ref_python), str(BENCH / "_refclient.py")]
         else:
@@ -182,9 +205,11 @@ class Bench:
         return [*script, variant, "--url", url, "--events", str(events), "--loop", loop, *extra]
 
     def runnable(self, variant: str, loop: str) -> bool:
-        if variant in ("ref", "lat-ref"):
+        if variant in ("ref", "ref-json", "lat-ref"):
             return self.ref_python is not None and loop in self.ref_loops
-        if variant in ("raw", "typed", "lat-raw", "lat-typed"):
+        if variant == "raw-orjson":
+            return self.listener_ok and self.orjson_ok
+        if variant in ("raw", "typed", "raw-msgspec", "lat-raw", "lat-typed"):
             return self.listener_ok
         return True
 
@@ -298,6 +323,103 @@ class Bench:
                         f"(is {ratio:.2f}x; {by_cpu:.2f}x by CPU time)"
                     )
                     checks.append((text, ratio >= wanted))
+
+    # -- entries with undocumented fields
+
+    async def undocumented(self) -> None:
+        args = self.args
+        loop = "uvloop" if "uvloop" in args.loops else args.loops[0]
+        frame = self.server.frame_bytes_by_kind.get("undocumented", 0.0)
+        say(
+            f"\n## Entries with ten undocumented fields ({frame:.0f} bytes per frame), {loop}: "
+            f"{args.events:,} events per run, {args.reps} repetitions, variants alternating\n"
+        )
+        if not self.orjson_ok:
+            say(
+                "orjson is not installed in this environment (it is not a dependency): "
+                "raw-orjson skipped, raw-msgspec (msgspec's untyped decoder) stands in for it "
+                f"in the targets. To measure it: {_shown(Path(PYTHON))} -m pip install orjson\n"
+            )
+        if loop != "uvloop":
+            say("uvloop is not installed: these figures are on the default loop\n")
+        names = [v[0] for v in UNDOCUMENTED_VARIANTS]
+        spec = {v[0]: v for v in UNDOCUMENTED_VARIANTS}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        by_rep: list[dict[str, float]] = []
+        errors: dict[str, str] = {}
+        timeout = 60 + args.events / 10_000
+        for rep in range(args.reps):
+            shift = rep % len(names)
+            this_rep: dict[str, float] = {}
+            for name in names[shift:] + names[:shift]:
+                _, variant, kind, _label = spec[name]
+                if not self.runnable(variant, loop):
+                    continue
+                url, _tag = self.server.url(n=args.events, entries=kind)
+                result = await run_child(self.child(variant, url, args.events, loop), timeout)
+                if "error" in result:
+                    errors[name] = result["error"]
+                    say(f"  rep {rep + 1} {name:12} FAILED: {result['error']}")
+                    continue
+                runs.setdefault(name, []).append(result)
+                this_rep[name] = result["rate"]
+                say(
+                    f"  rep {rep + 1} {name:12} {result['rate']:>10,.0f} ev/s"
+                    f" {result['cpu_rate']:>10,.0f} ev/CPU-s"
+                )
+            by_rep.append(this_rep)
+        self.results["undocumented"] = {"runs": runs, "errors": errors, "loop": loop}
+        say("\n| variant | events/s (median) | min – max | events per CPU-s (median) |")
+        say("| --- | ---: | ---: | ---: |")
+        med: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for name in names:
+            label = spec[name][3]
+            if name not in runs:
+                why = errors.get(name) or (
+                    "orjson not installed" if name == "raw-orjson" else "not run"
+                )
+                say(f"| {label} | – | – | {why} |")
+                continue
+            wall = [r["rate"] for r in runs[name]]
+            med[name] = statistics.median(wall)
+            cpu[name] = statistics.median(r["cpu_rate"] for r in runs[name])
+            say(
+                f"| {label} | {med[name]:,.0f} | {min(wall):,.0f} – {max(wall):,.0f} "
+                f"| {cpu[name]:,.0f} |"
+            )
+        say(
+            "\nRatios: of the medians (wall / CPU), and the median and range of the ratios of "
+            "runs made in the same repetition (the steadier figure on a shared machine).\n"
+        )
+        say("| ratio | of medians, wall | of medians, CPU | per repetition: median | min – max |")
+        say("| --- | ---: | ---: | ---: | ---: |")
+        pairs = [("typed", "raw-orjson"), ("typed", "raw-msgspec"), ("typed", "ref-json")]
+        pairs += [("typed", "typed-clean"), ("raw-orjson", "raw"), ("raw-msgspec", "raw")]
+        paired: dict[tuple[str, str], float] = {}
+        for a, b in pairs:
+            if a not in med or b not in med:
+                continue
+            ratios = [r[a] / r[b] for r in by_rep if a in r and b in r and r[b] > 0]
+            paired[(a, b)] = statistics.median(ratios) if ratios else med[a] / med[b]
+            spread = f"{min(ratios):.2f} – {max(ratios):.2f}" if ratios else "–"
+            say(
+                f"| {a} / {b} | {med[a] / med[b]:.2f}x | {cpu[a] / cpu[b]:.2f}x "
+                f"| {paired[(a, b)]:.2f}x | {spread} |"
+            )
+        checks = self.results.setdefault("targets", [])
+        for variant, base, wanted in UNDOCUMENTED_TARGETS:
+            if base == "raw-orjson" and base not in med:
+                base = "raw-msgspec"  # the stated stand-in
+            if variant not in med or base not in med:
+                continue
+            ratio = med[variant] / med[base]
+            text = (
+                f"undocumented fields, {loop}: {variant} >= {wanted}x {base} (is {ratio:.2f}x "
+                f"of medians; {paired[(variant, base)]:.2f}x per repetition; "
+                f"{cpu[variant] / cpu[base]:.2f}x by CPU time)"
+            )
+            checks.append((text, ratio >= wanted))
 
     # -- memory after many events
 
@@ -506,7 +628,9 @@ def machine(server: LoadServerProcess, ref_note: str) -> list[str]:
         f"msgspec {version('msgspec')}, uvloop {version('uvloop')}",
         f"- {ref_note}",
         f"- event frames: {server.frame_bytes:.0f} bytes on average "
-        "(neuroio.emulator.EntryFactory entries, ids increasing)",
+        "(neuroio.emulator.EntryFactory entries, ids increasing); with ten undocumented fields "
+        f"{server.frame_bytes_by_kind.get('undocumented', 0):.0f} bytes",
+        f"- orjson {version('orjson')} (benchmark only, not a dependency)",
     ]
 
 
@@ -523,6 +647,10 @@ async def amain(args: argparse.Namespace) -> int:
         PYTHON, "-c", "from neuroio import EventListener", cwd=ROOT, stderr=subprocess.DEVNULL
     )
     listener_ok = await probe.wait() == 0
+    probe = await asyncio.create_subprocess_exec(
+        PYTHON, "-c", "import orjson", cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    orjson_ok = await probe.wait() == 0
 
     server = LoadServerProcess()
     await server.start()
@@ -533,7 +661,7 @@ async def amain(args: argparse.Namespace) -> int:
         say("\nneuroio.EventListener cannot be imported: listener variants skipped")
     if args.quick:
         say("\n--quick: short runs, one repetition: a smoke test, too noisy to compare figures")
-    bench = Bench(args, server, ref_python, ref_loops, listener_ok)
+    bench = Bench(args, server, ref_python, ref_loops, listener_ok, orjson_ok)
     try:
         for section in SECTIONS:
             if section in args.only:

@@ -30,7 +30,7 @@ from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._inbox import Inbox
 from ._net import is_loopback_url
 from ._protocol.backoff import Backoff
-from ._protocol.frames import event_decoder, event_key, parse_message
+from ._protocol.frames import StreamParser, event_decoder, event_key, parse_message
 from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
 from ._recovery import Recovery
@@ -218,6 +218,9 @@ class EventListener:
         self._failure: BaseException | None = None
         self._connection_now: Connection | None = None
         self._iter_task: asyncio.Task[None] | None = None
+        # The typed iterator's decoder state: whether this stream's entries carry unknown
+        # fields, so that each of their events is decoded once.
+        self._parser = StreamParser()
         self._session: aiohttp.ClientSession | None = None
         self._last_failure = ""
         if options.url is not None and options.url.startswith("ws://"):
@@ -407,7 +410,7 @@ class EventListener:
                     if failure is not None and not isinstance(failure, asyncio.CancelledError):
                         raise failure from None
                     raise StopAsyncIteration from None
-            if type(item) is str:
+            if type(item) is str and not self._parser.lax_first:
                 # The common case, decoded in one pass as parse_message would.
                 try:
                     frame = _decode_event(item)
@@ -415,14 +418,28 @@ class EventListener:
                     pass
                 else:
                     return Event(id=frame.id, entry=frame.data)
-            try:
-                message = parse_message(item)
-            except Exception:
-                continue
-            if isinstance(message, Event):
-                if isinstance(item, Backfilled):
-                    return msgspec.structs.replace(message, backfilled=True)
-                return message
+            event = self._event_of(item)
+            if event is not None:
+                return event
+
+    def _event_of(self, item: str | bytes) -> Event | None:
+        """The event in an inbox item the one-pass decode above did not take, if any."""
+        parser = self._parser
+        if type(item) is not str:
+            parse = parse_message
+        elif parser.lax_first:
+            parse = parser.lax  # entries with unknown fields: see StreamParser
+        else:
+            parse = parser.refused  # not again the attempt that just failed
+        try:
+            message = parse(item)
+        except Exception:
+            return None
+        if not isinstance(message, Event):
+            return None
+        if isinstance(item, Backfilled):
+            return msgspec.structs.replace(message, backfilled=True)
+        return message
 
     # ------------------------------------------------------------------ the reconnect cycle
 

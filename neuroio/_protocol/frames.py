@@ -16,12 +16,25 @@ import msgspec
 
 from .. import _redact
 from ..exceptions import MessageError
-from ..messages import AuthOk, Entry, Event, Message, Pong, ServerError, UnknownMessage
+from ..messages import (
+    AuthOk,
+    Entry,
+    Event,
+    Message,
+    Pong,
+    ServerError,
+    UnknownMessage,
+    _adopt,
+    _has_wire_extra,
+    _is_unread,
+    _LaxEntry,
+)
 
 __all__ = [
     "EVENT_PREFIX",
     "PING_FRAME",
     "Kind",
+    "StreamParser",
     "classify",
     "decode_json",
     "encode_auth",
@@ -34,6 +47,7 @@ __all__ = [
     "is_event_id",
     "message_from_dict",
     "parse_message",
+    "parse_refused",
 ]
 
 # Events dominate the stream; this prefix is how the platform and the emulator write them,
@@ -65,10 +79,19 @@ class _Probe(msgspec.Struct):
 
 
 class _EventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    # An event whose every field is known and well-typed decodes in one pass; anything else
-    # (an unknown field, a new enum value) takes the tolerant path through a dict.
+    # An event whose every field is known and well-typed decodes in one pass (its extra is
+    # empty); anything else is tried with _LaxEventFrame.
     id: int
     data: Entry
+
+
+class _LaxEventFrame(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    # An event whose entry has fields Entry does not know, every known one well-typed, also
+    # decodes in one pass: the unknown fields are skipped, and decoded from the frame only if
+    # ``extra`` is read. Anything else (a new enum value, a value of the wrong type, an unknown
+    # key beside ``id`` and ``data``) takes the tolerant path through a dict.
+    id: int
+    data: _LaxEntry
 
 
 class _DataProbe(msgspec.Struct):
@@ -103,7 +126,10 @@ def _plain(raw: str | bytes) -> str | bytes:
 _probe_decoder = msgspec.json.Decoder(_Probe)
 _id_probe_decoder = msgspec.json.Decoder(_IdProbe)
 event_decoder = msgspec.json.Decoder(_EventFrame)
-"""Decodes a well-formed event frame in one pass (``.decode(text).id`` / ``.data``)."""
+"""Decodes a well-formed event frame in one pass (``.decode(text).id`` / ``.data``).
+
+It refuses an entry with unknown fields: :func:`parse_refused` takes those."""
+_lax_event_decoder = msgspec.json.Decoder(_LaxEventFrame)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -195,13 +221,111 @@ def parse_message(raw: str | bytes) -> Message:
     try:
         frame = event_decoder.decode(raw)
     except _DECODE_ERRORS:
+        return parse_refused(raw)
+    return Event(id=frame.id, entry=frame.data)
+
+
+def parse_refused(raw: str | bytes) -> Message:
+    """:func:`parse_message` of a frame that :data:`event_decoder` refused.
+
+    The listener's iterator calls it after its own one-pass attempt, so as not to repeat it.
+    """
+    raw = _plain(raw)
+    try:
+        lax = _lax_event_decoder.decode(raw)
+    except _DECODE_ERRORS:
         pass
     else:
-        return Event(id=frame.id, entry=frame.data)
+        return Event(id=lax.id, entry=_adopt(lax.data, raw))
+    return _parse_tolerant(raw)
+
+
+def _parse_tolerant(raw: str | bytes) -> Message:
+    # Through a dict: whatever does not fit the typed entry is kept in its extra.
     value = decode_json(raw)
     if not isinstance(value, dict):
         raise MessageError(f"expected a JSON object, got {type(value).__name__}")
     return message_from_dict(value)
+
+
+# Keys a frame without unknown fields can hold: the frame's, the entry's (with the wire name
+# of ``extra``), a camera's or space's. A stream's marker key is never one of them.
+_CLEAN_KEYS = frozenset({"id", "data", "name", "neuroio:extra", *Entry.__struct_fields__})
+# Frames in a row without the marker key after which a stream is taken to be clean again.
+_MISSES = 16
+
+
+class StreamParser:
+    """:func:`parse_message` for the frames of one stream, one decode per event.
+
+    A stream whose entries carry fields :class:`Entry` does not know would have each event
+    refused by :data:`event_decoder` before the lax decoder takes it. Once one such event has
+    come, this parser remembers one of its unknown keys (the *marker*) and decodes later
+    events with the lax decoder first. A frame holding ``"<marker>":`` holds an unknown field:
+    in JSON text that sequence is a key (a quote inside a string is escaped), no key of a
+    clean frame is the marker, and the lax decoder refuses unknown keys everywhere but at the
+    top of ``data`` and inside values that are themselves unknown fields. Such a frame is done
+    in that one decode; any other is decoded strictly as well, so a clean entry is the same
+    as :func:`parse_message` makes it, with a plain empty ``extra``. After
+    ``_MISSES`` frames in a row without the marker the stream is taken to be clean again.
+
+    Attributes:
+        lax_first: whether events are decoded lax first (the caller decodes strictly first,
+            then calls :meth:`refused`, when it is false).
+    """
+
+    __slots__ = ("_marker", "_misses", "_wait", "lax_first")
+
+    def __init__(self) -> None:
+        self.lax_first = False
+        self._marker = ""
+        self._misses = 0
+        self._wait = 0  # refused events to let pass before trying to learn a marker again
+
+    def refused(self, raw: str | bytes) -> Message:
+        """:func:`parse_refused`, learning a marker from an entry with unknown fields."""
+        message = parse_refused(raw)
+        if type(raw) is not str or not isinstance(message, Event) or not _is_unread(message.entry):
+            return message
+        if self._wait:
+            self._wait -= 1
+            return message
+        # Once per switch to lax first: this entry's extra is decoded now.
+        for key in message.entry.extra:
+            marker = f'"{key}":'
+            if key not in _CLEAN_KEYS and marker in raw:  # written without escapes
+                self._marker = marker
+                self._misses = 0
+                self.lax_first = True
+                return message
+        # No key fit (each one escaped, or named like a documented one): not for a while.
+        self._wait = _MISSES
+        return message
+
+    def lax(self, raw: str | bytes) -> Message:
+        """:func:`parse_message` of a frame, decoded lax first if it is plain text."""
+        if type(raw) is not str:
+            return parse_message(raw)
+        try:
+            lax = _lax_event_decoder.decode(raw)
+        except _DECODE_ERRORS:
+            # Whatever the lax decoder refuses, the strict one does: the tolerant path.
+            return _parse_tolerant(raw)
+        entry = lax.data
+        if self._marker in raw and not _has_wire_extra(entry):
+            self._misses = 0
+            return Event(id=lax.id, entry=_adopt(entry, raw))
+        try:
+            frame = event_decoder.decode(raw)
+        except _DECODE_ERRORS:
+            # Accepted lax but not strictly: unknown fields, without the marker.
+            event = Event(id=lax.id, entry=_adopt(entry, raw))
+        else:
+            event = Event(id=frame.id, entry=frame.data)
+        self._misses += 1
+        if self._misses >= _MISSES:
+            self.lax_first = False
+        return event
 
 
 def message_from_dict(value: dict[str, Any]) -> Message:
