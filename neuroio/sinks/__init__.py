@@ -7,6 +7,8 @@ URI                                            sink
 ``http://...``, ``https://...``                :class:`~neuroio.sinks.webhook.WebhookSink`
 ``redis://host:port/db?stream=...&maxlen=N``   :class:`~neuroio.sinks.redis.RedisSink`
 ``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
+``postgresql://user@host:port/db?table=...``   :class:`~neuroio.sinks.postgres.PostgresSink`
+``sqlite:PATH?table=...``                      :class:`~neuroio.sinks.sqlite.SqliteSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
@@ -30,7 +32,19 @@ from .memory import MemorySink
 
 __all__ = ["FileSink", "MemorySink", "Sink", "SpooledEvent", "from_uri", "redact_uri"]
 
-_SCHEMES = ("file:", "memory:", "http://", "https://", "redis://", "rediss://", "nats://", "tls://")
+_SCHEMES = (
+    "file:",
+    "memory:",
+    "http://",
+    "https://",
+    "redis://",
+    "rediss://",
+    "nats://",
+    "tls://",
+    "postgresql://",
+    "postgres://",
+    "sqlite:",
+)
 
 
 def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> Sink:
@@ -66,6 +80,14 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
         from .nats import NatsSink
 
         return NatsSink(uri, **options)
+    if lowered.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresSink
+
+        return PostgresSink(uri, **options)
+    if lowered.startswith("sqlite:"):
+        from .sqlite import SqliteSink
+
+        return SqliteSink.from_uri(uri, **options)
     raise ConfigurationError(
         f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
     )

@@ -1,0 +1,334 @@
+"""``postgresql://user[:password]@host[:port]/db?table=neuroio_events``: events as rows of a
+PostgreSQL table (also ``postgres://``), with asyncpg.
+
+One row per event (columns in :mod:`neuroio.sinks._rows`): ``id bigint PRIMARY KEY``,
+``created timestamptz``, ``received_at timestamptz``, ``result text``, ``confidence double
+precision``, ``pid text``, ``source_id bigint``, ``source_name text``, ``space_id bigint``,
+``backfilled boolean`` and ``data jsonb`` (the whole event as received). The table is created
+when missing, with indexes on ``created`` and ``pid``; an existing table is used only if it has
+that shape (checked at start-up: a :class:`~neuroio.exceptions.ConfigurationError` names the
+table and each difference).
+
+A batch is one statement, ``INSERT ... SELECT * FROM unnest($1::bigint[], ...) ON CONFLICT
+(id) DO NOTHING``: one round trip, one transaction, and each event id stored once, across
+retries, restarts after a SIGKILL, and several bridges writing the same table.
+
+Query options: ``table`` (``name`` or ``schema.name``, default ``neuroio_events``; letters,
+digits and ``_``, folded to lower case as PostgreSQL folds names), ``connect_timeout``
+(default 10 s), ``timeout`` (per statement, default 30 s), ``sslmode`` (``disable``,
+``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``; by default asyncpg's, which
+honours ``PGSSLMODE``) and ``name``. Without a password in the URI, asyncpg reads
+``PGPASSWORD`` and ``~/.pgpass``.
+
+Errors: the server unreachable is a :class:`~neuroio.exceptions.SinkError` (at start-up the
+bridge does not start; later the batch is retried); a refused login, a missing database or
+schema, or a missing privilege is a ``ConfigurationError`` at start-up. A connection lost
+mid-run fails that batch with ``SinkError`` and the next attempt connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..exceptions import ConfigurationError, MissingExtraError, PermanentSinkError, SinkError
+from ._rows import COLUMNS, DEFAULT_TABLE, identifier_problem, postgres_rows
+from ._uri import Choice, Duration, Option, Text, parse_options, parse_url, redact_uri
+from .base import Sink, SpooledEvent
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("postgres", "the postgresql:// sink") from exc
+
+__all__ = ["PostgresSink"]
+
+log = logging.getLogger("neuroio.sinks")
+
+_TYPES = {
+    "id": "bigint",
+    "created": "timestamp with time zone",
+    "received_at": "timestamp with time zone",
+    "result": "text",
+    "confidence": "double precision",
+    "pid": "text",
+    "source_id": "bigint",
+    "source_name": "text",
+    "space_id": "bigint",
+    "backfilled": "boolean",
+    "data": "jsonb",
+}
+# Columns a malformed event leaves NULL: a NOT NULL on one of them would refuse the event.
+_NULLABLE = ("created", "result", "confidence", "pid", "source_id", "source_name", "space_id")
+_ARRAY_TYPES = {
+    "bigint": "bigint",
+    "timestamp with time zone": "timestamptz",
+    "text": "text",
+    "double precision": "float8",
+    "boolean": "boolean",
+    "jsonb": "jsonb",
+}
+
+_TABLE = Text("table", DEFAULT_TABLE, check=lambda v: identifier_problem(v, qualified=True))
+_NAME = Text("name", "")
+_CONNECT_TIMEOUT = Duration("connect_timeout", 10.0)
+_TIMEOUT = Duration("timeout", 30.0)
+_SSLMODE = Choice(
+    "sslmode",
+    "",
+    choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+)
+_OPTIONS: tuple[Option[Any], ...] = (_TABLE, _NAME, _CONNECT_TIMEOUT, _TIMEOUT, _SSLMODE)
+
+# Errors that say the database cannot be used as configured (not that it is down).
+_CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # wrong password, no such role, pg_hba
+    asyncpg.InvalidCatalogNameError,  # no such database
+    asyncpg.InvalidSchemaNameError,  # no such schema
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
+# Values the server (or asyncpg, encoding an argument) will never take, whatever the retry.
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,  # SQLSTATE class 22
+    asyncpg.ProgramLimitExceededError,  # e.g. an index row too large
+    asyncpg.exceptions._base.DataError,  # an argument asyncpg cannot encode
+)
+
+_FAILED = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier + '"'  # validated: letters, digits and _ only
+
+
+def _index_name(table: str, what: str) -> str:
+    name = f"{table}_{what}_idx"
+    if len(name) <= 63:
+        return name
+    # PostgreSQL would cut a longer name: two long table names could then share an index name.
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"{table[: 63 - len(what) - 14]}_{digest}_{what}_idx"
+
+
+class PostgresSink(Sink):
+    """Inserts events into a PostgreSQL table, each event id once.
+
+    Args:
+        uri: ``postgresql://user[:password]@host[:port]/db?table=neuroio_events`` (see the
+            module documentation for the options).
+
+    Attributes:
+        table: the table, as written in SQL (quoted, with its schema if given).
+        added: rows inserted by this sink; events already in the table are not counted.
+
+    Raises:
+        ConfigurationError: the URI or an option is invalid.
+    """
+
+    max_batch = 2000
+
+    def __init__(self, uri: str) -> None:
+        url = parse_url(
+            uri,
+            schemes=("postgresql", "postgres"),
+            expected="postgresql://user[:password]@host[:port]/database",
+        )
+        options = parse_options(url.raw_query_string, _OPTIONS, uri=uri, sink="PostgreSQL")
+        database = url.path.strip("/")
+        if not database or "/" in database:
+            raise ConfigurationError(
+                f"sink {redact_uri(uri)}: expected postgresql://user@host[:port]/database "
+                "(one database name after the host)"
+            )
+        parts = options[_TABLE].lower().split(".")
+        self._schema = parts[0] if len(parts) == 2 else None
+        self._table = parts[-1]
+        self.table = ".".join(_quote(p) for p in parts)
+        self._connect_timeout = options[_CONNECT_TIMEOUT]
+        self._timeout = options[_TIMEOUT]
+        self._ssl = options[_SSLMODE] or None
+        # The address as the user spelled it: the name keys the sink's cursor in the spool.
+        base = f"{url.scheme}://{urlsplit(uri).netloc}/{database}"
+        self._dsn = base
+        self.name = options[_NAME] or redact_uri(f"{base}?table={options[_TABLE]}")
+        self.added = 0
+        self._password = url.password or ""
+        self._conn: Any = None
+        arrays = ", ".join(f"${n}::{_ARRAY_TYPES[_TYPES[c]]}[]" for n, c in enumerate(COLUMNS, 1))
+        self._insert = (
+            f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) "
+            f"SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING"
+        )
+
+    def __repr__(self) -> str:
+        return f"<PostgresSink {self.name}>"
+
+    # -- connecting ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, create the table if it is missing, and check its shape.
+
+        Raises:
+            SinkError: the server is unreachable.
+            ConfigurationError: the login is refused, the database or schema is missing, a
+                privilege is missing, or the table has another shape.
+        """
+        try:
+            await self._connect()
+        except _CONFIGURATION_ERRORS as exc:
+            raise ConfigurationError(f"sink {self.name}: {self._describe(exc)}") from None
+
+    async def _connect(self) -> Any:
+        """The open connection, connecting (and preparing the table) first if needed."""
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        await self._drop()
+        try:
+            conn = await asyncpg.connect(
+                self._dsn,
+                timeout=self._connect_timeout,
+                command_timeout=self._timeout,
+                ssl=self._ssl,
+                server_settings={"application_name": "neuroio-events"},
+            )
+        except _CONFIGURATION_ERRORS:
+            raise
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            reason = self._describe(exc)
+            raise SinkError(f"sink {self.name}: PostgreSQL is unreachable: {reason}") from exc
+        except asyncpg.InterfaceError as exc:
+            raise SinkError(f"sink {self.name}: cannot connect: {self._describe(exc)}") from exc
+        try:
+            await self._prepare_table(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        return conn
+
+    async def _prepare_table(self, conn: Any) -> None:
+        oid = await conn.fetchval("SELECT to_regclass($1)::oid", self.table)
+        if oid is None:
+            await self._create_table(conn)
+            oid = await conn.fetchval("SELECT to_regclass($1)::oid", self.table)
+        problems = await self._shape_problems(conn, oid)
+        if problems:
+            raise ConfigurationError(
+                f"sink {self.name}: table {self.table} exists with another shape: "
+                f"{'; '.join(problems)}. Use another table (?table=...) or make it match "
+                "the sink's table (see docs/bridge.md)"
+            )
+
+    async def _create_table(self, conn: Any) -> None:
+        columns = ", ".join(
+            f"{c} {_TYPES[c]}"
+            + (" PRIMARY KEY" if c == "id" else "")
+            + (" NOT NULL" if c in ("received_at", "data") else "")
+            + (" NOT NULL DEFAULT false" if c == "backfilled" else "")
+            for c in COLUMNS
+        )
+        async with conn.transaction():
+            # Two bridges starting at once: CREATE TABLE IF NOT EXISTS alone can still fail in
+            # one of them (a race on the catalog), so creation is serialised per table name.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
+            if await conn.fetchval("SELECT to_regclass($1)", self.table) is not None:
+                return
+            await conn.execute(f"CREATE TABLE {self.table} ({columns})")
+            for what in ("created", "pid"):
+                index = _quote(_index_name(self._table, what))
+                await conn.execute(f"CREATE INDEX {index} ON {self.table} ({what})")
+        log.info("sink %s: created table %s", self.name, self.table)
+
+    async def _shape_problems(self, conn: Any, oid: int) -> list[str]:
+        kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = $1", oid)
+        if kind not in ("r", "p"):
+            return ["it is not a table (a view or another kind of relation)"]
+        rows = await conn.fetch(
+            "SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull, atthasdef "
+            "FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum",
+            oid,
+        )
+        found = {r["attname"]: r for r in rows}
+        problems = []
+        for column, expected in _TYPES.items():
+            row = found.get(column)
+            if row is None:
+                problems.append(f"column {column} is missing")
+            elif row["type"] != expected:
+                problems.append(f"column {column} is {row['type']} (expected {expected})")
+            elif column in _NULLABLE and row["attnotnull"]:
+                problems.append(f"column {column} is NOT NULL (it must accept NULL)")
+        for name, row in found.items():
+            if name not in _TYPES and row["attnotnull"] and not row["atthasdef"]:
+                problems.append(f"column {name} is NOT NULL without a default")
+        unique = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = $1 AND i.indisunique AND i.indnkeyatts = 1 "
+            "AND i.indpred IS NULL AND a.attname = 'id')",
+            oid,
+        )
+        if "id" in found and not unique:
+            problems.append("id is not its primary key (nor unique)")
+        if not problems and not await conn.fetchval(
+            "SELECT has_table_privilege($1::oid, 'INSERT')", oid
+        ):
+            problems.append("the user may not insert into it")
+        return problems
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, events: Sequence[SpooledEvent]) -> None:
+        """Insert the batch in one statement; repeats of stored ids are skipped."""
+        if not events:
+            return
+        try:
+            conn = await self._connect()
+        except ConfigurationError as exc:
+            raise SinkError(str(exc)) from exc  # the table was changed under a running sink
+        except _CONFIGURATION_ERRORS as exc:
+            raise SinkError(f"sink {self.name}: {self._describe(exc)}") from exc
+        # Turning JSON into rows is CPU work: done off the loop, which goes on reading.
+        rows = await asyncio.to_thread(postgres_rows, events)
+        try:
+            status = await conn.execute(self._insert, *zip(*rows, strict=True))
+        except _REFUSED as exc:
+            # A value the server will never take (the rows are built so that none should):
+            # refused for good, so the bridge isolates the event and keeps it as a dead letter
+            # instead of retrying the batch forever.
+            raise PermanentSinkError(
+                f"sink {self.name}: PostgreSQL refused the data: {self._describe(exc)}"
+            ) from exc
+        except _FAILED as exc:
+            if conn.is_closed() or not isinstance(exc, asyncpg.PostgresError):
+                await self._drop()  # lost, or timed out mid-statement: start afresh next time
+            raise SinkError(f"sink {self.name}: insert failed: {self._describe(exc)}") from exc
+        self.added += int(status.rpartition(" ")[2])
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    def _describe(self, exc: BaseException) -> str:
+        """The error's text, never the password (asyncpg's messages should not hold it)."""
+        text = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, OSError):
+            text = f"{type(exc).__name__}: {text}"
+        return text.replace(self._password, "***") if self._password else text
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5.0)
+            except _FAILED:
+                conn.terminate()
