@@ -4,10 +4,11 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 850 bytes each) as fast as the socket takes them. Each variant runs in a fresh process:
 
 * ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
-* ``file`` / ``redis`` / ``nats``: a :class:`neuroio.bridge.Bridge` with a fresh spool
-  (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink; the clock
+* ``file`` / ``redis`` / ``nats`` / ``postgres`` / ``sqlite``: a :class:`neuroio.bridge.Bridge`
+  with a fresh spool (``--spool-sync``, ``normal`` by default as for the bridge) and that one
+  sink (``sqlite`` with its default ``sync=full``); the clock
   runs from the first event received to the last event confirmed by the sink;
-* ``all``: one bridge delivering to the three sinks at once.
+* ``all``: one bridge delivering to file, Redis and NATS at once.
 
 Then the delivery latency (an event received by the bridge → confirmed by the sink) at a
 steady ``--rate`` events/s for each sink, and, per variant, the peak RSS of its process.
@@ -25,8 +26,9 @@ Usage::
     .venv/bin/python bench/bridge.py --quick    # a smoke run
     .venv/bin/python bench/bridge.py --gap 50000
 
-Redis on 127.0.0.1:6379 (db 14) and NATS JetStream on 127.0.0.1:4222 must be running; each run
-uses its own stream and deletes it afterwards.
+Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222 and PostgreSQL on
+127.0.0.1:5432 (database ``test``) must be running; each run uses its own stream or table and
+deletes it afterwards (the SQLite database is a file in the run's temporary directory).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ ROOT = BENCH.parent
 TOKEN = "bench-token"
 REDIS = "redis://127.0.0.1:6379/14"
 NATS = "nats://127.0.0.1:4222"
-TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000}
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "postgres": 20_000, "sqlite": 30_000}
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
@@ -75,8 +78,10 @@ def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
         "file": f"file:{tmp / 'events.jsonl'}",
         "redis": f"{REDIS}?stream=bench:{tag}",
         "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
+        "postgres": f"{POSTGRES}?table=bench_{tag}",
+        "sqlite": f"sqlite:{tmp / 'events.db'}",
     }
-    return list(uris.values()) if kind == "all" else [uris[kind]]
+    return [uris[k] for k in ("file", "redis", "nats")] if kind == "all" else [uris[kind]]
 
 
 async def _cleanup(uris: Sequence[str], tag: str) -> None:
@@ -100,6 +105,12 @@ async def _cleanup(uris: Sequence[str], tag: str) -> None:
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream(f"BENCH{tag.upper()}")
         await nc.close()
+    if any(u.startswith("postgresql") for u in uris):
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES)
+        await conn.execute(f"DROP TABLE IF EXISTS bench_{tag}")
+        await conn.close()
 
 
 async def child_bare(url: str, events: int) -> dict[str, Any]:
@@ -272,7 +283,8 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
-        variants = ["bare", "file", "redis", "nats", "all"]
+        variants = ["bare", "file", "redis", "nats", "postgres", "sqlite", "all"]
+        variants = [v for v in variants if not args.only or v in args.only or v == "bare"]
         for _ in range(args.repeat):
             for variant in variants:
                 url, _tag = server.url(n=args.events)
@@ -312,7 +324,9 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
-        for variant in ("file", "redis", "nats"):
+        for variant in ("file", "redis", "nats", "postgres", "sqlite"):
+            if args.only and variant not in args.only:
+                continue
             url, _tag = server.url(n=count, mode="rate", rate=args.rate)
             result = await run_child(
                 [
@@ -347,7 +361,10 @@ async def parent_main(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     say()
-    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, p99 < 50 ms, RSS < 150 MB")
+    say(
+        "targets: file >= 50,000/s, redis, nats and postgres >= 20,000/s, sqlite >= 30,000/s, "
+        "p99 < 50 ms, RSS < 150 MB"
+    )
     for failure in failures:
         say(f"MISSED  {failure}")
     if not failures:
@@ -465,6 +482,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure the recovery of a gap of N entries instead (peak RSS and time)",
     )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default=set(),
+        help="comma-separated variants to run (bare always runs: it is the baseline)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)

@@ -100,7 +100,13 @@ _REFUSED: tuple[type[BaseException], ...] = (
     asyncpg.exceptions._base.DataError,  # an argument asyncpg cannot encode
 )
 
-_FAILED = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_FAILED = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. a connection the server ended while it was idle
+)
 
 
 def _quote(identifier: str) -> str:
@@ -202,10 +208,17 @@ class PostgresSink(Sink):
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             reason = self._describe(exc)
             raise SinkError(f"sink {self.name}: PostgreSQL is unreachable: {reason}") from exc
-        except asyncpg.InterfaceError as exc:
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             raise SinkError(f"sink {self.name}: cannot connect: {self._describe(exc)}") from exc
         try:
             await self._prepare_table(conn)
+        except _CONFIGURATION_ERRORS:
+            conn.terminate()
+            raise
+        except _FAILED as exc:
+            conn.terminate()
+            reason = self._describe(exc)
+            raise SinkError(f"sink {self.name}: cannot prepare the table: {reason}") from exc
         except BaseException:
             conn.terminate()
             raise
@@ -233,16 +246,22 @@ class PostgresSink(Sink):
             + (" NOT NULL DEFAULT false" if c == "backfilled" else "")
             for c in COLUMNS
         )
-        async with conn.transaction():
-            # Two bridges starting at once: CREATE TABLE IF NOT EXISTS alone can still fail in
-            # one of them (a race on the catalog), so creation is serialised per table name.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
-            if await conn.fetchval("SELECT to_regclass($1)", self.table) is not None:
-                return
-            await conn.execute(f"CREATE TABLE {self.table} ({columns})")
-            for what in ("created", "pid"):
-                index = _quote(_index_name(self._table, what))
-                await conn.execute(f"CREATE INDEX {index} ON {self.table} ({what})")
+        # Two bridges starting at once: CREATE TABLE IF NOT EXISTS alone can still fail in one
+        # of them (a race on the catalog), so creation is serialised per table name. The lock
+        # is the session's and the check runs in a transaction begun after it was granted: a
+        # transaction sees the catalog as of its start, so it sees a table the other created.
+        key = "neuroio-events table " + self.table
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+        try:
+            async with conn.transaction():
+                if await conn.fetchval("SELECT to_regclass($1)", self.table) is not None:
+                    return
+                await conn.execute(f"CREATE TABLE {self.table} ({columns})")
+                for what in ("created", "pid"):
+                    index = _quote(_index_name(self._table, what))
+                    await conn.execute(f"CREATE INDEX {index} ON {self.table} ({what})")
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
         log.info("sink %s: created table %s", self.name, self.table)
 
     async def _shape_problems(self, conn: Any, oid: int) -> list[str]:
