@@ -88,6 +88,10 @@ _INT64 = range(-(2**63), 2**63)
 # could exceed what an index entry may hold (PostgreSQL: about 2,700 bytes).
 _MAX_PID = 256
 _NUL = b"\\u0000"  # how msgspec (the spool's encoder) writes U+0000 in a JSON string
+# A time in the SQLite form for sure (days past the 28th are left to the full parser).
+_CANONICAL = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"
+)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -98,7 +102,7 @@ class _Named(msgspec.Struct):
 
 
 class _Entry(msgspec.Struct):
-    created: datetime | None = None
+    created: str | None = None  # parsed (PostgreSQL) or checked (SQLite) per sink
     result: str | None = None
     confidence: float | None = None
     pid: str | None = None
@@ -113,9 +117,10 @@ class _Event(msgspec.Struct):
 
 _typed = msgspec.json.Decoder(_Event)
 
-# created, result, confidence, pid, source_id, source_name, space_id, backfilled, data
+# created (as written), result, confidence, pid, source_id, source_name, space_id, backfilled,
+# data
 _Fields = tuple[
-    datetime | None, str | None, float | None, str | None, int | None, str | None, int | None,
+    str | None, str | None, float | None, str | None, int | None, str | None, int | None,
     bool, str,
 ]  # fmt: skip
 
@@ -149,16 +154,16 @@ def postgres_rows(events: Sequence[SpooledEvent]) -> list[PostgresRow]:
         )
         received = datetime.fromtimestamp(event.received_at, timezone.utc)
         rows.append(
-            (event.id, created, received, result, confidence, pid, source_id, source_name,
-             space_id, back, data)
+            (event.id, None if created is None else parse_time(created), received, result,
+             confidence, pid, source_id, source_name, space_id, back, data)
         )  # fmt: skip
     return rows
 
 
 def sqlite_rows(events: Sequence[SpooledEvent]) -> list[SqliteRow]:
-    """The rows of ``events`` for SQLite: times as ISO-8601 text in UTC, of one fixed width
-    (``2024-05-01T10:00:00.000000Z``) so that they sort and compare as text, and work with
-    SQLite's date functions; ``backfilled`` as 0 or 1."""
+    """The rows of ``events`` for SQLite: times as ISO-8601 text in UTC to the millisecond (the
+    platform's own form, ``2024-05-01T10:00:00.000Z``), of one fixed width so that they sort
+    and compare as text, and work with SQLite's date functions; ``backfilled`` as 0 or 1."""
     rows: list[SqliteRow] = []
     second = -1
     prefix = ""
@@ -173,9 +178,9 @@ def sqlite_rows(events: Sequence[SpooledEvent]) -> list[SqliteRow]:
         if whole != second:
             second = whole
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        received = f"{prefix}.{min(int((at - whole) * 1e6), 999_999):06d}Z"
+        received = f"{prefix}.{min(int((at - whole) * 1000), 999):03d}Z"
         rows.append(
-            (event.id, None if created is None else _iso(created), received, result,
+            (event.id, None if created is None else _created_text(created), received, result,
              confidence, pid, source_id, source_name, space_id, 1 if back else 0, data)
         )  # fmt: skip
     return rows
@@ -185,12 +190,17 @@ def _event_id(event: SpooledEvent) -> int:
     return event.id
 
 
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is not timezone.utc:
-        moment = moment.astimezone(timezone.utc)
+def _created_text(value: str) -> str | None:
+    """``value`` in the SQLite form, ``None`` if it is not a time."""
+    if len(value) == 24 and _CANONICAL.match(value) is not None:
+        return value  # already in that form (the platform's): no need to parse and format
+    moment = parse_time(value)
+    if moment is None:
+        return None
+    moment = moment.astimezone(timezone.utc)
     return (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
     )
 
 
@@ -208,12 +218,9 @@ def _fields(payload: bytes) -> _Fields:
         source_name = source.name
     if space is not None:
         space_id = space.id if space.id is None or space.id in _INT64 else None
-    created = entry.created
-    if created is not None and created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)  # the platform's naive times are UTC
     return (
-        created, entry.result, entry.confidence, _pid(entry.pid), source_id, source_name, space_id,
-        event.backfilled, payload.decode(),
+        entry.created, entry.result, entry.confidence, _pid(entry.pid), source_id, source_name,
+        space_id, event.backfilled, payload.decode(),
     )  # fmt: skip
 
 
@@ -236,7 +243,7 @@ def _checked_fields(payload: bytes) -> _Fields:
         space = {}
     backfilled = isinstance(value, dict) and value.get("backfilled") is True
     return (
-        parse_time(entry.get("created")),
+        _text(entry.get("created")),
         _text(entry.get("result")),
         _number(entry.get("confidence")),
         _pid(_text(entry.get("pid"))),

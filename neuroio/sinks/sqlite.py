@@ -2,7 +2,7 @@
 with no server.
 
 One row per event (columns in :mod:`neuroio.sinks._rows`): ``id INTEGER PRIMARY KEY``,
-``created TEXT``, ``received_at TEXT`` (both ISO-8601 in UTC, ``2024-05-01T10:00:00.000000Z``:
+``created TEXT``, ``received_at TEXT`` (both ISO-8601 in UTC, ``2024-05-01T10:00:00.000Z``:
 they sort and compare as text and work with SQLite's date functions), ``result TEXT``,
 ``confidence REAL``, ``pid TEXT``, ``source_id INTEGER``, ``source_name TEXT``, ``space_id
 INTEGER``, ``backfilled INTEGER`` (0 or 1) and ``data TEXT`` (the whole event as received, as
