@@ -22,8 +22,9 @@ honours ``PGSSLMODE``) and ``name``. Without a password in the URI, asyncpg read
 
 Errors: the server unreachable is a :class:`~neuroio.exceptions.SinkError` (at start-up the
 bridge does not start; later the batch is retried); a refused login, a missing database or
-schema, or a missing privilege is a ``ConfigurationError`` at start-up. A connection lost
-mid-run fails that batch with ``SinkError`` and the next attempt connects again.
+schema, or a missing privilege is a ``ConfigurationError`` at start-up. A batch that fails
+mid-run (the connection lost, a statement timed out, the table dropped) is a ``SinkError``, and
+the next attempt connects again and checks (or creates) the table first.
 """
 
 from __future__ import annotations
@@ -326,8 +327,9 @@ class PostgresSink(Sink):
                 f"sink {self.name}: PostgreSQL refused the data: {self._describe(exc)}"
             ) from exc
         except _FAILED as exc:
-            if conn.is_closed() or not isinstance(exc, asyncpg.PostgresError):
-                await self._drop()  # lost, or timed out mid-statement: start afresh next time
+            # Lost, timed out mid-statement, or refused (the table dropped or altered under
+            # the sink): the next attempt starts from a fresh connection and a checked table.
+            await self._drop()
             raise SinkError(f"sink {self.name}: insert failed: {self._describe(exc)}") from exc
         self.added += int(status.rpartition(" ")[2])
 

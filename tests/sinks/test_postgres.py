@@ -265,6 +265,22 @@ async def test_a_killed_connection_fails_one_batch_then_reconnects(
     assert await ids_of(conn, table) == list(range(1, 201))
 
 
+async def test_a_table_dropped_mid_run_is_created_again(
+    postgres_url: str, db: tuple[str, Any]
+) -> None:
+    table, conn = db
+    sink = await started(f"{postgres_url}?table={table}")
+    try:
+        await sink.send(events(range(1, 11)))
+        await conn.execute(f'DROP TABLE "{table}"')
+        with pytest.raises(SinkError, match="does not exist"):
+            await sink.send(events(range(11, 21)))
+        await sink.send(events(range(11, 21)))
+    finally:
+        await sink.aclose()
+    assert await ids_of(conn, table) == list(range(11, 21))
+
+
 def test_uris() -> None:
     """postgres:// and postgresql://, the name (password masked, ?name= wins), and bad URIs
     and options as one-line ConfigurationErrors without the password."""
