@@ -67,7 +67,12 @@ _TYPES = {
 _NULLABLE = ("created", "result", "confidence", "pid", "source_id", "source_name", "space_id")
 _SPOOL_TABLES = frozenset({"segments", "cursors"})
 _BUSY_TIMEOUT_MS = 10_000  # another writer of the same file (a second bridge) holds the lock
-_JOURNAL_SIZE_LIMIT = 16 << 20  # the log file is cut back to this after a checkpoint
+# The log is copied into the database every 4096 pages (16 MiB) rather than SQLite's 1000:
+# a checkpoint flushes the database file too, so fewer of them mean fewer flushes (and, under
+# load, about half the time per event). The log file keeps that size after a checkpoint, so
+# later commits overwrite it instead of allocating new blocks.
+_CHECKPOINT_PAGES = 4096
+_JOURNAL_SIZE_LIMIT = _CHECKPOINT_PAGES * (4096 + 24) + 32
 
 _TABLE = Text("table", DEFAULT_TABLE, check=identifier_problem)
 _SYNC = Choice("sync", "full", choices=("normal", "full"))
@@ -216,6 +221,7 @@ class SqliteSink(Sink):
                 "put the database on a local file system"
             )
         conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if _SPOOL_TABLES <= tables:
