@@ -37,7 +37,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 import msgspec
@@ -48,10 +48,9 @@ from .base import SpooledEvent
 __all__ = [
     "COLUMNS",
     "DEFAULT_TABLE",
-    "PostgresRow",
     "SqliteRow",
     "identifier_problem",
-    "postgres_rows",
+    "postgres_batch",
     "sqlite_rows",
 ]
 
@@ -70,12 +69,6 @@ COLUMNS = (
     "data",
 )
 
-# id, created, received_at, result, confidence, pid, source_id, source_name, space_id,
-# backfilled, data
-PostgresRow = tuple[
-    int, datetime | None, datetime, str | None, float | None, str | None, int | None,
-    str | None, int | None, bool, str,
-]  # fmt: skip
 SqliteRow = tuple[
     int, str | None, str, str | None, float | None, str | None, int | None, str | None,
     int | None, int, str,
@@ -118,10 +111,10 @@ class _Event(msgspec.Struct):
 _typed = msgspec.json.Decoder(_Event)
 
 # created (as written), result, confidence, pid, source_id, source_name, space_id, backfilled,
-# data
+# data (the event's JSON, valid)
 _Fields = tuple[
     str | None, str | None, float | None, str | None, int | None, str | None, int | None,
-    bool, str,
+    bool, bytes,
 ]  # fmt: skip
 
 
@@ -140,11 +133,17 @@ def identifier_problem(value: str, *, qualified: bool = False) -> str | None:
     return None
 
 
-def postgres_rows(events: Sequence[SpooledEvent]) -> list[PostgresRow]:
-    """The rows of ``events`` for PostgreSQL: times as aware datetimes, ``data`` as JSON text
-    free of U+0000; sorted by id, so that two bridges inserting the same ids concurrently
-    take their row locks in the same order (no deadlock)."""
-    rows: list[PostgresRow] = []
+def postgres_batch(events: Sequence[SpooledEvent]) -> str:
+    """The rows of ``events`` for PostgreSQL as one JSON array of arrays, in column order:
+    ``created`` as ISO-8601 text with its zone, ``received_at`` as seconds since the epoch,
+    ``data`` the event itself (embedded as it is, not encoded again), every U+0000 replaced.
+
+    Sent as one ``jsonb`` parameter, the batch costs the event loop one copy instead of the
+    encoding of eleven values per event; PostgreSQL parses the event's JSON once either way.
+    Sorted by id, so that two bridges inserting the same ids concurrently take their row
+    locks in the same order (no deadlock).
+    """
+    rows = []
     for event in sorted(events, key=_event_id):
         payload = event.payload
         if _NUL in payload:
@@ -152,12 +151,11 @@ def postgres_rows(events: Sequence[SpooledEvent]) -> list[PostgresRow]:
         created, result, confidence, pid, source_id, source_name, space_id, back, data = _fields(
             payload
         )
-        received = datetime.fromtimestamp(event.received_at, timezone.utc)
         rows.append(
-            (event.id, None if created is None else parse_time(created), received, result,
-             confidence, pid, source_id, source_name, space_id, back, data)
+            (event.id, None if created is None else _postgres_time(created), event.received_at,
+             result, confidence, pid, source_id, source_name, space_id, back, msgspec.Raw(data))
         )  # fmt: skip
-    return rows
+    return _encoder.encode(rows).decode()
 
 
 def sqlite_rows(events: Sequence[SpooledEvent]) -> list[SqliteRow]:
@@ -181,13 +179,22 @@ def sqlite_rows(events: Sequence[SpooledEvent]) -> list[SqliteRow]:
         received = f"{prefix}.{min(int((at - whole) * 1000), 999):03d}Z"
         rows.append(
             (event.id, None if created is None else _created_text(created), received, result,
-             confidence, pid, source_id, source_name, space_id, 1 if back else 0, data)
+             confidence, pid, source_id, source_name, space_id, 1 if back else 0, data.decode())
         )  # fmt: skip
     return rows
 
 
 def _event_id(event: SpooledEvent) -> int:
     return event.id
+
+
+def _postgres_time(value: str) -> str | None:
+    """``value`` as text PostgreSQL reads as ``timestamptz`` whatever its settings; ``None`` if
+    it is not a time. Only times the one parser accepts are sent, in a form PostgreSQL takes."""
+    if len(value) == 24 and _CANONICAL.match(value) is not None:
+        return value
+    moment = parse_time(value)
+    return None if moment is None else moment.isoformat()
 
 
 def _created_text(value: str) -> str | None:
@@ -220,7 +227,7 @@ def _fields(payload: bytes) -> _Fields:
         space_id = space.id if space.id is None or space.id in _INT64 else None
     return (
         entry.created, entry.result, entry.confidence, _pid(entry.pid), source_id, source_name,
-        space_id, event.backfilled, payload.decode(),
+        space_id, event.backfilled, payload,
     )  # fmt: skip
 
 
@@ -231,7 +238,7 @@ def _checked_fields(payload: bytes) -> _Fields:
     except (msgspec.DecodeError, RecursionError):
         # Not JSON (possible only for events given to a pipeline by hand): kept whole.
         text = payload.decode("utf-8", "replace").replace("\x00", "\ufffd")
-        return None, None, None, None, None, None, None, False, _encoder.encode(text).decode()
+        return None, None, None, None, None, None, None, False, _encoder.encode(text)
     entry = value.get("data") if isinstance(value, dict) else None
     if not isinstance(entry, dict):
         entry = {}
@@ -251,7 +258,7 @@ def _checked_fields(payload: bytes) -> _Fields:
         _text(source.get("name")),
         _bigint(space.get("id")),
         backfilled,
-        payload.decode("utf-8", "replace"),
+        payload,
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, MissingExtraError, PermanentSinkError, SinkError
-from ._rows import COLUMNS, DEFAULT_TABLE, identifier_problem, postgres_rows
+from ._rows import COLUMNS, DEFAULT_TABLE, identifier_problem, postgres_batch
 from ._uri import Choice, Duration, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
@@ -65,15 +65,6 @@ _TYPES = {
 }
 # Columns a malformed event leaves NULL: a NOT NULL on one of them would refuse the event.
 _NULLABLE = ("created", "result", "confidence", "pid", "source_id", "source_name", "space_id")
-_ARRAY_TYPES = {
-    "bigint": "bigint",
-    "timestamp with time zone": "timestamptz",
-    "text": "text",
-    "double precision": "float8",
-    "boolean": "boolean",
-    "jsonb": "jsonb",
-}
-
 _TABLE = Text("table", DEFAULT_TABLE, check=lambda v: identifier_problem(v, qualified=True))
 _NAME = Text("name", "")
 _CONNECT_TIMEOUT = Duration("connect_timeout", 10.0)
@@ -108,6 +99,17 @@ _FAILED = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # e.g. a connection the server ended while it was idle
 )
+
+
+def _value_sql(n: int, column: str) -> str:
+    """How the ``n``-th value of a row of the batch (``r``, a jsonb array) becomes ``column``."""
+    if column == "data":
+        return f"r->{n}"  # the event, a jsonb value as it is
+    if column == "received_at":
+        return f"to_timestamp((r->>{n})::float8)"
+    if _TYPES[column] == "text":
+        return f"r->>{n}"
+    return f"(r->>{n})::{_TYPES[column]}"
 
 
 def _quote(identifier: str) -> str:
@@ -167,10 +169,12 @@ class PostgresSink(Sink):
         self.added = 0
         self._password = url.password or ""
         self._conn: Any = None
-        arrays = ", ".join(f"${n}::{_ARRAY_TYPES[_TYPES[c]]}[]" for n, c in enumerate(COLUMNS, 1))
+        # The batch is one JSON array of rows (see postgres_batch); each row's values are
+        # taken out by position, and its data (the event) is a jsonb value already.
+        values = ", ".join(_value_sql(n, column) for n, column in enumerate(COLUMNS))
         self._insert = (
-            f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) "
-            f"SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING"
+            f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) SELECT {values} "
+            "FROM jsonb_array_elements($1::jsonb) AS r ON CONFLICT (id) DO NOTHING"
         )
 
     def __repr__(self) -> str:
@@ -316,9 +320,9 @@ class PostgresSink(Sink):
         except _CONFIGURATION_ERRORS as exc:
             raise SinkError(f"sink {self.name}: {self._describe(exc)}") from exc
         # Turning JSON into rows is CPU work: done off the loop, which goes on reading.
-        rows = await asyncio.to_thread(postgres_rows, events)
+        batch = await asyncio.to_thread(postgres_batch, events)
         try:
-            status = await conn.execute(self._insert, *zip(*rows, strict=True))
+            status = await conn.execute(self._insert, batch)
         except _REFUSED as exc:
             # A value the server will never take (the rows are built so that none should):
             # refused for good, so the bridge isolates the event and keeps it as a dead letter

@@ -133,12 +133,14 @@ async def test_malformed_values_are_null_and_kept_in_data(
         source={"id": "3", "name": ["a"]},
         space={"id": 2**70},
     )
+    other = "2024-05-01 12:00:00.25+02:00"  # another form of a time, and another zone
     batch = [
         SpooledEvent(1, 1, json.dumps({"id": 1, "data": odd, "backfilled": "yes"}).encode(), 0.0),
         SpooledEvent(2, 2, json.dumps({"id": 2, "data": "not an object"}).encode(), 0.0),
         SpooledEvent(3, 3, b"not json {", 0.0),
         SpooledEvent(4, 4, json.dumps({"id": 4, "data": entry(4, pid="a\x00b")}).encode(), 0.0),
         SpooledEvent(5, 5, json.dumps({"id": 5, "data": entry(5, created=None)}).encode(), 0.0),
+        SpooledEvent(6, 6, json.dumps({"id": 6, "data": entry(6, created=other)}).encode(), 0.0),
     ]
     sink = await started(f"{postgres_url}?table={table}")
     try:
@@ -146,7 +148,7 @@ async def test_malformed_values_are_null_and_kept_in_data(
     finally:
         await sink.aclose()
     rows = {r["id"]: dict(r) for r in await conn.fetch(f'SELECT * FROM "{table}"')}
-    assert sorted(rows) == [1, 2, 3, 4, 5]
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
     first = rows[1]
     for column in ("created", "confidence", "result", "pid", "source_id", "source_name"):
         assert first[column] is None, column
@@ -157,6 +159,7 @@ async def test_malformed_values_are_null_and_kept_in_data(
     assert rows[4]["pid"] == "a\ufffdb" and rows[4]["result"] == "exact"
     assert json.loads(rows[4]["data"])["data"]["pid"] == "a\ufffdb"
     assert rows[5]["created"] is None and rows[5]["confidence"] == 87.5
+    assert rows[6]["created"] == datetime(2024, 5, 1, 10, 0, 0, 250_000, tzinfo=timezone.utc)
 
 
 async def test_a_table_of_another_shape_is_refused_at_start(
