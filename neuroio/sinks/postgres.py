@@ -9,9 +9,13 @@ when missing, with indexes on ``created`` and ``pid``; an existing table is used
 that shape (checked at start-up: a :class:`~neuroio.exceptions.ConfigurationError` names the
 table and each difference).
 
-A batch is one statement, ``INSERT ... SELECT * FROM unnest($1::bigint[], ...) ON CONFLICT
-(id) DO NOTHING``: one round trip, one transaction, and each event id stored once, across
-retries, restarts after a SIGKILL, and several bridges writing the same table.
+A batch is one statement, ``INSERT ... SELECT ... FROM jsonb_array_elements($1::jsonb) ON
+CONFLICT (id) DO NOTHING``: one round trip, one transaction, and each event id stored once,
+across retries, restarts after a SIGKILL, and several bridges writing the same table. The
+batch's rows travel as one JSON array built on a worker thread, each event embedded as it was
+received: the event loop copies one string instead of encoding eleven values per event (an
+``unnest`` of eleven typed arrays, or ``executemany``, cost it about 6 µs per event), and the
+server parses each event's JSON once, as it would for a ``jsonb`` parameter.
 
 Query options: ``table`` (``name`` or ``schema.name``, default ``neuroio_events``; letters,
 digits and ``_``, folded to lower case as PostgreSQL folds names), ``connect_timeout``
