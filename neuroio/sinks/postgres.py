@@ -15,13 +15,17 @@ across retries, restarts after a SIGKILL, and several bridges writing the same t
 batch's rows travel as one JSON array built on a worker thread, each event embedded as it was
 received: the event loop copies one string instead of encoding eleven values per event (an
 ``unnest`` of eleven typed arrays, or ``executemany``, cost it about 6 µs per event), and the
-server parses each event's JSON once, as it would for a ``jsonb`` parameter.
+server parses each event's JSON once, as it would for a ``jsonb`` parameter. A batch of at
+least 500 events is split by id between ``connections`` connections (default 2), inserted in
+parallel as that many transactions: while the server flushes one to its disk, it inserts the
+other. A failed part fails the batch; the parts already stored are skipped when it is sent
+again.
 
 Query options: ``table`` (``name`` or ``schema.name``, default ``neuroio_events``; letters,
 digits and ``_``, folded to lower case as PostgreSQL folds names), ``connect_timeout``
 (default 10 s), ``timeout`` (per statement, default 30 s), ``sslmode`` (``disable``,
 ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``; by default asyncpg's, which
-honours ``PGSSLMODE``) and ``name``. Without a password in the URI, asyncpg reads
+honours ``PGSSLMODE``), ``connections`` (default 2) and ``name``. Without a password in the URI, asyncpg reads
 ``PGPASSWORD`` and ``~/.pgpass``.
 
 Errors: the server unreachable is a :class:`~neuroio.exceptions.SinkError` (at start-up the
@@ -42,7 +46,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, MissingExtraError, PermanentSinkError, SinkError
 from ._rows import COLUMNS, DEFAULT_TABLE, identifier_problem, postgres_batch
-from ._uri import Choice, Duration, Option, Text, parse_options, parse_url, redact_uri
+from ._uri import Choice, Duration, Int, Option, Text, parse_options, parse_url, redact_uri
 from .base import Sink, SpooledEvent
 
 try:
@@ -78,7 +82,18 @@ _SSLMODE = Choice(
     "",
     choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
 )
-_OPTIONS: tuple[Option[Any], ...] = (_TABLE, _NAME, _CONNECT_TIMEOUT, _TIMEOUT, _SSLMODE)
+_CONNECTIONS = Int("connections", 2, minimum=1)
+_OPTIONS: tuple[Option[Any], ...] = (
+    _TABLE,
+    _NAME,
+    _CONNECT_TIMEOUT,
+    _TIMEOUT,
+    _SSLMODE,
+    _CONNECTIONS,
+)
+# A batch is split between the connections only when each part has at least this many events:
+# below it, one statement is quicker than two.
+_MIN_PART = 250
 
 # Errors that say the database cannot be used as configured (not that it is down).
 _CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
@@ -172,7 +187,8 @@ class PostgresSink(Sink):
         self.name = options[_NAME] or redact_uri(f"{base}?table={options[_TABLE]}")
         self.added = 0
         self._password = url.password or ""
-        self._conn: Any = None
+        self._connections = options[_CONNECTIONS]
+        self._conns: list[Any] = []
         # The batch is one JSON array of rows (see postgres_batch); each row's values are
         # taken out by position, and its data (the event) is a jsonb value already.
         values = ", ".join(_value_sql(n, column) for n, column in enumerate(COLUMNS))
@@ -199,13 +215,38 @@ class PostgresSink(Sink):
         except _CONFIGURATION_ERRORS as exc:
             raise ConfigurationError(f"sink {self.name}: {self._describe(exc)}") from None
 
-    async def _connect(self) -> Any:
-        """The open connection, connecting (and preparing the table) first if needed."""
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
+    async def _connect(self) -> list[Any]:
+        """The open connections, connecting (and preparing the table) first if needed."""
+        if self._conns and not any(c.is_closed() for c in self._conns):
+            return self._conns
         await self._drop()
+        first = await self._open()
         try:
-            conn = await asyncpg.connect(
+            await self._prepare_table(first)
+        except _CONFIGURATION_ERRORS:
+            first.terminate()
+            raise
+        except _FAILED as exc:
+            first.terminate()
+            reason = self._describe(exc)
+            raise SinkError(f"sink {self.name}: cannot prepare the table: {reason}") from exc
+        except BaseException:
+            first.terminate()
+            raise
+        conns = [first]
+        try:
+            for _ in range(self._connections - 1):
+                conns.append(await self._open())
+        except BaseException:
+            for conn in conns:
+                conn.terminate()
+            raise
+        self._conns = conns
+        return conns
+
+    async def _open(self) -> Any:
+        try:
+            return await asyncpg.connect(
                 self._dsn,
                 timeout=self._connect_timeout,
                 command_timeout=self._timeout,
@@ -219,20 +260,6 @@ class PostgresSink(Sink):
             raise SinkError(f"sink {self.name}: PostgreSQL is unreachable: {reason}") from exc
         except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             raise SinkError(f"sink {self.name}: cannot connect: {self._describe(exc)}") from exc
-        try:
-            await self._prepare_table(conn)
-        except _CONFIGURATION_ERRORS:
-            conn.terminate()
-            raise
-        except _FAILED as exc:
-            conn.terminate()
-            reason = self._describe(exc)
-            raise SinkError(f"sink {self.name}: cannot prepare the table: {reason}") from exc
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
-        return conn
 
     async def _prepare_table(self, conn: Any) -> None:
         oid = await conn.fetchval("SELECT to_regclass($1)::oid", self.table)
@@ -314,37 +341,52 @@ class PostgresSink(Sink):
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, events: Sequence[SpooledEvent]) -> None:
-        """Insert the batch in one statement; repeats of stored ids are skipped."""
+        """Insert the batch (split between the connections when it is large); repeats of
+        stored ids are skipped."""
         if not events:
             return
         try:
-            conn = await self._connect()
+            conns = await self._connect()
         except ConfigurationError as exc:
             raise SinkError(str(exc)) from exc  # the table was changed under a running sink
         except _CONFIGURATION_ERRORS as exc:
             raise SinkError(f"sink {self.name}: {self._describe(exc)}") from exc
+        parts = _split(events, len(conns))
         # Turning JSON into rows is CPU work: done off the loop, which goes on reading.
-        batch = await asyncio.to_thread(postgres_batch, events)
-        try:
-            status = await conn.execute(self._insert, batch)
-        except _REFUSED as exc:
+        batches = await asyncio.to_thread(lambda: [postgres_batch(p) for p in parts])
+        # Each part is its own transaction: while one is flushed to the server's disk, the
+        # other is parsed and inserted. One failed part fails the batch; the parts already
+        # stored are skipped when it is sent again.
+        pairs = zip(conns[: len(batches)], batches, strict=True)
+        results = await asyncio.gather(
+            *(conn.execute(self._insert, batch) for conn, batch in pairs), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        self.added += sum(int(r.rpartition(" ")[2]) for r in results if isinstance(r, str))
+        for failure in failures:
+            if not isinstance(failure, (*_REFUSED, *_FAILED)):
+                await self._drop()
+                raise failure
+        refused = [f for f in failures if isinstance(f, _REFUSED)]
+        if refused:
             # A value the server will never take (the rows are built so that none should):
             # refused for good, so the bridge isolates the event and keeps it as a dead letter
             # instead of retrying the batch forever.
             raise PermanentSinkError(
-                f"sink {self.name}: PostgreSQL refused the data: {self._describe(exc)}"
-            ) from exc
-        except _FAILED as exc:
+                f"sink {self.name}: PostgreSQL refused the data: {self._describe(refused[0])}"
+            ) from refused[0]
+        if failures:
             # Lost, timed out mid-statement, or refused (the table dropped or altered under
-            # the sink): the next attempt starts from a fresh connection and a checked table.
+            # the sink): the next attempt starts from fresh connections and a checked table.
             await self._drop()
-            raise SinkError(f"sink {self.name}: insert failed: {self._describe(exc)}") from exc
-        self.added += int(status.rpartition(" ")[2])
+            reason = self._describe(failures[0])
+            raise SinkError(f"sink {self.name}: insert failed: {reason}") from failures[0]
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            if not conn.is_closed():
+                conn.terminate()
 
     def _describe(self, exc: BaseException) -> str:
         """The error's text, never the password (asyncpg's messages should not hold it)."""
@@ -354,10 +396,22 @@ class PostgresSink(Sink):
         return text.replace(self._password, "***") if self._password else text
 
     async def aclose(self) -> None:
-        """Close the connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
+        """Close the connections."""
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            if conn.is_closed():
+                continue
             try:
                 await asyncio.wait_for(conn.close(), 5.0)
             except _FAILED:
                 conn.terminate()
+
+
+def _split(events: Sequence[SpooledEvent], ways: int) -> list[Sequence[SpooledEvent]]:
+    """``events`` in up to ``ways`` parts of consecutive ids (a small batch stays whole)."""
+    ways = max(1, min(ways, len(events) // _MIN_PART))
+    if ways == 1:
+        return [events]
+    ordered = sorted(events, key=lambda e: e.id)
+    size = -(-len(ordered) // ways)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]

@@ -255,17 +255,17 @@ async def test_a_killed_connection_fails_one_batch_then_reconnects(
     sink = await started(f"{postgres_url}?table={table}")
     try:
         await sink.send(events(range(1, 101)))
-        assert sink._conn is not None
-        backend = sink._conn.get_server_pid()
+        assert len(sink._conns) == 2
+        backend = sink._conns[0].get_server_pid()
         assert await conn.fetchval("SELECT pg_terminate_backend($1)", backend)
-        batch = events(range(50, 201))
+        batch = events(range(50, 1001))  # large enough to use both connections
         with pytest.raises(SinkError, match="insert failed"):
             await sink.send(batch)
         await sink.send(batch)
-        assert sink._conn.get_server_pid() != backend
+        assert backend not in [c.get_server_pid() for c in sink._conns]
     finally:
         await sink.aclose()
-    assert await ids_of(conn, table) == list(range(1, 201))
+    assert await ids_of(conn, table) == list(range(1, 1001))
 
 
 async def test_a_table_dropped_mid_run_is_created_again(
@@ -294,6 +294,7 @@ def test_uris() -> None:
     assert "pw-secret-3" not in repr(sink)
     assert from_uri("postgresql://h/db?name=archive").name == "archive"
     assert PostgresSink("postgresql://h/db?table=audit.events").table == '"audit"."events"'
+    assert PostgresSink("postgresql://h/db?connections=1")._connections == 1
     for uri, problem in [
         ("postgresql://app:pw-secret-3@h/db?table=a;drop", "table must be"),
         ("postgresql://app:pw-secret-3@h/db?table=a.b.c", "table must be"),
@@ -301,6 +302,7 @@ def test_uris() -> None:
         ("postgresql://app:pw-secret-3@h/db?colour=red", "unknown option 'colour'"),
         ("postgresql://app:pw-secret-3@h/db?timeout=soon", "timeout must"),
         ("postgresql://app:pw-secret-3@h/db?sslmode=maybe", "sslmode must"),
+        ("postgresql://app:pw-secret-3@h/db?connections=0", "connections must be >= 1"),
         ("postgresql://app:pw-secret-3@h", "database"),
         ("postgresql://app:pw-secret-3@h:99999/db", "(?i)port"),
     ]:
