@@ -25,8 +25,8 @@ Query options: ``table`` (``name`` or ``schema.name``, default ``neuroio_events`
 digits and ``_``, folded to lower case as PostgreSQL folds names), ``connect_timeout``
 (default 10 s), ``timeout`` (per statement, default 30 s), ``sslmode`` (``disable``,
 ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``; by default asyncpg's, which
-honours ``PGSSLMODE``), ``connections`` (default 2) and ``name``. Without a password in the URI, asyncpg reads
-``PGPASSWORD`` and ``~/.pgpass``.
+honours ``PGSSLMODE``), ``connections`` (default 2) and ``name``. Without a password in the
+URI, asyncpg reads ``PGPASSWORD`` and ``~/.pgpass``.
 
 Errors: the server unreachable is a :class:`~neuroio.exceptions.SinkError` (at start-up the
 bridge does not start; later the batch is retried); a refused login, a missing database or
