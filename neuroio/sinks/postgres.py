@@ -159,7 +159,9 @@ class PostgresSink(Sink):
         ConfigurationError: the URI or an option is invalid.
     """
 
-    max_batch = 2000
+    # The spool's largest commit: a batch read back from the spool (when the sink lags) then
+    # decodes each stored segment once, not twice (about a third less work for the spool).
+    max_batch = 4096
 
     def __init__(self, uri: str) -> None:
         url = parse_url(

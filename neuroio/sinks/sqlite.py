@@ -111,7 +111,9 @@ class SqliteSink(Sink):
         ConfigurationError: the path or the table name is invalid.
     """
 
-    max_batch = 5000
+    # The spool's largest commit: a batch read back from the spool (when the sink lags) then
+    # decodes each stored segment once, not twice (about a third less work for the spool).
+    max_batch = 4096
 
     def __init__(
         self,
