@@ -177,7 +177,6 @@ class PostgresSink(Sink):
                 "(one database name after the host)"
             )
         parts = options[_TABLE].lower().split(".")
-        self._schema = parts[0] if len(parts) == 2 else None
         self._table = parts[-1]
         self.table = ".".join(_quote(p) for p in parts)
         self._connect_timeout = options[_CONNECT_TIMEOUT]
