@@ -4,11 +4,11 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 850 bytes each) as fast as the socket takes them. Each variant runs in a fresh process:
 
 * ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
-* ``file`` / ``redis`` / ``nats`` / ``mqtt`` / ``amqp``: a :class:`neuroio.bridge.Bridge` with a
-  fresh spool (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink;
-  the clock runs from the first event received to the last event confirmed by the sink
-  (``mqtt``: QoS 1, every PUBACK; ``amqp``: persistent messages into a durable queue, every
-  publisher confirm);
+* ``file`` / ``redis`` / ``nats`` / ``mqtt`` / ``amqp`` / ``postgres`` / ``sqlite``: a
+  :class:`neuroio.bridge.Bridge` with a fresh spool (``--spool-sync``, ``normal`` by default as
+  for the bridge) and that one sink; the clock runs from the first event received to the last
+  event confirmed by the sink (``mqtt``: QoS 1, every PUBACK; ``amqp``: persistent messages
+  into a durable queue, every publisher confirm; ``sqlite`` with its default ``sync=full``);
 * ``all``: one bridge delivering to the file, Redis and NATS sinks at once;
 * ``routes``: one bridge with ten routes, each with a filter (a camera and a result group:
   every event is taken by exactly one route, so as many lines are written as with ``file``),
@@ -32,9 +32,10 @@ Usage::
     .venv/bin/python bench/bridge.py --variants file,routes --latency-seconds 0
     .venv/bin/python bench/bridge.py --gap 50000
 
-Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883
-and RabbitMQ on 127.0.0.1:5672 (guest/guest) must be running; each run uses its own stream,
-topic or exchange and queue, and deletes them afterwards.
+Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883,
+RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on 127.0.0.1:5432 (database ``test``)
+must be running; each run uses its own stream, topic, exchange and queue or table, and deletes
+them afterwards (the SQLite database is a file in the run's temporary directory).
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ REDIS = "redis://127.0.0.1:6379/14"
 NATS = "nats://127.0.0.1:4222"
 MQTT = "mqtt://127.0.0.1:1883"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 # The AMQP variant's queue keeps at most this many messages (the oldest are dropped), so a run
 # does not fill the broker; every publish is still routed, persisted and confirmed.
 AMQP_QUEUE_MAX = 50_000
-TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "mqtt": 5_000, "amqp": 5_000}
+TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "mqtt": 5_000, "amqp": 5_000,
+           "postgres": 20_000, "sqlite": 30_000}  # fmt: skip
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
@@ -92,6 +95,8 @@ def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
         "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
         "mqtt": f"{MQTT}/bench/{tag}/{{source.id}}?qos=1&availability=bench/{tag}/available",
         "amqp": f"{AMQP}?exchange=bench-{tag}&routing_key=bench.{{source.id}}",
+        "postgres": f"{POSTGRES}?table=bench_{tag}",
+        "sqlite": f"sqlite:{tmp / 'events.db'}",
     }
     return [uris[k] for k in ("file", "redis", "nats")] if kind == "all" else [uris[kind]]
 
@@ -213,6 +218,12 @@ async def _cleanup(uris: Sequence[str], tag: str) -> None:
         await channel.queue_delete(f"bench-{tag}")
         await channel.exchange_delete(f"bench-{tag}")
         await connection.close()
+    if any(u.startswith("postgresql") for u in uris):
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES)
+        await conn.execute(f"DROP TABLE IF EXISTS bench_{tag}")
+        await conn.close()
 
 
 async def child_bare(url: str, events: int) -> dict[str, Any]:
@@ -388,7 +399,8 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
-        variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "all", "routes"]
+        variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "postgres",
+                                "sqlite", "all", "routes"]
                     if args.variants is None or v in args.variants]  # fmt: skip
         for _ in range(args.repeat):
             for variant in variants:
@@ -441,7 +453,8 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
-        latency_variants = [v for v in ("file", "redis", "nats", "mqtt", "amqp")
+        latency_variants = [v for v in ("file", "redis", "nats", "mqtt", "amqp", "postgres",
+                                        "sqlite")
                             if args.variants is None or v in args.variants]  # fmt: skip
         for variant in latency_variants if count else ():
             url, _tag = server.url(n=count, mode="rate", rate=args.rate)
@@ -478,9 +491,9 @@ async def parent_main(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     say()
-    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, mqtt (QoS 1) and amqp "
-        "(confirms) >= 5,000/s, ten filtered routes >= 0.8x one route, p99 < 50 ms, "
-        "RSS < 150 MB")  # fmt: skip
+    say("targets: file >= 50,000/s, redis, nats and postgres >= 20,000/s, sqlite >= 30,000/s, "
+        "mqtt (QoS 1) and amqp (confirms) >= 5,000/s, ten filtered routes >= 0.8x one route, "
+        "p99 < 50 ms, RSS < 150 MB")  # fmt: skip
     for failure in failures:
         say(f"MISSED  {failure}")
     if not failures:
@@ -600,7 +613,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         type=lambda text: set(text.split(",")),
-        help="throughput variants to run, comma-separated (default: all)",
+        help="variants to run, comma-separated (default: all); also limits the latency runs",
     )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
     parser.add_argument("--child", help=argparse.SUPPRESS)

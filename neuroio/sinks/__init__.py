@@ -9,6 +9,8 @@ URI                                            sink
 ``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
 ``mqtt://host/TOPIC?qos=1``, ``mqtts://``       :class:`~neuroio.sinks.mqtt.MqttSink`
 ``amqp://user:pass@host/vhost?exchange=...``   :class:`~neuroio.sinks.amqp.AmqpSink`
+``postgresql://user@host:port/db?table=...``   :class:`~neuroio.sinks.postgres.PostgresSink`
+``sqlite:PATH?table=...``                      :class:`~neuroio.sinks.sqlite.SqliteSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
@@ -45,6 +47,9 @@ _SCHEMES = (
     "mqtts://",
     "amqp://",
     "amqps://",
+    "postgresql://",
+    "postgres://",
+    "sqlite:",
 )
 
 
@@ -89,6 +94,14 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
         from .amqp import AmqpSink
 
         return AmqpSink(uri, **options)
+    if lowered.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresSink
+
+        return PostgresSink(uri, **options)
+    if lowered.startswith("sqlite:"):
+        from .sqlite import SqliteSink
+
+        return SqliteSink.from_uri(uri, **options)
     raise ConfigurationError(
         f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
     )
