@@ -1,4 +1,5 @@
-"""``neuroio-events bridge``: every event to files, webhooks, Redis Streams and NATS JetStream.
+"""``neuroio-events bridge``: every event to the sinks of its routes (files, webhooks, Redis, NATS,
+MQTT, AMQP, PostgreSQL, SQLite).
 
 The command only parses options into a :class:`~neuroio.bridge.BridgeConfig` (its field names
 are the options' names) and runs the :class:`~neuroio.bridge.Bridge` until SIGINT/SIGTERM.
@@ -119,7 +120,7 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
 @_hide_drain_timeout
 @click.command(
     "bridge",
-    short_help="Deliver every event to files, webhooks, Redis, NATS (durable spool).",
+    short_help="Route every event to files, webhooks, brokers, databases (durable spool).",
     context_settings={"default_map": _DEFAULTS},
 )
 @click.option(
@@ -147,7 +148,9 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     envvar="NEUROIO_BRIDGE_TO",
     show_envvar=True,
     help="A sink (repeatable): file:PATH, file:- (stdout), http(s)://..., "
-    "redis://host:port/db?stream=NAME&maxlen=N, nats://host:port?subject=S&stream=NAME. "
+    "redis://host:port/db?stream=NAME, nats://host:port?subject=S&stream=NAME, "
+    "mqtt://host:port/TOPIC?qos=1, amqp://user:pass@host/vhost?exchange=X&routing_key=K, "
+    "postgresql://user@host/db?table=T, sqlite:PATH?table=T (docs/bridge.md). "
     "The variable takes several separated by spaces.",
 )
 @click.option(
