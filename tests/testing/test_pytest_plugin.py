@@ -1,0 +1,49 @@
+"""The pytest plugin: a sample project using only its fixtures passes under pytester, the
+plugin is registered once here, and it loads without pytest-asyncio."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import neuroio.testing._pytest_plugin as plugin
+
+pytest_plugins = ["pytester"]
+
+SAMPLE = Path(__file__).resolve().parent.parent / "plugin_sample" / "sample_tests.py"
+
+
+def test_a_sample_project_passes_with_only_the_fixtures(pytester: pytest.Pytester) -> None:
+    """Async and plain tests, a marker, listeners left running: all pass, and nothing
+    leaks (warnings are errors in the sample, as here)."""
+    pytester.makepyfile(test_sample=SAMPLE.read_text())
+    pytester.makeini(
+        "[pytest]\nfilterwarnings = error\ntimeout = 30\n"
+        "asyncio_default_fixture_loop_scope = function\n"
+    )
+    # A subprocess, as a project runs it: the plugin comes from the pytest11 entry point.
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+
+
+def test_registered_once_from_the_entry_point(pytestconfig: pytest.Config) -> None:
+    """This suite has the plugin from its entry point, once, beside tests/conftest.py."""
+    manager = pytestconfig.pluginmanager
+    assert manager.get_plugin("neuroio") is plugin
+    names = [name for name, p in manager.list_name_plugin() if p is plugin]
+    assert names == ["neuroio"]
+
+
+def test_loads_without_pytest_asyncio() -> None:
+    """A synchronous suite needs no pytest-asyncio: the module imports, sync fixtures stand."""
+    code = (
+        "import sys; sys.modules['pytest_asyncio'] = None\n"
+        "import neuroio.testing._pytest_plugin as p\n"
+        "assert p.pytest_asyncio is None and not hasattr(p, '_neuroio_emulator_async')\n"
+        "assert callable(p.neuroio_emulator) and callable(p.neuroio_listener)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
