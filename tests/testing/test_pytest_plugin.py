@@ -13,20 +13,29 @@ import neuroio.testing._pytest_plugin as plugin
 
 pytest_plugins = ["pytester"]
 
-SAMPLE = Path(__file__).resolve().parent.parent / "plugin_sample" / "sample_tests.py"
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "tests" / "plugin_sample" / "sample_tests.py"
+
+
+def _documented_example() -> str:
+    """The complete test file of docs/emulator.md."""
+    docs = (ROOT / "docs" / "emulator.md").read_text()
+    section = docs.split("## In your pytest suite: the fixtures", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_a_sample_project_passes_with_only_the_fixtures(pytester: pytest.Pytester) -> None:
-    """Async and plain tests, a marker, listeners left running: all pass, and nothing
-    leaks (warnings are errors in the sample, as here)."""
-    pytester.makepyfile(test_sample=SAMPLE.read_text())
+    """A project using only the fixtures (async and plain tests, a marker, listeners left
+    running), and the documented example, pass; nothing leaks (warnings are errors)."""
+    pytester.makepyfile(test_sample=SAMPLE.read_text(), test_documented=_documented_example())
     pytester.makeini(
-        "[pytest]\nfilterwarnings = error\ntimeout = 30\n"
+        "[pytest]\nfilterwarnings = error\ntimeout = 30\nasyncio_mode = auto\n"
         "asyncio_default_fixture_loop_scope = function\n"
     )
     # A subprocess, as a project runs it: the plugin comes from the pytest11 entry point.
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=8)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=8 + 4)
+    result.stdout.fnmatch_lines(["*test_documented.py::test_a_plain_test PASSED*"])
 
 
 def test_registered_once_from_the_entry_point(pytestconfig: pytest.Config) -> None:
