@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from ._token import TokenSource
+from .exceptions import ConfigurationError
 from .listener import EventListener
 from .messages import Event
 
@@ -61,8 +62,6 @@ class EventStream:
 
     def __init__(self, listener: EventListener, queue_size: int = _DEFAULT_QUEUE) -> None:
         if queue_size < 1:
-            from .exceptions import ConfigurationError
-
             raise ConfigurationError(f"queue_size must be at least 1, got {queue_size}")
         self.listener = listener
         """The listener behind the stream."""
@@ -92,12 +91,11 @@ class EventStream:
         self._started.wait()
 
     def close(self) -> None:
-        """Close the listener and join the thread; idempotent, from any thread.
+        """Close the listener and join the thread (within about a second); idempotent, from
+        any thread.
 
         Events still queued are discarded; the iteration then ends.
         """
-        if self._closed:
-            return
         self._closed = True
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not self._finished.is_set():
@@ -167,8 +165,7 @@ class EventStream:
                 return item
         failure = self._failure
         if failure is not None:
-            self._failure = None
-            self._closed = True
+            self._failure = None  # raised once; the next call ends the iteration
             raise failure
         raise StopIteration
 
@@ -243,8 +240,6 @@ def connect(
         ConfigurationError: an option is invalid (at once, in the caller's thread).
     """
     if "event_handler_func" in options:
-        from .exceptions import ConfigurationError
-
         raise ConfigurationError("connect() iterates over events: give no event_handler_func")
     listener = EventListener(api_token, None, **options)
     return EventStream(listener, queue_size)
