@@ -129,6 +129,9 @@ class ThreadedEmulator:
         loop = self.loop
         if loop is None:
             raise RuntimeError("the ThreadedEmulator has not been started")
+        if threading.current_thread() is self._thread:
+            # Waiting here for the loop this very thread runs would wait forever.
+            raise RuntimeError("a ThreadedEmulator's blocking methods are for other threads")
         future = asyncio.run_coroutine_threadsafe(factory(), loop)
         try:
             return future.result(timeout)

@@ -30,6 +30,9 @@ def test_blocking_methods_attributes_and_errors() -> None:
             emu.start_stream(-1)  # a plain method's error, raised in this thread
         with pytest.raises(TimeoutError):
             emu.wait_for_clients(5, timeout=0.05)
+        # From the emulator's own loop a blocking call would wait for itself: refused.
+        with pytest.raises(RuntimeError, match="other threads"):
+            emu.call(lambda: emu.emit())
         thread = next(t for t in threading.enumerate() if t.name == "neuroio-emulator")
     assert not thread.is_alive() and not emu.emulator.running
 
