@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..exceptions import ConfigurationError
-from ._entries import OMIT, EntryFactory
+from ._entries import OMIT, EntryFactory, entry_image_url
 from ._frames import Frame, encoder
 from ._hostile import hostile_frames
 from ._media import MEDIA_PREFIX, MediaSide
@@ -327,9 +327,14 @@ class Emulator:
 
     @property
     def media_url(self) -> str:
-        """Base of the picture URLs, ``http://127.0.0.1:<port>/media``: generated entries'
-        ``face_image`` is ``<media_url>/entries/<id>/face.png`` (see ``docs/emulator.md``)."""
+        """Base of the picture URLs, ``http://127.0.0.1:<port>/media`` (see
+        ``docs/emulator.md``)."""
         return self.api_url + MEDIA_PREFIX
+
+    def image_url(self, entry_id: int, kind: str = "face") -> str:
+        """The URL where the emulator serves the ``kind`` (``"face"`` or ``"full"``) picture
+        of the entry ``entry_id``, emitted or not (then it is a 404: handy in tests)."""
+        return entry_image_url(self.media_url, entry_id, kind)
 
     def _url_host(self) -> str:
         host = self.host

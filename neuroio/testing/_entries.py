@@ -119,14 +119,21 @@ class _Person:
         self.full_image = full_image
 
 
-def entry_image_url(base: str, entry_id: int, kind: str) -> str:
-    """The URL of an entry's ``kind`` (``"face"`` or ``"full"``) picture under ``base``."""
-    return f"{base}/entries/{entry_id}/{kind}.png"
+def entry_image_url(
+    base: str, entry_id: int, kind: str, *, day: str = "2019/07/29", salt: int = 0
+) -> str:
+    """The URL of an entry's ``kind`` (``"face"`` or ``"full"``) picture under ``base``.
+
+    Laid out as the platform's links, ``<base>/v1/spaces/<space>/entries/<day>/<key>/``,
+    and as long: the 32 hex digits of the key are the id (16) then ``salt`` (16), so the
+    emulator finds the entry from the link. ``day`` is ``YYYY/MM/DD``.
+    """
+    return f"{base}/v1/spaces/{_SPACE[0]}/entries/{day}/{entry_id:016x}{salt:016x}/{kind}.png"
 
 
 def person_image_url(base: str, pid: str, kind: str) -> str:
     """The URL of a person's ``kind`` picture under ``base``."""
-    return f"{base}/persons/{pid}/{kind}.png"
+    return f"{base}/v1/spaces/{_SPACE[0]}/persons/{pid}/{kind}.png"
 
 
 def _iso(dt: datetime) -> str:
@@ -148,8 +155,9 @@ class EntryFactory:
             is off); ignored with ``start_time``. Also the :attr:`clock_offset` attribute.
         media_url: where the image URLs point: ``None`` (default), the platform's storage
             (``https://media.neuroio.com/...jpg``); else a base such as
-            ``http://127.0.0.1:8080/media`` serving ``/entries/<id>/face.png`` and
-            ``/persons/<pid>/face.png`` (the emulator sets it to itself). Also the
+            ``http://127.0.0.1:8080/media`` serving the pictures as :func:`entry_image_url`
+            and :func:`person_image_url` lay them out (the emulator sets it to itself,
+            ``.png``, same layout and length as the platform's). Also the
             :attr:`media_url` attribute.
 
     Each :meth:`make` returns a new ``dict`` holding every field of ``protocol.md``; its JSON
@@ -266,8 +274,10 @@ class EntryFactory:
             face_image = f"{base}/face.jpg"
             full_image = f"{base}/full.jpg"
         else:
-            face_image = entry_image_url(media, entry_id, "face")
-            full_image = entry_image_url(media, entry_id, "full")
+            # The entry key's low bits keep the links as long as the platform's.
+            salt = int(entry_key[16:], 16)
+            face_image = entry_image_url(media, entry_id, "face", day=day, salt=salt)
+            full_image = entry_image_url(media, entry_id, "full", day=day, salt=salt)
         if person is not None:
             sex = person.sex
             age = max(1, person.age + int(rng.random() * 5) - 2)

@@ -3,12 +3,14 @@
 The platform's entries link to pictures in its storage; the emulator's link to itself, so a
 page or an image sink can show and fetch faces with no network::
 
-    GET /media/entries/<id>/face.png     the face of entry <id> (its person's face)
-    GET /media/entries/<id>/full.png     the camera frame with that face in it
-    GET /media/persons/<pid>/face.png    the face of person <pid> (``initial_face_image``)
-    GET /media/persons/<pid>/full.png    a frame with it (``initial_full_image``)
+    GET /media/v1/spaces/<space>/entries/<YYYY/MM/DD>/<key>/face.png   the entry's face
+    GET /media/v1/spaces/<space>/entries/<YYYY/MM/DD>/<key>/full.png   its camera frame
+    GET /media/v1/spaces/<space>/persons/<pid>/face.png                a person's face
+    GET /media/v1/spaces/<space>/persons/<pid>/full.png                a frame with it
 
-An entry is looked up in the REST history, so an id never emitted (or no longer kept) is 404.
+laid out like the platform's links and as long (so entries keep their size), with ``.png``.
+The key's first 16 hex digits are the entry id (:func:`._entries.entry_image_url`); the entry
+is looked up in the REST history, so an id never emitted (or no longer kept) is 404.
 Pictures are drawn on the first request (:mod:`._faces`) and cached, bounded, per person: one
 ``pid`` always has the same face, an entry without one (``nm``, ``det``) a grey face of its
 own. No token is needed, as for the platform's media links.
@@ -65,8 +67,12 @@ class MediaSide:
 
     def add_routes(self, app: web.Application) -> None:
         """Route ``/media/...`` of ``app`` here."""
-        app.router.add_get(MEDIA_PREFIX + "/entries/{id}/{kind}.png", self._entry)
-        app.router.add_get(MEDIA_PREFIX + "/persons/{pid}/{kind}.png", self._person)
+        space = MEDIA_PREFIX + r"/v1/spaces/{space:\d{1,12}}"
+        day = r"{year:\d{4}}/{month:\d{2}}/{day:\d{2}}"
+        app.router.add_get(
+            space + "/entries/" + day + "/{key:[0-9a-f]{32}}/{kind}.png", self._entry
+        )
+        app.router.add_get(space + "/persons/{pid}/{kind}.png", self._person)
 
     def _logged(self, request: web.Request) -> str:
         self.requests.append(request.path)
@@ -78,11 +84,10 @@ class MediaSide:
 
     async def _entry(self, request: web.Request) -> web.Response:
         kind = self._logged(request)
-        text = request.match_info["id"]
-        wellformed = text.isascii() and text.isdigit() and len(text) < 20
-        stored = self._history.find(int(text)) if wellformed else None
+        entry_id = int(request.match_info["key"][:16], 16)
+        stored = self._history.find(entry_id)
         if stored is None:
-            raise web.HTTPNotFound(text=f"no entry {text[:40]} in the history")
+            raise web.HTTPNotFound(text=f"no entry {entry_id} in the history")
         pid = stored.pid
         known = isinstance(pid, str) and bool(pid)
         key = pid if known else f"entry-{stored.id}"

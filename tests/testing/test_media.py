@@ -54,16 +54,19 @@ async def test_entries_link_to_pictures_the_emulator_serves(
     entry = await emu.emit(result="exact")
     base = emu.media_url
     assert base == f"{emu.api_url}/media"
-    assert entry["face_image"] == f"{base}/entries/{entry['id']}/face.png"
-    assert entry["full_image"] == f"{base}/entries/{entry['id']}/full.png"
-    assert entry["initial_face_image"] == f"{base}/persons/{entry['pid']}/face.png"
+    # The platform's layout: space, day, a 32-digit key (here the id first), the kind.
+    day = entry["created"][:10].replace("-", "/")
+    folder = f"{base}/v1/spaces/17/entries/{day}/{entry['id']:016x}"
+    assert entry["face_image"].startswith(folder) and entry["face_image"].endswith("/face.png")
+    assert entry["full_image"] == entry["face_image"].replace("/face.png", "/full.png")
+    assert entry["initial_face_image"] == f"{base}/v1/spaces/17/persons/{entry['pid']}/face.png"
     face = await fetch(session, entry["face_image"])
     assert png_size(face) == (FACE_SIZE, FACE_SIZE)
     assert png_size(await fetch(session, entry["full_image"])) == SCENE_SIZE
     # The person's own picture is the face of every entry of that person.
     assert await fetch(session, entry["initial_face_image"]) == face
     assert png_size(await fetch(session, entry["initial_full_image"])) == SCENE_SIZE
-    assert emu.media_requests[0] == f"/media/entries/{entry['id']}/face.png"
+    assert emu.media_requests[0] == entry["face_image"].removeprefix(emu.api_url)
     assert len(emu.media_requests) == 4
 
 
@@ -98,17 +101,20 @@ async def test_unknown_pictures_are_404(session: aiohttp.ClientSession) -> None:
         second = await emu.emit()
         await fetch(session, second["face_image"])
         await fetch(session, first["face_image"], status=404)  # pushed out of the history
-        base = emu.media_url
-        for path in (
-            "/entries/999/face.png",
-            "/entries/abc/face.png",
-            "/entries/١/face.png",
-            f"/entries/{second['id']}/side.png",
-            "/persons/a%2Fb/face.png",
-            "/entries/1/face.jpg",
+        await fetch(session, emu.image_url(999), status=404)  # never emitted
+        assert await fetch(session, emu.image_url(second["id"])) == await fetch(
+            session, second["face_image"]
+        )
+        good = second["face_image"]
+        key = good.split("/")[-2]
+        for url in (
+            good.replace("/face.png", "/side.png"),
+            emu.media_url + "/v1/spaces/17/persons/a%2Fb/face.png",
+            good.replace(key, key.upper()),  # no route: keys are lowercase hex
+            good.replace(".png", ".jpg"),  # no route
         ):
-            await fetch(session, base + path, status=404)
-        assert len(emu.media_requests) == 2 + 5  # face.jpg matches no route at all
+            await fetch(session, url, status=404)
+        assert len(emu.media_requests) == 5 + 2  # the last two match no route
 
 
 def test_a_factory_alone_links_to_the_platform() -> None:
@@ -116,8 +122,10 @@ def test_a_factory_alone_links_to_the_platform() -> None:
     the same entries (same seed, same draws) link there instead."""
     plain = EntryFactory(5).make()
     assert plain["face_image"].startswith("https://media.neuroio.com/")
-    local = EntryFactory(5, media_url="http://h/media").make()
-    assert local["face_image"] == f"http://h/media/entries/{local['id']}/face.png"
+    local = EntryFactory(5, media_url="http://127.0.0.1:40000/media").make()
+    assert local["face_image"].startswith("http://127.0.0.1:40000/media/v1/spaces/17/entries/")
+    # As long as the platform's (within the longer host), so entries keep their size.
+    assert 0 <= len(local["face_image"]) - len(plain["face_image"]) <= 8
     assert {k: v for k, v in plain.items() if "image" not in k and k != "created"} == {
         k: v for k, v in local.items() if "image" not in k and k != "created"
     }
