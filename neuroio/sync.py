@@ -42,7 +42,11 @@ _DEFAULT_QUEUE = 1000
 # How long a blocked get waits before looking again whether the thread ended: only a bound,
 # the end normally arrives as a marker in the queue.
 _POLL = 0.5
-# How long leaving the block waits for the thread; the close itself takes milliseconds.
+# How long leaving the block lets the listener close gracefully (code 1000: milliseconds on a
+# healthy connection) before its tasks are cancelled: a connection attempt or an AUTH that
+# hangs would otherwise hold the close for the listener's whole ``timeout``.
+_GRACE = 0.6
+# Then how long to wait for the cancelled tasks to end.
 _JOIN = 5.0
 
 
@@ -102,7 +106,12 @@ class EventStream:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(task.cancel)
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(_GRACE)
+        if thread.is_alive() and loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_cancel_all, loop)
             thread.join(_JOIN)
             if thread.is_alive():
                 logger.warning("the listener's thread did not end within %.0f s", _JOIN)
@@ -183,7 +192,12 @@ class EventStream:
         try:
             loop.run_until_complete(self._main(loop))
         finally:
+            # As asyncio.run does: what a forced close left running ends before the loop.
             with contextlib.suppress(Exception):
+                _cancel_all(loop)
+                pending = asyncio.all_tasks(loop)
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             self._finished.set()
@@ -201,7 +215,9 @@ class EventStream:
                 async for event in self.listener:
                     await self._put(event)
         except asyncio.CancelledError:
-            pass  # close(): the listener was closed by leaving the block above
+            # close(): the listener was closed by leaving the block above, or, when that took
+            # too long, its tasks were cancelled.
+            pass
         except Exception as exc:
             self._failure = exc
 
@@ -220,6 +236,11 @@ class EventStream:
             if not self._queue.full():
                 continue
             await room.wait()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
 
 
 def connect(

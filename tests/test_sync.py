@@ -21,6 +21,7 @@ from neuroio import (
     ConnectionFailedError,
     Event,
     EventListener,
+    State,
     parse_message,
 )
 from neuroio.sync import EventStream, connect
@@ -68,6 +69,23 @@ async def test_events_arrive_in_order_and_leaving_joins(emu: Emulator) -> None:
     await emu.wait_until(lambda: not emu.clients[0].open)
     assert emu.clients[0].close_code == 1000 and emu.clients[0].closed_by == "client"
     assert not any(t.name == "neuroio-sync" for t in threading.enumerate())
+
+
+def test_leaving_while_the_handshake_hangs_takes_under_a_second() -> None:
+    """A server that accepts TCP but never answers: the graceful close cannot finish, so
+    the listener's tasks are cancelled; the block still ends within a second."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(5.0)
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
+        with connect(TOKEN, url=url, timeout=30) as events:
+            conn, _ = silent.accept()  # the listener is in its handshake now
+            started = time.monotonic()
+        leaving = time.monotonic() - started
+        conn.close()
+    assert leaving < 1.0
+    assert not events.running and events.listener.state is State.CLOSED
 
 
 async def test_live_events_reach_a_waiting_thread(emu: Emulator) -> None:
