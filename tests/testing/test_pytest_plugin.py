@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import neuroio.testing._pytest_plugin as plugin
+from neuroio.testing import Emulator, ListenerFactory, ThreadedEmulator
 
 pytest_plugins = ["pytester"]
 
@@ -26,10 +27,11 @@ def _documented_example() -> str:
 
 def test_a_sample_project_passes_with_only_the_fixtures(pytester: pytest.Pytester) -> None:
     """A project using only the fixtures (async and plain tests, a marker, listeners left
-    running), and the documented example, pass; nothing leaks (warnings are errors)."""
+    running), and the documented example, pass in pytest-asyncio's default (strict) mode;
+    nothing leaks (warnings are errors)."""
     pytester.makepyfile(test_sample=SAMPLE.read_text(), test_documented=_documented_example())
     pytester.makeini(
-        "[pytest]\nfilterwarnings = error\ntimeout = 30\nasyncio_mode = auto\n"
+        "[pytest]\nfilterwarnings = error\ntimeout = 30\n"
         "asyncio_default_fixture_loop_scope = function\n"
     )
     # A subprocess, as a project runs it: the plugin comes from the pytest11 entry point.
@@ -56,3 +58,25 @@ def test_loads_without_pytest_asyncio() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_fixtures_here_in_auto_mode(
+    neuroio_emulator: Emulator, neuroio_listener: ListenerFactory
+) -> None:
+    """This suite runs pytest-asyncio in auto mode: an unmarked async test gets the
+    emulator on its loop."""
+    assert isinstance(neuroio_emulator, Emulator)
+    async with neuroio_listener() as listener:
+        sent = await neuroio_emulator.emit()
+        event = await anext(aiter(listener))
+    assert event.id == sent["id"]
+
+
+def test_the_fixtures_here_in_a_plain_test(
+    neuroio_emulator: ThreadedEmulator, neuroio_listener: ListenerFactory
+) -> None:
+    """A plain test gets the threaded emulator, and a stream from the factory."""
+    assert isinstance(neuroio_emulator, ThreadedEmulator)
+    with neuroio_listener.connect() as events:
+        sent = neuroio_emulator.emit()
+        assert next(events).id == sent["id"]
