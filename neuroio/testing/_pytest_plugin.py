@@ -16,25 +16,20 @@ Both fixtures follow the test that asks for them:
   (a :mod:`neuroio.sync` stream) or ``listener.run()`` in a thread.
 
 pytest loads this module in every run where neuroio-events is installed: it imports pytest
-and the package (no optional dependency), uses pytest-asyncio when present and never
-requires it, and defines only its two fixtures (and two private ones), a marker and
-``pytest_configure``.
+and the package (no optional dependency) and defines only its two fixtures, a marker and
+``pytest_configure``. The async halves of the fixtures (``_pytest_async``) are registered
+only when pytest-asyncio runs; without it, plain tests work.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ._listeners import LISTENER_DEFAULTS, TOKEN, ListenerFactory
-
-try:
-    import pytest_asyncio
-except ImportError:  # a synchronous suite needs no pytest-asyncio
-    pytest_asyncio = None  # type: ignore[assignment]
 
 __all__ = [
     "LISTENER_DEFAULTS",
@@ -45,15 +40,33 @@ __all__ = [
 ]
 
 _MARKER = "neuroio_emulator"
+# The name the async fixtures' plugin is registered under, when pytest-asyncio runs.
+_ASYNC_PLUGIN = "neuroio-asyncio"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the marker (so ``--strict-markers`` suites accept it)."""
+    """Declare the marker (so ``--strict-markers`` suites accept it), and add the async
+    fixtures when pytest-asyncio runs.
+
+    They live in a module of their own registered only then: importing pytest-asyncio here,
+    before pytest loads it, would keep pytest from rewriting its asserts (a warning), and a
+    run without it (not installed, or ``-p no:asyncio``) must not need it.
+    """
     config.addinivalue_line(
         "markers",
         f"{_MARKER}(**options): options of the neuroio_emulator fixture's Emulator "
         "(rate=, seed=, push_while_disconnected=, history_size=, ...)",
     )
+    manager = config.pluginmanager
+    if manager.has_plugin(_ASYNC_PLUGIN):
+        return
+    if any(
+        getattr(plugin, "__name__", "").startswith("pytest_asyncio")
+        for plugin in manager.get_plugins()
+    ):
+        from . import _pytest_async
+
+        manager.register(_pytest_async, _ASYNC_PLUGIN)
 
 
 def _is_async(request: pytest.FixtureRequest) -> bool:
@@ -61,7 +74,8 @@ def _is_async(request: pytest.FixtureRequest) -> bool:
     return function is not None and inspect.iscoroutinefunction(function)
 
 
-def _emulator_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+def emulator_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The fixture's Emulator options: :data:`TOKEN` accepted, then the test's marker."""
     options: dict[str, Any] = {"tokens": {TOKEN}}
     marker = request.node.get_closest_marker(_MARKER)
     if marker is not None:
@@ -71,8 +85,8 @@ def _emulator_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     return options
 
 
-def _need_asyncio() -> None:
-    if pytest_asyncio is None:
+def _need_asyncio(request: pytest.FixtureRequest) -> None:
+    if not request.config.pluginmanager.has_plugin(_ASYNC_PLUGIN):
         raise pytest.UsageError(
             "an async test using neuroio_emulator needs pytest-asyncio: "
             "pip install 'neuroio-events[testing]'"
@@ -87,12 +101,12 @@ def neuroio_emulator(request: pytest.FixtureRequest) -> Iterator[Any]:
     (same methods, blocking) for a plain one. Options: ``@pytest.mark.neuroio_emulator(...)``.
     """
     if _is_async(request):
-        _need_asyncio()
+        _need_asyncio(request)
         yield request.getfixturevalue("_neuroio_emulator_async")
         return
     from ._threaded import ThreadedEmulator
 
-    with ThreadedEmulator(**_emulator_options(request)) as emulator:
+    with ThreadedEmulator(**emulator_options(request)) as emulator:
         yield emulator
 
 
@@ -108,24 +122,3 @@ def neuroio_listener(request: pytest.FixtureRequest, neuroio_emulator: Any) -> I
         yield factory
     finally:
         factory.close()
-
-
-if pytest_asyncio is not None:
-
-    @pytest_asyncio.fixture
-    async def _neuroio_emulator_async(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-        from ._emulator import Emulator
-
-        async with Emulator(**_emulator_options(request)) as emulator:
-            yield emulator
-
-    @pytest_asyncio.fixture
-    async def _neuroio_listener_async(
-        _neuroio_emulator_async: Any,
-    ) -> AsyncIterator[ListenerFactory]:
-        emulator = _neuroio_emulator_async
-        factory = ListenerFactory(emulator.url, emulator.api_url)
-        try:
-            yield factory
-        finally:
-            await factory.aclose()

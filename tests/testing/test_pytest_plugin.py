@@ -3,7 +3,6 @@ plugin is registered once here, and it loads without pytest-asyncio."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,16 +47,45 @@ def test_registered_once_from_the_entry_point(pytestconfig: pytest.Config) -> No
     assert names == ["neuroio"]
 
 
-def test_loads_without_pytest_asyncio() -> None:
-    """A synchronous suite needs no pytest-asyncio: the module imports, sync fixtures stand."""
-    code = (
-        "import sys; sys.modules['pytest_asyncio'] = None\n"
-        "import neuroio.testing._pytest_plugin as p\n"
-        "assert p.pytest_asyncio is None and not hasattr(p, '_neuroio_emulator_async')\n"
-        "assert callable(p.neuroio_emulator) and callable(p.neuroio_listener)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
+PLAIN = """
+import pytest
+
+
+def test_plain(neuroio_emulator, neuroio_listener):
+    with neuroio_listener.connect() as events:
+        sent = neuroio_emulator.emit()
+        assert next(events).id == sent["id"]
+
+
+def test_no_async_half(pytestconfig):
+    assert not pytestconfig.pluginmanager.has_plugin("neuroio-asyncio")
+"""
+
+# pytest with pytest-asyncio made unimportable, as where it is not installed.
+WITHOUT_ASYNCIO = """
+import sys
+
+
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pytest_asyncio":
+            raise ModuleNotFoundError(name)
+
+
+sys.meta_path.insert(0, Hide())
+import pytest
+
+sys.exit(pytest.main(["-p", "no:asyncio", "-p", "no:randomly", "-p", "no:cacheprovider"]))
+"""
+
+
+def test_plain_tests_need_no_pytest_asyncio(pytester: pytest.Pytester) -> None:
+    """Without pytest-asyncio the plugin loads (from its entry point) and plain tests get
+    the fixtures."""
+    pytester.makepyfile(test_plain=PLAIN)
+    pytester.makeini("[pytest]\nfilterwarnings = error\ntimeout = 30\n")
+    result = pytester.run(sys.executable, "-c", WITHOUT_ASYNCIO)
+    result.assert_outcomes(passed=2)
 
 
 async def test_the_fixtures_here_in_auto_mode(
