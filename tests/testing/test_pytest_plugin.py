@@ -3,7 +3,6 @@ plugin is registered once here, and it loads without pytest-asyncio."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -61,30 +60,17 @@ def test_no_async_half(pytestconfig):
     assert not pytestconfig.pluginmanager.has_plugin("neuroio-asyncio")
 """
 
-# pytest with pytest-asyncio made unimportable, as where it is not installed.
-WITHOUT_ASYNCIO = """
-import sys
-
-
-class Hide:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "pytest_asyncio":
-            raise ModuleNotFoundError(name)
-
-
-sys.meta_path.insert(0, Hide())
-import pytest
-
-sys.exit(pytest.main(["-p", "no:asyncio", "-p", "no:randomly", "-p", "no:cacheprovider"]))
-"""
-
 
 def test_plain_tests_need_no_pytest_asyncio(pytester: pytest.Pytester) -> None:
     """Without pytest-asyncio the plugin loads (from its entry point) and plain tests get
     the fixtures."""
     pytester.makepyfile(test_plain=PLAIN)
     pytester.makeini("[pytest]\nfilterwarnings = error\ntimeout = 30\n")
-    result = pytester.run(sys.executable, "-c", WITHOUT_ASYNCIO)
+    # As where it is not installed: the run's own directory comes first on its sys.path.
+    hidden = pytester.path / "pytest_asyncio"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError('pytest_asyncio')\n")
+    result = pytester.runpytest_subprocess("-p", "no:asyncio", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
 
 
