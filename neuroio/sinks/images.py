@@ -47,6 +47,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from yarl import URL
 from .._io import PRIVATE_FILE_MODE, make_private_dirs, open_private, write_all
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, SinkError
-from ._uri import Bool, Choice, Duration, Int, Text, parse_options
+from ._uri import Bool, Choice, Duration, Int, Text, parse_options, redact_uri
 from .base import Sink, SpooledEvent
 from .file import clean_path_value
 
@@ -207,6 +208,9 @@ class ImagesSink(Sink):
             self.use_platform(api_url, token)
         self._session: aiohttp.ClientSession | None = None
         self._index_fd: int | None = None
+        # Held by the thread appending to the index and by aclose(): a send abandoned by a
+        # forced stop leaves its thread running, and the index must not be closed under it.
+        self._io = threading.Lock()
         # (event id, field) -> outcome of pictures fetched by a batch not yet indexed.
         self._pending: dict[tuple[int, str], dict[str, Any]] = {}
         # Event id -> its index record, for the last events indexed (skipped when sent again).
@@ -226,7 +230,7 @@ class ImagesSink(Sink):
         rest, _, query = uri[len("images:") :].partition("?")
         directory = rest[2:] if rest.startswith("//") else rest  # images:///var/x is /var/x
         if not directory:
-            raise ConfigurationError(f"sink {uri!r}: expected images:DIR")
+            raise ConfigurationError(f"sink {redact_uri(uri)}: expected images:DIR")
         parsed = parse_options(query, _OPTIONS, uri=uri, sink="images")
         chosen: dict[str, Any] = {
             "fields": tuple(f.strip() for f in parsed[_FIELDS].split(",")),
@@ -278,7 +282,7 @@ class ImagesSink(Sink):
             raise SinkError(f"{self.name}: cannot open {self.directory / INDEX}: {exc}") from exc
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            # Never a cookie from one host to another, nor an env proxy's credentials.
+            # Never a cookie from one image host to another.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
@@ -321,9 +325,13 @@ class ImagesSink(Sink):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-        fd, self._index_fd = self._index_fd, None
-        if fd is not None:
-            os.close(fd)
+        await asyncio.to_thread(self._close_index)
+
+    def _close_index(self) -> None:
+        with self._io:
+            fd, self._index_fd = self._index_fd, None
+            if fd is not None:
+                os.close(fd)
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -473,7 +481,12 @@ class ImagesSink(Sink):
                 async with session.get(target, headers=headers, allow_redirects=False) as answer:
                     status = answer.status
                     if status in (301, 302, 303, 307, 308) and "Location" in answer.headers:
-                        target = target.join(URL(answer.headers["Location"]))
+                        try:
+                            target = target.join(URL(answer.headers["Location"]))
+                        except ValueError:
+                            target = URL("invalid:")
+                        if target.scheme not in ("http", "https"):
+                            return _Picture({"status": "missing", "reason": "bad redirect"})
                         continue
                     if status == 200:
                         return await self._read(answer, target)
@@ -537,8 +550,13 @@ class ImagesSink(Sink):
         os.replace(temporary, path)
 
     def _append_index(self, data: bytes, directories: set[str]) -> None:
-        fd = self._index_fd
-        assert fd is not None
+        with self._io:
+            fd = self._index_fd
+            if fd is None:
+                raise OSError("the sink is closed")
+            self._append(fd, data, directories)
+
+    def _append(self, fd: int, data: bytes, directories: set[str]) -> None:
         if self.fsync:
             # The renames of this batch's pictures are durable before the index lists them.
             for directory in directories:

@@ -179,14 +179,17 @@ async def test_a_restart_fetches_nothing_again_unless_the_file_is_gone(tmp_path:
 async def test_a_missing_picture_is_recorded_and_not_fetched_again(
     tmp_path: Path, host: Host
 ) -> None:
-    """A 404 (an id the emulator never emitted) and a 410 (an expired signed link) are
-    recorded as missing, the event counts as delivered, and sending it again asks nobody."""
+    """A 404 (an id the emulator never emitted), a 410 (an expired signed link) and a
+    redirect out of HTTP are recorded as missing, the event counts as delivered, and sending
+    it again asks nobody."""
     async with Emulator() as emu:
         gone = host.script("gone", status(410))
+        ftp = host.script("ftp", redirect("ftp://127.0.0.1/face.jpg"))
         entries = [
             {"id": 7, "created": "2024-05-01T10:00:00Z", "face_image": emu.image_url(7)},
             {"id": 8, "created": "2024-05-01T10:00:00Z", "face_image": gone},
             {"id": 9, "created": "2024-05-01T10:00:00Z", "face_image": None},
+            {"id": 10, "created": "2024-05-01T10:00:00Z", "face_image": ftp},
         ]
         sink = await started(f"images:{tmp_path}")
         try:
@@ -194,12 +197,14 @@ async def test_a_missing_picture_is_recorded_and_not_fetched_again(
             await sink.send([spooled(e) for e in entries])
         finally:
             await sink.aclose()
-        assert len(emu.media_requests) == 1 and host.hits("gone") == 1
+        assert len(emu.media_requests) == 1
+        assert host.hits("gone") == host.hits("ftp") == 1
     outcomes = [line["fields"]["face_image"] for line in index(tmp_path)]
     assert outcomes == [
         {"status": "missing", "http_status": 404},
         {"status": "missing", "http_status": 410},
         {"status": "no_url"},
+        {"status": "missing", "reason": "bad redirect"},
     ]
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [INDEX]
 
