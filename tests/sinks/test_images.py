@@ -5,6 +5,7 @@ fetches nothing again, and a real bridge whose route stores only exact matches' 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -50,6 +51,8 @@ class Host:
         self.answers: dict[str, list[Callable[[web.Request], web.StreamResponse]]] = {}
         self.seen: list[tuple[str, dict[str, str]]] = []
         self.url = ""
+        self.release = asyncio.Event()
+        """Set to let the answers of :func:`hang` end."""
         self._runner = web.AppRunner(self.app)
 
     def script(self, name: str, *answers: Callable[[web.Request], web.StreamResponse]) -> str:
@@ -66,6 +69,8 @@ class Host:
         if not answers:
             raise web.HTTPNotFound()
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if answer is hang:
+            await self.release.wait()
         response = answer(request)
         if isinstance(response, web.StreamResponse) and not isinstance(response, web.Response):
             await response.prepare(request)
@@ -82,6 +87,7 @@ class Host:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
         await self._runner.cleanup()
 
 
@@ -95,6 +101,11 @@ def status(code: int) -> Callable[[web.Request], web.StreamResponse]:
 
 def redirect(to: str) -> Callable[[web.Request], web.StreamResponse]:
     return lambda _: web.Response(status=302, headers={"Location": to})
+
+
+def hang(_: web.Request) -> web.StreamResponse:
+    """Answers once the host's ``release`` is set (a stalled image host)."""
+    return web.Response(body=JPEG, content_type="image/jpeg")
 
 
 def chunked(_: web.Request) -> web.StreamResponse:
@@ -247,6 +258,22 @@ async def test_a_closed_port_is_a_retry(tmp_path: Path) -> None:
     assert (tmp_path / INDEX).read_bytes() == b""
 
 
+async def test_a_stalled_host_times_out_and_is_a_retry(tmp_path: Path, host: Host) -> None:
+    """?timeout= bounds each picture; a stall is a SinkError and the retry fetches it."""
+    stalled = host.script("stalled", hang)
+    sink = await started(f"images:{tmp_path}?timeout=200ms")
+    try:
+        with pytest.raises(SinkError, match="TimeoutError"):
+            await sink.send([spooled({"id": 1, "face_image": stalled})])
+        assert (tmp_path / INDEX).read_bytes() == b""
+        host.release.set()
+        await sink.send([spooled({"id": 1, "face_image": stalled})])
+    finally:
+        await sink.aclose()
+    assert host.hits("stalled") == 2
+    assert index(tmp_path)[0]["fields"]["face_image"]["status"] == "stored"
+
+
 async def test_the_token_goes_only_to_the_api_host(tmp_path: Path, host: Host) -> None:
     """With auth=platform the token goes to pictures on the API's origin and nowhere else,
     not even through a redirect; without it, to nobody."""
@@ -357,6 +384,26 @@ async def test_a_bridge_route_stores_only_exact_matches_faces(tmp_path: Path) ->
         assert stored == sorted(f"{i}-face.png" for i in exact)
         assert all(p.startswith("/media/") and "/face.png" in p for p in emu.media_requests)
         assert len(emu.media_requests) == len(exact)
+
+
+async def test_a_bridge_gives_the_sink_its_api_url_and_token(tmp_path: Path, host: Host) -> None:
+    """Through a real bridge with auth=platform: pictures on the bridge's api_url get its
+    token, a foreign host's do not."""
+    async with Host() as foreign, Emulator(tokens=[TOKEN]) as emu:
+        own, elsewhere = host.script("face", jpeg), foreign.script("face", jpeg)
+        options: dict[str, Any] = {
+            **bridge_options(emu, tmp_path),
+            "api_url": host.url,
+            "backfill": False,
+        }
+        async with Bridge(TOKEN, [f"images:{tmp_path}/faces?auth=platform"], **options):
+            await emu.wait_for_clients(1)
+            await emu.emit(face_image=own)
+            await emu.emit(face_image=elsewhere)
+            faces = tmp_path / "faces"
+            await until(lambda: (faces / INDEX).exists() and len(index(faces)) == 2, timeout=10)
+        assert [h.get("Authorization") for _, h in host.seen] == [f"Token {TOKEN}"]
+        assert [h.get("Authorization") for _, h in foreign.seen] == [None]
 
 
 @pytest.mark.parametrize(
