@@ -41,6 +41,7 @@ import aiohttp
 import msgspec
 
 from .. import _redact
+from .._config import DEFAULT_API_URL
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
@@ -251,8 +252,12 @@ class Bridge:
             self.spool = await asyncio.to_thread(
                 Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
             )
+        api_url = config.recovery.api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL
         for sink in self.sinks:
             self._started_sinks.append(sink)
+            use_platform = getattr(sink, "use_platform", None)
+            if callable(use_platform):  # a sink fetching from the platform (images:)
+                use_platform(api_url, self._tokens.get)
             await sink.start()
         self.pipeline = Pipeline(
             self.spool,

@@ -11,6 +11,7 @@ URI                                            sink
 ``amqp://user:pass@host/vhost?exchange=...``   :class:`~neuroio.sinks.amqp.AmqpSink`
 ``postgresql://user@host:port/db?table=...``   :class:`~neuroio.sinks.postgres.PostgresSink`
 ``sqlite:PATH?table=...``                      :class:`~neuroio.sinks.sqlite.SqliteSink`
+``images:DIR?fields=face_image,full_image``    :class:`~neuroio.sinks.images.ImagesSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
@@ -50,6 +51,7 @@ _SCHEMES = (
     "postgresql://",
     "postgres://",
     "sqlite:",
+    "images:",
 )
 
 
@@ -102,6 +104,10 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
         from .sqlite import SqliteSink
 
         return SqliteSink.from_uri(uri, **options)
+    if lowered.startswith("images:"):
+        from .images import ImagesSink
+
+        return ImagesSink.from_uri(uri, **options)
     raise ConfigurationError(
         f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
     )
