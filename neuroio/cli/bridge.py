@@ -150,7 +150,7 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     help="A sink (repeatable): file:PATH, file:- (stdout), http(s)://..., "
     "redis://host:port/db?stream=NAME, nats://host:port?subject=S&stream=NAME, "
     "mqtt://host:port/TOPIC?qos=1, amqp://user:pass@host/vhost?exchange=X&routing_key=K, "
-    "postgresql://user@host/db?table=T, sqlite:PATH?table=T (docs/bridge.md). "
+    "postgresql://user@host/db?table=T, sqlite:PATH?table=T, images:DIR (docs/bridge.md). "
     "The variable takes several separated by spaces.",
 )
 @click.option(
