@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from neuroio._io import write_all as real_write_all
 from neuroio.exceptions import ConfigurationError, SinkError
 from neuroio.sinks import FileSink, SpooledEvent, from_uri
 from neuroio.sinks.file import DEFAULT_KEEP, Rotation
@@ -344,7 +345,6 @@ async def test_reopen_waits_for_the_write_in_progress(
     import neuroio.sinks.file as file_module
 
     entered, release = threading.Event(), threading.Event()
-    real_write_all = file_module.write_all
 
     def held_write_all(fd: int, data: bytes) -> None:
         real_write_all(fd, data)
