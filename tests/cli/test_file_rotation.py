@@ -148,10 +148,13 @@ async def test_size_rotation_keeps_two_old_files_private(
     def kept() -> list[int]:
         return [i for name in names for i in ids_of(out.parent / name)]
 
+    async def written(event_id: int) -> None:
+        await eventually(lambda: event_id in kept(), f"event {event_id} in the files", 10)
+
     sent: list[int] = []
     for _ in range(40):  # two events (about 500 bytes) at a time, each round delivered
         sent += await server.emit(2)
-        await eventually(lambda: sent[-1] in kept(), f"event {sent[-1]} in the files", 10)
+        await written(sent[-1])
     proc.send(signal.SIGTERM)
     assert await proc.finish(timeout=10) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(names)
