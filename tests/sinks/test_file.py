@@ -11,15 +11,22 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from neuroio._io import write_all as real_write_all
+from neuroio.bridge import Bridge
+from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, SinkError
-from neuroio.sinks import FileSink, SpooledEvent, from_uri
+from neuroio.sinks import FileSink, MemorySink, SpooledEvent, from_uri
+from neuroio.sinks.base import ConsumerGoneError
 from neuroio.sinks.file import DEFAULT_KEEP, Rotation
+from neuroio.testing import Emulator
+
+from ..bridge._common import TOKEN, bridge_options
+from ..helpers import until
 
 
 def events(*ids: int) -> list[SpooledEvent]:
@@ -556,3 +563,53 @@ def test_a_bad_rotation_is_one_line_naming_the_option(uri: str, problem: str) ->
     with pytest.raises(ConfigurationError, match=re.escape(problem)) as caught:
         from_uri(uri)
     assert "\n" not in str(caught.value)
+
+
+# -- the bridge's side: reopen() and a consumer gone ------------------------------------------
+
+
+class Gone(MemorySink):
+    """A sink whose reader leaves when :attr:`left` is set; its reopen fails."""
+
+    def __init__(self) -> None:
+        super().__init__(name="gone")
+        self.left = False
+
+    async def send(self, events: Sequence[SpooledEvent]) -> None:
+        if self.left:
+            raise ConsumerGoneError("gone: its reader left")
+        await super().send(events)
+
+    async def reopen(self) -> None:
+        raise SinkError("gone: cannot reopen")
+
+
+async def test_bridge_reopen_and_a_consumer_gone_end_the_run_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bridge.reopen() reopens each file sink (a sink whose reopen fails is logged, the
+    others reopen); a sink raising ConsumerGoneError ends Bridge.run() without an error,
+    and the events it did not take stay in the spool for it."""
+    out = tmp_path / "events.jsonl"
+    gone = Gone()
+    async with Emulator(tokens=[TOKEN]) as server:
+        options = bridge_options(server, tmp_path)
+        bridge = Bridge(TOKEN, [f"file:{out}", gone], **options)  # type: ignore[arg-type]
+        running = asyncio.create_task(bridge.run())
+        await server.wait_for_clients(1)
+        for _ in range(3):
+            await server.emit()
+        await until(lambda: len(ids_in(out)) == 3 and len(gone.events) == 3)
+        out.rename(tmp_path / "events.jsonl.1")
+        with caplog.at_level(logging.ERROR, logger="neuroio.bridge"):
+            await bridge.reopen()
+        assert any("gone: cannot reopen" in r.getMessage() for r in caplog.records)
+        await server.emit()
+        await until(lambda: len(ids_in(out)) == 1 and len(gone.events) == 4)
+        gone.left = True
+        await server.emit()
+        await asyncio.wait_for(running, 10)  # returns: no exception
+    assert bridge.should_exit
+    assert len(ids_in(tmp_path / "events.jsonl.1")) == 3
+    with Spool(tmp_path / "spool.db") as spool:
+        assert spool.depth == 1  # held for the sink that could not take it
