@@ -48,6 +48,7 @@ from .._token import Tokens, TokenSource
 from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
+from ..sinks.base import ConsumerGoneError
 from ._recovery import GapRecovery
 from ._snapshot import BridgeSnapshot, SinkSnapshot
 from .config import BridgeConfig, RouteConfig
@@ -367,6 +368,10 @@ class Bridge:
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = None if task is closing or task.cancelled() else task.exception()
+                if isinstance(error, ConsumerGoneError):
+                    log.info("%s: stopping", error)  # `| head`: a quiet end, as on SIGTERM
+                    self.should_exit = True
+                    return
                 if error is not None:
                     raise error
             if closing not in done:
@@ -411,6 +416,15 @@ class Bridge:
             self.pipeline.abandon_sends()
         if self._closer is not None and not self._closer.done():
             asyncio.get_running_loop().call_later(FORCE_GRACE, self._closer.cancel)
+
+    async def reopen(self) -> None:
+        """Have every started sink reopen its files (:meth:`Sink.reopen`; what a SIGHUP
+        handler calls, for logrotate). A sink that fails is logged; delivery goes on."""
+        for sink in list(self._started_sinks):
+            try:
+                await sink.reopen()
+            except Exception as exc:
+                log.error("sink %s: reopen failed: %s", sink.name, exc)
 
     async def close(self) -> None:
         """Stop the listener, commit what was received, stop the sinks. Idempotent."""

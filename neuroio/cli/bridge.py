@@ -87,9 +87,17 @@ async def serve(
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
     bridge = Bridge.from_options(token.source(), ssl=ssl_context, **options)
+    reopening: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:  # SIGHUP: the files are reopened (logrotate), the bridge runs on
+        logger.info("SIGHUP received: reopening the sinks' files")
+        task = asyncio.create_task(bridge.reopen(), name="neuroio-cli-reopen")
+        reopening.add(task)
+        task.add_done_callback(reopening.discard)
+
     own_signals = signals is None
     if signals is None:
-        signals = StopSignals(on_force=bridge.request_stop)
+        signals = StopSignals(on_force=bridge.request_stop, on_hangup=hangup)
         signals.install()
     requested = signals.requested
 
