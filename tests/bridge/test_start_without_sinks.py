@@ -26,10 +26,10 @@ from neuroio.bridge import Bridge
 from neuroio.bridge._starting import LateStart
 from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, SinkError
-from neuroio.sinks import MemorySink, SpooledEvent
+from neuroio.sinks import MemorySink
 
-from ..cli.conftest import Cli, clean_env
 from ..cli.conftest import TOKEN as CLI_TOKEN
+from ..cli.conftest import Cli, clean_env
 from ..helpers import eventually, until
 from ..independent_server import IndependentServer
 from ._common import TOKEN, bridge_options, free_port
@@ -111,7 +111,7 @@ class Receiver:
             await self._runner.cleanup()
 
 
-async def _healthz(port: int) -> tuple[int, dict[str, Any]]:
+async def _healthz(port: int | None) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
             return response.status, await response.json()
@@ -159,7 +159,9 @@ async def test_sinks_down_at_start_up_get_everything_once_each_comes_up(
 
                 status, report = await _healthz(port)
                 assert status == 503
-                for name, word in zip(names, ("unreachable", "unreachable", "cannot connect")):
+                for name, word in zip(
+                    names, ("unreachable", "unreachable", "cannot connect"), strict=True
+                ):
                     assert any(f"sink {name} not started" in p for p in report["problems"])
                     assert word in report["sinks"][name]["last_error"]
                     assert report["sinks"][name]["started"] is False
@@ -174,7 +176,7 @@ async def test_sinks_down_at_start_up_get_everything_once_each_comes_up(
                 await until(lambda: pipeline.status[names[0]].delivered == 30, timeout=10)
                 client = aioredis.Redis(port=redis_port)
                 try:
-                    entries = await client.xrange(stream)
+                    entries: Any = await client.xrange(stream)
                 finally:
                     await client.aclose()
                 assert [int(fields[b"id"]) for _, fields in entries] == sent
