@@ -276,10 +276,10 @@ class Bridge:
         )
         await self.pipeline.start()
         for name, late in self._late.items():
+            status = self.pipeline.status[name]
+            late.failed(status, late.first_error)  # failing (and logged) from now on
             self._late_tasks.append(
-                asyncio.create_task(
-                    late.run(self.pipeline.status[name]), name=f"neuroio-start {name}"
-                )
+                asyncio.create_task(late.run(status), name=f"neuroio-start {name}")
             )
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)

@@ -102,9 +102,9 @@ class LateStart(Sink):
 
     async def run(self, status: SinkStatus) -> None:
         """Start the sink with backoff until it starts, or until stopping (or cancelled:
-        the attempt in progress is abandoned, and the bridge closes the sink)."""
+        the attempt in progress is abandoned, and the bridge closes the sink). The failure
+        at start-up is recorded first, with :meth:`failed`."""
         sink = self.sink
-        self.failed(status, self.first_error)
         while await self._retry.wait():
             self.attempts += 1
             self._opened.append(sink)
