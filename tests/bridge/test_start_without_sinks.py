@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from neuroio.bridge import Bridge
 from neuroio.bridge._starting import LateStart
 from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError, SinkError
-from neuroio.sinks import MemorySink
+from neuroio.sinks import MemorySink, from_uri
 
 from ..cli.conftest import TOKEN as CLI_TOKEN
 from ..cli.conftest import Cli, clean_env
@@ -51,6 +52,7 @@ class Servers:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.folders: list[Path] = []
 
     def redis(self, port: int, *args: str) -> None:
         self._start(
@@ -58,11 +60,31 @@ class Servers:
             "--appendonly", "no", *args,
         )  # fmt: skip
 
-    def nats(self, port: int) -> None:
+    def nats(self, port: int, *args: str) -> None:
         store = self.tmp_path / f"jetstream-{port}"
         self._start(
-            _binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)
+            _binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
+            *args,
+        )  # fmt: skip
+
+    def mosquitto(self, port: int, user: str, password: str) -> None:
+        """A broker refusing anonymous clients, with one user."""
+        # Readable by the broker, which drops to its own user when started as root: outside
+        # tmp_path, whose parents are private.
+        folder = Path(tempfile.mkdtemp(prefix="neuroio-mosquitto-"))
+        self.folders.append(folder)
+        passwords = folder / "passwords"
+        subprocess.run(
+            [_binary("mosquitto_passwd"), "-b", "-c", str(passwords), user, password],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        folder.chmod(0o755)
+        passwords.chmod(0o644)
+        config = folder / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
         )
+        self._start(_binary("mosquitto"), "-c", str(config))
 
     def _start(self, *argv: str) -> None:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -77,6 +99,8 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -397,3 +421,42 @@ async def test_cli_refused_credentials_exit_2_with_one_line(
     lines = child.err.strip().splitlines()
     assert len(lines) == 1 and "rejected the credentials" in lines[0], child.err
     assert "hunter2" not in child.err
+
+
+async def test_nats_amqp_and_mqtt_report_refused_credentials_as_configuration_errors(
+    tmp_path: Path, servers: Servers, amqp_url: str
+) -> None:
+    """Each broker's "wrong credentials" answer at start() is a ConfigurationError (the
+    bridge does not start), never a SinkError (which would be retried); no password shows."""
+    nats_port, mqtt_port = free_port(), free_port()
+    servers.nats(nats_port, "--user", "neuroio", "--pass", "right-password")
+    servers.mosquitto(mqtt_port, "neuroio", "right-password")
+    await eventually(_listening(nats_port), "own nats-server listening", timeout=5)
+    await eventually(_listening(mqtt_port), "own mosquitto listening", timeout=5)
+    amqp = amqp_url.replace("guest:guest@", "guest:wrong-password@")
+    for uri, words in (
+        (f"nats://neuroio:wrong-password@127.0.0.1:{nats_port}?timeout=1", "NATS rejected"),
+        (f"{amqp}?exchange=neuroio-test-{uuid.uuid4().hex}", "refused the login"),
+        (f"mqtt://neuroio:wrong-password@127.0.0.1:{mqtt_port}/t?timeout=2", "refused the login"),
+        (f"mqtt://127.0.0.1:{mqtt_port}/t?timeout=2", "refused the login"),
+    ):
+        sink = from_uri(uri)
+        try:
+            with pytest.raises(ConfigurationError, match=words) as caught:
+                await sink.start()
+        finally:
+            await sink.aclose()
+        assert "wrong-password" not in str(caught.value)
+
+
+def _listening(port: int) -> Any:
+    async def connects() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    return connects
