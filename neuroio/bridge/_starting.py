@@ -81,14 +81,21 @@ class LateStart(Sink):
         """Record a failed attempt in the route's status, logging a reason not logged yet."""
         reason = str(error) or type(error).__name__
         status._failed(reason)
+        # The sinks' own messages name them ("sink NAME: ..."); continued with "; ..." below.
+        reason = reason.rstrip(". ")
+        if not reason.startswith(f"sink {self.name}"):
+            reason = f"sink {self.name}: {reason}"
         if reason == self._reported:
-            log.debug(
-                "sink %s still cannot start (attempt %d): %s", self.name, self.attempts, reason
-            )
+            log.debug("%s (start attempt %d)", reason, self.attempts)
             return
         self._reported = reason
         if isinstance(error, ConfigurationError):
-            log.error("%s; retrying its start with backoff (events are spooled meanwhile)", reason)
+            log.error(
+                "%s; its start is retried with backoff (start attempt %d; events are spooled "
+                "meanwhile)",
+                reason,
+                self.attempts,
+            )
         elif self.attempts == 1:
             log.warning(
                 "%s; the bridge starts without it: events are spooled and delivered once it "
@@ -97,7 +104,7 @@ class LateStart(Sink):
             )
         else:
             log.warning(
-                "sink %s still cannot start (attempt %d): %s", self.name, self.attempts, reason
+                "%s (start attempt %d; events are spooled meanwhile)", reason, self.attempts
             )
 
     async def run(self, status: SinkStatus) -> None:
