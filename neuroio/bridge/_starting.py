@@ -73,6 +73,7 @@ class LateStart(Sink):
         self._stopping = stopping
         self._retry = Retrying(Backoff(retry_delay, max_retry_delay), closing=stopping)
         self._reported: str | None = None
+        self._traceback_shown = False
 
     def __repr__(self) -> str:
         return f"<LateStart {self.sink!r}>"
@@ -120,7 +121,9 @@ class LateStart(Sink):
             except (SinkError, ConfigurationError) as exc:
                 error: Exception = exc
             except Exception as exc:  # a bug in a user's sink must not end the retries
-                log.exception("sink %s raised an unexpected error when started", self.name)
+                if not self._traceback_shown:
+                    self._traceback_shown = True
+                    log.exception("sink %s raised an unexpected error when started", self.name)
                 error = exc
             else:
                 status.failing_since = None
