@@ -11,8 +11,12 @@ Start-up errors (raised by :meth:`Bridge.start` and :meth:`Bridge.run`, after re
 whatever was opened): :class:`~neuroio.exceptions.ConfigurationError` (a bad option or URI, the
 metrics port in use), :class:`~neuroio.exceptions.MissingExtraError` (a sink's or the metrics'
 extra is not installed; also raised by the constructor), :class:`~neuroio.exceptions.SpoolError`
-(the spool is corrupt, unwritable or locked by another bridge) and
-:class:`~neuroio.exceptions.SinkError` (a sink is unreachable). Once running,
+(the spool is corrupt, unwritable or locked by another bridge) and, with
+``require_sinks=True`` only, :class:`~neuroio.exceptions.SinkError` (a sink is unreachable).
+By default a sink unreachable at start-up does not stop the bridge: it receives and spools,
+reports the sink on ``/healthz``, and starts the sink with backoff until it answers
+(:mod:`neuroio.bridge._starting`); a sink that answers but refuses the configuration (its
+credentials, say) raises :class:`~neuroio.exceptions.ConfigurationError`. Once running,
 :meth:`Bridge.run` raises :class:`~neuroio.exceptions.AuthenticationError` if the token is
 rejected and :class:`~neuroio.exceptions.ConnectionFailedError` if ``max_retries`` is set and
 exhausted.
@@ -45,12 +49,20 @@ from .._config import DEFAULT_API_URL
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
-from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
+from ..exceptions import (
+    BackfillError,
+    ConfigurationError,
+    MissingExtraError,
+    NeuroIOError,
+    PermanentSinkError,
+    SinkError,
+)
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ..sinks.base import ConsumerGoneError
 from ._recovery import GapRecovery
 from ._snapshot import BridgeSnapshot, SinkSnapshot
+from ._starting import LateStart, close_quietly
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
 from .spool import Spool
@@ -154,6 +166,9 @@ class Bridge:
         self._recovery: GapRecovery | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._started_sinks: list[Sink] = []
+        self._late: dict[str, LateStart] = {}
+        self._late_tasks: list[asyncio.Task[None]] = []
+        self._stop_late = asyncio.Event()
         self._closing = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
         self._state: Literal["new", "starting", "running", "closed"] = "new"
@@ -255,19 +270,24 @@ class Bridge:
             )
         api_url = config.recovery.api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL
         for sink in self.sinks:
-            self._started_sinks.append(sink)
             use_platform = getattr(sink, "use_platform", None)
             if callable(use_platform):  # a sink fetching from the platform (images:)
                 use_platform(api_url, self._tokens.get)
-            await sink.start()
+        delivered_to = [await self._start_sink(sink) for sink in self.sinks]
         self.pipeline = Pipeline(
             self.spool,
-            self.sinks,
+            delivered_to,
             rules=self.rules,
             retry_delay=config.sink_retry_delay,
             max_retry_delay=config.sink_max_retry_delay,
         )
         await self.pipeline.start()
+        for name, late in self._late.items():
+            status = self.pipeline.status[name]
+            late.failed(status, late.first_error)  # failing (and logged) from now on
+            self._late_tasks.append(
+                asyncio.create_task(late.run(status), name=f"neuroio-start {name}")
+            )
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)
             await self.metrics.start(config.metrics_host, config.metrics_port)
@@ -316,6 +336,31 @@ class Bridge:
             self.spool.depth,
             ", ".join(s.name for s in self.sinks),
         )
+
+    async def _start_sink(self, sink: Sink) -> Sink:
+        """Start ``sink``; what the pipeline delivers to: the sink, or a :class:`LateStart`
+        for it when it is unreachable (and ``require_sinks`` is off)."""
+        self._started_sinks.append(sink)
+        try:
+            await sink.start()
+        except PermanentSinkError:
+            raise  # refused for good: retrying will not help
+        except SinkError as exc:
+            if self.config.require_sinks:
+                raise
+            self._started_sinks.remove(sink)
+            await close_quietly(sink)  # nothing half-open is kept while it is retried
+            late = LateStart(
+                sink,
+                exc,
+                opened=self._started_sinks,
+                stopping=self._stop_late,
+                retry_delay=self.config.sink_retry_delay,
+                max_retry_delay=self.config.sink_max_retry_delay,
+            )
+            self._late[sink.name] = late
+            return late
+        return sink
 
     async def _on_connected(self) -> None:
         if self._recovery is not None:
@@ -446,6 +491,11 @@ class Bridge:
                 self._listen_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._listen_task
+        for task in self._late_tasks:
+            task.cancel()
+        await asyncio.gather(*self._late_tasks, return_exceptions=True)
+        self._late_tasks.clear()
+        self._stop_late.set()  # a send waiting for its sink to start gives up
         if self.pipeline is not None:
             await self.pipeline.close()
         if self.metrics is not None:
@@ -476,9 +526,10 @@ class Bridge:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the bridge is healthy, and why: the connection is live, spool commits
-        work, the socket is not paused, and no route's sink has been failing for longer than
-        ``health_max_sink_failure`` (a problem names the route: ``sink <route> failing for N
-        s``, the words kept from before routes)."""
+        work, the socket is not paused, every sink started (``sink <route> not started for N
+        s`` while one unreachable at start-up has not answered yet), and no route's sink has
+        been failing for longer than ``health_max_sink_failure`` (a problem names the route:
+        ``sink <route> failing for N s``, the words kept from before routes)."""
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
@@ -496,8 +547,12 @@ class Bridge:
                     "suppressed": status.suppressed,
                     "failing_for": round(failing, 3),
                     "last_error": status.last_error if failing else None,
+                    "started": not self._not_started(name),
                 }
-                if failing > self.config.health_max_sink_failure:
+                if self._not_started(name):
+                    # Never reached since start-up: nothing is delivered at all, so no grace.
+                    problems.append(f"sink {name} not started for {failing:.0f} s")
+                elif failing > self.config.health_max_sink_failure:
                     problems.append(f"sink {name} failing for {failing:.0f} s")
             problems += _spool_problems(pipeline, now)
         ok = not problems
@@ -507,6 +562,10 @@ class Bridge:
             "connection": state,
             "sinks": sinks,
         }
+
+    def _not_started(self, name: str) -> bool:
+        late = self._late.get(name)
+        return late is not None and not late.started.is_set()
 
     def snapshot(self) -> BridgeSnapshot:
         """Every figure the metrics report, copied now (call it on the event loop)."""

@@ -82,7 +82,7 @@ async def serve(
     Raises:
         ConfigurationError: a bad option or sink URI, a missing extra, the metrics port in use.
         SpoolError: the spool is corrupt, unwritable or in use.
-        SinkError: a sink is unreachable at start-up.
+        SinkError: a sink is unreachable at start-up (with ``require_sinks`` only).
         AuthenticationError: the token was rejected.
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
@@ -243,6 +243,15 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     show_envvar=True,
     help="Largest retry delay of a failing sink, seconds.",
 )
+@click.option(
+    "--require-sinks",
+    is_flag=True,
+    default=False,
+    envvar="NEUROIO_BRIDGE_REQUIRE_SINKS",
+    show_envvar=True,
+    help="Stop at start-up (status 1) when a sink is unreachable. Default: start without it, "
+    "spool its events, report it on /healthz, and deliver once it answers.",
+)
 @listener_options
 @loop_option
 @logging_options
@@ -260,6 +269,7 @@ def command(
     health_max_sink_failure: float,
     sink_retry_delay: float,
     sink_max_retry_delay: float,
+    require_sinks: bool,
     listener: ListenerSettings,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -271,8 +281,10 @@ def command(
     entries are recovered from the REST API at start-up and after reconnects. Logs go to
     stderr; stdout is empty unless a sink is file:-. Stops with status 0 on Ctrl-C or SIGTERM
     (what was received is delivered now or after the next start); 1 on a start-up error
-    (spool, unreachable sink), 2 on a usage error, 3 if the token is rejected, 4 if
-    --max-retries is exhausted.
+    (spool; an unreachable sink with --require-sinks), 2 on a usage error (a sink refusing
+    its credentials too), 3 if the token is rejected, 4 if --max-retries is exhausted. A
+    sink unreachable at start-up does not stop the bridge unless --require-sinks: its events
+    are spooled and delivered once it answers.
 
     With --config FILE, the options and the routes (each with its own filter, cooldown and
     sink) come from a TOML file; every mistake in it is one line naming the file and the key,
@@ -316,6 +328,7 @@ def command(
         "health_max_sink_failure": health_max_sink_failure,
         "sink_retry_delay": sink_retry_delay,
         "sink_max_retry_delay": sink_max_retry_delay,
+        "require_sinks": require_sinks,
         "url": conn.url,
         **settings,
     }

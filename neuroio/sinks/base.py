@@ -59,7 +59,8 @@ class SpooledEvent(msgspec.Struct, frozen=True):
 class Sink(abc.ABC):
     """A destination for events.
 
-    The bridge calls :meth:`start` once, then :meth:`send` with batches of events in spool
+    The bridge calls :meth:`start` (again, after :meth:`aclose`, while it raises
+    :class:`~neuroio.exceptions.SinkError`), then :meth:`send` with batches of events in spool
     order, one batch at a time, and :meth:`aclose` at the end. Implement :meth:`send` for your
     own destination; it is all-or-raise:
 
@@ -89,8 +90,11 @@ class Sink(abc.ABC):
         """Connect and check the destination is usable.
 
         Raises:
-            SinkError: the destination is unreachable (the bridge does not start).
-            ConfigurationError: the destination exists but cannot be used as configured.
+            SinkError: the destination is unreachable: the bridge starts without it and
+                calls :meth:`start` again with backoff (after :meth:`aclose`) until it
+                answers; with ``require_sinks`` the bridge does not start.
+            ConfigurationError: the destination answered but cannot be used as configured
+                (e.g. it rejected the credentials): the bridge does not start.
         """
 
     @abc.abstractmethod
@@ -108,7 +112,8 @@ class Sink(abc.ABC):
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Release connections. Called once, even if :meth:`start` failed."""
+        """Release connections. Called once after each :meth:`start`, even one that
+        failed."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
