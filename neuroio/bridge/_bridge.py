@@ -48,7 +48,7 @@ from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, N
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ._recovery import GapRecovery
-from ._snapshot import BridgeSnapshot, SinkSnapshot
+from ._snapshot import BridgeSnapshot, SinkSnapshot, status_page
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
 from .spool import Spool
@@ -264,11 +264,12 @@ class Bridge:
         await self.pipeline.start()
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)
+            self.metrics.status = status_page(self)
+            self.pipeline.on_event = self.metrics.status.ring.add
             await self.metrics.start(config.metrics_host, config.metrics_port)
-            host = config.metrics_host
-            where = f"[{host}]" if ":" in host else host
             log.info(
-                "metrics on http://%s:%s/metrics, health on /healthz", where, self.metrics.port
+                "metrics on %s, health on /healthz, status page on /",
+                self.metrics.url("/metrics"),
             )
         options = config.recovery
         recovering = options.backfill or options.since is not None
