@@ -268,8 +268,9 @@ class Bridge:
             self.pipeline.on_event = self.metrics.status.ring.add
             await self.metrics.start(config.metrics_host, config.metrics_port)
             log.info(
-                "metrics on %s, health on /healthz, status page on /",
+                "metrics on %s, health on /healthz, status page on %s",
                 self.metrics.url("/metrics"),
+                self.metrics.url("/"),
             )
         options = config.recovery
         recovering = options.backfill or options.since is not None
