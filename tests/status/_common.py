@@ -13,7 +13,10 @@ from aiohttp import web
 from neuroio.bridge import Bridge
 from neuroio.exceptions import PermanentSinkError
 from neuroio.sinks import Sink, SpooledEvent
+from neuroio.stats import State
 from neuroio.testing import Emulator
+
+from ..helpers import until
 
 TOKEN = "status-page-secret-token-42"
 
@@ -104,3 +107,8 @@ async def status_bridge(
 def page_url(bridge: Bridge, path: str = "/") -> str:
     assert bridge.metrics is not None
     return bridge.metrics.url(path)
+
+
+async def live(bridge: Bridge) -> None:
+    """Wait until the bridge's listener is connected and authenticated."""
+    await until(lambda: bridge.listener is not None and bridge.listener.stats.state is State.LIVE)
