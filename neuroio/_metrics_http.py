@@ -77,9 +77,7 @@ class MetricsServer:
             self.status.add_routes(app)
         # A watching page holds a request open: stop() ends its stream first, and the
         # server waits no longer than this for what is still running.
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port or 0)
         try:

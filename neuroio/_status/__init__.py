@@ -312,7 +312,9 @@ class StatusPage:
             raise web.HTTPNotFound(text=f"no sink named {sink!r}\n") from None
         except NotImplementedError as exc:
             raise web.HTTPNotImplemented(text=f"{exc}\n") from None
-        log.info("dead letters of %s re-driven from the status page: %d", sink or "every sink", count)
+        log.info(
+            "dead letters of %s re-driven from the status page: %d", sink or "every sink", count
+        )
         return web.json_response({"sink": sink, "retried": count}, headers=_SECURITY_HEADERS)
 
 

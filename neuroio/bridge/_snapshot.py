@@ -176,9 +176,9 @@ def status_page(bridge: _Owner) -> StatusPage:
     dead: dict[str, int] = {}
     dead_total = 0
 
-    def complete(snap: BridgeSnapshot, health: dict[str, Any], errors: dict[str, str | None]) -> (
-        dict[str, Any]
-    ):
+    def complete(
+        snap: BridgeSnapshot, health: dict[str, Any], errors: dict[str, str | None]
+    ) -> dict[str, Any]:
         nonlocal dead, dead_total
         if snap.dead_letters != dead_total and snap.spool is not None:
             # Counted again only when the spool's total changed: the common case reads nothing.

@@ -37,9 +37,7 @@ async def demo(
     """Serve generated events at ``rate`` on loopback and print them until stopped; serve
     the status page on ``status_port`` (0: a free port; ``None``: none) and log its URL."""
     if status_port is not None and importlib.util.find_spec("prometheus_client") is None:
-        logger.warning(
-            "demo: no status page: it needs pip install 'neuroio-events[metrics]'"
-        )
+        logger.warning("demo: no status page: it needs pip install 'neuroio-events[metrics]'")
         status_port = None
     async with Emulator(rate=rate, seed=seed) as emulator:
         logger.info(

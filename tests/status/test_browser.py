@@ -34,7 +34,8 @@ def severe(browser: Any) -> list[dict[str, Any]]:
 
 LIVE = """return document.getElementById('live').textContent === 'live'
   && document.getElementById('connection').textContent === 'live';"""
-CARD_WITH_FACE = """const img = document.querySelector('.card[data-id="' + arguments[0] + '"] img.face');
+CARD_WITH_FACE = """const img = document.querySelector(
+  '.card[data-id="' + arguments[0] + '"] img.face');
 return !!img && img.complete && img.naturalWidth > 0;"""
 ROW_RED = """const row = document.querySelector('tr.sink[data-sink="' + arguments[0] + '"]');
 return !!row && row.classList.contains('failing')

@@ -3,15 +3,15 @@ and the guards of its one state-changing request."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from neuroio._status import CSRF_HEADER, EventRing, PUSH_INTERVAL
+from neuroio._status import CSRF_HEADER, PUSH_INTERVAL, EventRing
 from neuroio._status._render import card, page, summarize
 
 from ..helpers import until
@@ -69,7 +69,7 @@ async def test_live_stream_batches_pushes_and_keeps_fifty_events(tmp_path: Path)
             assert first["reset"] is True and first["state"]["connection"] == "live"
             start = time.monotonic()
             await emulator.burst(400)
-            pushes, seen = 0, []
+            pushes, seen = 0, list[dict[str, Any]]()
             while not seen or seen[-1]["id"] < 400:
                 update = json.loads((await answer.content.readuntil(b"\n\n"))[6:])
                 pushes += 1
