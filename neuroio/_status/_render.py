@@ -195,7 +195,7 @@ def sink_row(sink: Mapping[str, Any], can_retry: bool) -> str:
         f'<td class="num">{_e(duration(sink.get("lag_seconds") or 0.0))}</td>'
         f"<td>{_e(since_text)}</td>"
         f'<td class="error">{_e(sink.get("last_error") or "-")}</td>'
-        f'<td class="num">{dead} {button}</td>'
+        f'<td class="num{" dead" if dead else ""}">{dead} {button}</td>'
         "</tr>"
     )
 

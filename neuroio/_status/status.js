@@ -87,7 +87,7 @@
       '<td class="num">' + esc(duration(k.lag_seconds || 0)) + "</td>" +
       "<td>" + esc(since) + "</td>" +
       '<td class="error">' + esc(k.last_error || "-") + "</td>" +
-      '<td class="num">' + dead + ' <button type="button" class="retry" data-sink="' +
+      '<td class="num' + (dead ? " dead" : "") + '">' + dead + ' <button type="button" class="retry" data-sink="' +
       esc(k.name) + '"' + disabled + ">re-drive</button></td></tr>";
   }
 

@@ -104,7 +104,12 @@ def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
 
 def dead_letters_by_sink(spool: Spool, names: Sequence[str]) -> dict[str, int]:
     """Dead letters kept per sink (reads the spool: call it off the loop, and only when the
-    spool holds some)."""
+    spool holds some): the spool's own count per sink where it has one, else by reading
+    them."""
+    by_sink = getattr(spool, "dead_letter_counts", None)
+    if by_sink is not None:
+        with contextlib.suppress(SpoolError):
+            return {name: int(count) for name, count in dict(by_sink()).items()}
     limit = max(1, spool.dead_letter_count)
     counts: dict[str, int] = {}
     for name in names:

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from .test_browser import severe, wait_js
+from .test_browser import leave, wait_js
 
 FACES = """const faces = [...document.querySelectorAll('.card img.face')];
 return document.getElementById('live').textContent === 'live'
@@ -45,6 +45,7 @@ async def test_demo_prints_the_page_url_and_the_page_shows_faces_live(browser: A
             2.0,
             first,
         )
+        assert await leave(browser) == []
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10.0) == 0
         await drain
@@ -52,7 +53,6 @@ async def test_demo_prints_the_page_url_and_the_page_shows_faces_live(browser: A
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert severe(browser) == []
 
 
 async def browser_ids(browser: Any) -> str:
