@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -41,7 +41,15 @@ from .. import _redact
 from . import _render
 from ._render import summarize
 
-__all__ = ["CSRF_HEADER", "PUSH_INTERVAL", "EventRing", "Retry", "StatusPage", "summarize"]
+__all__ = [
+    "CSRF_HEADER",
+    "PUSH_INTERVAL",
+    "EventRing",
+    "Retry",
+    "StatusPage",
+    "is_loopback",
+    "summarize",
+]
 
 log = logging.getLogger("neuroio.status")
 
@@ -199,7 +207,6 @@ class StatusPage:
         state["title"] = self.title
         state["uptime"] = round(time.time() - self.started_at, 1)
         state["rates"] = self._rates.rates
-        state["received_seen"] = self.ring.count
         state["can_retry"] = self.retry is not None
         return state
 
@@ -339,8 +346,3 @@ def _encode(value: Any) -> str:
 
 def _sse(update: dict[str, Any]) -> bytes:
     return f"data: {_encode(update)}\n\n".encode()
-
-
-def sinks_by_name(sinks: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The sink rows of a state by name (tests, tools)."""
-    return {row["name"]: row for row in sinks}

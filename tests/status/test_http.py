@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from neuroio._status import CSRF_HEADER, PUSH_INTERVAL, EventRing
+from neuroio._status import CSRF_HEADER, PUSH_INTERVAL, EventRing, is_loopback
 from neuroio._status._render import card, page, summarize
 
 from ..helpers import until
@@ -147,3 +147,9 @@ def test_cards_escape_what_the_server_sent() -> None:
     assert "r-other" in html and "no image" in html
     whole = page({"connection": "<i>", "sinks": [{"name": "<u>"}]}, [hostile], csrf="s")
     assert "<i>" not in whole and "<u>" not in whole
+
+
+def test_only_loopback_addresses_count_as_private() -> None:
+    """The server warns for any bind address but these (and checks Host against them)."""
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.10", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.7", "example.org", ""))
