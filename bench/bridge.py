@@ -434,9 +434,10 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
+        # bare always runs: it is the baseline of every ratio.
         variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "postgres",
                                 "sqlite", "all", "routes", "page"]
-                    if args.variants is None or v in args.variants]  # fmt: skip
+                    if args.variants is None or v in args.variants or v == "bare"]  # fmt: skip
         for _ in range(args.repeat):
             for variant in variants:
                 url, _tag = server.url(n=args.events)

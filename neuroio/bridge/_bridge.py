@@ -48,7 +48,7 @@ from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, N
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ._recovery import GapRecovery
-from ._snapshot import BridgeSnapshot, SinkSnapshot, status_page
+from ._snapshot import BridgeSnapshot, SinkSnapshot
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
 from .spool import Spool
@@ -264,6 +264,8 @@ class Bridge:
         await self.pipeline.start()
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)
+            from ._snapshot import status_page  # beside the metrics, which it extends
+
             self.metrics.status = status_page(self)
             self.pipeline.on_event = self.metrics.status.ring.add
             await self.metrics.start(config.metrics_host, config.metrics_port)
