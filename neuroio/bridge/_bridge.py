@@ -290,11 +290,15 @@ class Bridge:
             )
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)
+            from ._snapshot import status_page  # beside the metrics, which it extends
+
+            self.metrics.status = status_page(self)
+            self.pipeline.on_event = self.metrics.status.ring.add
             await self.metrics.start(config.metrics_host, config.metrics_port)
-            host = config.metrics_host
-            where = f"[{host}]" if ":" in host else host
             log.info(
-                "metrics on http://%s:%s/metrics, health on /healthz", where, self.metrics.port
+                "metrics on %s, health on /healthz, status page on %s",
+                self.metrics.url("/metrics"),
+                self.metrics.url("/"),
             )
         options = config.recovery
         recovering = options.backfill or options.since is not None
