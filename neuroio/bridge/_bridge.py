@@ -61,7 +61,7 @@ from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ..sinks.base import ConsumerGoneError
 from ._recovery import GapRecovery
-from ._snapshot import BridgeSnapshot, SinkSnapshot
+from ._snapshot import BridgeSnapshot, SinkSnapshot, refused_problem
 from ._starting import LateStart, close_quietly
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
@@ -531,9 +531,11 @@ class Bridge:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the bridge is healthy, and why: the connection is live, spool commits
         work, the socket is not paused, every sink started (``sink <route> not started for N
-        s`` while one unreachable at start-up has not answered yet), and no route's sink has
-        been failing for longer than ``health_max_sink_failure`` (a problem names the route:
-        ``sink <route> failing for N s``, the words kept from before routes)."""
+        s`` while one unreachable at start-up has not answered yet), no route's sink has been
+        failing for longer than ``health_max_sink_failure`` (a problem names the route:
+        ``sink <route> failing for N s``, the words kept from before routes), nor refused its
+        last ``health_max_refused`` events (``sink <route> refused the last N events (dead
+        letters): <reason>``)."""
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
@@ -558,6 +560,10 @@ class Bridge:
                     problems.append(f"sink {name} not started for {failing:.0f} s")
                 elif failing > self.config.health_max_sink_failure:
                     problems.append(f"sink {name} failing for {failing:.0f} s")
+                refused = refused_problem(name, status, self.config.health_max_refused)
+                if refused is not None:
+                    sinks[name]["refused_in_row"] = status.refused_in_row
+                    problems.append(refused)
             problems += _spool_problems(pipeline, now)
         ok = not problems
         return ok, {
