@@ -1,0 +1,214 @@
+"""``neuroio-events deadletters`` as a real subprocess: list, show, JSON lines, purge with
+--yes, the mistakes; and retry beside a running bridge, re-delivering dead-lettered events to
+a fixed webhook receiver exactly once each, with ``/healthz`` 503 while the sink refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from neuroio.bridge.spool import Spool, SpooledEvent
+from tests.independent_server import IndependentServer
+
+from ..helpers import eventually
+from .conftest import TOKEN, StartCli, clean_env
+
+
+async def deadletters(cli: StartCli, *args: str) -> tuple[int, str, str]:
+    """Run ``deadletters *args``; its exit code, stdout and stderr."""
+    proc = await cli("deadletters", *args)
+    code = await proc.finish(timeout=15)
+    return code, proc.out, proc.err
+
+
+def refused_spool(path: Path) -> None:
+    """Sink hooks refused events 101 and 102, sink mqtt event 201 (no bridge runs)."""
+    with Spool(path) as spool:
+        spool.register(["hooks", "mqtt"])
+        for seq, sink, event_id in ((1, "hooks", 101), (2, "hooks", 102), (3, "mqtt", 201)):
+            payload = json.dumps({"id": event_id, "data": {"id": event_id, "result": "exact"}})
+            event = SpooledEvent(seq, event_id, payload.encode(), 1_700_000_000.0 + seq)
+            spool.dead_letter(sink, event, f"sink {sink}: HTTP 422 'bad {event_id}'")
+
+
+async def test_list_show_json_purge_and_mistakes(cli: StartCli, tmp_path: Path) -> None:
+    """list and show (text, JSON lines with the event), a sink's selection; purge needs
+    --yes; an unknown sink is exit 2, a missing spool exit 1, nothing to show exit 1, an
+    empty list exit 0; each mistake one line."""
+    path = tmp_path / "spool.db"
+    refused_spool(path)
+    spool = str(path)
+    listed, as_json, shown, unknown, no_yes, missing, absent = await asyncio.gather(
+        deadletters(cli, "list", "--spool", spool),
+        deadletters(cli, "list", "--spool", spool, "--json"),
+        deadletters(cli, "show", "--spool", spool, "--sink", "hooks", "--id", "102", "--json"),
+        deadletters(cli, "list", "--spool", spool, "--sink", "nope"),
+        deadletters(cli, "purge", "--spool", spool, "--sink", "hooks"),
+        deadletters(cli, "list", "--spool", str(tmp_path / "none.db")),
+        deadletters(cli, "show", "--spool", spool, "--id", "999"),
+    )
+    code, out, _ = listed
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  hooks  id=101  seq=1  sink hooks: HTTP 422", lines[0])
+    assert "mqtt  id=201  seq=3" in lines[2]
+
+    code, out, _ = as_json
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(r["sink"], r["id"], r["seq"]) for r in records] == [
+        ("hooks", 101, 1),
+        ("hooks", 102, 2),
+        ("mqtt", 201, 3),
+    ]
+    assert records[0]["reason"] == "sink hooks: HTTP 422 'bad 101'"
+    assert records[0]["received_at"] == "2023-11-14T22:13:21Z"
+    assert records[0]["retry_pending"] is False and "event" not in records[0]
+
+    code, out, _ = shown
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and record["event"] == {"id": 102, "data": {"id": 102, "result": "exact"}}
+
+    for (code, out, err), expected, words in (
+        (unknown, 2, "no sink named 'nope' in spool"),
+        (no_yes, 2, "add --yes"),
+        (missing, 1, "does not exist"),
+        (absent, 1, "no dead letters of event 999 in spool"),
+    ):
+        assert code == expected, err
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+        assert "Traceback" not in err
+    assert "(sinks: hooks, mqtt)" in unknown[2]
+    assert not (tmp_path / "none.db").exists()
+
+    code, out, _ = await deadletters(cli, "purge", "--spool", spool, "--sink", "hooks", "--yes")
+    assert code == 0 and out == "2 dead letters of sink 'hooks' deleted\n"
+    code, out, err = await deadletters(cli, "list", "--spool", spool, "--sink", "hooks")
+    assert code == 0 and out == "" and "no dead letters of sink 'hooks'" in err
+    code, out, _ = await deadletters(cli, "purge", "--spool", spool, "--yes", "--json")
+    assert code == 0 and json.loads(out) == {"action": "purge", "removed": 1}
+    with Spool(path) as spool_again:
+        assert spool_again.dead_letters() == []
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers ``status`` and counts each event id."""
+
+    def __init__(self) -> None:
+        self.status = 422
+        self.attempts: Counter[int] = Counter()
+        self.accepted: Counter[int] = Counter()
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        event_id = int((await request.json())["id"])
+        self.attempts[event_id] += 1
+        if self.status == 200:
+            self.accepted[event_id] += 1
+        return web.Response(status=self.status, text="checked")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    found.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield found
+    await runner.cleanup()
+
+
+async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
+    cli: StartCli, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A receiver answering 422: each event dead-lettered once, /healthz 503 naming the sink
+    after 10 refusals, the gauge counts them. Fixed to answer 200, `deadletters retry` from
+    another process while the bridge runs: each arrives exactly once, the dead letters are
+    gone, /healthz 200 again; a second retry finds nothing."""
+    spool = tmp_path / "spool.db"
+    async with IndependentServer(TOKEN) as server:
+        proc = await cli(
+            "bridge",
+            "--url", server.url, "--api-url", server.api_url, "--spool", str(spool),
+            "--to", f"http://127.0.0.1:{receiver.port}/hook?name=hooks",
+            "--metrics-port", "0", "--ping-interval", "0.2", "--reconnect-delay", "0.01",
+            "--sink-retry-delay", "0.01", "--sink-max-retry-delay", "0.1", "--no-uvloop",
+            env=clean_env(NEUROIO_API_TOKEN=TOKEN),
+        )  # fmt: skip
+        await proc.wait_stderr("metrics on http://", timeout=10)
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", proc.err)
+        assert found, proc.err
+        base = f"http://127.0.0.1:{found.group(1)}"
+        await server.wait_live(1, timeout=10)
+        sent = await server.emit(12)
+        await eventually(lambda: set(receiver.attempts) == set(sent), "12 refused", 10)
+
+        async with aiohttp.ClientSession() as session:
+
+            async def health() -> tuple[int, dict[str, object]]:
+                async with session.get(f"{base}/healthz") as answer:
+                    return answer.status, json.loads(await answer.text())
+
+            async def metric() -> str:
+                async with session.get(f"{base}/metrics") as answer:
+                    return await answer.text()
+
+            async def healthy(expected: int) -> bool:
+                return (await health())[0] == expected
+
+            await eventually(lambda: healthy(503), "/healthz 503", 10)
+            status, report = await health()
+            problems = report["problems"]
+            assert isinstance(problems, list)
+            assert any(
+                p.startswith("sink hooks refused the last 12 events (dead letters): ")
+                and "HTTP 422" in p
+                for p in problems
+            ), problems
+            gauge = r'^neuroio_sink_dead_letters\{sink="hooks"\} 12\.0$'
+            await eventually(
+                lambda: _matches(metric(), gauge), "the dead-letter gauge at 12", 10
+            )
+
+            code, out, _ = await deadletters(cli, "list", "--spool", str(spool), "--json")
+            assert code == 0
+            assert sorted(json.loads(line)["id"] for line in out.splitlines()) == sent
+
+            receiver.status = 200
+            code, out, err = await deadletters(cli, "retry", "--spool", str(spool))
+            assert code == 0, err
+            assert out.startswith("12 dead letters to retry (0 already waiting)")
+            await eventually(lambda: set(receiver.accepted) == set(sent), "12 delivered", 10)
+            await eventually(lambda: healthy(200), "/healthz 200", 10)
+            gone = r'^neuroio_sink_dead_letters\{sink="hooks"\} 0\.0$'
+            await eventually(lambda: _matches(metric(), gone), "the gauge at 0", 10)
+
+        code, out, err = await deadletters(cli, "list", "--spool", str(spool))
+        assert code == 0 and out == "" and "no dead letters" in err
+        code, _, err = await deadletters(cli, "retry", "--spool", str(spool))
+        assert code == 1 and "no dead letters" in err
+        more = await server.emit(1)
+        await eventually(lambda: receiver.accepted[more[0]] == 1, "one more delivered", 10)
+        proc.send(signal.SIGTERM)
+        assert await proc.finish(timeout=15) == 0
+    assert receiver.accepted == Counter({i: 1 for i in [*sent, *more]})
+    assert all(receiver.attempts[i] == 2 for i in sent)  # refused once, delivered once
+
+
+async def _matches(text: object, pattern: str) -> bool:
+    assert asyncio.iscoroutine(text)
+    return re.search(pattern, await text, re.M) is not None
