@@ -554,6 +554,7 @@ class Bridge:
                     "failing_for": round(failing, 3),
                     "last_error": status.last_error if failing else None,
                     "started": not self._not_started(name),
+                    "refused_in_row": status.refused_in_row,
                 }
                 if self._not_started(name):
                     # Never reached since start-up: nothing is delivered at all, so no grace.
@@ -562,7 +563,6 @@ class Bridge:
                     problems.append(f"sink {name} failing for {failing:.0f} s")
                 refused = refused_problem(name, status, self.config.health_max_refused)
                 if refused is not None:
-                    sinks[name]["refused_in_row"] = status.refused_in_row
                     problems.append(refused)
             problems += _spool_problems(pipeline, now)
         ok = not problems

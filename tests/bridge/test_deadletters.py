@@ -3,8 +3,15 @@ the sink's answer; the refused-in-a-row count behind ``/healthz``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from neuroio.bridge import BridgeConfig
+from neuroio.bridge._configfile import load as load_config
 from neuroio.bridge._snapshot import refused_problem
 from neuroio.bridge.spool import DeadLetterStore, Spool
+from neuroio.exceptions import ConfigurationError
 from neuroio.sinks import MemorySink
 
 from ..helpers import until
@@ -92,3 +99,20 @@ async def test_refused_in_a_row_counts_until_one_is_confirmed(spool: Spool) -> N
         assert refused_problem("hooks", status, 10) is None
     finally:
         await pipeline.close()
+
+
+def test_health_max_refused_from_options_and_file(tmp_path: Path) -> None:
+    """health_max_refused defaults to 10; the file's health.max_refused sets it; a negative
+    value is one ConfigurationError naming it."""
+    assert BridgeConfig().health_max_refused == 10
+    assert BridgeConfig.from_flat(health_max_refused=0).health_max_refused == 0
+    with pytest.raises(ConfigurationError, match="health_max_refused"):
+        BridgeConfig.from_flat(health_max_refused=-1)
+    path = tmp_path / "bridge.toml"
+    path.write_text('to = ["memory:"]\n[health]\nmax_refused = 3\n')
+    file = load_config(path)
+    assert file.keys["health_max_refused"] == "health.max_refused"
+    assert file.bridge_config().health_max_refused == 3
+    path.write_text('to = ["memory:"]\n[health]\nmax_refused = -2\n')
+    with pytest.raises(ConfigurationError, match=r"health\.max_refused"):
+        load_config(path)

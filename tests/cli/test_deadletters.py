@@ -30,6 +30,15 @@ async def deadletters(cli: StartCli, *args: str) -> tuple[int, str, str]:
     return code, proc.out, proc.err
 
 
+async def check_bridge(cli: StartCli, *args: str) -> str:
+    """What ``bridge --check`` prints of its resolved options."""
+    proc = await cli(
+        "bridge", "--check", "--to", "memory:", *args, env=clean_env(NEUROIO_API_TOKEN=TOKEN)
+    )
+    assert await proc.finish(timeout=15) == 0, proc.err
+    return proc.out
+
+
 def refused_spool(path: Path) -> None:
     """Sink hooks refused events 101 and 102, sink mqtt event 201 (no bridge runs)."""
     with Spool(path) as spool:
@@ -47,13 +56,14 @@ async def test_list_show_json_purge_and_mistakes(cli: StartCli, tmp_path: Path) 
     path = tmp_path / "spool.db"
     refused_spool(path)
     spool = str(path)
-    listed, as_json, shown, unknown, no_yes, missing = await asyncio.gather(
+    listed, as_json, shown, unknown, no_yes, missing, checked = await asyncio.gather(
         deadletters(cli, "list", "--spool", spool),
         deadletters(cli, "list", "--spool", spool, "--json"),
         deadletters(cli, "show", "--spool", spool, "--sink", "hooks", "--id", "102", "--json"),
         deadletters(cli, "list", "--spool", spool, "--sink", "nope"),
         deadletters(cli, "purge", "--spool", spool, "--sink", "hooks"),
         deadletters(cli, "show", "--spool", str(tmp_path / "none.db"), "--id", "1"),
+        check_bridge(cli, "--health-max-refused", "3"),
     )
     code, out, _ = listed
     assert code == 0
@@ -89,6 +99,7 @@ async def test_list_show_json_purge_and_mistakes(cli: StartCli, tmp_path: Path) 
         assert len(err.strip().splitlines()) == 1 and words in err, err
         assert "Traceback" not in err
     assert "(sinks: hooks, mqtt)" in unknown[2]
+    assert re.search(r"^  health_max_refused +3  \(command line\)$", checked, re.M), checked
     assert not (tmp_path / "none.db").exists()
 
     code, out, _ = await deadletters(cli, "purge", "--spool", spool, "--sink", "hooks", "--yes")
@@ -139,10 +150,11 @@ async def receiver() -> AsyncIterator[Receiver]:
 async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
     cli: StartCli, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """A receiver answering 422: each event dead-lettered once, /healthz 503 naming the sink
-    after 10 refusals, the gauge counts them. Fixed to answer 200, `deadletters retry` from
-    another process while the bridge runs: each arrives exactly once, the dead letters are
-    gone, /healthz 200 again; a second retry finds nothing (exit 1)."""
+    """A receiver answering 422: each event dead-lettered once, /healthz 200 after 9
+    refusals, 503 naming the sink after 10 and more, the gauge counts them. Fixed to answer
+    200, `deadletters retry` from another process while the bridge runs: each arrives
+    exactly once, the dead letters are gone, /healthz 200 again; a second retry finds
+    nothing (exit 1)."""
     spool = tmp_path / "spool.db"
     async with IndependentServer(TOKEN) as server:
         proc = await cli(
@@ -158,9 +170,6 @@ async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
         assert found, proc.err
         base = f"http://127.0.0.1:{found.group(1)}"
         await server.wait_live(1, timeout=10)
-        sent = await server.emit(12)
-        await eventually(lambda: set(receiver.attempts) == set(sent), "12 refused", 10)
-
         async with aiohttp.ClientSession() as session:
 
             async def health() -> tuple[int, dict[str, object]]:
@@ -174,7 +183,19 @@ async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
             async def healthy(expected: int) -> bool:
                 return (await health())[0] == expected
 
-            await eventually(lambda: healthy(503), "/healthz 503", 10)
+            async def refused(count: int) -> bool:
+                status, report = await health()
+                sinks = report["sinks"]
+                assert isinstance(sinks, dict)
+                return status == (503 if count >= 10 else 200) and (
+                    sinks["hooks"]["refused_in_row"] == count
+                )
+
+            sent = await server.emit(9)
+            await eventually(lambda: refused(9), "9 refused, /healthz 200", 10)
+            sent += await server.emit(3)
+            await eventually(lambda: refused(12), "12 refused, /healthz 503", 10)
+            assert set(receiver.attempts) == set(sent)
             status, report = await health()
             problems = report["problems"]
             assert isinstance(problems, list)
