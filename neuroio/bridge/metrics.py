@@ -200,9 +200,13 @@ class BridgeCollector(Collector):
             "neuroio_spool_file_bytes", "Spool database and write-ahead log size on disk.",
             snap.spool.file_bytes() if snap.spool is not None else 0,
         )  # fmt: skip
-        yield _gauge(
-            "neuroio_spool_dead_letters", "Dead letters kept in the spool.", snap.dead_letters
-        )
+        held = snap.dead_letters
+        if snap.spool is not None:
+            # The same count as neuroio_sink_dead_letters (read again from the file at most
+            # every few seconds), so the two agree after a purge from outside.
+            with contextlib.suppress(SpoolError):
+                held = sum(snap.spool.dead_letter_counts().values())
+        yield _gauge("neuroio_spool_dead_letters", "Dead letters kept in the spool.", held)
         yield _gauge(
             "neuroio_spool_paused", "1 while the socket is paused because the spool is full.",
             1 if snap.paused else 0,

@@ -30,13 +30,12 @@ async def deadletters(cli: StartCli, *args: str) -> tuple[int, str, str]:
     return code, proc.out, proc.err
 
 
-async def check_bridge(cli: StartCli, *args: str) -> str:
-    """What ``bridge --check`` prints of its resolved options."""
-    proc = await cli(
-        "bridge", "--check", "--to", "memory:", *args, env=clean_env(NEUROIO_API_TOKEN=TOKEN)
-    )
-    assert await proc.finish(timeout=15) == 0, proc.err
-    return proc.out
+async def check_bridge(cli: StartCli, *args: str) -> tuple[int, str, str]:
+    """Run ``bridge --check --to memory: *args``; its exit code, stdout and stderr."""
+    env = clean_env(NEUROIO_API_TOKEN=TOKEN)
+    proc = await cli("bridge", "--check", "--to", "memory:", *args, env=env)
+    code = await proc.finish(timeout=15)
+    return code, proc.out, proc.err
 
 
 def refused_spool(path: Path) -> None:
@@ -99,7 +98,8 @@ async def test_list_show_json_purge_and_mistakes(cli: StartCli, tmp_path: Path) 
         assert len(err.strip().splitlines()) == 1 and words in err, err
         assert "Traceback" not in err
     assert "(sinks: hooks, mqtt)" in unknown[2]
-    assert re.search(r"^  health_max_refused +3  \(command line\)$", checked, re.M), checked
+    assert checked[0] == 0, checked[2]
+    assert re.search(r"^  health_max_refused +3  \(command line\)$", checked[1], re.M)
     assert not (tmp_path / "none.db").exists()
 
     code, out, _ = await deadletters(cli, "purge", "--spool", spool, "--sink", "hooks", "--yes")
