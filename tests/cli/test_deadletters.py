@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from neuroio.bridge.spool import Spool, SpooledEvent
+from neuroio.bridge.spool import DeadLetterStore, Spool, SpooledEvent
 from tests.independent_server import IndependentServer
 
 from ..helpers import eventually
@@ -124,10 +124,15 @@ class Receiver:
         self.attempts: Counter[int] = Counter()
         self.accepted: Counter[int] = Counter()
         self.port = 0
+        self.hang = False
+        self.released = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         event_id = int((await request.json())["id"])
         self.attempts[event_id] += 1
+        if self.hang:  # takes the request and never answers it (until released: a 503)
+            await self.released.wait()
+            return web.Response(status=503)
         if self.status == 200:
             self.accepted[event_id] += 1
         return web.Response(status=self.status, text="checked")
@@ -144,7 +149,53 @@ async def receiver() -> AsyncIterator[Receiver]:
     await site.start()
     found.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield found
+    found.released.set()
     await runner.cleanup()
+
+
+def bridge_args(spool: Path, server: IndependentServer, receiver: Receiver) -> list[str]:
+    return [
+        "bridge", "--url", server.url, "--api-url", server.api_url, "--spool", str(spool),
+        "--to", f"http://127.0.0.1:{receiver.port}/hook?name=hooks",
+        "--ping-interval", "0.2", "--reconnect-delay", "0.01",
+        "--sink-retry-delay", "0.01", "--sink-max-retry-delay", "0.1", "--no-uvloop",
+    ]  # fmt: skip
+
+
+async def test_a_bridge_killed_during_a_retry_delivers_it_after_the_restart(
+    cli: StartCli, receiver: Receiver, tmp_path: Path
+) -> None:
+    """SIGKILL while the retried event is at the receiver, unanswered: its dead letter and
+    request stay, and the next bridge delivers every retried event once (none lost)."""
+    spool = tmp_path / "spool.db"
+    env = clean_env(NEUROIO_API_TOKEN=TOKEN)
+
+    def held() -> list[int]:
+        with DeadLetterStore(spool) as store:
+            return [d.event.id for d in store.select(payloads=False)]
+
+    async with IndependentServer(TOKEN) as server:
+        proc = await cli(*bridge_args(spool, server, receiver), env=env)
+        await server.wait_live(1, timeout=10)
+        sent = await server.emit(3)
+        await eventually(lambda: held() == sent, "3 dead letters", 10)
+        receiver.hang = True
+        with DeadLetterStore(spool) as store:
+            assert store.retry() == (3, 3)
+        await eventually(lambda: receiver.attempts[sent[0]] == 2, "the retry in flight", 10)
+        proc.proc.send_signal(signal.SIGKILL)
+        await proc.kill()
+        assert held() == sent
+        receiver.hang = False
+        receiver.released.set()
+        receiver.status = 200
+        proc = await cli(*bridge_args(spool, server, receiver), env=env)
+        await eventually(lambda: set(receiver.accepted) == set(sent), "3 delivered", 10)
+        await eventually(lambda: held() == [], "the dead letters removed", 10)
+        proc.send(signal.SIGTERM)
+        assert await proc.finish(timeout=15) == 0
+    assert receiver.accepted == Counter({i: 1 for i in sent})
+    assert receiver.attempts == Counter({sent[0]: 3, sent[1]: 2, sent[2]: 2})
 
 
 async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
@@ -157,14 +208,8 @@ async def test_retry_redelivers_to_the_fixed_receiver_exactly_once(
     nothing (exit 1)."""
     spool = tmp_path / "spool.db"
     async with IndependentServer(TOKEN) as server:
-        proc = await cli(
-            "bridge",
-            "--url", server.url, "--api-url", server.api_url, "--spool", str(spool),
-            "--to", f"http://127.0.0.1:{receiver.port}/hook?name=hooks",
-            "--metrics-port", "0", "--ping-interval", "0.2", "--reconnect-delay", "0.01",
-            "--sink-retry-delay", "0.01", "--sink-max-retry-delay", "0.1", "--no-uvloop",
-            env=clean_env(NEUROIO_API_TOKEN=TOKEN),
-        )  # fmt: skip
+        args = [*bridge_args(spool, server, receiver), "--metrics-port", "0"]
+        proc = await cli(*args, env=clean_env(NEUROIO_API_TOKEN=TOKEN))
         await proc.wait_stderr("metrics on http://", timeout=10)
         found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", proc.err)
         assert found, proc.err
