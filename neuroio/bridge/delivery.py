@@ -14,9 +14,10 @@ for monitoring.
 
 Dead letters asked for again (``neuroio-events deadletters retry``, see
 :meth:`~neuroio.bridge.spool.Spool.take_redrive`) are sent before the cursor's next batch,
-when the pipeline sets :attr:`SinkWorker.redrive_due`: to this sink only, without the route's
-filter and cooldown (the route took them once), and their dead letters are removed only once
-the sink confirmed them (a crash in between sends them again, once).
+when the pipeline sets :attr:`SinkWorker.redrive_due` (then one batch of them between two
+batches after the cursor, so a large retry does not hold back new events): to this sink only,
+without the route's filter and cooldown (the route took them once), and their dead letters are
+removed only once the sink confirmed them (a crash in between sends them again, once).
 """
 
 from __future__ import annotations
@@ -166,12 +167,17 @@ class SinkWorker:
         """Read, send, acknowledge, until stopping (or cancelled: a send is abandoned)."""
         sink, status, wake, select = self.sink, self.status, self._wake, self._select
         limit = max(1, sink.max_batch)
+        redrove = False
         while not self._stopping.is_set():
             wake.clear()
-            if self.redrive_due:
+            # Retried dead letters first, then one batch after the cursor, and so on: a large
+            # retry does not hold back the events arriving meanwhile.
+            if self.redrive_due and not redrove:
                 if not await self._redrive(limit):
                     return
+                redrove = True
                 continue
+            redrove = False
             try:
                 batch = await self._read(status.cursor, limit)
             except Exception as exc:  # SpoolError, or damaged data: retried, and reported
@@ -180,7 +186,8 @@ class SinkWorker:
                 await self._retry.wait()
                 continue
             if not batch:
-                await wake.wait()
+                if not self.redrive_due:  # more retries wait: no sleep
+                    await wake.wait()
                 continue
             if select is None:
                 if not await self._send(batch):
