@@ -1759,8 +1759,10 @@ class Spool:
                 rows = (
                     self._reader()
                     .execute(
+                        # CROSS JOIN keeps redrive (usually empty) as the outer loop: the
+                        # planner would otherwise walk every dead letter.
                         "SELECT d.sink, count(*) FROM redrive r "
-                        "JOIN dead_letters d ON d.n = r.dead_letter GROUP BY d.sink"
+                        "CROSS JOIN dead_letters d ON d.n = r.dead_letter GROUP BY d.sink"
                     )
                     .fetchall()
                 )
@@ -1777,8 +1779,8 @@ class Spool:
                     self._reader()
                     .execute(
                         "SELECT d.n, d.seq, d.id, d.payload, d.received_at FROM redrive r "
-                        "JOIN dead_letters d ON d.n = r.dead_letter WHERE d.sink = ? "
-                        "ORDER BY d.n LIMIT ?",
+                        "CROSS JOIN dead_letters d ON d.n = r.dead_letter WHERE d.sink = ? "
+                        "ORDER BY r.dead_letter LIMIT ?",
                         (sink, limit),
                     )
                     .fetchall()
