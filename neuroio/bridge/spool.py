@@ -480,22 +480,40 @@ class DeadLetterStore:
     ) -> list[DeadLetter]:
         """The dead letters of ``sink`` (or all) with event id ``event_id`` (or all), oldest
         first; ``payloads=False`` leaves each event's payload empty (``b""``)."""
+        return list(self.iterate(sink, event_id, payloads=payloads))
+
+    def iterate(
+        self,
+        sink: str | None = None,
+        event_id: int | None = None,
+        *,
+        payloads: bool = True,
+        chunk: int = 500,
+    ) -> Iterator[DeadLetter]:
+        """:meth:`select`, read ``chunk`` rows at a time: memory stays bounded, and each read
+        is a short transaction, so a slow reader of the output never holds a snapshot that
+        would keep the bridge's checkpoints from recycling the write-ahead log."""
         where, params = _selection(sink, event_id, "d.")
+        where = (where + " AND" if where else " WHERE") + " d.n > ?"
         payload = "d.payload" if payloads else "x''"
-        try:
-            pending = "r.dead_letter IS NOT NULL" if _exists(self._conn, "redrive") else "0"
-            join = " LEFT JOIN redrive r ON r.dead_letter = d.n" if pending != "0" else ""
-            rows = self._conn.execute(
-                f"SELECT d.n, d.sink, d.seq, d.id, {payload}, d.received_at, d.error, d.at, "
-                f"{pending} FROM dead_letters d{join}{where} ORDER BY d.n",
-                params,
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise self._failed("read failed", exc) from exc
-        return [
-            DeadLetter(name, SpooledEvent(seq, id_, bytes(data), received), error, at, n, bool(p))
-            for n, name, seq, id_, data, received, error, at, p in rows
-        ]
+        after = 0
+        while True:
+            try:
+                pending = "r.dead_letter IS NOT NULL" if _exists(self._conn, "redrive") else "0"
+                join = " LEFT JOIN redrive r ON r.dead_letter = d.n" if pending != "0" else ""
+                rows = self._conn.execute(
+                    f"SELECT d.n, d.sink, d.seq, d.id, {payload}, d.received_at, d.error, "
+                    f"d.at, {pending} FROM dead_letters d{join}{where} ORDER BY d.n LIMIT ?",
+                    [*params, after, chunk],
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("read failed", exc) from exc
+            for n, name, seq, id_, data, received, error, at, p in rows:
+                event = SpooledEvent(seq, id_, bytes(data), received)
+                yield DeadLetter(name, event, error, at, n, bool(p))
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
 
     def retry(self, sink: str | None = None, event_id: int | None = None) -> tuple[int, int]:
         """Ask for the selected dead letters to be delivered again, each to its own sink.

@@ -165,7 +165,30 @@ def command(
             code = _act(store, action, sink, event_id, as_json, log)
     except SpoolError as exc:
         _stop(str(exc), EXIT_ERROR, log)
+    except BrokenPipeError:
+        code = EXIT_OK  # the reader had enough (`| head`): a quiet end
     sys.exit(code)
+
+
+def _print(
+    store: DeadLetterStore, show: bool, sink: str | None, event_id: int | None, as_json: bool
+) -> int:
+    """Write the selected dead letters to stdout as they are read; how many."""
+    shown = 0
+    lines: list[str] = []
+    for letter in store.iterate(sink, event_id, payloads=show):
+        shown += 1
+        if as_json:
+            lines.append(_encoder.encode(_record(letter, event=show)).decode() + "\n")
+        else:
+            lines.append(_line(letter) + "\n")
+            if show:
+                lines.append(letter.event.payload.decode("utf-8", "replace") + "\n")
+        if len(lines) >= 500:  # memory stays bounded
+            _out("".join(lines))
+            lines.clear()
+    _out("".join(lines))
+    return shown
 
 
 def _act(
@@ -185,20 +208,9 @@ def _act(
     what = _what(sink, event_id)
     nothing = _words("no dead letters", what, f"in spool {str(store.path)!r}")
     if action in ("list", "show"):
-        letters = store.select(sink, event_id, payloads=action == "show")
-        if not letters:
+        if not _print(store, action == "show", sink, event_id, as_json):
             fail(nothing, log)
             return EXIT_OK if action == "list" else EXIT_ERROR
-        lines = []
-        for letter in letters:
-            if as_json:
-                record = _record(letter, event=action == "show")
-                lines.append(_encoder.encode(record).decode() + "\n")
-            else:
-                lines.append(_line(letter) + "\n")
-                if action == "show":
-                    lines.append(letter.event.payload.decode("utf-8", "replace") + "\n")
-        _out("".join(lines))
         return EXIT_OK
     if action == "retry":
         selected, added = store.retry(sink, event_id)

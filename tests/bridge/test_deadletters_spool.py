@@ -164,3 +164,16 @@ def test_a_spool_without_the_redrive_table_gets_it(path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT sink, count(*) FROM dead_letters GROUP BY sink"
         )
         assert "dead_letters_sink" in " ".join(str(row) for row in plan)
+
+
+def test_iterate_reads_in_chunks_in_order(path: Path) -> None:
+    """iterate() pages through the selection in short reads, oldest first, nothing twice."""
+    with Spool(path) as spool:
+        refused(spool)
+        with DeadLetterStore(path) as store:
+            chunks = store.iterate(chunk=2, payloads=False)
+            assert [d.event.id for d in chunks] == [11, 12, 13, 21]
+            assert [d.event.id for d in store.iterate("a", chunk=1)] == [11, 12, 13]
+            assert [d.event.payload for d in store.iterate("a", 12, chunk=1)] == [
+                event(2, 12).payload
+            ]
