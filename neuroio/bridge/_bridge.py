@@ -577,6 +577,19 @@ class Bridge:
         late = self._late.get(name)
         return late is not None and not late.started.is_set()
 
+    async def retry_dead_letters(self, sink: str | None) -> int:
+        """Deliver the dead letters of ``sink`` (``None``: every sink) again, each to its own
+        sink, once (the status page's retry, ``neuroio-events deadletters retry`` from
+        outside); how many were selected (0 before start).
+
+        Raises:
+            KeyError: no sink has that name.
+            SpoolError: the requests could not be written.
+        """
+        if self.pipeline is None:
+            return 0
+        return await self.pipeline.retry_dead_letters(sink)
+
     def snapshot(self) -> BridgeSnapshot:
         """Every figure the metrics report, copied now (call it on the event loop)."""
         pipeline, spool, listener = self.pipeline, self.spool, self.listener

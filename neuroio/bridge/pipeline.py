@@ -261,6 +261,24 @@ class Pipeline:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.redrive_interval)
 
+    async def retry_dead_letters(self, sink: str | None = None) -> int:
+        """Deliver the dead letters of ``sink`` (``None``: every sink) again, each to its own
+        sink, once (as ``neuroio-events deadletters retry`` does): the requests are written to
+        the spool and the workers woken now. Returns how many were selected.
+
+        Raises:
+            KeyError: no sink has that name.
+            SpoolError: the requests could not be written.
+        """
+        if sink is not None and sink not in self.status:
+            raise KeyError(sink)
+        selected, _ = await self.run_spool(self.spool.request_redrive, sink, None)
+        for name, worker in self._workers.items():
+            if sink is None or name == sink:
+                worker.redrive_due = True
+                self._wakes[name].set()
+        return int(selected)
+
     def _worker(self, sink: Sink) -> SinkWorker:
         name = sink.name
 

@@ -398,6 +398,20 @@ def _selection(sink: str | None, event_id: int | None, prefix: str = "") -> tupl
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
+def _request_redrive(
+    conn: sqlite3.Connection, sink: str | None, event_id: int | None
+) -> tuple[int, int]:
+    """Write a ``redrive`` request for each selected dead letter that has none (in the
+    caller's transaction); ``(selected, newly requested)``."""
+    where, params = _selection(sink, event_id)
+    selected: int = conn.execute(f"SELECT count(*) FROM dead_letters{where}", params).fetchone()[0]
+    added: int = conn.execute(
+        f"INSERT OR IGNORE INTO redrive(dead_letter, at) SELECT n, ? FROM dead_letters{where}",
+        [time.time(), *params],
+    ).rowcount
+    return selected, added
+
+
 def _exists(conn: sqlite3.Connection, name: str) -> bool:
     """Whether the database has a table or index of this name."""
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
@@ -524,21 +538,12 @@ class DeadLetterStore:
         Returns:
             ``(selected, newly requested)``.
         """
-        where, params = _selection(sink, event_id)
         try:
             with _transaction(self._conn):
                 self._conn.execute(_REDRIVE_SCHEMA)
-                selected = self._conn.execute(
-                    f"SELECT count(*) FROM dead_letters{where}", params
-                ).fetchone()[0]
-                added = self._conn.execute(
-                    f"INSERT OR IGNORE INTO redrive(dead_letter, at) "
-                    f"SELECT n, ? FROM dead_letters{where}",
-                    [time.time(), *params],
-                ).rowcount
+                return _request_redrive(self._conn, sink, event_id)
         except sqlite3.Error as exc:
             raise self._failed("cannot write the retry requests", exc) from exc
-        return selected, added
 
     def purge(self, sink: str | None = None, event_id: int | None = None) -> int:
         """Delete the selected dead letters (and their retry requests); how many."""
@@ -1769,6 +1774,19 @@ class Spool:
                 self._dl_counted = time.monotonic()
                 self._dead_letters = sum(counts.values())
             return {k: v for k, v in self._dl_counts.items() if v > 0}
+
+    def request_redrive(
+        self, sink: str | None = None, event_id: int | None = None
+    ) -> tuple[int, int]:
+        """Ask, from the bridge's own process, for dead letters to be delivered again (what
+        :meth:`DeadLetterStore.retry` does from another); ``(selected, newly requested)``."""
+        with self._wlock:
+            conn = self._writer()
+            try:
+                with _transaction(conn):
+                    return _request_redrive(conn, sink, event_id)
+            except sqlite3.Error as exc:
+                raise self._write_failed(conn, "cannot write the retry requests", exc) from exc
 
     def redrive_counts(self) -> dict[str, int]:
         """Per sink, the dead letters waiting to be delivered again (a short read)."""
