@@ -61,7 +61,7 @@ from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ..sinks.base import ConsumerGoneError
 from ._recovery import GapRecovery
-from ._snapshot import BridgeSnapshot, SinkSnapshot
+from ._snapshot import BridgeSnapshot, SinkSnapshot, refused_problem
 from ._starting import LateStart, close_quietly
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
@@ -531,9 +531,11 @@ class Bridge:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the bridge is healthy, and why: the connection is live, spool commits
         work, the socket is not paused, every sink started (``sink <route> not started for N
-        s`` while one unreachable at start-up has not answered yet), and no route's sink has
-        been failing for longer than ``health_max_sink_failure`` (a problem names the route:
-        ``sink <route> failing for N s``, the words kept from before routes)."""
+        s`` while one unreachable at start-up has not answered yet), no route's sink has been
+        failing for longer than ``health_max_sink_failure`` (a problem names the route:
+        ``sink <route> failing for N s``, the words kept from before routes), nor refused its
+        last ``health_max_refused`` events (``sink <route> refused the last N events (dead
+        letters): <reason>``)."""
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
@@ -552,12 +554,16 @@ class Bridge:
                     "failing_for": round(failing, 3),
                     "last_error": status.last_error if failing else None,
                     "started": not self._not_started(name),
+                    "refused_in_row": status.refused_in_row,
                 }
                 if self._not_started(name):
                     # Never reached since start-up: nothing is delivered at all, so no grace.
                     problems.append(f"sink {name} not started for {failing:.0f} s")
                 elif failing > self.config.health_max_sink_failure:
                     problems.append(f"sink {name} failing for {failing:.0f} s")
+                refused = refused_problem(name, status, self.config.health_max_refused)
+                if refused is not None:
+                    problems.append(refused)
             problems += _spool_problems(pipeline, now)
         ok = not problems
         return ok, {
@@ -570,6 +576,19 @@ class Bridge:
     def _not_started(self, name: str) -> bool:
         late = self._late.get(name)
         return late is not None and not late.started.is_set()
+
+    async def retry_dead_letters(self, sink: str | None) -> int:
+        """Deliver the dead letters of ``sink`` (``None``: every sink) again, each to its own
+        sink, once (the status page's retry, ``neuroio-events deadletters retry`` from
+        outside); how many were selected (0 before start).
+
+        Raises:
+            KeyError: no sink has that name.
+            SpoolError: the requests could not be written.
+        """
+        if self.pipeline is None:
+            return 0
+        return await self.pipeline.retry_dead_letters(sink)
 
     def snapshot(self) -> BridgeSnapshot:
         """Every figure the metrics report, copied now (call it on the event loop)."""

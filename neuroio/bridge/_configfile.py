@@ -125,6 +125,7 @@ class _Metrics(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 class _Health(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_sink_failure: _Positive | None = None
+    max_refused: _Count | None = None
 
 
 class _Sink(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -186,6 +187,7 @@ KEYS: dict[str, str] = {
     "metrics.port": "metrics_port",
     "metrics.host": "metrics_host",
     "health.max_sink_failure": "health_max_sink_failure",
+    "health.max_refused": "health_max_refused",
     "sink.retry_delay": "sink_retry_delay",
     "sink.max_retry_delay": "sink_max_retry_delay",
     "sink.require": "require_sinks",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._status import Retry, StatusPage
 from ..exceptions import SpoolError
+from .delivery import SinkStatus
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -30,8 +31,22 @@ __all__ = [
     "dead_letters_by_sink",
     "lag_seconds",
     "page_state",
+    "refused_problem",
     "status_page",
 ]
+
+
+def refused_problem(name: str, status: SinkStatus, max_refused: int) -> str | None:
+    """The health problem of a sink that refused its last ``max_refused`` events for good
+    (every one dead-lettered, none confirmed since), or ``None`` (also when ``max_refused``
+    is 0: never). A sink that refuses everything loses nothing (the dead letters keep the
+    events) but delivers nothing either, which a supervisor must hear of."""
+    if max_refused <= 0 or status.refused_in_row < max_refused:
+        return None
+    return (
+        f"sink {name} refused the last {status.refused_in_row} events (dead letters): "
+        f"{status.last_refusal}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,18 +118,12 @@ def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
 
 
 def dead_letters_by_sink(spool: Spool, names: Sequence[str]) -> dict[str, int]:
-    """Dead letters kept per sink (reads the spool: call it off the loop, and only when the
-    spool holds some): the spool's own count per sink where it has one, else by reading
-    them."""
-    by_sink = getattr(spool, "dead_letter_counts", None)
-    if by_sink is not None:
-        with contextlib.suppress(SpoolError):
-            return {name: int(count) for name, count in dict(by_sink()).items()}
-    limit = max(1, spool.dead_letter_count)
-    counts: dict[str, int] = {}
-    for name in names:
-        with contextlib.suppress(SpoolError):
-            counts[name] = len(spool.dead_letters(name, limit=limit))
+    """Dead letters kept per sink, ``names`` first with 0 for none (call it off the loop):
+    :meth:`~neuroio.bridge.spool.Spool.dead_letter_counts`, read again from the file at most
+    every few seconds, since the ``deadletters`` command purges from outside."""
+    counts = dict.fromkeys(names, 0)
+    with contextlib.suppress(SpoolError):
+        counts.update(spool.dead_letter_counts())
     return counts
 
 

@@ -117,6 +117,9 @@ class BridgeConfig:
         metrics_host: address the metrics server binds.
         health_max_sink_failure: ``/healthz`` fails once a sink has failed this many seconds
             in a row.
+        health_max_refused: ``/healthz`` fails once a sink refused this many events for good
+            (dead-lettered) in a row, none confirmed between; one confirmed event ends the
+            run. ``0``: never.
         sink_retry_delay, sink_max_retry_delay: backoff of a failing sink, and of failing
             spool commits (seconds); also of the start of a sink unreachable at start-up.
         require_sinks: ``True``: a sink unreachable at start-up stops the bridge
@@ -140,6 +143,7 @@ class BridgeConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     health_max_sink_failure: float = 60.0
+    health_max_refused: int = 10
     sink_retry_delay: float = 0.5
     sink_max_retry_delay: float = 30.0
     require_sinks: bool = False
@@ -201,6 +205,8 @@ class BridgeConfig:
             raise ConfigurationError(f"metrics_port must be 0..65535, got {self.metrics_port}")
         if self.health_max_sink_failure <= 0:
             raise ConfigurationError("health_max_sink_failure must be positive")
+        if self.health_max_refused < 0:
+            raise ConfigurationError("health_max_refused must be >= 0 (0: never)")
         if self.sink_retry_delay <= 0 or self.sink_max_retry_delay < self.sink_retry_delay:
             raise ConfigurationError("need 0 < sink_retry_delay <= sink_max_retry_delay")
         if self.shutdown_timeout < 0:

@@ -11,6 +11,13 @@ for taking precedence); a batch the sink refuses for good
 (:class:`~neuroio.exceptions.PermanentSinkError`) is bisected until the refused events are
 found, and each goes to the dead-letter table. :class:`SinkStatus` is what a worker has done,
 for monitoring.
+
+Dead letters asked for again (``neuroio-events deadletters retry``, see
+:meth:`~neuroio.bridge.spool.Spool.take_redrive`) are sent before the cursor's next batch,
+when the pipeline sets :attr:`SinkWorker.redrive_due` (then one batch of them between two
+batches after the cursor, so a large retry does not hold back new events): to this sink only,
+without the route's filter and cooldown (the route took them once), and their dead letters are
+removed only once the sink confirmed them (a crash in between sends them again, once).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from .._routing.rules import Selection
 from ..exceptions import PermanentSinkError, SinkError, SpoolError
 from ..sinks import Sink
 from ..sinks.base import ConsumerGoneError, retry_after_of
-from .spool import SpooledEvent
+from .spool import Redrive, SpooledEvent
 
 __all__ = ["LATENCY_BUCKETS", "SinkStatus", "SinkWorker"]
 
@@ -53,6 +60,9 @@ class SinkStatus:
         suppressed: events its cooldown held back (acknowledged, never sent).
         failures: failed send attempts (each retried).
         dead_lettered: events refused for good.
+        refused_in_row: events refused for good since the last one the sink confirmed (the
+            bridge's ``/healthz`` fails at ``health_max_refused``).
+        last_refusal: why the sink last refused an event for good.
         failing_since: ``time.monotonic()`` of the first failure of the current run of
             failures, ``None`` while the sink works.
         last_error: the last failure's message.
@@ -65,6 +75,8 @@ class SinkStatus:
     suppressed: int = 0
     failures: int = 0
     dead_lettered: int = 0
+    refused_in_row: int = 0
+    last_refusal: str | None = None
     failing_since: float | None = None
     last_error: str | None = None
     latency_counts: list[int] = dataclasses.field(
@@ -88,6 +100,11 @@ Reader = Callable[[int, int], Awaitable[list[SpooledEvent]]]
 """``read(after_seq, limit)``: the next events after a cursor (the pipeline's tail or spool)."""
 Selector = Callable[[Sequence[SpooledEvent]], Selection]
 """``select(batch)``: what a route takes of a batch (its filter, then its cooldown)."""
+TakeRedrive = Callable[[int], Awaitable[list[Redrive]]]
+"""``take(limit)``: the oldest dead letters of this sink asked to be delivered again."""
+FinishRedrive = Callable[[list[int], list[tuple[int, str]]], Awaitable[None]]
+"""``finish(delivered numbers, [(number, reason)] refused again)``: one spool transaction."""
+Refuse = Callable[[SpooledEvent, Exception], Awaitable[None]]
 
 
 class SinkWorker:
@@ -104,6 +121,12 @@ class SinkWorker:
         retry_delay, max_retry_delay: the backoff of a failing sink.
         select: what the route takes of a batch (moves its cooldown: called once per batch);
             ``None``: every event, never decoded.
+        take_redrive, finish_redrive: read and settle this sink's dead letters asked for
+            again; ``None``: no redrive.
+
+    Attributes:
+        redrive_due: set (with ``wake``) when dead letters wait to be delivered again: they
+            are, before the next batch after the cursor.
     """
 
     def __init__(
@@ -119,8 +142,13 @@ class SinkWorker:
         retry_delay: float,
         max_retry_delay: float,
         select: Selector | None = None,
+        take_redrive: TakeRedrive | None = None,
+        finish_redrive: FinishRedrive | None = None,
     ) -> None:
         self.sink = sink
+        self._take_redrive = take_redrive
+        self._finish_redrive = finish_redrive
+        self.redrive_due = False
         self._select = select
         self.status = status
         self._read = read
@@ -139,8 +167,17 @@ class SinkWorker:
         """Read, send, acknowledge, until stopping (or cancelled: a send is abandoned)."""
         sink, status, wake, select = self.sink, self.status, self._wake, self._select
         limit = max(1, sink.max_batch)
+        redrove = False
         while not self._stopping.is_set():
             wake.clear()
+            # Retried dead letters first, then one batch after the cursor, and so on: a large
+            # retry does not hold back the events arriving meanwhile.
+            if self.redrive_due and not redrove:
+                if not await self._redrive(limit):
+                    return
+                redrove = True
+                continue
+            redrove = False
             try:
                 batch = await self._read(status.cursor, limit)
             except Exception as exc:  # SpoolError, or damaged data: retried, and reported
@@ -149,7 +186,8 @@ class SinkWorker:
                 await self._retry.wait()
                 continue
             if not batch:
-                await wake.wait()
+                if not self.redrive_due:  # more retries wait: no sleep
+                    await wake.wait()
                 continue
             if select is None:
                 if not await self._send(batch):
@@ -167,19 +205,86 @@ class SinkWorker:
             status.cursor = batch[-1].seq
             await self._acked(status.cursor)
 
-    async def _send(self, batch: Sequence[SpooledEvent]) -> bool:
-        """Send until confirmed or dead-lettered (True), or until stopping (False)."""
+    async def _redrive(self, limit: int) -> bool:
+        """Send this sink's dead letters asked for again, then settle them in the spool:
+        True when done (or nothing to do), False when stopping."""
+        self.redrive_due = False
+        if self._take_redrive is None or self._finish_redrive is None:
+            return True
+        try:
+            items = await self._take_redrive(limit)
+        except Exception as exc:  # SpoolError: retried, and reported
+            log.error("sink %s: cannot read the dead letters to retry: %s", self.sink.name, exc)
+            self.status._failed(f"cannot read the spool: {exc}")
+            self.redrive_due = True
+            return await self._retry.wait()
+        if not items:
+            return True
+        self.redrive_due = True  # more may wait behind this batch
+        numbers = {id(item.event): item.number for item in items}
+        refused: list[tuple[int, str]] = []
+
+        async def refuse(event: SpooledEvent, exc: Exception) -> None:
+            reason = str(exc) or type(exc).__name__
+            log.error(
+                "sink %s refused event %d again (kept as a dead letter): %s",
+                self.sink.name,
+                event.id,
+                reason,
+            )
+            refused.append((numbers[id(event)], reason))
+            self.status.dead_lettered += 1
+            self.status.refused_in_row += 1
+            self.status.last_refusal = reason
+
+        if not await self._send([item.event for item in items], refuse=refuse, redrive=True):
+            return False
+        again = {number for number, _ in refused}
+        delivered = [item.number for item in items if item.number not in again]
+        retry = self._retrying()
+        while True:
+            try:
+                await self._finish_redrive(delivered, refused)
+                break
+            except SpoolError as error:
+                log.error(
+                    "sink %s: cannot record the retried dead letters: %s", self.sink.name, error
+                )
+                if not await retry.wait():
+                    return False  # still requested: sent again (once) after a restart
+        log.info(
+            "sink %s: %d dead letters delivered again, %d refused again",
+            self.sink.name,
+            len(delivered),
+            len(refused),
+        )
+        return True
+
+    async def _send(
+        self,
+        batch: Sequence[SpooledEvent],
+        *,
+        refuse: Refuse | None = None,
+        redrive: bool = False,
+    ) -> bool:
+        """Send until confirmed or refused for good (True), or until stopping (False).
+
+        A refused event goes to ``refuse`` (default: the dead-letter table). A ``redrive``
+        batch is counted as delivered but not in the latency histogram: its events waited
+        for an operator, not for the bridge."""
         sink, status, retry = self.sink, self.status, self._retry
         while True:
             try:
                 await sink.send(batch)
             except PermanentSinkError as exc:
                 if len(batch) == 1:
-                    await self._dead_letter(batch[0], exc)
+                    await (refuse or self._dead_letter)(batch[0], exc)
                     return True
                 # Find the refused events: each half is sent (and split) on its own.
                 mid = len(batch) // 2
-                return await self._send(batch[:mid]) and await self._send(batch[mid:])
+                return await self._send(
+                    batch[:mid], refuse=refuse, redrive=redrive
+                ) and await self._send(batch[mid:], refuse=refuse, redrive=redrive)
             except ConsumerGoneError:
                 raise  # nobody reads any more: the bridge stops (Bridge._watch)
             except SinkError as exc:
@@ -188,7 +293,7 @@ class SinkWorker:
                 log.exception("sink %s raised an unexpected error; retrying", sink.name)
                 error = exc
             else:
-                self._confirmed(batch)
+                self._confirmed(batch, timed=not redrive)
                 return True
             status.failures += 1
             status._failed(str(error) or type(error).__name__)
@@ -204,8 +309,13 @@ class SinkWorker:
             if not await retry.wait(delay):
                 return False
 
-    def _confirmed(self, batch: Sequence[SpooledEvent]) -> None:
+    def _confirmed(self, batch: Sequence[SpooledEvent], *, timed: bool = True) -> None:
         status = self.status
+        status.refused_in_row = 0
+        if not timed:
+            status.delivered += len(batch)
+            self._works()
+            return
         now = time.time()
         counts = status.latency_counts
         total = 0.0
@@ -243,3 +353,5 @@ class SinkWorker:
                     # Not acknowledged either, so it is tried again after a restart.
                     raise asyncio.CancelledError from error
         self.status.dead_lettered += 1
+        self.status.refused_in_row += 1
+        self.status.last_refusal = reason

@@ -2,8 +2,8 @@
 
 Served by aiohttp on the bridge's own event loop: ``GET /metrics`` (Prometheus text format)
 and ``GET /healthz`` (``200`` with a JSON report, ``503`` when the connection is not live, a
-sink has been failing longer than ``health_max_sink_failure``, the spool is full, or
-spool commits fail). Each
+sink has been failing longer than ``health_max_sink_failure`` or refused its last
+``health_max_refused`` events for good, the spool is full, or spool commits fail). Each
 scrape has its own registry; nothing is added to prometheus-client's global one. Values are
 a :class:`~neuroio.bridge.BridgeSnapshot` taken on the event loop when scraped, so they are
 never stale, and the worker thread that renders them touches no state the loop mutates.
@@ -22,6 +22,7 @@ name                                       type       meaning
 ``neuroio_sink_delivered_total``           counter    events a sink confirmed (label ``sink``)
 ``neuroio_sink_failures_total``            counter    failed send attempts, retried
 ``neuroio_sink_dead_lettered_total``       counter    events a sink refused for good
+``neuroio_sink_dead_letters``              gauge      dead letters of the sink held in the spool
 ``neuroio_sink_lag_events``                gauge      events spooled, not yet confirmed
 ``neuroio_sink_lag_seconds``               gauge      age of the oldest unconfirmed event
 ``neuroio_sink_failing_seconds``           gauge      how long the sink has been failing
@@ -142,6 +143,20 @@ class BridgeCollector(Collector):
             "neuroio_route_suppressed", "Events the route's cooldown held back (acknowledged).",
             labels=["route", "sink"],
         )  # fmt: skip
+        held = GaugeMetricFamily(
+            "neuroio_sink_dead_letters", "Dead letters of the sink held in the spool.",
+            labels=["sink"],
+        )  # fmt: skip
+        counts: dict[str, int] = {}
+        if snap.spool is not None:
+            # Counted again from the file at most every few seconds (an index scan): the
+            # deadletters command deletes rows from another process.
+            with contextlib.suppress(SpoolError):
+                counts = snap.spool.dead_letter_counts()
+        for sink in snap.sinks:
+            held.add_metric([sink.name], counts.pop(sink.name, 0))
+        for other, count in sorted(counts.items()):  # sinks no longer configured
+            held.add_metric([other], count)
         for sink in snap.sinks:
             name = [sink.name]
             filtered.add_metric([sink.name, sink.name], sink.filtered)
@@ -158,6 +173,7 @@ class BridgeCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             latency.add_metric(name, buckets, sink.latency_sum)
+        yield held
         yield from (delivered, failures, dead, lag, lag_s, failing, latency, filtered, suppressed)
 
     @staticmethod
@@ -184,9 +200,13 @@ class BridgeCollector(Collector):
             "neuroio_spool_file_bytes", "Spool database and write-ahead log size on disk.",
             snap.spool.file_bytes() if snap.spool is not None else 0,
         )  # fmt: skip
-        yield _gauge(
-            "neuroio_spool_dead_letters", "Dead letters kept in the spool.", snap.dead_letters
-        )
+        held = snap.dead_letters
+        if snap.spool is not None:
+            # The same count as neuroio_sink_dead_letters (read again from the file at most
+            # every few seconds), so the two agree after a purge from outside.
+            with contextlib.suppress(SpoolError):
+                held = sum(snap.spool.dead_letter_counts().values())
+        yield _gauge("neuroio_spool_dead_letters", "Dead letters kept in the spool.", held)
         yield _gauge(
             "neuroio_spool_paused", "1 while the socket is paused because the spool is full.",
             1 if snap.paused else 0,

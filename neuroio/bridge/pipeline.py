@@ -29,6 +29,13 @@ every such route at once, while the input holds it decoded anyway, and the verdi
 in a small cache by ``seq`` that the routes share; an event read back from the spool (a route
 that fell behind) is decoded and judged again once (:meth:`Pipeline.judged`). The cooldown
 itself is moved by each route's worker, in spool order.
+
+Dead letters asked for again (``neuroio-events deadletters retry`` writes requests into the
+spool's ``redrive`` table from another process) are noticed by a small task that asks the
+spool every ``redrive_interval`` seconds (default 1 s: one short read, on the spool thread)
+which sinks have requests waiting; it wakes those sinks' workers, which deliver them before
+their next batch. A retry is thus delivered within about ``redrive_interval`` of the request,
+plus the batch a worker is sending; at start-up the first look is immediate.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from .._routing.rules import Judges, RouteRules, Selection, Verdict
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker
-from .spool import ROW_OVERHEAD, Spool, SpooledEvent
+from .spool import ROW_OVERHEAD, Redrive, Spool, SpooledEvent
 
 __all__ = ["FAILING_MAX_PENDING", "Pipeline", "SinkLag"]
 
@@ -113,6 +120,8 @@ class Pipeline:
             (while commits work; :data:`FAILING_MAX_PENDING` while they fail).
         drain_timeout: on :meth:`close`, how long a send in progress may go on before it is
             abandoned (its events are sent again after a restart).
+        redrive_interval: seconds between two looks for dead letters asked to be delivered
+            again.
 
     Raises:
         ConfigurationError: two sinks share a name, or an option is out of range.
@@ -128,6 +137,7 @@ class Pipeline:
         max_retry_delay: float = 30.0,
         max_pending: int = 10_000,
         drain_timeout: float = 5.0,
+        redrive_interval: float = 1.0,
     ) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
@@ -140,6 +150,9 @@ class Pipeline:
             raise ConfigurationError("need 0 < retry_delay <= max_retry_delay")
         if max_pending < 1:
             raise ConfigurationError("max_pending must be at least 1")
+        if redrive_interval <= 0:
+            raise ConfigurationError("redrive_interval must be positive")
+        self.redrive_interval = redrive_interval
         self.spool = spool
         self.sinks = list(sinks)
         self.rules = rules
@@ -195,6 +208,8 @@ class Pipeline:
         self._stop_writer = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._workers: dict[str, SinkWorker] = {}
+        self._redrive_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
         # One thread for all spool work: SQLite serialises writers anyway, and a single
@@ -223,9 +238,46 @@ class Pipeline:
             self.status[sink.name].cursor = self.spool.cursor(sink.name)
         self._writer_task = asyncio.create_task(self._write_loop(), name="neuroio-spool-writer")
         for sink in self.sinks:
+            worker = self._workers[sink.name] = self._worker(sink)
             self._tasks[sink.name] = asyncio.create_task(
-                self._worker(sink).run(), name=f"neuroio-deliver {sink.name}"
+                worker.run(), name=f"neuroio-deliver {sink.name}"
             )
+        self._redrive_task = asyncio.create_task(self._redrive_loop(), name="neuroio-redrive")
+
+    async def _redrive_loop(self) -> None:
+        """Wake the workers of the sinks whose dead letters were asked for again."""
+        stopping = self._stop_delivery
+        while not stopping.is_set():
+            try:
+                waiting = await self.run_spool(self.spool.redrive_counts)
+            except Exception as exc:  # SpoolError: the next look may work
+                log.warning("cannot look for dead letters to retry: %s", exc)
+                waiting = {}
+            for name, count in waiting.items():
+                worker = self._workers.get(name)
+                if worker is not None and count and not worker.redrive_due:
+                    worker.redrive_due = True
+                    self._wakes[name].set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.redrive_interval)
+
+    async def retry_dead_letters(self, sink: str | None = None) -> int:
+        """Deliver the dead letters of ``sink`` (``None``: every sink) again, each to its own
+        sink, once (as ``neuroio-events deadletters retry`` does): the requests are written to
+        the spool and the workers woken now. Returns how many were selected.
+
+        Raises:
+            KeyError: no sink has that name.
+            SpoolError: the requests could not be written.
+        """
+        if sink is not None and sink not in self.status:
+            raise KeyError(sink)
+        selected, _ = await self.run_spool(self.spool.request_redrive, sink, None)
+        for name, worker in self._workers.items():
+            if sink is None or name == sink:
+                worker.redrive_due = True
+                self._wakes[name].set()
+        return int(selected)
 
     def _worker(self, sink: Sink) -> SinkWorker:
         name = sink.name
@@ -239,6 +291,12 @@ class Pipeline:
         async def store_dead_letter(event: SpooledEvent, reason: str) -> None:
             await self.run_spool(self.spool.dead_letter, name, event, reason)
 
+        async def take_redrive(limit: int) -> list[Redrive]:
+            return await self.run_spool(self.spool.take_redrive, name, limit)
+
+        async def finish_redrive(delivered: list[int], refused: list[tuple[int, str]]) -> None:
+            await self.run_spool(self.spool.finish_redrive, name, delivered, refused)
+
         return SinkWorker(
             sink,
             self.status[name],
@@ -250,6 +308,8 @@ class Pipeline:
             retry_delay=self.retry_delay,
             max_retry_delay=self.max_retry_delay,
             select=self._selector(name),
+            take_redrive=take_redrive,
+            finish_redrive=finish_redrive,
         )
 
     def _selector(self, name: str) -> Callable[[Sequence[SpooledEvent]], Selection] | None:
@@ -303,9 +363,10 @@ class Pipeline:
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
-        """The writer and delivery tasks (they end only on :meth:`close` or a bug)."""
+        """The writer, delivery and redrive tasks (they end only on :meth:`close` or a bug)."""
         writer = [self._writer_task] if self._writer_task is not None else []
-        return writer + list(self._tasks.values())
+        redrive = [self._redrive_task] if self._redrive_task is not None else []
+        return writer + list(self._tasks.values()) + redrive
 
     def abandon_sends(self) -> None:
         """Cancel the sends in progress now (their events stay in the spool and are sent
@@ -331,6 +392,8 @@ class Pipeline:
                 log.warning("%s: a send still running at shutdown is abandoned", task.get_name())
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._redrive_task is not None:
+            await asyncio.gather(self._redrive_task, return_exceptions=True)
         self._stop_writer.set()
         self._wake_writer.set()
         if self._writer_task is not None:

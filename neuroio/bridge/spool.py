@@ -21,6 +21,11 @@ removed once every sink's cursor has passed them. Layout:
     per sink, the ``seq`` of the last event that sink confirmed (one small row per sink).
 ``dead_letters``
     events a sink refused for good, with the reason (bounded by ``dead_letter_max``).
+``redrive``
+    requests to deliver dead letters again (``neuroio-events deadletters retry``): one row
+    per dead letter, written by :class:`DeadLetterStore` from another process while the
+    bridge runs. The bridge's worker of that sink sends the event, then deletes the dead
+    letter and the request in one transaction (see :meth:`Spool.finish_redrive`).
 ``damaged``
     stored batches that failed their checksum: their seq range, their ids when those are
     intact, and the error. See :meth:`Spool.damaged`.
@@ -42,9 +47,12 @@ The database, its write-ahead log and its shared-memory file are private (mode `
 group or other permission of an existing spool taken off with a warning), and the
 directories created for it ``0700``, whatever the umask: events describe people.
 
-Only one process may use a spool: the database file itself is locked (``flock`` on its
+Only one bridge may use a spool: the database file itself is locked (``flock`` on its
 inode) for as long as the spool is open, so a symbolic or hard link to it cannot get a
-second bridge in, and the kernel releases the lock if the process is killed.
+second bridge in, and the kernel releases the lock if the process is killed. The one
+exception is :class:`DeadLetterStore` (the ``deadletters`` command): it does not take that
+lock, and only reads dead letters, writes ``redrive`` requests and deletes dead letters, each
+in one short transaction that SQLite serialises with the bridge's own (``busy_timeout``).
 
 Every method is synchronous and thread-safe, so the bridge calls them from worker threads and
 the event loop keeps reading the socket while SQLite works.
@@ -82,6 +90,8 @@ __all__ = [
     "ROW_OVERHEAD",
     "DamagedBatch",
     "DeadLetter",
+    "DeadLetterStore",
+    "Redrive",
     "Spool",
     "SpooledEvent",
     "default_spool_path",
@@ -101,7 +111,9 @@ LAST_EVENT_CREATED = "last_event_created"
 """State key: the ``created`` of that event, as the platform wrote it."""
 
 _SCHEMA_VERSION = 2
-_OUR_TABLES = frozenset({"segments", "ids", "cursors", "dead_letters", "state", "meta", "damaged"})
+_OUR_TABLES = frozenset(
+    {"segments", "ids", "cursors", "dead_letters", "redrive", "state", "meta", "damaged"}
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
     first_seq INTEGER PRIMARY KEY,
@@ -152,6 +164,19 @@ CREATE TABLE IF NOT EXISTS damaged (
     at REAL NOT NULL
 )
 """
+# Added to schema 2 without a version change (an older bridge ignores the table): created at
+# every open when missing, by the bridge or by the deadletters command.
+_REDRIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS redrive (
+    dead_letter INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+)
+"""
+# Counting dead letters per sink reads this index, not the rows with their payloads.
+_DEAD_LETTER_INDEX = "CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink)"
+# The dead-letter counts per sink are read again from the file at most this often: the
+# deadletters command deletes rows from another process.
+DEAD_LETTER_RECOUNT = 5.0
 # Schema 1 (64 KiB pages, ids and state written at every commit) becomes 2 in place.
 _UPGRADE_1 = (
     "ALTER TABLE segments ADD COLUMN newest_id INTEGER",
@@ -328,12 +353,225 @@ def default_spool_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event a sink refused for good, kept in the spool for inspection."""
+    """An event a sink refused for good, kept in the spool for inspection.
+
+    Attributes:
+        sink: the sink (route) that refused it.
+        event: the event as spooled.
+        error: why (the sink's last refusal).
+        at: when it was refused (``time.time()``; the last refusal after a retry).
+        number: its row in the spool (``0`` when unknown): what a retry request names.
+        retry_pending: a retry was asked for and the bridge has not delivered it yet.
+    """
 
     sink: str
     event: SpooledEvent
     error: str
     at: float
+    number: int = 0
+    retry_pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """A dead letter to deliver again to its sink (see :meth:`Spool.take_redrive`).
+
+    Attributes:
+        number: the dead letter's row (given back to :meth:`Spool.finish_redrive`).
+        event: the event to send.
+    """
+
+    number: int
+    event: SpooledEvent
+
+
+def _selection(sink: str | None, event_id: int | None, prefix: str = "") -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause (possibly empty) choosing dead letters by sink and event id."""
+    terms: list[str] = []
+    params: list[Any] = []
+    if sink is not None:
+        terms.append(f"{prefix}sink = ?")
+        params.append(sink)
+    if event_id is not None:
+        terms.append(f"{prefix}id = ?")
+        params.append(event_id)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
+
+
+def _request_redrive(
+    conn: sqlite3.Connection, sink: str | None, event_id: int | None
+) -> tuple[int, int]:
+    """Write a ``redrive`` request for each selected dead letter that has none (in the
+    caller's transaction); ``(selected, newly requested)``."""
+    where, params = _selection(sink, event_id)
+    selected: int = conn.execute(f"SELECT count(*) FROM dead_letters{where}", params).fetchone()[0]
+    added: int = conn.execute(
+        f"INSERT OR IGNORE INTO redrive(dead_letter, at) SELECT n, ? FROM dead_letters{where}",
+        [time.time(), *params],
+    ).rowcount
+    return selected, added
+
+
+def _exists(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the database has a table or index of this name."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return row is not None
+
+
+class DeadLetterStore:
+    """The dead letters of a spool, for the ``deadletters`` command: works while a bridge
+    holds the spool.
+
+    It does not take the bridge's lock: it opens the existing database file (never creating
+    one), reads in WAL mode beside the bridge, and each change is one short ``BEGIN
+    IMMEDIATE`` transaction that waits for the bridge's (``busy_timeout`` of 5 s). A retry
+    only writes ``redrive`` requests; the running bridge delivers them (or the next one to
+    start), so the command never sends anything itself.
+
+    Args:
+        path: the spool's database file.
+
+    Raises:
+        SpoolError: no such file, not a spool, a spool of a newer schema, or SQLite failed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SpoolError(f"spool {str(self.path)!r} does not exist")
+        try:
+            self._conn = sqlite3.connect(
+                f"file:{self.path.resolve()}?mode=rw", uri=True, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {str(self.path)!r}: cannot open: {exc}") from exc
+        try:
+            self._check()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _check(self) -> None:
+        conn = self._conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_dead = _exists(conn, "dead_letters")
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(
+                f"spool {str(self.path)!r} is corrupt or not a SQLite database ({exc})"
+            ) from exc
+        if version > _SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {str(self.path)!r} was written by a newer neuroio-events "
+                f"(schema {version}); upgrade"
+            )
+        if version < 1 or not has_dead:
+            raise SpoolError(f"{str(self.path)!r} is not a neuroio-events spool")
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> SpoolError:
+        return SpoolError(f"spool {str(self.path)!r}: {what}: {exc}")
+
+    def sinks(self) -> set[str]:
+        """Every sink the spool knows: those with a cursor, and those with dead letters."""
+        try:
+            rows = self._conn.execute(
+                "SELECT sink FROM cursors UNION SELECT DISTINCT sink FROM dead_letters"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failed("read failed", exc) from exc
+        return {row[0] for row in rows}
+
+    def registered(self) -> set[str]:
+        """The sinks of the bridge that last started on this spool (those with a cursor)."""
+        try:
+            return {row[0] for row in self._conn.execute("SELECT sink FROM cursors")}
+        except sqlite3.Error as exc:
+            raise self._failed("read failed", exc) from exc
+
+    def select(
+        self, sink: str | None = None, event_id: int | None = None, *, payloads: bool = True
+    ) -> list[DeadLetter]:
+        """The dead letters of ``sink`` (or all) with event id ``event_id`` (or all), oldest
+        first; ``payloads=False`` leaves each event's payload empty (``b""``)."""
+        return list(self.iterate(sink, event_id, payloads=payloads))
+
+    def iterate(
+        self,
+        sink: str | None = None,
+        event_id: int | None = None,
+        *,
+        payloads: bool = True,
+        chunk: int = 500,
+    ) -> Iterator[DeadLetter]:
+        """:meth:`select`, read ``chunk`` rows at a time: memory stays bounded, and each read
+        is a short transaction, so a slow reader of the output never holds a snapshot that
+        would keep the bridge's checkpoints from recycling the write-ahead log."""
+        where, params = _selection(sink, event_id, "d.")
+        where = (where + " AND" if where else " WHERE") + " d.n > ?"
+        payload = "d.payload" if payloads else "x''"
+        after = 0
+        while True:
+            try:
+                pending = "r.dead_letter IS NOT NULL" if _exists(self._conn, "redrive") else "0"
+                join = " LEFT JOIN redrive r ON r.dead_letter = d.n" if pending != "0" else ""
+                rows = self._conn.execute(
+                    f"SELECT d.n, d.sink, d.seq, d.id, {payload}, d.received_at, d.error, "
+                    f"d.at, {pending} FROM dead_letters d{join}{where} ORDER BY d.n LIMIT ?",
+                    [*params, after, chunk],
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("read failed", exc) from exc
+            for n, name, seq, id_, data, received, error, at, p in rows:
+                event = SpooledEvent(seq, id_, bytes(data), received)
+                yield DeadLetter(name, event, error, at, n, bool(p))
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def retry(self, sink: str | None = None, event_id: int | None = None) -> tuple[int, int]:
+        """Ask for the selected dead letters to be delivered again, each to its own sink.
+
+        A dead letter already waiting for its retry is not asked twice, so it is delivered
+        once however often this runs.
+
+        Returns:
+            ``(selected, newly requested)``.
+        """
+        try:
+            with _transaction(self._conn):
+                self._conn.execute(_REDRIVE_SCHEMA)
+                return _request_redrive(self._conn, sink, event_id)
+        except sqlite3.Error as exc:
+            raise self._failed("cannot write the retry requests", exc) from exc
+
+    def purge(self, sink: str | None = None, event_id: int | None = None) -> int:
+        """Delete the selected dead letters (and their retry requests); how many."""
+        where, params = _selection(sink, event_id)
+        try:
+            with _transaction(self._conn):
+                if _exists(self._conn, "redrive"):
+                    self._conn.execute(
+                        f"DELETE FROM redrive WHERE dead_letter IN "
+                        f"(SELECT n FROM dead_letters{where})",
+                        params,
+                    )
+                removed: int = self._conn.execute(
+                    f"DELETE FROM dead_letters{where}", params
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise self._failed("cannot delete dead letters", exc) from exc
+        return removed
+
+    def close(self) -> None:
+        """Close the database (the bridge's lock was never taken). Idempotent."""
+        self._conn.close()
+
+    def __enter__(self) -> DeadLetterStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +737,10 @@ class Spool:
                         "move it aside to start with an empty spool"
                     )
             self._create_schema(conn)
+            if not (_exists(conn, "redrive") and _exists(conn, "dead_letters_sink")):
+                with _transaction(conn):
+                    conn.execute(_REDRIVE_SCHEMA)
+                    conn.execute(_DEAD_LETTER_INDEX)
             self._rconn = self._connect()
             self._load_counters(conn)
             # Once the file is known to be a spool (another file is never touched): an older
@@ -675,6 +917,12 @@ class Spool:
             conn.execute("SELECT sink, seq FROM cursors").fetchall()
         )
         self._dead_letters: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        # Dead letters per sink: moved by this process's changes, and read again from the
+        # file every DEAD_LETTER_RECOUNT seconds (the deadletters command deletes rows).
+        self._dl_lock = threading.Lock()
+        self._dl_counts: dict[str, int] = {}
+        self._dl_version = 0
+        self._dl_counted = -math.inf
         self._damaged_count: int = conn.execute("SELECT count(*) FROM damaged").fetchone()[0]
         self._skip: dict[int, DamagedBatch] = {}  # found damaged, not yet moved aside
         self._load_newest(conn)
@@ -1456,14 +1704,25 @@ class Spool:
                         ),
                     )
                     if self._dead_letters + 1 > self.dead_letter_max:
+                        cut = (self.dead_letter_max,)
+                        conn.execute(
+                            "DELETE FROM redrive WHERE dead_letter <= "
+                            "(SELECT max(n) FROM dead_letters) - ?",
+                            cut,
+                        )
                         trimmed = conn.execute(
                             "DELETE FROM dead_letters WHERE n <= "
                             "(SELECT max(n) FROM dead_letters) - ?",
-                            (self.dead_letter_max,),
+                            cut,
                         ).rowcount
             except sqlite3.Error as exc:
                 raise self._write_failed(conn, "cannot store a dead letter", exc) from exc
             self._dead_letters += 1 - max(trimmed, 0)
+            with self._dl_lock:
+                self._dl_version += 1
+                self._dl_counts[sink] = self._dl_counts.get(sink, 0) + 1
+                if trimmed > 0:
+                    self._dl_counted = -math.inf  # which sinks lost rows: counted again
         if trimmed > 0:
             log.warning("dead-letter table is at its limit: removed the %d oldest", trimmed)
 
@@ -1484,6 +1743,123 @@ class Spool:
             DeadLetter(name, SpooledEvent(seq, id_, bytes(payload), received), error, at)
             for name, seq, id_, payload, received, error, at in rows
         ]
+
+    def dead_letter_counts(self, max_age: float = DEAD_LETTER_RECOUNT) -> dict[str, int]:
+        """Dead letters kept per sink (sinks with none left out). Thread-safe.
+
+        Kept in memory as this process changes them, and counted again from the file (an
+        index scan) when the last count is older than ``max_age`` seconds, since the
+        ``deadletters`` command deletes rows from another process.
+        """
+        with self._dl_lock:
+            fresh = time.monotonic() - self._dl_counted < max_age
+            if fresh:
+                return {k: v for k, v in self._dl_counts.items() if v > 0}
+            version = self._dl_version
+        with self._rlock:
+            try:
+                rows = (
+                    self._reader()
+                    .execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink")
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        counts = {str(name): int(n) for name, n in rows}
+        with self._dl_lock:
+            # A change of this process since the read began: the memory is newer; the file
+            # is read again at the next call.
+            if version == self._dl_version:
+                self._dl_counts = counts
+                self._dl_counted = time.monotonic()
+                self._dead_letters = sum(counts.values())
+            return {k: v for k, v in self._dl_counts.items() if v > 0}
+
+    def request_redrive(
+        self, sink: str | None = None, event_id: int | None = None
+    ) -> tuple[int, int]:
+        """Ask, from the bridge's own process, for dead letters to be delivered again (what
+        :meth:`DeadLetterStore.retry` does from another); ``(selected, newly requested)``."""
+        with self._wlock:
+            conn = self._writer()
+            try:
+                with _transaction(conn):
+                    return _request_redrive(conn, sink, event_id)
+            except sqlite3.Error as exc:
+                raise self._write_failed(conn, "cannot write the retry requests", exc) from exc
+
+    def redrive_counts(self) -> dict[str, int]:
+        """Per sink, the dead letters waiting to be delivered again (a short read)."""
+        with self._rlock:
+            try:
+                rows = (
+                    self._reader()
+                    .execute(
+                        # CROSS JOIN keeps redrive (usually empty) as the outer loop: the
+                        # planner would otherwise walk every dead letter.
+                        "SELECT d.sink, count(*) FROM redrive r "
+                        "CROSS JOIN dead_letters d ON d.n = r.dead_letter GROUP BY d.sink"
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return {str(name): int(n) for name, n in rows}
+
+    def take_redrive(self, sink: str, limit: int = 1000) -> list[Redrive]:
+        """The oldest dead letters of ``sink`` waiting to be delivered again (nothing is
+        changed: :meth:`finish_redrive` does that once the sink answered)."""
+        with self._rlock:
+            try:
+                rows = (
+                    self._reader()
+                    .execute(
+                        "SELECT d.n, d.seq, d.id, d.payload, d.received_at FROM redrive r "
+                        "CROSS JOIN dead_letters d ON d.n = r.dead_letter WHERE d.sink = ? "
+                        "ORDER BY r.dead_letter LIMIT ?",
+                        (sink, limit),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail("read failed", exc) from exc
+        return [
+            Redrive(n, SpooledEvent(seq, id_, bytes(payload), received))
+            for n, seq, id_, payload, received in rows
+        ]
+
+    def finish_redrive(
+        self, sink: str, delivered: Iterable[int], refused: Iterable[tuple[int, str]] = ()
+    ) -> None:
+        """Record the sink's answer to redriven dead letters, in one transaction: those it
+        confirmed are deleted with their requests; those it refused again keep their dead
+        letter, with the new reason, and lose their request (a later retry asks again).
+
+        Until this commits, the requests stay: a bridge killed after the send delivers the
+        events once more at its next start, never loses them.
+        """
+        done = [(n,) for n in delivered]
+        again = [(reason, time.time(), n) for n, reason in refused]
+        with self._wlock:
+            conn = self._writer()
+            try:
+                with _transaction(conn):
+                    removed = 0
+                    for key in done:
+                        removed += conn.execute(
+                            "DELETE FROM dead_letters WHERE n = ?", key
+                        ).rowcount
+                    conn.executemany("UPDATE dead_letters SET error = ?, at = ? WHERE n = ?", again)
+                    conn.executemany(
+                        "DELETE FROM redrive WHERE dead_letter = ?",
+                        done + [(n,) for _, _, n in again],
+                    )
+            except sqlite3.Error as exc:
+                raise self._write_failed(conn, "cannot record a redrive", exc) from exc
+            self._dead_letters = max(0, self._dead_letters - removed)
+            with self._dl_lock:
+                self._dl_version += 1
+                self._dl_counts[sink] = max(0, self._dl_counts.get(sink, 0) - removed)
 
     # -- state -----------------------------------------------------------------------------
 

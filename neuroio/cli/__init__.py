@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "doctor": "doctor",
     "bridge": "bridge",
+    "deadletters": "deadletters",
 }
 """Command name → module of :mod:`neuroio.cli` whose ``command`` attribute implements it."""
 

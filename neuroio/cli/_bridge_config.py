@@ -248,6 +248,7 @@ def _flat_values(config: BridgeConfig) -> dict[str, Any]:
         "metrics_port",
         "metrics_host",
         "health_max_sink_failure",
+        "health_max_refused",
         "sink_retry_delay",
         "sink_max_retry_delay",
         "require_sinks",

@@ -226,6 +226,15 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     help="/healthz fails once a sink has failed this many seconds in a row.",
 )
 @click.option(
+    "--health-max-refused",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    envvar="NEUROIO_BRIDGE_HEALTH_MAX_REFUSED",
+    show_envvar=True,
+    help="/healthz fails once a sink refused this many events in a row (dead letters); 0: never.",
+)
+@click.option(
     "--sink-retry-delay",
     type=click.FloatRange(min=0, min_open=True),
     default=0.5,
@@ -267,6 +276,7 @@ def command(
     metrics_port: int | None,
     metrics_host: str,
     health_max_sink_failure: float,
+    health_max_refused: int,
     sink_retry_delay: float,
     sink_max_retry_delay: float,
     require_sinks: bool,
@@ -326,6 +336,7 @@ def command(
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
         "health_max_sink_failure": health_max_sink_failure,
+        "health_max_refused": health_max_refused,
         "sink_retry_delay": sink_retry_delay,
         "sink_max_retry_delay": sink_max_retry_delay,
         "require_sinks": require_sinks,

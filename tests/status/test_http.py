@@ -107,14 +107,30 @@ async def test_redrive_needs_same_origin_and_the_page_secret(tmp_path: Path) -> 
     assert bridge.retried == ["refuser", "refuser"]  # type: ignore[attr-defined]
 
 
-async def test_redrive_answers_501_when_the_bridge_cannot(tmp_path: Path) -> None:
-    async with status_bridge(tmp_path) as (_, _, bridge), aiohttp.ClientSession() as http:
+async def test_redrive_retries_the_bridges_own_dead_letters(tmp_path: Path) -> None:
+    """A bridge re-drives its own dead letters: the page's retry writes the requests and the
+    refusing sink is sent them again (and refuses them again: still 3 dead letters, none
+    pending); an unknown sink is 404."""
+    async with status_bridge(tmp_path) as (emulator, _, bridge), aiohttp.ClientSession() as http:
+        await live(bridge)
+        for _ in range(3):
+            await emulator.emit()
+        spool, pipeline = bridge.spool, bridge.pipeline
+        assert spool is not None and pipeline is not None
+        await until(lambda: len(spool.dead_letters("refuser")) == 3)
+        status = pipeline.status["refuser"]
         async with http.get(page_url(bridge)) as answer:
             secret = _secret(await answer.text())
         headers = {"Origin": page_url(bridge)[:-1], CSRF_HEADER: secret}
         url = page_url(bridge, "/api/deadletters/retry?sink=refuser")
         async with http.post(url, headers=headers) as answer:
-            assert answer.status == 501
+            assert answer.status == 200
+            assert await answer.json() == {"sink": "refuser", "retried": 3}
+        await until(lambda: status.dead_lettered == 6 and spool.redrive_counts() == {})
+        assert len(spool.dead_letters("refuser")) == 3
+        url = page_url(bridge, "/api/deadletters/retry?sink=nope")
+        async with http.post(url, headers=headers) as answer:
+            assert answer.status == 404
 
 
 def test_ring_keeps_the_last_fifty_and_summarizes_lazily() -> None:
