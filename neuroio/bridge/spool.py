@@ -80,6 +80,7 @@ from typing import Any, Literal
 import msgspec
 
 from .._io import PRIVATE_FILE_MODE, make_private, make_private_dirs, open_private
+from .._sqlite import transaction
 from ..exceptions import ConfigurationError, SpoolError, SpoolFullError
 from ..sinks.base import SpooledEvent
 
@@ -310,21 +311,6 @@ def _is_full(exc: BaseException) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, so no failed call leaves
-    a transaction open behind it (a failed ``COMMIT`` on a full disk stays open otherwise)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-
-
 def _flock_holder(fd: int) -> str:
     """The pid holding a ``flock`` on the file open as ``fd``, from ``/proc/locks`` (Linux)."""
     st = os.fstat(fd)
@@ -539,7 +525,7 @@ class DeadLetterStore:
             ``(selected, newly requested)``.
         """
         try:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 self._conn.execute(_REDRIVE_SCHEMA)
                 return _request_redrive(self._conn, sink, event_id)
         except sqlite3.Error as exc:
@@ -549,7 +535,7 @@ class DeadLetterStore:
         """Delete the selected dead letters (and their retry requests); how many."""
         where, params = _selection(sink, event_id)
         try:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 if _exists(self._conn, "redrive"):
                     self._conn.execute(
                         f"DELETE FROM redrive WHERE dead_letter IN "
@@ -738,7 +724,7 @@ class Spool:
                     )
             self._create_schema(conn)
             if not (_exists(conn, "redrive") and _exists(conn, "dead_letters_sink")):
-                with _transaction(conn):
+                with transaction(conn):
                     conn.execute(_REDRIVE_SCHEMA)
                     conn.execute(_DEAD_LETTER_INDEX)
             self._rconn = self._connect()
@@ -877,7 +863,7 @@ class Spool:
             )
         if version == _SCHEMA_VERSION:
             return
-        with _transaction(conn):
+        with transaction(conn):
             if version == 1:
                 for statement in _UPGRADE_1:
                     conn.execute(statement)
@@ -1084,7 +1070,7 @@ class Spool:
     ) -> list[SpooledEvent]:
         before = self._volatile()
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 if force:
                     # Prune first, so that the new rows take the freed pages.
                     moved = self._ack(conn, acks) if acks else False
@@ -1383,7 +1369,7 @@ class Spool:
             start = max(start, self._pruned_upto)
             now = time.time()
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     for name in removed:
                         conn.execute("DELETE FROM cursors WHERE sink = ?", (name,))
                     for name in wanted:
@@ -1413,7 +1399,7 @@ class Spool:
         conn = self._writer()
         before = self._volatile()
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 pruned = self._maintain(conn, [], force=True)
         except sqlite3.Error as exc:
             self._restore(before)
@@ -1570,7 +1556,7 @@ class Spool:
         conn = self._wconn
         batches = list(self._skip.values())
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 held, size = self._remove_damaged(conn, batches)
         except sqlite3.Error as exc:
             # Still skipped in memory; stored at the next read.
@@ -1649,7 +1635,7 @@ class Spool:
         with self._wlock:
             conn = self._writer()
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     removed = 0
                     for key in keys:
                         removed += conn.execute(
@@ -1689,7 +1675,7 @@ class Spool:
             conn = self._writer()
             trimmed = 0
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     conn.execute(
                         "INSERT INTO dead_letters(sink, seq, id, payload, received_at, error, at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1783,7 +1769,7 @@ class Spool:
         with self._wlock:
             conn = self._writer()
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     return _request_redrive(conn, sink, event_id)
             except sqlite3.Error as exc:
                 raise self._write_failed(conn, "cannot write the retry requests", exc) from exc
@@ -1843,7 +1829,7 @@ class Spool:
         with self._wlock:
             conn = self._writer()
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     removed = 0
                     for key in done:
                         removed += conn.execute(
@@ -1893,7 +1879,7 @@ class Spool:
         with self._wlock:
             conn = self._writer()
             try:
-                with _transaction(conn):
+                with transaction(conn):
                     if value is None:
                         conn.execute("DELETE FROM state WHERE key = ?", (key,))
                     else:

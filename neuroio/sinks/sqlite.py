@@ -36,10 +36,11 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .._sqlite import transaction
 from ..exceptions import ConfigurationError, SinkError
 from ._rows import COLUMNS, DEFAULT_TABLE, identifier_problem, sqlite_rows
 from ._uri import Choice, Text, parse_options
@@ -78,20 +79,6 @@ _TABLE = Text("table", DEFAULT_TABLE, check=identifier_problem)
 _SYNC = Choice("sync", "full", choices=("normal", "full"))
 _NAME = Text("name", "")
 _OPTIONS = (_TABLE, _SYNC, _NAME)
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
 
 
 class SqliteSink(Sink):
@@ -232,7 +219,7 @@ class SqliteSink(Sink):
                 "database file of its own"
             )
         if self.table.lower() not in {t.lower() for t in tables}:
-            with _transaction(conn):
+            with transaction(conn):
                 self._create(conn)
         problems = self._shape_problems(conn)
         if problems:
@@ -301,7 +288,7 @@ class SqliteSink(Sink):
         rows = sqlite_rows(events)
         before = conn.total_changes
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.executemany(self._insert, rows)
         except sqlite3.Error as exc:
             # Opened again at the next batch: whatever broke (the table dropped, the file
