@@ -25,7 +25,13 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from ._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
+from ._config import (
+    DEFAULT_EVENTS_URL,
+    ConnectionOptions,
+    RecoveryOptions,
+    default_api_url,
+    is_production_api,
+)
 from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._inbox import Inbox
 from ._net import is_loopback_url
@@ -104,8 +110,10 @@ class EventListener:
             ``backfilled=True``). Duplicates between live and recovered events are dropped.
             Each connection then also asks the REST API for its newest entry (two requests of
             one entry): a gap starts there when no event was seen, never at a clock time.
-        api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else
-            ``https://api.neuroio.com``.
+        api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else the origin of
+            ``url`` when it is a loopback address (``http://`` for ``ws://``, ``https://``
+            for ``wss://``: the emulator serves both), else ``https://api.neuroio.com``. The
+            production API with a loopback ``url`` is warned about.
         since: also recover, before the first connection, the entries after this event id
             (an ``int``) or created from this time on (ISO-8601 text or ``datetime``).
         backfill_max_events: recover at most this many entries per gap (the newest);
@@ -172,7 +180,7 @@ class EventListener:
         options.validate()
         recovery = RecoveryOptions(
             backfill=backfill,
-            api_url=api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL,
+            api_url=_api_url(options.url, api_url or os.environ.get("NEUROIO_API_URL")),
             since=since.isoformat() if isinstance(since, datetime) else since,
             backfill_max_events=backfill_max_events,
             backfill_max_age=backfill_max_age,
@@ -663,6 +671,24 @@ class EventListener:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, EOFError):
             await task
+
+
+def _api_url(url: str | None, given: str | None) -> str:
+    """The REST API gap recovery uses with the events ``url``: ``given``, else the default
+    (:func:`~neuroio._config.default_api_url`); the production API given for a loopback
+    ``url`` is warned about, once, as the likely mistake it is."""
+    assert url is not None
+    if given is None:
+        return default_api_url(url)
+    if is_production_api(given) and is_loopback_url(url):
+        logger.warning(
+            "the events URL %s is on this machine but gap recovery uses the production API "
+            "%s: give --api-url %s for a local emulator",
+            url,
+            given,
+            default_api_url(url),
+        )
+    return given
 
 
 def _authentication_error(verdict: Rejected) -> AuthenticationError:
