@@ -41,6 +41,7 @@ from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
 from ._recovery import Recovery
 from ._token import TokenError, Tokens, TokenSource
+from ._words import plural
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -522,7 +523,14 @@ class EventListener:
             if rejected is not None:
                 raise _authentication_error(rejected)
             self._check_retries(failures, verdict)
-            await self._back_off(verdict.reason.value)
+            if verdict.authenticated:
+                await self._back_off(verdict.reason.value)
+            else:  # one line per failed attempt, saying why it failed
+                await self._back_off(
+                    verdict.reason.value,
+                    detail=connection.last_failure,
+                    error=connection.failure_is_error,
+                )
 
     async def _rejected(self, verdict: Rejected, token: str) -> bool:
         """The server refused ``token``: ``True`` tries the provider's new token at once.
@@ -568,18 +576,22 @@ class EventListener:
     def _check_retries(self, failures: int, verdict: Lost) -> None:
         if self.max_retries is not None and failures > self.max_retries:
             raise ConnectionFailedError(
-                f"could not connect to {self.url} after {failures} attempts "
+                f"could not connect to {self.url} after {plural(failures, 'attempt')} "
                 f"(last failure: {self._last_failure or verdict.reason.value})",
                 attempts=failures,
                 last_reason=verdict.reason,
             )
 
-    async def _back_off(self, reason: str, *, detail: str = "") -> None:
+    async def _back_off(self, reason: str, *, detail: str = "", error: bool = False) -> None:
         self.stats.reconnects[reason] += 1
         delay = self._backoff.next_delay()
         self._set_state(State.BACKOFF)
-        logger.warning(
-            "no connection to %s (%s); reconnecting in %.2fs", self.url, detail or reason, delay
+        logger.log(
+            logging.ERROR if error else logging.WARNING,
+            "no connection to %s (%s); reconnecting in %.2fs",
+            self.url,
+            detail or reason,
+            delay,
         )
         assert self._closing is not None
         with contextlib.suppress(asyncio.TimeoutError):

@@ -44,6 +44,7 @@ from .. import _redact
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
+from .._words import plural
 from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
@@ -62,6 +63,14 @@ log = logging.getLogger("neuroio.bridge")
 
 FORCE_GRACE = 1.0
 """After a forced stop, seconds the bridge may still take to close its sinks and spool."""
+
+
+# What each listener state means to someone reading /healthz.
+_STATE_WORDS = {
+    "idle": "not started",
+    "backoff": "reconnecting (backoff)",
+    "closed": "closed",
+}
 
 
 class Bridge:
@@ -305,9 +314,9 @@ class Bridge:
             self.listener.listen(), name="neuroio-bridge-listen"
         )
         log.info(
-            "bridge running: spool %s (%d events held), routes %s",
+            "bridge running: spool %s (%s held), routes %s",
             self.spool.path,
-            self.spool.depth,
+            plural(self.spool.depth, "event"),
             ", ".join(s.name for s in self.sinks),
         )
 
@@ -463,7 +472,7 @@ class Bridge:
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
-            problems.append(f"connection is {state}")
+            problems.append(f"connection is {_STATE_WORDS.get(state, state)}")
         sinks: dict[str, Any] = {}
         now = time.monotonic()
         pipeline = self.pipeline

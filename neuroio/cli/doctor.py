@@ -32,6 +32,7 @@ from .._net import is_loopback
 from .._protocol.frames import Kind, classify, encode_auth, encode_ping, parse_message
 from .._protocol.session import AUTH_CLOSE_CODES
 from .._recovery import EntriesAnswer
+from .._words import plural
 from ..exceptions import BackfillError, ConfigurationError
 from ._options import (
     API_URL_DEFAULT,
@@ -584,7 +585,7 @@ async def diagnose(
     if doctor.failed is not None:
         raise CommandFailed(f"the '{doctor.failed.name}' step failed: {doctor.failed.detail}", code)
     warnings = sum(1 for r in doctor.results if r.status == "warn")
-    suffix = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+    suffix = f" ({plural(warnings, 'warning')})" if warnings else ""
     console.print(Text(f"All required checks passed{suffix}.", style="bold green"))
     return EXIT_OK
 
