@@ -127,7 +127,7 @@ def test_a_bad_api_url_is_refused(command: str, token_file: Path) -> None:
 async def test_a_loopback_url_recovers_gaps_from_its_own_origin(
     cli: StartCli, token_file: Path
 ) -> None:
-    async with Emulator(tokens={TOKEN}, rate=None) as emu:
+    async with Emulator(tokens={TOKEN}, rate=None, push_while_disconnected=False) as emu:
         first = await emu.emit()
         second = await emu.emit()
         # No live event will come: the two lines can only be recovered through REST, from
