@@ -44,7 +44,7 @@ from .. import _redact
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
-from .._words import plural
+from .._words import connection_state, plural
 from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
@@ -63,14 +63,6 @@ log = logging.getLogger("neuroio.bridge")
 
 FORCE_GRACE = 1.0
 """After a forced stop, seconds the bridge may still take to close its sinks and spool."""
-
-
-# What each listener state means to someone reading /healthz.
-_STATE_WORDS = {
-    "idle": "not started",
-    "backoff": "reconnecting (backoff)",
-    "closed": "closed",
-}
 
 
 class Bridge:
@@ -472,7 +464,7 @@ class Bridge:
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
-            problems.append(f"connection is {_STATE_WORDS.get(state, state)}")
+            problems.append(f"connection is {connection_state(state)}")
         sinks: dict[str, Any] = {}
         now = time.monotonic()
         pipeline = self.pipeline
