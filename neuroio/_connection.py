@@ -254,10 +254,10 @@ class Connection:
     ) -> None:
         self.url = url
         self.last_failure = ""
-        # A failure that no network hiccup explains (a TLS certificate, a handshake): the
-        # listener's one line about this attempt is then an error, not a warning.
-        self.failure_is_error = False
         """Why the connection could not be made, for the error after the last attempt."""
+        self.failure_is_error = False
+        """The failure is one no network hiccup explains (a TLS certificate, a handshake):
+        the listener's one line about this attempt is then an error, not a warning."""
         self.reader_task: asyncio.Task[Ending] | None = None
         """The task that calls the handler while the connection is live."""
         self._token = token
