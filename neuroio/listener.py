@@ -522,15 +522,20 @@ class EventListener:
             rejected = silent.observe(verdict)
             if rejected is not None:
                 raise _authentication_error(rejected)
-            self._check_retries(failures, verdict)
             if verdict.authenticated:
                 await self._back_off(verdict.reason.value)
-            else:  # one line per failed attempt, saying why it failed
-                await self._back_off(
-                    verdict.reason.value,
-                    detail=connection.last_failure,
-                    error=connection.failure_is_error,
-                )
+            else:
+                await self._attempt_failed(connection, verdict, failures)
+
+    async def _attempt_failed(self, connection: Connection, verdict: Lost, failures: int) -> None:
+        """One line about an attempt that never became a connection, saying why; then give
+        up (``max_retries``) or wait before the next one."""
+        loud = connection.failure_is_error
+        if loud and self.max_retries is not None and failures > self.max_retries:
+            # Not a network hiccup (a TLS certificate): in the log even on the last attempt.
+            logger.error("no connection to %s (%s)", self.url, connection.last_failure)
+        self._check_retries(failures, verdict)
+        await self._back_off(verdict.reason.value, detail=connection.last_failure, error=loud)
 
     async def _rejected(self, verdict: Rejected, token: str) -> bool:
         """The server refused ``token``: ``True`` tries the provider's new token at once.
