@@ -4,12 +4,17 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 850 bytes each) as fast as the socket takes them. Each variant runs in a fresh process:
 
 * ``bare``: :class:`neuroio.EventListener` with a handler that only counts events;
-* ``file`` / ``redis`` / ``nats`` / ``mqtt`` / ``amqp``: a :class:`neuroio.bridge.Bridge` with a
-  fresh spool (``--spool-sync``, ``normal`` by default as for the bridge) and that one sink;
-  the clock runs from the first event received to the last event confirmed by the sink
-  (``mqtt``: QoS 1, every PUBACK; ``amqp``: persistent messages into a durable queue, every
-  publisher confirm);
+* ``file`` / ``redis`` / ``nats`` / ``mqtt`` / ``amqp`` / ``postgres`` / ``sqlite``: a
+  :class:`neuroio.bridge.Bridge` with a fresh spool (``--spool-sync``, ``normal`` by default as
+  for the bridge) and that one sink; the clock runs from the first event received to the last
+  event confirmed by the sink (``mqtt``: QoS 1, every PUBACK; ``amqp``: persistent messages
+  into a durable queue, every publisher confirm; ``sqlite`` with its default ``sync=full``);
 * ``all``: one bridge delivering to the file, Redis and NATS sinks at once;
+* ``page``: the ``file`` bridge with its status page open: the metrics server on, and a
+  client of the page's live stream (``/api/events``, what a browser's page reads) connected and
+  reading throughout, on the bridge's own loop (so its reading is counted against the bridge,
+  more than a browser in its own process would cost); compared with ``file`` in the same run,
+  as a ratio (target >= 0.9);
 * ``routes``: one bridge with ten routes, each with a filter (a camera and a result group:
   every event is taken by exactly one route, so as many lines are written as with ``file``),
   each into its own file sink; compared with ``file`` (one route taking everything) in the
@@ -30,11 +35,13 @@ Usage::
     .venv/bin/python bench/bridge.py            # about a minute
     .venv/bin/python bench/bridge.py --quick    # a smoke run
     .venv/bin/python bench/bridge.py --variants file,routes --latency-seconds 0
+    .venv/bin/python bench/bridge.py --variants file,page --latency-seconds 0
     .venv/bin/python bench/bridge.py --gap 50000
 
-Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883
-and RabbitMQ on 127.0.0.1:5672 (guest/guest) must be running; each run uses its own stream,
-topic or exchange and queue, and deletes them afterwards.
+Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883,
+RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on 127.0.0.1:5432 (database ``test``)
+must be running; each run uses its own stream, topic, exchange and queue or table, and deletes
+them afterwards (the SQLite database is a file in the run's temporary directory).
 """
 
 from __future__ import annotations
@@ -67,14 +74,17 @@ REDIS = "redis://127.0.0.1:6379/14"
 NATS = "nats://127.0.0.1:4222"
 MQTT = "mqtt://127.0.0.1:1883"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 # The AMQP variant's queue keeps at most this many messages (the oldest are dropped), so a run
 # does not fill the broker; every publish is still routed, persisted and confirmed.
 AMQP_QUEUE_MAX = 50_000
-TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "mqtt": 5_000, "amqp": 5_000}
+TARGETS = {"file": 50_000, "redis": 20_000, "nats": 20_000, "mqtt": 5_000, "amqp": 5_000,
+           "postgres": 20_000, "sqlite": 30_000}  # fmt: skip
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
 TARGET_ROUTES_RATIO = 0.8
+TARGET_PAGE_RATIO = 0.9
 OTHER_RESULTS = ("new", "reinit", "ha", "junk", "nm", "det")
 
 
@@ -92,6 +102,8 @@ def _sink_uris(kind: str, tmp: Path, tag: str) -> list[str]:
         "nats": f"{NATS}?subject=bench.{tag}&stream=BENCH{tag.upper()}",
         "mqtt": f"{MQTT}/bench/{tag}/{{source.id}}?qos=1&availability=bench/{tag}/available",
         "amqp": f"{AMQP}?exchange=bench-{tag}&routing_key=bench.{{source.id}}",
+        "postgres": f"{POSTGRES}?table=bench_{tag}",
+        "sqlite": f"sqlite:{tmp / 'events.db'}",
     }
     return [uris[k] for k in ("file", "redis", "nats")] if kind == "all" else [uris[kind]]
 
@@ -213,6 +225,12 @@ async def _cleanup(uris: Sequence[str], tag: str) -> None:
         await channel.queue_delete(f"bench-{tag}")
         await channel.exchange_delete(f"bench-{tag}")
         await connection.close()
+    if any(u.startswith("postgresql") for u in uris):
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES)
+        await conn.execute(f"DROP TABLE IF EXISTS bench_{tag}")
+        await conn.close()
 
 
 async def child_bare(url: str, events: int) -> dict[str, Any]:
@@ -277,6 +295,9 @@ async def child_bridge(
     tag = uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory(prefix="neuroio-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
+        watched = kind == "page"
+        if watched:
+            kind = "file"
         uris = [] if kind == "routes" else _sink_uris(kind, tmp, tag)
         routes = _ten_routes(tmp) if kind == "routes" else []
         await _prepare(uris, tag)
@@ -292,11 +313,15 @@ async def child_bridge(
             spool_sync=spool_sync,
             backfill=False,
             ping_interval=5.0,
+            metrics_port=0 if watched else None,
         )
+        watcher: asyncio.Task[int] | None = None
         try:
             await bridge.start()
             assert bridge.pipeline is not None
             pipeline = bridge.pipeline
+            if bridge.metrics is not None:
+                watcher = asyncio.create_task(_watch_page(bridge.metrics.url("/api/events")))
             first = 0.0
             while pipeline.received == 0 and not pipeline.uncommitted:
                 await asyncio.sleep(0.001)
@@ -313,6 +338,13 @@ async def child_bridge(
                 "rate": events / seconds,
                 "spool_file_mb": bridge.spool.file_bytes() / 2**20 if bridge.spool else 0,
             }
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                result["pushes"] = _pushes
+                if _pushes < seconds * 2:
+                    raise RuntimeError(f"the page's stream pushed only {_pushes} updates")
             if timed:
                 for t in sinks:
                     result.setdefault("latency", {})[t.name.split(":")[0]] = {
@@ -326,6 +358,20 @@ async def child_bridge(
             await bridge.close()
             await _cleanup(uris, tag)
     return result
+
+
+_pushes = 0
+
+
+async def _watch_page(url: str) -> int:
+    """Read the status page's live stream as the page does, counting its pushes."""
+    import aiohttp
+
+    global _pushes
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
+        async for chunk in answer.content.iter_any():
+            _pushes += chunk.count(b"\n\n")
+    return _pushes
 
 
 def _pct(values: list[float], fraction: float) -> float:
@@ -388,8 +434,10 @@ async def parent_main(args: argparse.Namespace) -> int:
         say(f"{'variant':<8} {'events/s':>10} {'vs bare':>8} {'peak RSS':>9}  runs")
         rates: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
-        variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "all", "routes"]
-                    if args.variants is None or v in args.variants]  # fmt: skip
+        # bare always runs: it is the baseline of every ratio.
+        variants = [v for v in ["bare", "file", "redis", "nats", "mqtt", "amqp", "postgres",
+                                "sqlite", "all", "routes", "page"]
+                    if args.variants is None or v in args.variants or v == "bare"]  # fmt: skip
         for _ in range(args.repeat):
             for variant in variants:
                 url, _tag = server.url(n=args.events)
@@ -436,12 +484,20 @@ async def parent_main(args: argparse.Namespace) -> int:
             summary["routing_cost_us"] = cost
             if ratio < TARGET_ROUTES_RATIO:
                 failures.append(f"routes: {ratio:.2f}x of one route < {TARGET_ROUTES_RATIO}")
+        if rates.get("page") and rates.get("file"):
+            ratio = statistics.median(rates["page"]) / statistics.median(rates["file"])
+            say(f"status page open (live stream read) vs closed (file sink): {ratio:.2f}x "
+                f"(target >= {TARGET_PAGE_RATIO})")  # fmt: skip
+            summary["page_vs_file"] = ratio
+            if ratio < TARGET_PAGE_RATIO:
+                failures.append(f"page: {ratio:.2f}x of the closed page < {TARGET_PAGE_RATIO}")
         say()
         count = int(args.rate * args.latency_seconds)
         say(f"delivery latency at {args.rate:,.0f} events/s ({count} events), ms:")
         say(f"{'sink':<8} {'recv→ok p50':>12} {'p99':>8} {'max':>8} "
             f"{'sent→ok p50':>12} {'p99':>8} {'peak RSS':>9}")  # fmt: skip
-        latency_variants = [v for v in ("file", "redis", "nats", "mqtt", "amqp")
+        latency_variants = [v for v in ("file", "redis", "nats", "mqtt", "amqp", "postgres",
+                                        "sqlite")
                             if args.variants is None or v in args.variants]  # fmt: skip
         for variant in latency_variants if count else ():
             url, _tag = server.url(n=count, mode="rate", rate=args.rate)
@@ -478,9 +534,9 @@ async def parent_main(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     say()
-    say("targets: file >= 50,000/s, redis and nats >= 20,000/s, mqtt (QoS 1) and amqp "
-        "(confirms) >= 5,000/s, ten filtered routes >= 0.8x one route, p99 < 50 ms, "
-        "RSS < 150 MB")  # fmt: skip
+    say("targets: file >= 50,000/s, redis, nats and postgres >= 20,000/s, sqlite >= 30,000/s, "
+        "mqtt (QoS 1) and amqp (confirms) >= 5,000/s, ten filtered routes >= 0.8x one route, "
+        "status page open >= 0.9x closed, p99 < 50 ms, RSS < 150 MB")  # fmt: skip
     for failure in failures:
         say(f"MISSED  {failure}")
     if not failures:
@@ -600,7 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         type=lambda text: set(text.split(",")),
-        help="throughput variants to run, comma-separated (default: all)",
+        help="variants to run, comma-separated (default: all; bare always runs); also limits "
+        "the latency runs",
     )
     parser.add_argument("--asyncio", action="store_true", help="do not use uvloop")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -80,8 +80,8 @@ def make_private(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) ->
     return current
 
 
-def make_private_dirs(path: str | os.PathLike[str]) -> None:
-    """Create the directory ``path`` and its missing parents, each with mode ``0700``.
+def make_private_dirs(path: str | os.PathLike[str], mode: int = PRIVATE_DIR_MODE) -> None:
+    """Create the directory ``path`` and its missing parents, each with ``mode`` (``0700``).
 
     Directories that already exist are left as they are (a user's home, ``/var/lib``).
 
@@ -97,9 +97,9 @@ def make_private_dirs(path: str | os.PathLike[str]) -> None:
         current = current.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir(PRIVATE_DIR_MODE)
+            directory.mkdir(mode)
         except FileExistsError:
             if not directory.is_dir():
                 raise
             continue  # created meanwhile by someone else: theirs, left as it is
-        os.chmod(directory, PRIVATE_DIR_MODE)  # the umask applied to mkdir's mode
+        os.chmod(directory, mode)  # the umask applied to mkdir's mode

@@ -1,6 +1,6 @@
-"""Prometheus metrics and a health check for a running :class:`~neuroio.EventListener`
-(``neuroio-events listen --metrics-port``), served by the shared
-:class:`~neuroio._metrics_http.MetricsServer`.
+"""Prometheus metrics, a health check and the status page for a running
+:class:`~neuroio.EventListener` (``neuroio-events listen --metrics-port``), served by the
+shared :class:`~neuroio._metrics_http.MetricsServer`.
 
 The figures are the listener's :class:`~neuroio.stats.ListenerStats`, read on the event loop
 when scraped (a dozen numbers: rendering them costs less than a thread hop). Where a figure
@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._metrics_http import MetricsServer
+from ._status import StatusPage
 from ._words import connection_state
 from .exceptions import MissingExtraError
 from .listener import EventListener
@@ -50,7 +51,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("metrics", "--metrics-port") from exc
 
-__all__ = ["ListenerCollector", "ListenerMetrics", "health", "render"]
+__all__ = ["ListenerCollector", "ListenerMetrics", "health", "page_state", "render"]
 
 _NAN = float("nan")
 
@@ -149,12 +150,32 @@ def render(listener: EventListener) -> bytes:
     return bytes(generate_latest(registry))
 
 
+def page_state(listener: EventListener) -> dict[str, Any]:
+    """The status page's state of ``listener`` (no sinks: ``listen`` writes to its outputs)."""
+    ok, report = health(listener)
+    return {
+        "connection": report["connection"],
+        "healthy": ok,
+        "problems": report["problems"],
+        "rtt": report["pong_rtt"],
+        "last_event_age": report["last_event_age"],
+        "received": listener.stats.events,
+    }
+
+
 class ListenerMetrics(MetricsServer):
-    """The ``/metrics`` and ``/healthz`` server of one listener (see the module docstring)."""
+    """The ``/metrics`` and ``/healthz`` server of one listener (see the module docstring),
+    and its status page: feed :attr:`ring` with each event (``ring.add(decoded)``)."""
 
     def __init__(self, listener: EventListener) -> None:
         super().__init__(self._scrape, lambda: health(listener))
         self._listener = listener
+
+        async def state() -> dict[str, Any]:
+            return page_state(listener)
+
+        self.status = StatusPage(state, title="listener")
+        self.ring = self.status.ring
 
     async def _scrape(self) -> bytes:
         return render(self._listener)

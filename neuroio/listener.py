@@ -358,6 +358,30 @@ class EventListener:
             inbox.close()
             self.stats.queue_high_water = max(self.stats.queue_high_water, inbox.high_water)
 
+    def run(self) -> None:
+        """The blocking form of :meth:`listen`, for a program without an event loop.
+
+        Runs :meth:`listen` with :func:`asyncio.run` (a new loop of the default policy, so
+        ``uvloop.install()`` beforehand makes it uvloop; the library never picks the loop
+        itself) until the handler or a hook calls :meth:`close`, or Ctrl-C, which closes the
+        listener and raises :class:`KeyboardInterrupt` here. A handler is needed: to iterate
+        from synchronous code, use :func:`neuroio.sync.connect`.
+
+        Raises:
+            AuthenticationError: the server rejected the token (never retried).
+            ConnectionFailedError: ``max_retries`` consecutive attempts failed.
+            TypeError: the listener has no ``event_handler_func``.
+            RuntimeError: called from a running event loop (``await listen()`` there).
+        """
+        if self._handler is None:
+            raise TypeError("run() delivers to a handler: use neuroio.sync.connect() to iterate")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.listen())
+        else:
+            raise RuntimeError("run() blocks: inside an event loop, await listen() instead")
+
     async def close(self) -> None:
         """Stop listening: close the connection with code 1000 and end every task.
 

@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from . import _redact
+from ._io import open_private
 from ._io import write_all as write_all  # re-exported: it used to live here
 from .exceptions import ConfigurationError
 
@@ -141,7 +142,8 @@ class RecordingWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            # 0600 whatever the umask: a recording holds person ids and image links.
+            self._fd: int | None = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot open the recording file {self.path}: {exc.strerror}"

@@ -35,6 +35,7 @@ PUBLIC_MODULES = {
     "neuroio.recording",
     "neuroio.sinks",
     "neuroio.stats",
+    "neuroio.sync",
     "neuroio.testing",
 }
 

@@ -139,13 +139,22 @@ async def test_a_bogus_pushed_id_does_not_disable_the_next_gap(
 
 
 @pytest.mark.parametrize(
-    ("rest_order", "rest_shape"), [("desc", "page"), ("asc", "page"), ("desc", "list")]
+    ("rest_order", "rest_shape", "ignore_id_from"),
+    [
+        ("desc", "page", False),
+        ("asc", "page", False),
+        ("desc", "list", False),
+        ("asc", "list", False),
+        ("desc", "page", True),
+        ("desc", "list", True),
+    ],
 )
 async def test_every_order_and_shape_of_the_list_recovers_a_gap_in_order_once(
-    rest_order: str, rest_shape: str
+    rest_order: str, rest_shape: str, ignore_id_from: bool
 ) -> None:
-    """Newest first, oldest first, or a bare JSON list: a 250-event gap (three pages) comes
-    back whole, in ascending order, each event once, after the live ones before it."""
+    """Newest first, oldest first, a page or a bare JSON list, id_from honoured or ignored: a
+    250-event gap (three pages) comes back whole, in ascending order, each event once, after
+    the live ones before it."""
     async with (
         Emulator(
             tokens=[TOKEN],
@@ -153,6 +162,7 @@ async def test_every_order_and_shape_of_the_list_recovers_a_gap_in_order_once(
             push_while_disconnected=False,
             rest_order=rest_order,  # type: ignore[arg-type]
             rest_shape=rest_shape,  # type: ignore[arg-type]
+            ignore_id_from=ignore_id_from,
         ) as emu,
         listening(emu, emu.api_url) as (listener, got),
     ):

@@ -11,8 +11,12 @@ Start-up errors (raised by :meth:`Bridge.start` and :meth:`Bridge.run`, after re
 whatever was opened): :class:`~neuroio.exceptions.ConfigurationError` (a bad option or URI, the
 metrics port in use), :class:`~neuroio.exceptions.MissingExtraError` (a sink's or the metrics'
 extra is not installed; also raised by the constructor), :class:`~neuroio.exceptions.SpoolError`
-(the spool is corrupt, unwritable or locked by another bridge) and
-:class:`~neuroio.exceptions.SinkError` (a sink is unreachable). Once running,
+(the spool is corrupt, unwritable or locked by another bridge) and, with
+``require_sinks=True`` only, :class:`~neuroio.exceptions.SinkError` (a sink is unreachable).
+By default a sink unreachable at start-up does not stop the bridge: it receives and spools,
+reports the sink on ``/healthz``, and starts the sink with backoff until it answers
+(:mod:`neuroio.bridge._starting`); a sink that answers but refuses the configuration (its
+credentials, say) raises :class:`~neuroio.exceptions.ConfigurationError`. Once running,
 :meth:`Bridge.run` raises :class:`~neuroio.exceptions.AuthenticationError` if the token is
 rejected and :class:`~neuroio.exceptions.ConnectionFailedError` if ``max_retries`` is set and
 exhausted.
@@ -41,15 +45,25 @@ import aiohttp
 import msgspec
 
 from .. import _redact
+from .._config import DEFAULT_EVENTS_URL, default_api_url
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
 from .._words import connection_state, plural
-from ..exceptions import BackfillError, ConfigurationError, MissingExtraError, NeuroIOError
+from ..exceptions import (
+    BackfillError,
+    ConfigurationError,
+    MissingExtraError,
+    NeuroIOError,
+    PermanentSinkError,
+    SinkError,
+)
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
+from ..sinks.base import ConsumerGoneError
 from ._recovery import GapRecovery
 from ._snapshot import BridgeSnapshot, SinkSnapshot
+from ._starting import LateStart, close_quietly
 from .config import BridgeConfig, RouteConfig
 from .pipeline import Pipeline
 from .spool import Spool
@@ -153,6 +167,9 @@ class Bridge:
         self._recovery: GapRecovery | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._started_sinks: list[Sink] = []
+        self._late: dict[str, LateStart] = {}
+        self._late_tasks: list[asyncio.Task[None]] = []
+        self._stop_late = asyncio.Event()
         self._closing = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
         self._state: Literal["new", "starting", "running", "closed"] = "new"
@@ -252,24 +269,45 @@ class Bridge:
             self.spool = await asyncio.to_thread(
                 Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
             )
+        # As the listener resolves them: a loopback events URL has its REST API beside it.
+        events_url = (
+            config.connection.url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL
+        )
+        api_url = (
+            config.recovery.api_url
+            or os.environ.get("NEUROIO_API_URL")
+            or default_api_url(events_url)
+        )
         for sink in self.sinks:
-            self._started_sinks.append(sink)
-            await sink.start()
+            use_platform = getattr(sink, "use_platform", None)
+            if callable(use_platform):  # a sink fetching from the platform (images:)
+                use_platform(api_url, self._tokens.get)
+        delivered_to = [await self._start_sink(sink) for sink in self.sinks]
         self.pipeline = Pipeline(
             self.spool,
-            self.sinks,
+            delivered_to,
             rules=self.rules,
             retry_delay=config.sink_retry_delay,
             max_retry_delay=config.sink_max_retry_delay,
         )
         await self.pipeline.start()
+        for name, late in self._late.items():
+            status = self.pipeline.status[name]
+            late.failed(status, late.first_error)  # failing (and logged) from now on
+            self._late_tasks.append(
+                asyncio.create_task(late.run(status), name=f"neuroio-start {name}")
+            )
         if self._metrics_cls is not None:
             self.metrics = self._metrics_cls(self.snapshot, self.health)
+            from ._snapshot import status_page  # beside the metrics, which it extends
+
+            self.metrics.status = status_page(self)
+            self.pipeline.on_event = self.metrics.status.ring.add
             await self.metrics.start(config.metrics_host, config.metrics_port)
-            host = config.metrics_host
-            where = f"[{host}]" if ":" in host else host
             log.info(
-                "metrics on http://%s:%s/metrics, health on /healthz", where, self.metrics.port
+                "metrics on %s, health on /healthz, status page on %s",
+                self.metrics.url("/metrics"),
+                self.metrics.url("/"),
             )
         options = config.recovery
         recovering = options.backfill or options.since is not None
@@ -311,6 +349,31 @@ class Bridge:
             plural(self.spool.depth, "event"),
             ", ".join(s.name for s in self.sinks),
         )
+
+    async def _start_sink(self, sink: Sink) -> Sink:
+        """Start ``sink``; what the pipeline delivers to: the sink, or a :class:`LateStart`
+        for it when it is unreachable (and ``require_sinks`` is off)."""
+        self._started_sinks.append(sink)
+        try:
+            await sink.start()
+        except PermanentSinkError:
+            raise  # refused for good: retrying will not help
+        except SinkError as exc:
+            if self.config.require_sinks:
+                raise
+            self._started_sinks.remove(sink)
+            await close_quietly(sink)  # nothing half-open is kept while it is retried
+            late = LateStart(
+                sink,
+                exc,
+                opened=self._started_sinks,
+                stopping=self._stop_late,
+                retry_delay=self.config.sink_retry_delay,
+                max_retry_delay=self.config.sink_max_retry_delay,
+            )
+            self._late[sink.name] = late
+            return late
+        return sink
 
     async def _on_connected(self) -> None:
         if self._recovery is not None:
@@ -363,6 +426,10 @@ class Bridge:
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = None if task is closing or task.cancelled() else task.exception()
+                if isinstance(error, ConsumerGoneError):
+                    log.info("%s: stopping", error)  # `| head`: a quiet end, as on SIGTERM
+                    self.should_exit = True
+                    return
                 if error is not None:
                     raise error
             if closing not in done:
@@ -408,6 +475,15 @@ class Bridge:
         if self._closer is not None and not self._closer.done():
             asyncio.get_running_loop().call_later(FORCE_GRACE, self._closer.cancel)
 
+    async def reopen(self) -> None:
+        """Have every started sink reopen its files (:meth:`Sink.reopen`; what a SIGHUP
+        handler calls, for logrotate). A sink that fails is logged; delivery goes on."""
+        for sink in list(self._started_sinks):
+            try:
+                await sink.reopen()
+            except Exception as exc:
+                log.error("sink %s: reopen failed: %s", sink.name, exc)
+
     async def close(self) -> None:
         """Stop the listener, commit what was received, stop the sinks. Idempotent."""
         if self._state == "closed":
@@ -428,6 +504,11 @@ class Bridge:
                 self._listen_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._listen_task
+        for task in self._late_tasks:
+            task.cancel()
+        await asyncio.gather(*self._late_tasks, return_exceptions=True)
+        self._late_tasks.clear()
+        self._stop_late.set()  # a send waiting for its sink to start gives up
         if self.pipeline is not None:
             await self.pipeline.close()
         if self.metrics is not None:
@@ -458,9 +539,10 @@ class Bridge:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the bridge is healthy, and why: the connection is live, spool commits
-        work, the socket is not paused, and no route's sink has been failing for longer than
-        ``health_max_sink_failure`` (a problem names the route: ``sink <route> failing for N
-        s``, the words kept from before routes)."""
+        work, the socket is not paused, every sink started (``sink <route> not started for N
+        s`` while one unreachable at start-up has not answered yet), and no route's sink has
+        been failing for longer than ``health_max_sink_failure`` (a problem names the route:
+        ``sink <route> failing for N s``, the words kept from before routes)."""
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
@@ -478,8 +560,12 @@ class Bridge:
                     "suppressed": status.suppressed,
                     "failing_for": round(failing, 3),
                     "last_error": status.last_error if failing else None,
+                    "started": not self._not_started(name),
                 }
-                if failing > self.config.health_max_sink_failure:
+                if self._not_started(name):
+                    # Never reached since start-up: nothing is delivered at all, so no grace.
+                    problems.append(f"sink {name} not started for {failing:.0f} s")
+                elif failing > self.config.health_max_sink_failure:
                     problems.append(f"sink {name} failing for {failing:.0f} s")
             problems += _spool_problems(pipeline, now)
         ok = not problems
@@ -489,6 +575,10 @@ class Bridge:
             "connection": state,
             "sinks": sinks,
         }
+
+    def _not_started(self, name: str) -> bool:
+        late = self._late.get(name)
+        return late is not None and not late.started.is_set()
 
     def snapshot(self) -> BridgeSnapshot:
         """Every figure the metrics report, copied now (call it on the event loop)."""

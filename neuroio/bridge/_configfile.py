@@ -131,6 +131,7 @@ class _Health(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class _Sink(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     retry_delay: _Positive | None = None
     max_retry_delay: _Positive | None = None
+    require: bool | None = None
 
 
 class _Webhook(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -188,6 +189,7 @@ KEYS: dict[str, str] = {
     "health.max_sink_failure": "health_max_sink_failure",
     "sink.retry_delay": "sink_retry_delay",
     "sink.max_retry_delay": "sink_max_retry_delay",
+    "sink.require": "require_sinks",
     "webhook.secret": "webhook_secret",
 }
 """File key (``table.key``) → the flat option name it sets (the CLI option ``--name``).

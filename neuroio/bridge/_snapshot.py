@@ -4,16 +4,34 @@ The pipeline's counters and in-memory tail, the sinks' statuses and the listener
 are mutated by the event loop; rendering the Prometheus text runs in a worker thread so that a
 slow scrape never holds the loop. :meth:`neuroio.bridge.Bridge.snapshot` copies what is
 reported into these frozen records on the loop, and the thread reads only them (and the spool,
-whose methods are thread-safe).
+whose methods are thread-safe). The status page's state (:func:`page_state`) is made the same
+way: from a snapshot, off the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .._status import Retry, StatusPage
+from ..exceptions import SpoolError
 from .spool import Spool
 
-__all__ = ["BridgeSnapshot", "SinkSnapshot"]
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+__all__ = [
+    "BridgeSnapshot",
+    "SinkSnapshot",
+    "dead_letters_by_sink",
+    "lag_seconds",
+    "page_state",
+    "status_page",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,3 +90,123 @@ class BridgeSnapshot:
     rtt: float | None = None
     last_event_at: float | None = None
     healthy: bool = False
+
+
+def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
+    """Age of ``sink``'s oldest unconfirmed event at ``snap.taken_at`` (0 when caught up);
+    may read the spool (thread-safe), so call it off the loop."""
+    received = sink.oldest_received_at
+    if sink.oldest_seq is not None and snap.spool is not None:
+        with contextlib.suppress(SpoolError):
+            received = snap.spool.received_at(sink.oldest_seq)
+    return 0.0 if received is None else max(0.0, snap.taken_at - received)
+
+
+def dead_letters_by_sink(spool: Spool, names: Sequence[str]) -> dict[str, int]:
+    """Dead letters kept per sink (reads the spool: call it off the loop, and only when the
+    spool holds some): the spool's own count per sink where it has one, else by reading
+    them."""
+    by_sink = getattr(spool, "dead_letter_counts", None)
+    if by_sink is not None:
+        with contextlib.suppress(SpoolError):
+            return {name: int(count) for name, count in dict(by_sink()).items()}
+    limit = max(1, spool.dead_letter_count)
+    counts: dict[str, int] = {}
+    for name in names:
+        with contextlib.suppress(SpoolError):
+            counts[name] = len(spool.dead_letters(name, limit=limit))
+    return counts
+
+
+def page_state(
+    snap: BridgeSnapshot,
+    health: Mapping[str, Any],
+    errors: Mapping[str, str | None],
+    dead_letters: Mapping[str, int],
+) -> dict[str, Any]:
+    """The status page's state (:mod:`neuroio._status._render`) of ``snap``; ``health`` is
+    the ``/healthz`` report, ``errors`` each failing sink's last error. Reads the spool."""
+    sinks = []
+    for sink in snap.sinks:
+        failing = sink.failing_for > 0
+        sinks.append(
+            {
+                "name": sink.name,
+                "delivered": sink.delivered,
+                "lag": sink.lag,
+                "lag_seconds": round(lag_seconds(snap, sink), 3),
+                "failing_for": round(sink.failing_for, 3),
+                "failing_since": round(snap.taken_at - sink.failing_for, 3) if failing else None,
+                "last_error": errors.get(sink.name) if failing else None,
+                "dead_letters": dead_letters.get(sink.name, 0),
+                "dead_lettered": sink.dead_lettered,
+                "filtered": sink.filtered,
+                "suppressed": sink.suppressed,
+            }
+        )
+    last = snap.last_event_at
+    return {
+        "connection": snap.state,
+        "healthy": snap.healthy,
+        "problems": list(health.get("problems", [])),
+        "rtt": round(snap.rtt, 6) if snap.rtt is not None else None,
+        "last_event_age": round(max(0.0, snap.taken_at - last), 3) if last is not None else None,
+        "received": snap.received,
+        "spool": {
+            "depth": snap.spool_depth,
+            "bytes": snap.spool_bytes,
+            "max_bytes": snap.spool_max_bytes,
+            "dead_letters": snap.dead_letters,
+            "paused": snap.paused,
+        },
+        "sinks": sinks,
+    }
+
+
+class _Owner(Protocol):
+    """What :func:`status_page` reads of a bridge (a protocol: no import cycle)."""
+
+    @property
+    def pipeline(self) -> Pipeline | None: ...
+
+    def snapshot(self) -> BridgeSnapshot: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+def status_page(bridge: _Owner) -> StatusPage:
+    """The status page of ``bridge``: its state from a snapshot taken on the loop and
+    completed off it (spool reads); the dead-letter re-drive is ``bridge.retry_dead_letters``
+    when the bridge has one (``async (sink: str | None) -> int``), else the page answers 501."""
+    dead: dict[str, int] = {}
+    dead_total = 0
+
+    def complete(
+        snap: BridgeSnapshot, health: dict[str, Any], errors: dict[str, str | None]
+    ) -> dict[str, Any]:
+        nonlocal dead, dead_total
+        if snap.dead_letters != dead_total and snap.spool is not None:
+            # Counted again only when the spool's total changed: the common case reads nothing.
+            dead = dead_letters_by_sink(snap.spool, [s.name for s in snap.sinks])
+            dead_total = snap.dead_letters
+        return page_state(snap, health, errors, dead if dead_total else {})
+
+    async def state() -> dict[str, Any]:
+        snap = bridge.snapshot()
+        _, health = bridge.health()
+        pipeline = bridge.pipeline
+        status = pipeline.status if pipeline is not None else {}
+        errors = {name: sink.last_error for name, sink in status.items()}
+        return await asyncio.to_thread(complete, snap, health, errors)
+
+    retry: Retry | None = None
+    redrive = getattr(bridge, "retry_dead_letters", None)
+    if redrive is not None:
+
+        async def retry(sink: str | None) -> int:
+            answer = redrive(sink)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return answer if isinstance(answer, int) else len(answer or ())
+
+    return StatusPage(state, retry=retry, title="bridge")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from .._config import ConnectionOptions, RecoveryOptions
+from .._protocol.gaps import parse_since
 from ..exceptions import ConfigurationError
 from .spool import DEFAULT_MAX_BYTES
 
@@ -117,7 +118,10 @@ class BridgeConfig:
         health_max_sink_failure: ``/healthz`` fails once a sink has failed this many seconds
             in a row.
         sink_retry_delay, sink_max_retry_delay: backoff of a failing sink, and of failing
-            spool commits (seconds).
+            spool commits (seconds); also of the start of a sink unreachable at start-up.
+        require_sinks: ``True``: a sink unreachable at start-up stops the bridge
+            (:class:`~neuroio.exceptions.SinkError`); ``False`` (default): the bridge starts
+            without it, spools, reports it on ``/healthz`` and starts it with backoff.
         shutdown_timeout: after a stop request, seconds the bridge may take to commit what it
             received and let each sink finish its batch in flight; past it the rest is
             abandoned (the spool still holds it for the next start).
@@ -138,6 +142,7 @@ class BridgeConfig:
     health_max_sink_failure: float = 60.0
     sink_retry_delay: float = 0.5
     sink_max_retry_delay: float = 30.0
+    require_sinks: bool = False
     shutdown_timeout: float = 10.0
     connection: ConnectionOptions = ConnectionOptions()
     recovery: RecoveryOptions = BRIDGE_RECOVERY
@@ -182,6 +187,10 @@ class BridgeConfig:
         """Raise :class:`~neuroio.ConfigurationError` naming the first option out of range."""
         self.connection.validate()
         self.recovery.validate()
+        try:
+            parse_since(self.recovery.since)  # the listener's own check, made before any I/O
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         if self.spool_max_bytes is not None and self.spool_max_bytes <= 0:
             raise ConfigurationError("spool_max_bytes must be positive")
         if self.spool_sync not in ("full", "normal"):

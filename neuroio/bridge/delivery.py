@@ -28,7 +28,7 @@ from .._retry import Retrying
 from .._routing.rules import Selection
 from ..exceptions import PermanentSinkError, SinkError, SpoolError
 from ..sinks import Sink
-from ..sinks.base import retry_after_of
+from ..sinks.base import ConsumerGoneError, retry_after_of
 from .spool import SpooledEvent
 
 __all__ = ["LATENCY_BUCKETS", "SinkStatus", "SinkWorker"]
@@ -187,6 +187,8 @@ class SinkWorker:
                 # Find the refused events: each half is sent (and split) on its own.
                 mid = len(batch) // 2
                 return await self._send(batch[:mid]) and await self._send(batch[mid:])
+            except ConsumerGoneError:
+                raise  # nobody reads any more: the bridge stops (Bridge._watch)
             except SinkError as exc:
                 error: Exception = exc
             except Exception as exc:  # a bug in a user's sink must not end delivery

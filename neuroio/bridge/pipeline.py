@@ -167,6 +167,9 @@ class Pipeline:
         """Called by :meth:`handle` with each event's id and ``created`` before it is queued;
         ``False`` drops it as a duplicate (the bridge's gap tracker, which also moves the
         recovery cursor here). ``None``: every event is queued."""
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        """Called by :meth:`handle` with each event it queues, decoded, not to be changed
+        (the status page's ring of the last events): on the hot path, so it must be cheap."""
         self.on_damaged: Callable[[], None] | None = None
         """Called when a read found a damaged stored batch (moved aside by the spool, see
         :meth:`~neuroio.bridge.spool.Spool.damaged`): the bridge fetches its events again."""
@@ -373,6 +376,9 @@ class Pipeline:
             if not admit(event_id, created if created.__class__ is str else None):
                 self.duplicates += 1
                 return
+        on_event = self.on_event
+        if on_event is not None:
+            on_event(value)
         self._append(event_id, _encoder.encode(value), time.time(), value)
 
     async def put_event(self, event: Mapping[str, Any]) -> None:

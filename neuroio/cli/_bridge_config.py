@@ -250,6 +250,7 @@ def _flat_values(config: BridgeConfig) -> dict[str, Any]:
         "health_max_sink_failure",
         "sink_retry_delay",
         "sink_max_retry_delay",
+        "require_sinks",
         "webhook_secret",
     ):
         out[name] = getattr(config, name)

@@ -143,15 +143,23 @@ class StopSignals:
     """SIGINT and SIGTERM as a request to stop, for the coroutine of a command.
 
     The first signal sets :attr:`requested` (the command finishes what it is writing and
-    stops); a second one calls ``on_force`` (e.g. cancel everything at once).
+    stops); a second one calls ``on_force`` (e.g. cancel everything at once). With
+    ``on_hangup``, SIGHUP calls it (the bridge reopens its files, for logrotate) instead of
+    ending the process.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, on_force: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_force: Callable[[], None] | None = None,
+        *,
+        on_hangup: Callable[[], None] | None = None,
+    ) -> None:
         self.requested = asyncio.Event()
         self.received: int | None = None
         self._on_force = on_force
+        self._on_hangup = on_hangup
         self._installed: list[signal.Signals] = []
 
     def install(self) -> None:
@@ -161,6 +169,11 @@ class StopSignals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 self._installed.append(sig)
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if self._on_hangup is not None and hangup is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(hangup, self._on_hangup)
+                self._installed.append(hangup)
 
     def remove(self) -> None:
         """Remove the handlers (the default ones come back)."""

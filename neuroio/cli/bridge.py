@@ -1,4 +1,5 @@
-"""``neuroio-events bridge``: every event to files, webhooks, Redis Streams and NATS JetStream.
+"""``neuroio-events bridge``: every event to the sinks of its routes (files, webhooks, Redis, NATS,
+MQTT, AMQP, PostgreSQL, SQLite).
 
 The command only parses options into a :class:`~neuroio.bridge.BridgeConfig` (its field names
 are the options' names) and runs the :class:`~neuroio.bridge.Bridge` until SIGINT/SIGTERM.
@@ -81,14 +82,22 @@ async def serve(
     Raises:
         ConfigurationError: a bad option or sink URI, a missing extra, the metrics port in use.
         SpoolError: the spool is corrupt, unwritable or in use.
-        SinkError: a sink is unreachable at start-up.
+        SinkError: a sink is unreachable at start-up (with ``require_sinks`` only).
         AuthenticationError: the token was rejected.
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
     bridge = Bridge.from_options(token.source(), ssl=ssl_context, **options)
+    reopening: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:  # SIGHUP: the files are reopened (logrotate), the bridge runs on
+        logger.info("SIGHUP received: reopening the sinks' files")
+        task = asyncio.create_task(bridge.reopen(), name="neuroio-cli-reopen")
+        reopening.add(task)
+        task.add_done_callback(reopening.discard)
+
     own_signals = signals is None
     if signals is None:
-        signals = StopSignals(on_force=bridge.request_stop)
+        signals = StopSignals(on_force=bridge.request_stop, on_hangup=hangup)
         signals.install()
     requested = signals.requested
 
@@ -119,7 +128,7 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
 @_hide_drain_timeout
 @click.command(
     "bridge",
-    short_help="Deliver every event to files, webhooks, Redis, NATS (durable spool).",
+    short_help="Route every event to files, webhooks, brokers, databases (durable spool).",
     context_settings={"default_map": _DEFAULTS},
 )
 @click.option(
@@ -147,7 +156,9 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     envvar="NEUROIO_BRIDGE_TO",
     show_envvar=True,
     help="A sink (repeatable): file:PATH, file:- (stdout), http(s)://..., "
-    "redis://host:port/db?stream=NAME&maxlen=N, nats://host:port?subject=S&stream=NAME. "
+    "redis://host:port/db?stream=NAME, nats://host:port?subject=S&stream=NAME, "
+    "mqtt://host:port/TOPIC?qos=1, amqp://user:pass@host/vhost?exchange=X&routing_key=K, "
+    "postgresql://user@host/db?table=T, sqlite:PATH?table=T, images:DIR (docs/bridge.md). "
     "The variable takes several separated by spaces.",
 )
 @click.option(
@@ -232,6 +243,15 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     show_envvar=True,
     help="Largest retry delay of a failing sink, seconds.",
 )
+@click.option(
+    "--require-sinks",
+    is_flag=True,
+    default=False,
+    envvar="NEUROIO_BRIDGE_REQUIRE_SINKS",
+    show_envvar=True,
+    help="Stop at start-up (status 1) when a sink is unreachable. Default: start without it, "
+    "spool its events, report it on /healthz, and deliver once it answers.",
+)
 @listener_options
 @loop_option
 @logging_options
@@ -249,6 +269,7 @@ def command(
     health_max_sink_failure: float,
     sink_retry_delay: float,
     sink_max_retry_delay: float,
+    require_sinks: bool,
     listener: ListenerSettings,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -260,8 +281,10 @@ def command(
     entries are recovered from the REST API at start-up and after reconnects. Logs go to
     stderr; stdout is empty unless a sink is file:-. Stops with status 0 on Ctrl-C or SIGTERM
     (what was received is delivered now or after the next start); 1 on a start-up error
-    (spool, unreachable sink), 2 on a usage error, 3 if the token is rejected, 4 if
-    --max-retries is exhausted.
+    (spool; an unreachable sink with --require-sinks), 2 on a usage error (a sink refusing
+    its credentials too), 3 if the token is rejected, 4 if --max-retries is exhausted. A
+    sink unreachable at start-up does not stop the bridge unless --require-sinks: its events
+    are spooled and delivered once it answers.
 
     With --config FILE, the options and the routes (each with its own filter, cooldown and
     sink) come from a TOML file; every mistake in it is one line naming the file and the key,
@@ -305,6 +328,7 @@ def command(
         "health_max_sink_failure": health_max_sink_failure,
         "sink_retry_delay": sink_retry_delay,
         "sink_max_retry_delay": sink_max_retry_delay,
+        "require_sinks": require_sinks,
         "url": conn.url,
         **settings,
     }

@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,8 @@ class _Printer:
             self._names[record[0]] = record[1]
         self._count = count
         self.worker: OutputWorker | None = None
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        """Given each event written, decoded (the status page's ring)."""
         self.events = 0
         self.finished = asyncio.Event()
         self.failure: str | None = None
@@ -155,6 +158,8 @@ class _Printer:
                     logger.warning("cannot format event %s (%s); written as JSON", value["id"], exc)
                     line = encode_compact(value)
                 worker.submit(fd, line)
+            if self.on_event is not None:
+                self.on_event(value)
             self.events += 1
             if self._count is not None and self.events >= self._count:
                 self.finished.set()
@@ -253,7 +258,7 @@ async def stream(
             ssl=ssl_context,
             **listener_settings.kwargs(),
         )
-        metrics = await _serve_metrics(listener, settings)
+        metrics = await _serve_metrics(listener, settings, printer)
         worker.start()
         if status_on:
             _logging.set_sink(lambda data: worker.write_nowait(2, data))
@@ -286,8 +291,11 @@ def _detach_stdout() -> None:
         os.close(devnull)
 
 
-async def _serve_metrics(listener: EventListener, settings: StreamSettings) -> MetricsServer | None:
-    """Start the ``/metrics`` and ``/healthz`` server when asked; its URL is logged.
+async def _serve_metrics(
+    listener: EventListener, settings: StreamSettings, printer: _Printer
+) -> MetricsServer | None:
+    """Start the ``/metrics``, ``/healthz`` and status page server when asked; its URL is
+    logged.
 
     Raises:
         MissingExtraError: the ``metrics`` extra is not installed.
@@ -298,8 +306,13 @@ async def _serve_metrics(listener: EventListener, settings: StreamSettings) -> M
     from .._listener_metrics import ListenerMetrics  # MissingExtraError without the extra
 
     server = ListenerMetrics(listener)
+    printer.on_event = server.ring.add
     await server.start(settings.metrics_host, settings.metrics_port)
-    logger.info("metrics on %s, health on /healthz", server.url("/metrics"))
+    logger.info(
+        "metrics on %s, health on /healthz, status page on %s",
+        server.url("/metrics"),
+        server.url("/"),
+    )
     return server
 
 

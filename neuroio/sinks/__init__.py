@@ -9,6 +9,9 @@ URI                                            sink
 ``nats://host:port?subject=...&stream=...``    :class:`~neuroio.sinks.nats.NatsSink`
 ``mqtt://host/TOPIC?qos=1``, ``mqtts://``       :class:`~neuroio.sinks.mqtt.MqttSink`
 ``amqp://user:pass@host/vhost?exchange=...``   :class:`~neuroio.sinks.amqp.AmqpSink`
+``postgresql://user@host:port/db?table=...``   :class:`~neuroio.sinks.postgres.PostgresSink`
+``sqlite:PATH?table=...``                      :class:`~neuroio.sinks.sqlite.SqliteSink`
+``images:DIR?fields=face_image,full_image``    :class:`~neuroio.sinks.images.ImagesSink`
 ``memory:`` or ``memory:NAME``                 :class:`MemorySink`
 =============================================  ==============================================
 
@@ -45,6 +48,10 @@ _SCHEMES = (
     "mqtts://",
     "amqp://",
     "amqps://",
+    "postgresql://",
+    "postgres://",
+    "sqlite:",
+    "images:",
 )
 
 
@@ -89,6 +96,18 @@ def from_uri(uri: str, *, webhook_secret: str | None = None, **options: Any) -> 
         from .amqp import AmqpSink
 
         return AmqpSink(uri, **options)
+    if lowered.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresSink
+
+        return PostgresSink(uri, **options)
+    if lowered.startswith("sqlite:"):
+        from .sqlite import SqliteSink
+
+        return SqliteSink.from_uri(uri, **options)
+    if lowered.startswith("images:"):
+        from .images import ImagesSink
+
+        return ImagesSink.from_uri(uri, **options)
     raise ConfigurationError(
         f"sink {redact_uri(uri)}: unknown scheme; expected one of {', '.join(_SCHEMES)}"
     )

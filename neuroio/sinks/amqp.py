@@ -241,7 +241,10 @@ class AmqpSink(Sink):
                     aio_pika.connect(self._url, ssl_context=self._ssl_context()), self.timeout
                 )
             except aiormq.exceptions.ProbableAuthenticationError as exc:
-                raise SinkError(f"sink {self.name}: the broker refused the login: {exc}") from exc
+                # Retrying will not help; a running sink's send() retries it all the same.
+                raise ConfigurationError(
+                    f"sink {self.name}: the broker refused the login: {exc}"
+                ) from exc
             except (*_BROKEN, asyncio.TimeoutError) as exc:
                 raise SinkError(
                     f"sink {self.name}: the AMQP broker is unreachable: {exc or type(exc).__name__}"

@@ -15,9 +15,24 @@ import msgspec
 from ..exceptions import SinkError
 from ._uri import redact_uri
 
-__all__ = ["Sink", "SpooledEvent", "check_reachable", "redact_uri", "retry_after_of", "sink_error"]
+__all__ = [
+    "ConsumerGoneError",
+    "Sink",
+    "SpooledEvent",
+    "check_reachable",
+    "redact_uri",
+    "retry_after_of",
+    "sink_error",
+]
 
 _decoder = msgspec.json.Decoder()
+
+
+class ConsumerGoneError(SinkError):
+    """The reader the sink writes for has gone for good: ``file:-`` piped into ``head -1``
+    finds the pipe closed. Retrying cannot help, and, as for any Unix tool whose output is
+    closed, the bridge then stops as on SIGTERM (exit status 0): the batch not written stays
+    in the spool, the other sinks finish the batch they are sending."""
 
 
 class SpooledEvent(msgspec.Struct, frozen=True):
@@ -44,7 +59,8 @@ class SpooledEvent(msgspec.Struct, frozen=True):
 class Sink(abc.ABC):
     """A destination for events.
 
-    The bridge calls :meth:`start` once, then :meth:`send` with batches of events in spool
+    The bridge calls :meth:`start` (again, after :meth:`aclose`, while it raises
+    :class:`~neuroio.exceptions.SinkError`), then :meth:`send` with batches of events in spool
     order, one batch at a time, and :meth:`aclose` at the end. Implement :meth:`send` for your
     own destination; it is all-or-raise:
 
@@ -55,7 +71,11 @@ class Sink(abc.ABC):
       destination sees each event at least once;
     * raise :class:`~neuroio.exceptions.PermanentSinkError` when it refused them for good: the
       bridge splits the batch to find the events refused, keeps those in the spool's
-      dead-letter table, and goes on.
+      dead-letter table, and goes on;
+    * raise :class:`ConsumerGoneError` when whoever reads the destination has gone for good
+      (a closed standard output): the bridge stops, as on SIGTERM.
+
+    A sink writing files may implement :meth:`reopen` (SIGHUP, for logrotate).
 
     Attributes:
         name: identifies the sink in the spool (its cursor), in logs and in metrics. Keep it
@@ -70,16 +90,30 @@ class Sink(abc.ABC):
         """Connect and check the destination is usable.
 
         Raises:
-            SinkError: the destination is unreachable (the bridge does not start).
-            ConfigurationError: the destination exists but cannot be used as configured.
+            SinkError: the destination is unreachable: the bridge starts without it and
+                calls :meth:`start` again with backoff (after :meth:`aclose`) until it
+                answers; with ``require_sinks`` the bridge does not start.
+            ConfigurationError: the destination answered but cannot be used as configured
+                (e.g. it rejected the credentials): the bridge does not start.
         """
 
     @abc.abstractmethod
     async def send(self, events: Sequence[SpooledEvent]) -> None:
         """Deliver ``events`` (in spool order); see the class documentation for errors."""
 
+    async def reopen(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Reopen the destination's files, after logrotate renamed them (the bridge calls it
+        on SIGHUP, between two sends or while one is in flight).
+
+        A sink writing files closes them and opens them again at their configured paths,
+        once any write in progress ended, so that no line is lost, split or written twice.
+        Sinks without files have nothing to do. An error is logged by the bridge, and
+        delivery goes on (a sink that could not reopen reports it from :meth:`send`).
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Release connections. Called once, even if :meth:`start` failed."""
+        """Release connections. Called once after each :meth:`start`, even one that
+        failed."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -159,6 +159,15 @@ class _Progress:
         self.acked = 0
 
 
+# CONNACK codes refusing the client's credentials: MQTT 3.1.1 (4, 5) and 5 (134, 135).
+_REFUSED_LOGIN = frozenset({4, 5, 134, 135})
+
+
+def _refused_login(error: BaseException | None) -> bool:
+    rc = getattr(error, "rc", None)
+    return isinstance(error, aiomqtt.MqttCodeError) and getattr(rc, "value", rc) in _REFUSED_LOGIN
+
+
 class MqttSink(Sink):
     """Publishes events to an MQTT broker, acknowledged at QoS 1 or 2.
 
@@ -222,8 +231,19 @@ class MqttSink(Sink):
         return self._client is not None
 
     async def start(self) -> None:
-        """Connect and publish ``online``; an unreachable broker is a :class:`SinkError`."""
-        await self._connect()
+        """Connect and publish ``online``; an unreachable broker is a :class:`SinkError`,
+        credentials it refuses a :class:`~neuroio.exceptions.ConfigurationError`. May be
+        called again after :meth:`aclose` (the bridge retries a sink unreachable at
+        start-up)."""
+        self._closing.clear()
+        try:
+            await self._connect()
+        except SinkError as exc:
+            if _refused_login(exc.__cause__):
+                raise ConfigurationError(
+                    f"sink {self.name}: the MQTT broker refused the login: {exc.__cause__}"
+                ) from None
+            raise
 
     async def send(self, events: Sequence[SpooledEvent]) -> None:
         """Publish the batch pipelined and return once the broker acknowledged every event."""

@@ -157,6 +157,14 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(want) == len(have)
 
 
+def _refused_login(error: BaseException) -> bool:
+    """Whether the server refused the connection's credentials (nats-py names the error
+    only when the server's text matches its own spelling)."""
+    return isinstance(error, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(error).lower()
+    )
+
+
 @dataclasses.dataclass(eq=False)
 class _Batch:
     expected: int
@@ -214,7 +222,13 @@ class NatsSink(Sink):
         return f"<NatsSink {self.name}>"
 
     async def start(self) -> None:
-        """Connect, and create the stream if it does not exist."""
+        """Connect, and create the stream if it does not exist.
+
+        Raises:
+            SinkError: NATS is unreachable, or JetStream is not ready.
+            ConfigurationError: NATS rejected the credentials, or the stream does not take
+                the subject.
+        """
         # nats-py retries a first connection forever when reconnecting is allowed (and we
         # want reconnects later), so the first connection is bounded here.
         try:
@@ -246,6 +260,11 @@ class NatsSink(Sink):
             with contextlib.suppress(Exception):
                 await nc.close()
             reason = self._last_error or exc
+            if _refused_login(reason):
+                # The server answered and refused us: retrying will not help.
+                raise ConfigurationError(
+                    f"sink {self.name}: NATS rejected the credentials: {reason}"
+                ) from None
             raise SinkError(
                 f"sink {self.name}: NATS is unreachable: {reason or type(reason).__name__}"
             ) from exc
@@ -357,7 +376,10 @@ class NatsSink(Sink):
 
     async def _on_error(self, exc: Exception) -> None:
         if self._starting:
-            self._last_error = exc
+            # A refusal is the answer that matters: the server closing the socket after it
+            # (a reset, read by a retry of the connection) must not hide it.
+            if self._last_error is None or not _refused_login(self._last_error):
+                self._last_error = exc
             return
         log.warning("sink %s: NATS error: %s", self.name, exc)
 

@@ -51,7 +51,13 @@ from .base import Sink, SpooledEvent
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import InvalidResponse, RedisError, ResponseError
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        InvalidResponse,
+        RedisError,
+        ResponseError,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("redis", "the redis:// sink") from exc
 
@@ -187,7 +193,12 @@ class RedisSink(Sink):
         return f"<RedisSink {self.name}>"
 
     async def start(self) -> None:
-        """Connect, check the server answers, and load the script."""
+        """Connect, check the server answers, and load the script.
+
+        Raises:
+            SinkError: Redis is unreachable.
+            ConfigurationError: Redis rejected the credentials.
+        """
         try:
             self._client = aioredis.Redis.from_url(self._url, **self._connection)
         except (ValueError, RedisError) as exc:
@@ -195,6 +206,13 @@ class RedisSink(Sink):
         try:
             await self._client.ping()
             self._script = self._client.register_script(_SCRIPT)
+        except (AuthenticationError, AuthorizationError) as exc:
+            # Redis answered and refused us: retrying will not help, the URI must change.
+            given = "password" in self._connection or urlsplit(self._url).password is not None
+            hint = "" if given else " (the URI gives no password)"
+            raise ConfigurationError(
+                f"sink {self.name}: Redis rejected the credentials{hint}: {exc}"
+            ) from None
         except InvalidResponse as exc:
             # Something else answered (a NATS banner, an HTTP error page): say so in one
             # short line instead of quoting its whole greeting.

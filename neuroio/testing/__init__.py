@@ -1,8 +1,10 @@
 """Testing against a real server: the NeuroIO events emulator and realistic entries.
 
-:class:`Emulator` is a local NeuroIO events service (the WebSocket events and the REST
-entries list on one port) for test suites, demos and benchmarks; :class:`EntryFactory` makes
-the entries it pushes. See ``docs/emulator.md``::
+:class:`Emulator` is a local NeuroIO events service (the WebSocket events, the REST
+entries list and the entries' pictures on one port) for test suites, demos and benchmarks;
+:class:`EntryFactory` makes the entries it pushes; :class:`ThreadedEmulator` runs one in a
+background thread for synchronous code. The pytest fixtures ``neuroio_emulator`` and
+``neuroio_listener`` come with the package (``_pytest_plugin``). See ``docs/emulator.md``::
 
     from neuroio.testing import Emulator
 
@@ -18,8 +20,10 @@ from ._emulator import BOGUS_ID, Emulator
 from ._entries import OMIT, EntryFactory
 from ._frames import REDACTED_AUTH
 from ._hostile import HOSTILE_KINDS
+from ._listeners import ListenerFactory
 from ._rest import REST_ORDERS, REST_SHAPES, RestOrder, RestShape
 from ._server import ClientRecord
+from ._threaded import ThreadedEmulator
 
 __all__ = [
     "BOGUS_ID",
@@ -33,4 +37,6 @@ __all__ = [
     "RestShape",
     "Emulator",
     "EntryFactory",
+    "ListenerFactory",
+    "ThreadedEmulator",
 ]

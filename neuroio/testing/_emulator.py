@@ -9,7 +9,8 @@ client, in emission order. ``GET /v1/entries/`` on the same port serves everythi
 
 This module owns the lifecycle, emitting, and the steering and observing tests do; the parts
 live beside it: the WebSocket side in ``_server``, the REST side in ``_rest``, the hostile
-frames in ``_hostile``, replay in ``_replay`` and the entries in ``_entries``.
+frames in ``_hostile``, replay in ``_replay``, the entries in ``_entries`` and their pictures
+in ``_media`` (drawn by ``_faces``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..exceptions import ConfigurationError
-from ._entries import OMIT, EntryFactory
+from ._entries import OMIT, EntryFactory, entry_image_url
 from ._frames import Frame, encoder
 from ._hostile import hostile_frames
+from ._media import MEDIA_PREFIX, MediaSide
 from ._replay import SKIP, load_recording, play, replayed_entry
 from ._rest import History, RestApi, RestOrder, RestShape, check_rest_options
 from ._server import ClientRecord, WebSocketSide
@@ -149,6 +151,9 @@ class Emulator:
         )
         self.rest_requests: list[dict[str, str]] = self._rest.requests
         """The query parameters of each ``GET /v1/entries/`` request, in order."""
+        self._media = MediaSide(self._history, notify=self._notify)
+        self.media_requests: list[str] = self._media.requests
+        """The path of each picture request (``/media/...``), in order, 404s too."""
 
         self._replay_path = Path(replay) if replay is not None else None
         self._replay_speed = replay_speed
@@ -194,6 +199,7 @@ class Emulator:
         app.router.add_get("/", self._ws.handle)
         app.router.add_get("/v1/entries/", self._rest.handle)
         app.router.add_get("/v1/entries", self._rest.handle)
+        self._media.add_routes(app)
         # Handlers end when their clients are closed, which stop() does first.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -203,6 +209,8 @@ class Emulator:
             await runner.cleanup()
             raise
         self._runner = runner
+        # Generated entries link to the pictures served here (the port is known now).
+        self.factory.media_url = self.media_url
         if self.rate is not None:
             self.start_stream(self.rate)
         if self._replay_frames is not None and self._replay_task is None:
@@ -316,6 +324,17 @@ class Emulator:
     def api_url(self) -> str:
         """The REST base URL, ``http://127.0.0.1:<port>`` (``https://`` with ``ssl``)."""
         return f"{'https' if self._ssl else 'http'}://{self._url_host()}:{self.port}"
+
+    @property
+    def media_url(self) -> str:
+        """Base of the picture URLs, ``http://127.0.0.1:<port>/media`` (see
+        ``docs/emulator.md``)."""
+        return self.api_url + MEDIA_PREFIX
+
+    def image_url(self, entry_id: int, kind: str = "face") -> str:
+        """The URL where the emulator serves the ``kind`` (``"face"`` or ``"full"``) picture
+        of the entry ``entry_id``, emitted or not (then it is a 404: handy in tests)."""
+        return entry_image_url(self.media_url, entry_id, kind)
 
     def _url_host(self) -> str:
         host = self.host

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["OMIT", "EntryFactory"]
+__all__ = ["OMIT", "EntryFactory", "entry_image_url", "person_image_url"]
 
 # Default recognition thresholds (docs/protocol.md): a confidence at or above
 # EXACT is an exact match, at or above HA a high-accuracy one, at or above JUNK junk.
@@ -119,6 +119,23 @@ class _Person:
         self.full_image = full_image
 
 
+def entry_image_url(
+    base: str, entry_id: int, kind: str, *, day: str = "2019/07/29", salt: int = 0
+) -> str:
+    """The URL of an entry's ``kind`` (``"face"`` or ``"full"``) picture under ``base``.
+
+    Laid out as the platform's links, ``<base>/v1/spaces/<space>/entries/<day>/<key>/``,
+    and as long: the 32 hex digits of the key are the id (16) then ``salt`` (16), so the
+    emulator finds the entry from the link. ``day`` is ``YYYY/MM/DD``.
+    """
+    return f"{base}/v1/spaces/{_SPACE[0]}/entries/{day}/{entry_id:016x}{salt:016x}/{kind}.png"
+
+
+def person_image_url(base: str, pid: str, kind: str) -> str:
+    """The URL of a person's ``kind`` picture under ``base``."""
+    return f"{base}/v1/spaces/{_SPACE[0]}/persons/{pid}/{kind}.png"
+
+
 def _iso(dt: datetime) -> str:
     """``2019-07-29T13:53:27.306Z`` from an aware UTC datetime."""
     return dt.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
@@ -136,6 +153,12 @@ class EntryFactory:
             time, never going backwards.
         clock_offset: seconds added to the wall clock for ``created`` (a server whose clock
             is off); ignored with ``start_time``. Also the :attr:`clock_offset` attribute.
+        media_url: where the image URLs point: ``None`` (default), the platform's storage
+            (``https://media.neuroio.com/...jpg``); else a base such as
+            ``http://127.0.0.1:8080/media`` serving the pictures as :func:`entry_image_url`
+            and :func:`person_image_url` lay them out (the emulator sets it to itself,
+            ``.png``, same layout and length as the platform's). Also the
+            :attr:`media_url` attribute.
 
     Each :meth:`make` returns a new ``dict`` holding every field of ``protocol.md``; its JSON
     is about 800 bytes.
@@ -148,11 +171,14 @@ class EntryFactory:
         start_id: int = 1,
         start_time: datetime | None = None,
         clock_offset: float = 0.0,
+        media_url: str | None = None,
     ) -> None:
         if not math.isfinite(clock_offset):
             raise ConfigurationError("clock_offset must be a finite number of seconds")
         self._rng = random.Random(seed)
         self._offset = float(clock_offset)
+        self.media_url = media_url
+        """Base of the image URLs; ``None``: the platform's storage."""
         self.next_id = start_id
         """The id the next generated entry gets (never lower than an id already seen)."""
         if start_time is not None and start_time.tzinfo is None:
@@ -242,15 +268,26 @@ class EntryFactory:
             "undetermined" if result == "det" else _pick(_LIVENESS, _LIVENESS_CUM, rng.random())
         )
         source_id, source_name = _pick(_SOURCES, _SOURCE_CUM, rng.random())
-        base = f"{_MEDIA}/{_SPACE[0]}/entries/{day}/{entry_key}"
-        face_image = f"{base}/face.jpg"
-        full_image = f"{base}/full.jpg"
+        media = self.media_url
+        if media is None:
+            base = f"{_MEDIA}/{_SPACE[0]}/entries/{day}/{entry_key}"
+            face_image = f"{base}/face.jpg"
+            full_image = f"{base}/full.jpg"
+        else:
+            # The entry key's low bits keep the links as long as the platform's.
+            salt = int(entry_key[16:], 16)
+            face_image = entry_image_url(media, entry_id, "face", day=day, salt=salt)
+            full_image = entry_image_url(media, entry_id, "full", day=day, salt=salt)
         if person is not None:
             sex = person.sex
             age = max(1, person.age + int(rng.random() * 5) - 2)
             pid: str | None = person.pid
             pid_created: str | None = person.created
-            initial_face, initial_full = person.face_image, person.full_image
+            if media is None:
+                initial_face, initial_full = person.face_image, person.full_image
+            else:
+                initial_face = person_image_url(media, person.pid, "face")
+                initial_full = person_image_url(media, person.pid, "full")
         else:
             sex = int(rng.random() * 2)
             age = 16 + int(rng.random() * 60)

@@ -56,6 +56,7 @@ class Stored:
         "age",
         "source_id",
         "space_id",
+        "pid",
         "frame",
         "data_start",
     )
@@ -71,6 +72,8 @@ class Stored:
         self.age = entry.get("age")
         self.source_id = _nested_id(entry.get("source"))
         self.space_id = _nested_id(entry.get("space"))
+        # The media side draws the face of this person (not a filter of the REST API).
+        self.pid = entry.get("pid")
         self.frame = frame
         self.data_start = data_start
 
@@ -120,6 +123,14 @@ class History:
             return iter(())
         start = max(0, seq - items[0].seq)
         return (stored.frame for stored in itertools.islice(items, start, None))
+
+    def find(self, entry_id: int) -> Stored | None:
+        """The kept entry with this id (the first emitted, if several were), or ``None``."""
+        items = self._items
+        if self._ids_sorted:
+            i = bisect.bisect_left(items, entry_id, key=_stored_id)
+            return items[i] if i < len(items) and items[i].id == entry_id else None
+        return next((s for s in items if s.id == entry_id), None)
 
     def candidates(self, id_from: int | None, *, descending: bool) -> tuple[Iterable[Stored], int]:
         """The entries with ``id >= id_from`` in id order, and how many there are."""

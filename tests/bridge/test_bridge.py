@@ -111,7 +111,13 @@ async def test_start_up_errors_are_clear_and_release_everything(tmp_path: Path) 
 
     url = "ws://127.0.0.1:9"
     dead_port = free_port()
-    bridge = Bridge(TOKEN, [f"http://127.0.0.1:{dead_port}/hook"], url=url, spool=tmp_path / "s.db")
+    bridge = Bridge(
+        TOKEN,
+        [f"http://127.0.0.1:{dead_port}/hook"],
+        url=url,
+        spool=tmp_path / "s.db",
+        require_sinks=True,  # by default the bridge starts without it (test_start_without_sinks)
+    )
     with pytest.raises(SinkError, match="cannot connect"):
         await bridge.start()
     Spool(tmp_path / "s.db").close()  # the failed start released the spool

@@ -417,9 +417,11 @@ async def test_spool_that_cannot_be_used_is_one_line_and_exit_1(
 async def test_unreachable_redis_at_start_up_is_one_line_and_exit_1(
     cli: StartCli, tmp_path: Path
 ) -> None:
-    """A sink that cannot be reached when the bridge starts: exit 1, one line naming it."""
+    """A sink that cannot be reached when the bridge starts, with --require-sinks: exit 1,
+    one line naming it (without it the bridge starts: test_start_without_sinks)."""
     code, err = await run_to_exit(
         cli,
+        "--require-sinks",
         "--to",
         "redis://:hunter2@127.0.0.1:1/0",
         "--url",

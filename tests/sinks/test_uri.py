@@ -248,8 +248,13 @@ def test_sink_error_carries_retry_after() -> None:
 
 @pytest.mark.parametrize(
     ("name", "secret"),
-    [("password", True), ("api_key", True), ("token", True), ("routing_key", False),
-     ("stream", False)],  # fmt: skip
+    [
+        ("password", True),
+        ("api_key", True),
+        ("token", True),
+        ("routing_key", False),
+        ("stream", False),
+    ],  # fmt: skip
 )
 def test_which_options_are_credentials(name: str, secret: bool) -> None:
     """Credential-looking names are masked; an AMQP routing key is not a credential."""
