@@ -569,7 +569,9 @@ class Pipeline:
                     self._acks[name] = max(seq, self._acks.get(name, 0))
                 self._commit_failed(exc)
                 if self._stop_writer.is_set():
-                    log.error("shutting down with %d events not spooled", len(self._pending))
+                    log.error(
+                        "shutting down with %s not spooled", plural(len(self._pending), "event")
+                    )
                     return
                 # A smaller commit needs less room: however little comes back is used.
                 size = max(1, len(events) // 2)

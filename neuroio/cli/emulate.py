@@ -133,7 +133,9 @@ async def _report_replay(emulator: Emulator) -> None:
             await emulator.wait_replayed(timeout=3600.0)
         except TimeoutError:
             continue
-        logger.info("the recording has been replayed (%d events emitted)", emulator.emitted)
+        logger.info(
+            "the recording has been replayed (%s emitted)", plural(emulator.emitted, "event")
+        )
         return
 
 
