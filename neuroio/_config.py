@@ -11,13 +11,94 @@ msgspec structs so that a config file can be converted into them with field name
 from __future__ import annotations
 
 import msgspec
+import yarl
 
+from ._net import is_loopback
+from ._redact import redact
 from .exceptions import ConfigurationError
 
-__all__ = ["ConnectionOptions", "RecoveryOptions"]
+__all__ = [
+    "ConnectionOptions",
+    "RecoveryOptions",
+    "check_api_url",
+    "check_events_url",
+    "default_api_url",
+    "is_production_api",
+]
 
 DEFAULT_EVENTS_URL = "wss://events.neuroio.com"
 DEFAULT_API_URL = "https://api.neuroio.com"
+
+# The REST origin that goes with each events scheme when both come from one server.
+_SAME_ORIGIN = {"ws": "http", "wss": "https"}
+
+
+def _check_url(url: str, what: str, schemes: tuple[str, ...]) -> yarl.URL:
+    """``url`` parsed, or :class:`ConfigurationError` naming ``what`` and what is wrong.
+
+    The one check of the URLs the listener, the bridge and the doctor are given, so that a
+    URL that can never connect is refused before anything connects instead of retried.
+    """
+    shown = redact(url)
+    wanted = " or ".join(f"{s}://" for s in schemes)
+    try:
+        parsed = yarl.URL(url)
+        port = parsed.explicit_port
+    except (ValueError, TypeError) as exc:
+        if "port" in str(exc).lower():
+            raise ConfigurationError(f"{what} {shown!r}: port out of range 1-65535") from None
+        raise ConfigurationError(f"{what} {shown!r} is not a valid URL: {exc}") from None
+    if parsed.scheme not in schemes:
+        got = f"{parsed.scheme}://" if parsed.scheme else "no scheme"
+        raise ConfigurationError(f"{what} must start with {wanted}, got {got} in {shown!r}")
+    host = parsed.raw_host or ""
+    if not host or any(c.isspace() for c in host):
+        raise ConfigurationError(f"{what} {shown!r} names no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigurationError(f"{what} {shown!r}: port out of range 1-65535")
+    return parsed
+
+
+def check_events_url(url: str, what: str = "events URL") -> yarl.URL:
+    """Check an events URL (``ws://`` or ``wss://``, a host, a port in range).
+
+    Raises:
+        ConfigurationError: naming ``what`` and what is wrong.
+    """
+    return _check_url(url, what, ("ws", "wss"))
+
+
+def check_api_url(url: str, what: str = "api_url") -> yarl.URL:
+    """Check a REST API URL (``http://`` or ``https://``, a host, a port in range).
+
+    Raises:
+        ConfigurationError: naming ``what`` and what is wrong.
+    """
+    return _check_url(url, what, ("http", "https"))
+
+
+def default_api_url(events_url: str) -> str:
+    """The REST API to use when none is given: the events URL's own origin when it is a
+    loopback address (a local emulator serves both), else production.
+
+    Gap recovery against production with a local events URL could only ever fail.
+    """
+    try:
+        parsed = yarl.URL(events_url)
+    except (ValueError, TypeError):
+        return DEFAULT_API_URL
+    scheme = _SAME_ORIGIN.get(parsed.scheme)
+    if scheme is None or parsed.host is None or not is_loopback(parsed.host):
+        return DEFAULT_API_URL
+    return str(parsed.with_scheme(scheme).origin())
+
+
+def is_production_api(api_url: str) -> bool:
+    """Whether ``api_url`` is the production REST API."""
+    try:
+        return yarl.URL(api_url).origin() == yarl.URL(DEFAULT_API_URL).origin()
+    except (ValueError, TypeError):
+        return False
 
 
 class ConnectionOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,10 +130,8 @@ class ConnectionOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
     def validate(self) -> None:
         """Raise :class:`~neuroio.ConfigurationError` naming the first option out of range."""
-        if self.url is not None and not self.url.startswith(("ws://", "wss://")):
-            raise ConfigurationError(
-                f"events URL must start with ws:// or wss://, got {self.url!r}"
-            )
+        if self.url is not None:
+            check_events_url(self.url)
         for name in ("timeout", "ping_interval", "ping_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -71,7 +150,8 @@ class RecoveryOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     Attributes:
         backfill: recover gaps at all.
-        api_url: the REST API; ``None``: ``$NEUROIO_API_URL``, else production.
+        api_url: the REST API; ``None``: ``$NEUROIO_API_URL``, else the events URL's origin
+            when it is a loopback address, else production (see :func:`default_api_url`).
         since: before the first connection, also recover the entries after this event id
             or from this ISO-8601 time.
         backfill_max_events: recover at most this many entries per gap (the newest).
@@ -89,10 +169,8 @@ class RecoveryOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     def validate(self) -> None:
         """Raise :class:`~neuroio.ConfigurationError` naming the first option out of range."""
-        if self.api_url is not None and not self.api_url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"api_url must start with http:// or https://, got {self.api_url!r}"
-            )
+        if self.api_url is not None:
+            check_api_url(self.api_url)
         if self.backfill_max_events is not None and self.backfill_max_events < 1:
             raise ConfigurationError("backfill_max_events must be >= 1 or None")
         if self.backfill_max_age is not None and not self.backfill_max_age > 0:

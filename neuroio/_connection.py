@@ -214,6 +214,7 @@ class Connection:
     __slots__ = (
         "url",
         "last_failure",
+        "failure_is_error",
         "reader_task",
         "_token",
         "_options",
@@ -254,6 +255,9 @@ class Connection:
         self.url = url
         self.last_failure = ""
         """Why the connection could not be made, for the error after the last attempt."""
+        self.failure_is_error = False
+        """The failure is one no network hiccup explains (a TLS certificate, a handshake):
+        the listener's one line about this attempt is then an error, not a warning."""
         self.reader_task: asyncio.Task[Ending] | None = None
         """The task that calls the handler while the connection is live."""
         self._token = token
@@ -314,15 +318,15 @@ class Connection:
         except aiohttp.ClientConnectorCertificateError as exc:
             # Never accepted, but retried: a certificate can be fixed on the server side
             # while this runs unattended. Loud, because it is not a network hiccup.
+            # The listener logs the one line about this failed attempt, with this reason.
             problem = _certificate_problem(exc.certificate_error)
             self.last_failure = f"TLS certificate rejected: {problem}"
-            logger.error("TLS certificate of %s rejected: %s", self.url, problem)
+            self.failure_is_error = True
         except aiohttp.ClientSSLError as exc:
             self.last_failure = f"TLS handshake failed: {_describe(exc)}"
-            logger.error("TLS handshake with %s failed: %s", self.url, _describe(exc))
+            self.failure_is_error = True
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             self.last_failure = _describe(exc)
-            logger.info("cannot connect to %s: %s", self.url, self.last_failure)
         return None
 
     async def _serve(self, ws: _WebSocket) -> Ending:

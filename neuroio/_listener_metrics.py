@@ -39,6 +39,7 @@ from typing import Any
 
 from ._metrics_http import MetricsServer
 from ._status import StatusPage
+from ._words import connection_state
 from .exceptions import MissingExtraError
 from .listener import EventListener
 from .stats import State
@@ -59,7 +60,7 @@ def health(listener: EventListener) -> tuple[bool, dict[str, Any]]:
     """Whether ``listener`` is healthy (its connection is live), and the JSON report."""
     stats = listener.stats
     state = stats.state.value
-    problems = [] if stats.state is State.LIVE else [f"connection is {state}"]
+    problems = [] if stats.state is State.LIVE else [f"connection is {connection_state(state)}"]
     last = stats.last_event_at
     error = listener.backfill_error
     ok = not problems

@@ -69,6 +69,7 @@ from ._protocol.gaps import Gap, GapTracker, Newest, entry_id
 from ._retry import Retrying
 from ._times import iso, parse_time
 from ._token import TokenError, Tokens, TokenSource
+from ._words import plural
 from .exceptions import BackfillError
 
 __all__ = ["Deliver", "EntriesAnswer", "Recovery"]
@@ -351,9 +352,9 @@ class Recovery:
         count = self.recovered - before
         if self.skipped > skipped:
             logger.warning(
-                "gap recovery skipped %d entries beyond its limits (backfill_max_events=%s, "
+                "gap recovery skipped %s beyond its limits (backfill_max_events=%s, "
                 "backfill_max_age=%s s, measured from the newest entry's time)",
-                self.skipped - skipped,
+                plural(self.skipped - skipped, "entry", "entries"),
                 self.tracker.max_events,
                 self.tracker.max_age,
             )

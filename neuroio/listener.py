@@ -25,7 +25,13 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from ._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
+from ._config import (
+    DEFAULT_EVENTS_URL,
+    ConnectionOptions,
+    RecoveryOptions,
+    default_api_url,
+    is_production_api,
+)
 from ._connection import RECOVERY, Connection, Handler, Handoff
 from ._inbox import Inbox
 from ._net import is_loopback_url
@@ -35,6 +41,7 @@ from ._protocol.gaps import GapTracker, parse_since
 from ._protocol.session import LossReason, Lost, Rejected, SilentRejections
 from ._recovery import Recovery
 from ._token import TokenError, Tokens, TokenSource
+from ._words import plural
 from .exceptions import (
     AuthenticationError,
     BackfillError,
@@ -104,8 +111,10 @@ class EventListener:
             ``backfilled=True``). Duplicates between live and recovered events are dropped.
             Each connection then also asks the REST API for its newest entry (two requests of
             one entry): a gap starts there when no event was seen, never at a clock time.
-        api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else
-            ``https://api.neuroio.com``.
+        api_url: the REST API; ``None`` means ``$NEUROIO_API_URL``, else the origin of
+            ``url`` when it is a loopback address (``http://`` for ``ws://``, ``https://``
+            for ``wss://``: the emulator serves both), else ``https://api.neuroio.com``. The
+            production API with a loopback ``url`` is warned about.
         since: also recover, before the first connection, the entries after this event id
             (an ``int``) or created from this time on (ISO-8601 text or ``datetime``).
         backfill_max_events: recover at most this many entries per gap (the newest);
@@ -172,7 +181,7 @@ class EventListener:
         options.validate()
         recovery = RecoveryOptions(
             backfill=backfill,
-            api_url=api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL,
+            api_url=_api_url(options.url, api_url or os.environ.get("NEUROIO_API_URL")),
             since=since.isoformat() if isinstance(since, datetime) else since,
             backfill_max_events=backfill_max_events,
             backfill_max_age=backfill_max_age,
@@ -537,8 +546,20 @@ class EventListener:
             rejected = silent.observe(verdict)
             if rejected is not None:
                 raise _authentication_error(rejected)
-            self._check_retries(failures, verdict)
-            await self._back_off(verdict.reason.value)
+            if verdict.authenticated:
+                await self._back_off(verdict.reason.value)
+            else:
+                await self._attempt_failed(connection, verdict, failures)
+
+    async def _attempt_failed(self, connection: Connection, verdict: Lost, failures: int) -> None:
+        """One line about an attempt that never became a connection, saying why; then give
+        up (``max_retries``) or wait before the next one."""
+        loud = connection.failure_is_error
+        if loud and self.max_retries is not None and failures > self.max_retries:
+            # Not a network hiccup (a TLS certificate): in the log even on the last attempt.
+            logger.error("no connection to %s (%s)", self.url, connection.last_failure)
+        self._check_retries(failures, verdict)
+        await self._back_off(verdict.reason.value, detail=connection.last_failure, error=loud)
 
     async def _rejected(self, verdict: Rejected, token: str) -> bool:
         """The server refused ``token``: ``True`` tries the provider's new token at once.
@@ -584,18 +605,22 @@ class EventListener:
     def _check_retries(self, failures: int, verdict: Lost) -> None:
         if self.max_retries is not None and failures > self.max_retries:
             raise ConnectionFailedError(
-                f"could not connect to {self.url} after {failures} attempts "
+                f"could not connect to {self.url} after {plural(failures, 'attempt')} "
                 f"(last failure: {self._last_failure or verdict.reason.value})",
                 attempts=failures,
                 last_reason=verdict.reason,
             )
 
-    async def _back_off(self, reason: str, *, detail: str = "") -> None:
+    async def _back_off(self, reason: str, *, detail: str = "", error: bool = False) -> None:
         self.stats.reconnects[reason] += 1
         delay = self._backoff.next_delay()
         self._set_state(State.BACKOFF)
-        logger.warning(
-            "no connection to %s (%s); reconnecting in %.2fs", self.url, detail or reason, delay
+        logger.log(
+            logging.ERROR if error else logging.WARNING,
+            "no connection to %s (%s); reconnecting in %.2fs",
+            self.url,
+            detail or reason,
+            delay,
         )
         assert self._closing is not None
         with contextlib.suppress(asyncio.TimeoutError):
@@ -687,6 +712,24 @@ class EventListener:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, EOFError):
             await task
+
+
+def _api_url(url: str | None, given: str | None) -> str:
+    """The REST API gap recovery uses with the events ``url``: ``given``, else the default
+    (:func:`~neuroio._config.default_api_url`); the production API given for a loopback
+    ``url`` is warned about, once, as the likely mistake it is."""
+    assert url is not None
+    if given is None:
+        return default_api_url(url)
+    if is_production_api(given) and is_loopback_url(url):
+        logger.warning(
+            "the events URL %s is on this machine but gap recovery uses the production API "
+            "%s: give --api-url %s for a local emulator",
+            url,
+            given,
+            default_api_url(url),
+        )
+    return given
 
 
 def _authentication_error(verdict: Rejected) -> AuthenticationError:

@@ -45,10 +45,11 @@ import aiohttp
 import msgspec
 
 from .. import _redact
-from .._config import DEFAULT_API_URL
+from .._config import DEFAULT_EVENTS_URL, default_api_url
 from .._protocol.session import LossReason
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource
+from .._words import connection_state, plural
 from ..exceptions import (
     BackfillError,
     ConfigurationError,
@@ -268,7 +269,15 @@ class Bridge:
             self.spool = await asyncio.to_thread(
                 Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
             )
-        api_url = config.recovery.api_url or os.environ.get("NEUROIO_API_URL") or DEFAULT_API_URL
+        # As the listener resolves them: a loopback events URL has its REST API beside it.
+        events_url = (
+            config.connection.url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL
+        )
+        api_url = (
+            config.recovery.api_url
+            or os.environ.get("NEUROIO_API_URL")
+            or default_api_url(events_url)
+        )
         for sink in self.sinks:
             use_platform = getattr(sink, "use_platform", None)
             if callable(use_platform):  # a sink fetching from the platform (images:)
@@ -335,9 +344,9 @@ class Bridge:
             self.listener.listen(), name="neuroio-bridge-listen"
         )
         log.info(
-            "bridge running: spool %s (%d events held), routes %s",
+            "bridge running: spool %s (%s held), routes %s",
             self.spool.path,
-            self.spool.depth,
+            plural(self.spool.depth, "event"),
             ", ".join(s.name for s in self.sinks),
         )
 
@@ -539,7 +548,7 @@ class Bridge:
         state = self.listener.stats.state.value if self.listener is not None else "idle"
         problems: list[str] = []
         if state != "live":
-            problems.append(f"connection is {state}")
+            problems.append(f"connection is {connection_state(state)}")
         sinks: dict[str, Any] = {}
         now = time.monotonic()
         pipeline = self.pipeline

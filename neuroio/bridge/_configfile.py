@@ -53,6 +53,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .._config import check_api_url, check_events_url
 from .._routing.rules import RouteRules
 from ..exceptions import ConfigurationError
 from .config import BridgeConfig, CooldownConfig, FilterConfig, RouteConfig
@@ -604,10 +605,10 @@ def _options(name: str, data: _File) -> tuple[dict[str, Any], dict[str, str]]:
             raise ConfigurationError(f"{name}: {key}: must not be empty")
         options[flat] = value
         keys[flat] = key
-    if "url" in options and not options["url"].startswith(("ws://", "wss://")):
-        raise ConfigurationError(
-            f"{name}: connection.url: must start with ws:// or wss://, got {options['url']!r}"
-        )
+    if "url" in options:
+        check_events_url(options["url"], f"{name}: connection.url:")
+    if "api_url" in options:
+        check_api_url(options["api_url"], f"{name}: {keys['api_url']}:")
     return options, keys
 
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from .._protocol.backoff import Backoff
 from .._retry import Retrying
+from .._words import plural
 from ..exceptions import ConfigurationError, SinkError
 from ..sinks import Sink
 from .delivery import SinkStatus
@@ -128,10 +129,10 @@ class LateStart(Sink):
             else:
                 status.failing_since = None
                 log.warning(
-                    "sink %s started after %.1f s (%d attempts): delivering what the spool holds",
+                    "sink %s started after %.1f s (%s): delivering what the spool holds",
                     self.name,
                     time.monotonic() - self.since,
-                    self.attempts,
+                    plural(self.attempts, "attempt"),
                 )
                 self.started.set()
                 return

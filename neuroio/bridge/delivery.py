@@ -96,6 +96,13 @@ class SinkStatus:
             self.failing_since = time.monotonic()
 
 
+def unprefixed(message: str | None, sink_name: str) -> str:
+    """A sink's error message without its ``sink NAME:`` prefix, for a log line that
+    already names the sink (so the name is not repeated twice in one line)."""
+    text = message or ""
+    return text.removeprefix(f"sink {sink_name}: ").removeprefix(f"sink {sink_name} ")
+
+
 Reader = Callable[[int, int], Awaitable[list[SpooledEvent]]]
 """``read(after_seq, limit)``: the next events after a cursor (the pipeline's tail or spool)."""
 Selector = Callable[[Sequence[SpooledEvent]], Selection]
@@ -303,7 +310,7 @@ class SinkWorker:
                 "sink %s failed (attempt %d): %s; retrying in %.2f s",
                 sink.name,
                 retry.backoff.attempts,
-                status.last_error,
+                unprefixed(status.last_error, sink.name),
                 delay,
             )
             if not await retry.wait(delay):
@@ -341,7 +348,12 @@ class SinkWorker:
     async def _dead_letter(self, event: SpooledEvent, exc: Exception) -> None:
         name = self.sink.name
         reason = str(exc) or type(exc).__name__
-        log.error("sink %s refused event %d for good (dead-lettered): %s", name, event.id, reason)
+        log.error(
+            "sink %s refused event %d for good (dead-lettered): %s",
+            name,
+            event.id,
+            unprefixed(reason, name),
+        )
         retry = self._retrying()
         while True:
             try:

@@ -56,9 +56,10 @@ from .._protocol.backoff import Backoff
 from .._protocol.frames import Kind, classify
 from .._retry import Retrying
 from .._routing.rules import Judges, RouteRules, Selection, Verdict
+from .._words import plural
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
-from .delivery import SinkStatus, SinkWorker
+from .delivery import SinkStatus, SinkWorker, unprefixed
 from .spool import ROW_OVERHEAD, Redrive, Spool, SpooledEvent
 
 __all__ = ["FAILING_MAX_PENDING", "Pipeline", "SinkLag"]
@@ -545,13 +546,13 @@ class Pipeline:
         slowest = min(self.status.values(), key=lambda s: s.cursor, default=None)
         log.warning(
             "spool %s is full (%d bytes, limit %d): pausing the socket until the sinks catch "
-            "up; slowest sink %s is %d events behind (last error: %s)",
+            "up; slowest sink %s is %s behind (last error: %s)",
             self.spool.path,
             self.spool.size_bytes + self._pending_bytes,
             self.spool.max_bytes,
             slowest.name if slowest else "-",
-            self.spool.last_seq - slowest.cursor if slowest else 0,
-            slowest.last_error if slowest else None,
+            plural(self.spool.last_seq - slowest.cursor if slowest else 0, "event"),
+            unprefixed(slowest.last_error, slowest.name) if slowest else "none",
         )
 
     def _leave_pause(self) -> None:
@@ -631,7 +632,9 @@ class Pipeline:
                     self._acks[name] = max(seq, self._acks.get(name, 0))
                 self._commit_failed(exc)
                 if self._stop_writer.is_set():
-                    log.error("shutting down with %d events not spooled", len(self._pending))
+                    log.error(
+                        "shutting down with %s not spooled", plural(len(self._pending), "event")
+                    )
                     return
                 # A smaller commit needs less room: however little comes back is used.
                 size = max(1, len(events) // 2)

@@ -81,6 +81,7 @@ import msgspec
 
 from .._io import PRIVATE_FILE_MODE, make_private, make_private_dirs, open_private
 from .._sqlite import transaction
+from .._words import plural
 from ..exceptions import ConfigurationError, SpoolError, SpoolFullError
 from ..sinks.base import SpooledEvent
 
@@ -1384,10 +1385,10 @@ class Spool:
         for name, backlog in removed.items():
             if backlog:
                 log.warning(
-                    "sink %s is no longer configured: its cursor is removed with %d events it "
+                    "sink %s is no longer configured: its cursor is removed with %s it "
                     "had not confirmed",
                     name,
-                    backlog,
+                    plural(backlog, "event"),
                 )
         if removed:
             # Rows held only for the removed sinks can go now.

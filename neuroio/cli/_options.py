@@ -31,7 +31,14 @@ import click
 from click.core import ParameterSource
 
 from .. import _redact
-from .._config import DEFAULT_API_URL, DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions
+from .._config import (
+    DEFAULT_API_URL,
+    DEFAULT_EVENTS_URL,
+    ConnectionOptions,
+    RecoveryOptions,
+    check_api_url,
+    check_events_url,
+)
 from .._token import TokenProvider, TokenSource
 from .._token import token_command as token_command_provider
 from .._token import token_file as token_file_provider
@@ -42,7 +49,9 @@ __all__ = [
     "ConnectionSettings",
     "ListenerSettings",
     "LogSettings",
+    "API_URL_DEFAULT",
     "Secret",
+    "check_api_url_option",
     "connection_options",
     "listener_options",
     "logging_options",
@@ -256,9 +265,27 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.startswith(("ws://", "wss://")):
-        raise click.BadParameter(f"must start with ws:// or wss://, got {value!r}")
+    """``--url``: refused at parse time (exit 2) when it can never connect."""
+    try:
+        check_events_url(value, "the URL")
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
     return value
+
+
+def check_api_url_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """``--api-url``: refused at parse time (exit 2) when it can never be reached."""
+    if value is not None:
+        try:
+            check_api_url(value, "the URL")
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+API_URL_DEFAULT = f"the --url origin when on this machine, else {DEFAULT_API_URL}"
 
 
 def connection_options(func: F) -> F:
@@ -308,7 +335,7 @@ def connection_options(func: F) -> F:
             envvar="NEUROIO_EVENTS_URL",
             show_envvar=True,
             callback=_check_url,
-            help="The events service (ws:// or wss://).",
+            help="The events service (ws:// or wss://, a host, a port 1-65535).",
         ),
         click.option(
             "--ca-file",
@@ -425,9 +452,10 @@ def listener_options(func: F) -> F:
         click.option(
             "--api-url",
             default=None,
-            show_default=DEFAULT_API_URL,
+            show_default=API_URL_DEFAULT,
             envvar="NEUROIO_API_URL",
             show_envvar=True,
+            callback=check_api_url_option,
             help="The REST API used by --backfill and --since.",
         ),
         click.option(

@@ -32,6 +32,7 @@ from .. import _redact
 from .._io import open_private, write_all
 from .._protocol.frames import Kind
 from .._times import parse_time
+from .._words import plural
 from ..stats import ListenerStats, State
 
 __all__ = [
@@ -570,10 +571,6 @@ def format_rtt(seconds: float) -> str:
     return "<1 ms" if milliseconds < 1 else f"{milliseconds:.1f} ms"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def _duration(seconds: float) -> str:
     if seconds < 10:
         return f"{max(seconds, 0.0):.1f} s"
@@ -588,14 +585,14 @@ def _duration(seconds: float) -> str:
 def summary_line(stats: ListenerStats, elapsed: float) -> str:
     """One line on what a listener did, for the end of a command:
     ``73 events in 14 s, 0 reconnects`` (recovered events and failed attempts when any)."""
-    parts = [_plural(stats.events, "event")]
+    parts = [plural(stats.events, "event")]
     if stats.backfilled_events:
         parts.append(f"and {stats.backfilled_events} recovered")
-    lost = _plural(connections_lost(stats), "reconnect")
+    lost = plural(connections_lost(stats), "reconnect")
     line = f"{' '.join(parts)} in {_duration(elapsed)}, {lost}"
     failed = failed_attempts(stats)
     if failed:
-        line += f", {_plural(failed, 'failed connection attempt')}"
+        line += f", {plural(failed, 'failed connection attempt')}"
     return line
 
 

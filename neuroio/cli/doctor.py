@@ -17,7 +17,6 @@ import socket
 import ssl
 import statistics
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +27,19 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import _redact
-from .._config import DEFAULT_API_URL
+from .._config import check_api_url, check_events_url, default_api_url
 from .._net import is_loopback
 from .._protocol.frames import Kind, classify, encode_auth, encode_ping, parse_message
 from .._protocol.session import AUTH_CLOSE_CODES
 from .._recovery import EntriesAnswer
-from ..exceptions import BackfillError
+from .._words import plural
+from ..exceptions import BackfillError, ConfigurationError
 from ._options import (
+    API_URL_DEFAULT,
     ConnectionSettings,
     LogSettings,
     Secret,
+    check_api_url_option,
     connection_options,
     logging_options,
 )
@@ -208,17 +210,13 @@ class Doctor:
 
     async def _check_url(self) -> str:
         try:
-            parts = urllib.parse.urlsplit(self.url)
-            port = parts.port
-        except ValueError as exc:
-            raise _StepFailed(f"{self.url!r} is not a valid URL: {exc}") from None
-        if parts.scheme not in ("ws", "wss"):
-            raise _StepFailed(f"the scheme must be ws:// or wss://, got {parts.scheme or '?'}://")
-        if not parts.hostname:
-            raise _StepFailed(f"{self.url!r} names no host")
-        self._host = parts.hostname
+            parts = check_events_url(self.url, "the URL")
+        except ConfigurationError as exc:
+            raise _StepFailed(str(exc)) from None
+        assert parts.host is not None and parts.port is not None  # checked above
+        self._host = parts.host
         self._tls = parts.scheme == "wss"
-        self._port = port if port is not None else (443 if self._tls else 80)
+        self._port = parts.port
         detail = f"host {self._host}, port {self._port}, " + ("TLS" if self._tls else "no TLS")
         if not self._tls and not is_loopback(self._host):
             raise _Warn(f"{detail}: not encrypted, the token crosses the network in clear")
@@ -396,11 +394,10 @@ class Doctor:
         """``GET /v1/entries/?limit=1`` with the token: any answer but a 5xx or a redirect
         is the API reached (the token and the answer's shape are the next steps)."""
         assert self.api_url is not None
-        parts = urllib.parse.urlsplit(self.api_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise _StepFailed(
-                f"--api-url must be an http(s):// URL, got {_redact.redact(self.api_url)!r}"
-            )
+        try:
+            check_api_url(self.api_url, "--api-url")
+        except ConfigurationError as exc:
+            raise _StepFailed(str(exc)) from None
         url = self.api_url.rstrip("/") + "/v1/entries/?limit=1"
         token = self._token.reveal()
         headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
@@ -588,7 +585,7 @@ async def diagnose(
     if doctor.failed is not None:
         raise CommandFailed(f"the '{doctor.failed.name}' step failed: {doctor.failed.detail}", code)
     warnings = sum(1 for r in doctor.results if r.status == "warn")
-    suffix = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+    suffix = f" ({plural(warnings, 'warning')})" if warnings else ""
     console.print(Text(f"All required checks passed{suffix}.", style="bold green"))
     return EXIT_OK
 
@@ -615,10 +612,11 @@ async def diagnose(
 )
 @click.option(
     "--api-url",
-    default=DEFAULT_API_URL,
-    show_default=True,
+    default=None,
+    show_default=API_URL_DEFAULT,
     envvar="NEUROIO_API_URL",
     show_envvar=True,
+    callback=check_api_url_option,
     help="The REST API gap recovery uses (--backfill, --since), checked after the socket.",
 )
 @click.option(
@@ -634,7 +632,7 @@ def command(
     conn: ConnectionSettings,
     timeout: float,
     wait: float,
-    api_url: str,
+    api_url: str | None,
     rest: bool,
     log: LogSettings,
 ) -> None:
@@ -648,7 +646,7 @@ def command(
     log.configure()
     token = conn.api_token()
     console = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
-    checked = api_url if rest else None
+    checked = (api_url or default_api_url(conn.url)) if rest else None
     run(
         lambda: diagnose(conn, token, timeout=timeout, wait=wait, console=console, api_url=checked),
         log=log,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 from .._net import is_loopback
+from .._words import plural
 from ..exceptions import ConfigurationError
 from ..testing import REST_ORDERS, REST_SHAPES, Emulator, RestOrder, RestShape
 from ._options import LogSettings, logging_options, loop_option
@@ -32,10 +34,12 @@ async def serve(
     replaying: bool,
     tokens_file: Path | None = None,
     keep: frozenset[str] = frozenset(),
+    port: int | None = None,
 ) -> int:
     """Start ``emulator``, print its URLs, serve until SIGINT/SIGTERM, stop it.
 
-    ``tokens_file``: followed while serving (see :func:`_follow_tokens`).
+    ``tokens_file``: followed while serving (see :func:`_follow_tokens`). ``port``: the
+    port asked for, named when it cannot be bound.
 
     Raises:
         CommandFailed: the port cannot be bound.
@@ -44,15 +48,15 @@ async def serve(
         await emulator.start()
     except OSError as exc:
         raise CommandFailed(
-            f"cannot listen on {emulator.host}:{_wanted_port(emulator)}: {exc.strerror or exc}"
+            f"cannot listen on {emulator.host}:{port if port is not None else '?'}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}"
         ) from None
     try:
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.write(f"{emulator.url}\n{emulator.api_url}\n")
             sys.stdout.flush()
-        tokens = (
-            "any non-empty token" if emulator.tokens is None else f"{len(emulator.tokens)} token(s)"
-        )
+        accepted = emulator.tokens
+        tokens = "any non-empty token" if accepted is None else plural(len(accepted), "token")
         rate = f"{emulator.rate:g} events/s" if emulator.rate else "no generated events"
         logger.info(
             "emulating the NeuroIO events service on %s (REST %s): accepting %s, %s%s; "
@@ -123,20 +127,15 @@ async def _follow_tokens(
         logger.info("tokens file %s read: accepting %d token(s)", path, len(wanted))
 
 
-def _wanted_port(emulator: Emulator) -> str:
-    try:
-        return str(emulator.port)
-    except RuntimeError:
-        return "the port given"
-
-
 async def _report_replay(emulator: Emulator) -> None:
     while True:
         try:
             await emulator.wait_replayed(timeout=3600.0)
         except TimeoutError:
             continue
-        logger.info("the recording has been replayed (%d events emitted)", emulator.emitted)
+        logger.info(
+            "the recording has been replayed (%s emitted)", plural(emulator.emitted, "event")
+        )
         return
 
 
@@ -324,6 +323,7 @@ def command(
             replaying=replay is not None,
             tokens_file=tokens_file,
             keep=frozenset(t for t in tokens if t),
+            port=port,
         ),
         log=log,
         use_uvloop=use_uvloop,

@@ -117,6 +117,8 @@ class _Printer:
         self.events = 0
         self.finished = asyncio.Event()
         self.failure: str | None = None
+        self.stdout_closed = False
+        """stdout's reader went away (``listen | head -1``): the end, not a failure."""
 
     async def handle(self, frame: str | bytes) -> None:
         if self.finished.is_set():
@@ -172,6 +174,12 @@ class _Printer:
     def output_failed(self, fd: int, exc: OSError) -> None:
         """The worker could not write to ``fd``: stop, and say why at exit."""
         name = self._names.get(fd, f"descriptor {fd}")
+        if fd == 1 and isinstance(exc, BrokenPipeError):
+            # What Unix tools do when the reader has what it wanted: stop, quietly.
+            logger.debug("stdout was closed by its reader: stopping")
+            self.stdout_closed = True
+            self.finished.set()
+            return
         if isinstance(exc, BrokenPipeError):
             message = f"{name} was closed by its reader (broken pipe); stopping"
         else:
@@ -267,9 +275,20 @@ async def stream(
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    if printer.stdout_closed:
+        _detach_stdout()
     if printer.failure is not None:
         raise CommandFailed(printer.failure)
     return EXIT_OK
+
+
+def _detach_stdout() -> None:
+    """Point descriptor 1 at ``/dev/null`` once its reader is gone, so that nothing written
+    or flushed to it later (Python flushes ``sys.stdout`` at exit) fails with EPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
 
 
 async def _serve_metrics(

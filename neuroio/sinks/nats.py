@@ -41,7 +41,7 @@ from .._routing.template import Template
 from ..exceptions import ConfigurationError, MissingExtraError, SinkError
 from ._render import Renderer
 from ._uri import Duration, Text, parse_options, parse_url, redact_uri
-from .base import Sink, SpooledEvent, check_reachable
+from .base import Sink, SpooledEvent
 
 try:
     import nats.errors
@@ -55,6 +55,52 @@ __all__ = ["NatsSink", "clean_subject_value", "subject_filter", "subject_matches
 log = logging.getLogger("neuroio.sinks")
 
 _decoder = msgspec.json.Decoder()
+
+# A NATS server greets each client with INFO at once, while Redis, HTTP and most others wait
+# for the client: after this much silence a line NATS itself would take is sent, so that
+# another server answers (or closes) instead of leaving the connection silent to the timeout.
+_GREETING_WAIT = 0.5
+
+
+class _NotNats(Exception):
+    """Something answered at the address, but not a NATS server."""
+
+
+async def _check_speaks_nats(host: str, port: int, timeout: float) -> None:
+    """Connect, and check the first thing the server sends is NATS's ``INFO`` greeting.
+
+    Raises:
+        OSError, asyncio.TimeoutError: nothing answers at ``host:port`` within ``timeout``.
+        _NotNats: another server answered (its first bytes are quoted), closed the
+            connection, or stayed silent for the whole ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    where = f"{host}:{port}"
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        try:
+            first = await asyncio.wait_for(reader.read(256), min(_GREETING_WAIT, timeout))
+        except asyncio.TimeoutError:
+            writer.write(b"CONNECT {}\r\n")
+            try:
+                first = await asyncio.wait_for(reader.read(256), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise _NotNats(
+                    f"{where} does not speak NATS: no INFO greeting within {timeout:g} s"
+                ) from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if first.startswith(b"INFO"):
+        return
+    if not first:
+        raise _NotNats(f"{where} does not speak NATS: it closed the connection without a greeting")
+    line = first.splitlines()[0].decode("utf-8", "replace")
+    shown = line if len(line) <= 40 else line[:40] + "…"
+    raise _NotNats(f"{where} does not speak NATS (it sent {shown!r})")
+
 
 DEFAULT_SUBJECT = "neuroio.events"
 DEFAULT_STREAM = "NEUROIO"
@@ -186,7 +232,9 @@ class NatsSink(Sink):
         # nats-py retries a first connection forever when reconnecting is allowed (and we
         # want reconnects later), so the first connection is bounded here.
         try:
-            await check_reachable(self._host, self._port, self.timeout)
+            await _check_speaks_nats(self._host, self._port, self.timeout)
+        except _NotNats as exc:
+            raise ConfigurationError(f"sink {self.name}: {exc}") from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise SinkError(
                 f"sink {self.name}: NATS is unreachable: {exc or type(exc).__name__}"

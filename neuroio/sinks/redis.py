@@ -51,13 +51,25 @@ from .base import Sink, SpooledEvent
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        InvalidResponse,
+        RedisError,
+        ResponseError,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("redis", "the redis:// sink") from exc
 
 __all__ = ["RedisSink", "clean_stream_value"]
 
 _UNSAFE = re.compile(r"[\s{}]")
+
+
+def _first_bytes(exc: InvalidResponse, limit: int = 40) -> str:
+    """The start of what a non-Redis server sent, from redis-py's ``Protocol Error: b'...'``."""
+    text = str(exc).removeprefix("Protocol Error: ")
+    return text if len(text) <= limit else text[:limit] + "…'"
 
 
 def clean_stream_value(value: str) -> str:
@@ -200,6 +212,13 @@ class RedisSink(Sink):
             hint = "" if given else " (the URI gives no password)"
             raise ConfigurationError(
                 f"sink {self.name}: Redis rejected the credentials{hint}: {exc}"
+            ) from None
+        except InvalidResponse as exc:
+            # Something else answered (a NATS banner, an HTTP error page): say so in one
+            # short line instead of quoting its whole greeting.
+            where = urlsplit(self._url).netloc.rpartition("@")[2]
+            raise ConfigurationError(
+                f"sink {self.name}: {where} does not speak Redis (it sent {_first_bytes(exc)})"
             ) from None
         except RedisError as exc:
             raise SinkError(f"sink {self.name}: Redis is unreachable: {exc}") from exc

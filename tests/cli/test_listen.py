@@ -169,7 +169,7 @@ async def test_json_logs_are_one_object_per_line(cli: StartCli, token_file: Path
     assert await proc.finish() == 4
     records = [json.loads(line) for line in proc.err.splitlines()]
     assert records and all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
-    assert records[-1]["level"] == "error" and "attempts" in records[-1]["message"]
+    assert records[-1]["level"] == "error" and "after 1 attempt " in records[-1]["message"]
 
 
 async def test_bad_frames_are_skipped_with_a_warning(
@@ -527,27 +527,3 @@ async def test_backfill_prints_and_records_what_was_missed(
     recorded = [json.loads(line) for line in record.read_bytes().splitlines()]
     backfilled = [r for r in recorded if r.get("backfilled")]
     assert [json.loads(r["frame"])["id"] for r in backfilled] == [missed["id"]]
-
-
-async def test_a_closed_stdout_stops_with_status_1(
-    cli: StartCli, emulator: Emulator, token_file: Path
-) -> None:
-    """The reader of stdout went away (like `| head -1`): one line saying so, exit 1."""
-    read_fd, write_fd = os.pipe()
-    try:
-        proc = await cli(
-            "listen", "--url", emulator.url, "--token-file", str(token_file), stdout=write_fd
-        )
-    finally:
-        os.close(write_fd)
-    await emulator.wait_for_clients(1)
-    await emulator.emit()
-    with open(read_fd, "rb") as reader:  # closes read_fd
-        loop = asyncio.get_running_loop()
-        line = await asyncio.wait_for(loop.run_in_executor(None, reader.readline), 5)
-        assert line.startswith(b'{"id":')
-    await emulator.emit()
-    assert await proc.finish() == 1
-    assert proc.err.splitlines()[-1] == (
-        "Error: stdout was closed by its reader (broken pipe); stopping"
-    )

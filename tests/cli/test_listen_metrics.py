@@ -119,7 +119,8 @@ async def test_metrics_and_health_while_events_flow_then_503_without_the_server(
             status, body = await get("/healthz")
             report = json.loads(body)
             assert report["status"] == "failing"
-            assert report["problems"] == [f"connection is {report['connection']}"]
+            words = {"connecting": "connecting", "backoff": "reconnecting (backoff)"}
+            assert report["problems"] == [f"connection is {words[report['connection']]}"]
             assert report["connection"] in ("connecting", "backoff")
             _, metrics = await get("/metrics")
             assert re.search(r"^neuroio_reconnects_total\{reason=\"\w+\"\} [1-9]", metrics, re.M)
