@@ -504,6 +504,20 @@ def listener_options(func: F) -> F:
     return _apply(_gather("listener", ListenerSettings, names)(func), options)
 
 
+def spool_option(help: str) -> Callable[[F], F]:
+    """``--spool PATH`` (``NEUROIO_BRIDGE_SPOOL``): the bridge's, and the ``deadletters``
+    command's, which must find the same file."""
+    return click.option(
+        "--spool",
+        metavar="PATH",
+        default=None,
+        show_default="$XDG_DATA_HOME/neuroio-events/spool.db, ~/.local/share/... when unset",
+        envvar="NEUROIO_BRIDGE_SPOOL",
+        show_envvar=True,
+        help=help,
+    )
+
+
 def loop_option(func: F) -> F:
     """``--uvloop/--no-uvloop`` as ``use_uvloop`` (``None``: use it when installed)."""
     return click.option(

@@ -34,6 +34,7 @@ from ._options import (
     listener_options,
     logging_options,
     loop_option,
+    spool_option,
 )
 from ._run import EXIT_OK, StopSignals, run
 
@@ -161,15 +162,7 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     "postgresql://user@host/db?table=T, sqlite:PATH?table=T, images:DIR (docs/bridge.md). "
     "The variable takes several separated by spaces.",
 )
-@click.option(
-    "--spool",
-    metavar="PATH",
-    default=None,
-    show_default="$XDG_DATA_HOME/neuroio-events/spool.db, ~/.local/share/... when unset",
-    envvar="NEUROIO_BRIDGE_SPOOL",
-    show_envvar=True,
-    help="The spool (SQLite) holding events until every sink confirmed them.",
-)
+@spool_option("The spool (SQLite) holding events until every sink confirmed them.")
 @click.option(
     "--spool-max-bytes",
     type=ByteSize(),

@@ -19,7 +19,7 @@ import msgspec
 from .._io import write_all
 from ..bridge.spool import DeadLetter, DeadLetterStore, default_spool_path
 from ..exceptions import SpoolError
-from ._options import LogSettings, logging_options
+from ._options import LogSettings, logging_options, spool_option
 from ._run import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
 
 __all__ = ["command"]
@@ -85,15 +85,7 @@ def _what(sink: str | None, event_id: int | None) -> str:
     short_help="List, show, retry or purge the events sinks refused (works beside the bridge).",
 )
 @click.argument("action", type=click.Choice(_ACTIONS))
-@click.option(
-    "--spool",
-    metavar="PATH",
-    default=None,
-    show_default="$XDG_DATA_HOME/neuroio-events/spool.db, ~/.local/share/... when unset",
-    envvar="NEUROIO_BRIDGE_SPOOL",
-    show_envvar=True,
-    help="The bridge's spool (the same variable as the bridge's --spool).",
-)
+@spool_option("The bridge's spool (the same variable as the bridge's --spool).")
 @click.option(
     "--sink",
     metavar="NAME",

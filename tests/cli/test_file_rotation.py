@@ -20,20 +20,7 @@ from tests.independent_server import IndependentServer
 
 from ..helpers import eventually
 from .conftest import TOKEN, StartCli, clean_env
-
-FAST = (
-    "--ping-interval",
-    "0.2",
-    "--reconnect-delay",
-    "0.01",
-    "--max-reconnect-delay",
-    "0.1",
-    "--sink-retry-delay",
-    "0.01",
-    "--sink-max-retry-delay",
-    "0.1",
-    "--no-uvloop",
-)
+from .test_bridge_cli import FAST
 
 
 def bridge_args(server: IndependentServer, spool: Path, sink: str) -> list[str]:
