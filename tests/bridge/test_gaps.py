@@ -253,13 +253,20 @@ async def test_a_burst_between_the_two_requests_of_the_newest_probe_is_recovered
         # Start-up's probe takes two requests (the list holds 5); the first connection's
         # first request is answered, its second waits.
         server.hold_rest(after=3)
-        async with Bridge(TOKEN, [f"file:{out}"], **options(server, tmp_path)) as bridge:  # type: ignore[arg-type]
+        # The dead connection is noticed after 1.5 s: long after the probe ends.
+        opts = options(server, tmp_path, ping_timeout=1.5)
+        async with Bridge(TOKEN, [f"file:{out}"], **opts) as bridge:  # type: ignore[arg-type]
+            assert bridge._recovery is not None
+            tracker = bridge._recovery.tracker
             await server.wait_for_clients(1)
             await server.wait_until(lambda: server.rest_held == 1, what="a held REST request")
             assert server.rest_request_count() == 4
             server.freeze()
             gap = await emit(server, 300)
             server.release_rest()
+            # The probe ended while the connection still counts as live: its gap closed.
+            await until(lambda: tracker.newest is not None and tracker.newest.id != 5)
+            assert tracker.losses == 0
             await server.wait_until(
                 lambda: sum(1 for c in server.clients if c.authenticated) >= 2,
                 timeout=10,
