@@ -7,8 +7,11 @@ created while it pages) however long the gap.
 
 The list's order is not documented (``docs/protocol.md``), so it is learnt, not assumed:
 :meth:`Recovery.newest` reads the first and the last entry of the list (two requests of one
-entry each) and keeps the larger id as the newest and their order as the list's order. Within
-a page the order may be anything: every page is sorted by id here. How a gap is walked:
+entry each; a third, the first again, when they look oldest first and the list may have
+grown by as many entries as it held between the two, which makes a newest-first list look
+so) and keeps the larger id as the newest
+and their order as the list's order. Within a page the order may be anything: every page is
+sorted by id here. How a gap is walked:
 
 - **ascending, ``id_from`` honoured** (keyset): ask ``id_from=cursor+1``; the page holds the
   oldest entries of the gap; the cursor moves to its largest id. Entries created meanwhile go
@@ -181,7 +184,9 @@ class Recovery:
 
         Two requests of one entry each: the first and the last of the list (a bare list:
         the first and the one a page further, then, if it is ascending, ``id_from`` probes
-        doubling their step).
+        doubling their step); when the list looks oldest first and may have grown by as
+        many entries as it held between the two (a bare list: always), the first entry once
+        more, which tells an oldest-first list from a newest-first one that grew so.
         Failures are retried (see the module docstring).
 
         Raises:
@@ -200,12 +205,12 @@ class Recovery:
         if first.count is not None:
             if first.count <= 1:
                 return _newest(head, None)
-            last = await self._get({"limit": "1", "offset": str(first.count - 1)})
-            tail = last.results[0] if last.results else head
+            tail_answer = await self._get({"limit": "1", "offset": str(first.count - 1)})
+            tail = tail_answer.results[0] if tail_answer.results else head
         else:
             # No count: compare with the entry a page further, so that entries created
             # between the two requests (up to a page of them) cannot reverse the verdict.
-            second = await self._get({"limit": "1", "offset": str(self.page_size)})
+            tail_answer = second = await self._get({"limit": "1", "offset": str(self.page_size)})
             if not second.results:
                 # At most a page: any gap is one page, its order does not matter.
                 whole = await self._get({"limit": str(self.page_size)})
@@ -214,13 +219,21 @@ class Recovery:
                     return Newest(None)
                 return _newest(max(whole.results, key=_sort_key), None)
             tail = second.results[0]
-        head_id, tail_id = entry_id(head), entry_id(tail)
-        if head_id is None or tail_id is None:
-            raise BackfillError("the entries API listed an entry without an integer id")
+        head_id, tail_id = _id_of(head), _id_of(tail)
         descending = head_id > tail_id
+        if tail_id > head_id and _may_have_moved(first, tail_answer):
+            # The two answers are not one snapshot. Oldest first, the tail cannot be older
+            # than the head; but newest first, more entries created between the requests
+            # than the list held push new ones to where the tail was asked, and the list
+            # looks oldest first. The first entry again tells them apart: newest first, it
+            # is at least the tail (which already existed); oldest first, it is older.
+            again = await self._get({"limit": "1"})
+            if again.results and _id_of(again.results[0]) >= tail_id:
+                descending = True
+                head, head_id = again.results[0], _id_of(again.results[0])
         self.descending = descending
         if descending or first.count is not None:
-            return _newest(head if head_id >= tail_id else tail, descending)
+            return _newest(head if descending else tail, descending)
         return _newest(await self._gallop(tail), descending)
 
     async def _gallop(self, known: dict[str, Any]) -> dict[str, Any]:
@@ -703,6 +716,23 @@ def _newest(entry: dict[str, Any], descending: bool | None) -> Newest:
 
 def _past(cursor: int, gap: Gap) -> bool:
     return gap.until is not None and cursor >= gap.until
+
+
+def _may_have_moved(first: _Page, tail: _Page) -> bool:
+    """Whether entries created between the two answers of the newest probe may have reached
+    where the tail was asked (at ``first.count - 1``: as many new entries as the list held
+    before); without counts (a bare list), it cannot be ruled out."""
+    if first.count is None or tail.count is None:
+        return True
+    grown = tail.count - first.count
+    return not 0 <= grown < first.count - 1
+
+
+def _id_of(entry: dict[str, Any]) -> int:
+    event_id = entry_id(entry)
+    if event_id is None:
+        raise BackfillError("the entries API listed an entry without an integer id")
+    return event_id
 
 
 def _sort_key(entry: dict[str, Any]) -> int:

@@ -235,3 +235,28 @@ async def test_a_server_ignoring_id_from_still_gives_the_gap_in_order_once(
     assert got.ids == before + missed + [marker]
     assert recovered(got) == missed
     assert emu.rest_request_count(has=["date_from"]) >= 1
+
+
+async def test_a_burst_between_the_two_requests_of_the_newest_probe_loses_no_gap() -> None:
+    """A 300-event half-open gap, then the new connection's look at the REST API is slow:
+    between its two requests (the first entry, then the last) 400 events are pushed live,
+    more than the list held. The newest-first list then answers a new entry where the oldest
+    was asked; taken as an oldest-first list, the walk would start from the newest page
+    (all delivered live), stop there and recover none of the 300. All 300 come back, once."""
+    async with Emulator(tokens=[TOKEN], seed=15, push_while_disconnected=False) as emu:
+        await emu.burst(5)  # history only: nobody is connected
+        async with listening(emu, emu.api_url) as (listener, got):
+            await until_floor(listener, 5)
+            emu.hold_rest(after=1)  # the next probe: its first request only is answered
+            emu.freeze()
+            lost = [e["id"] for e in await emu.burst(300)]
+            await emu.wait_for_clients(2, timeout=5)
+            emu.unfreeze()
+            await emu.wait_until(lambda: emu.rest_held == 1, what="a held REST request")
+            live = [e["id"] for e in await emu.burst(400)]
+            await got.wait(lambda: set(live) <= set(got.ids), timeout=5)
+            emu.release_rest()
+            await got.wait(lambda: set(lost) <= set(got.ids), timeout=5)
+        assert recovered(got) == lost
+        assert sorted(got.ids) == sorted(lost + live)
+        assert listener.backfill_error is None

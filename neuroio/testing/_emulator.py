@@ -604,6 +604,21 @@ class Emulator:
         """Serve REST requests normally again."""
         self._rest.heal()
 
+    def hold_rest(self, *, after: int = 0) -> None:
+        """Answer the next ``after`` REST requests, then keep every later one waiting (a
+        slow API) until :meth:`release_rest`: to make something happen between two
+        requests of the client. :attr:`rest_held` says how many wait."""
+        self._rest.hold(after)
+
+    def release_rest(self) -> None:
+        """Answer the REST requests :meth:`hold_rest` keeps waiting, and hold no more."""
+        self._rest.release()
+
+    @property
+    def rest_held(self) -> int:
+        """REST requests waiting at :meth:`hold_rest`'s gate now."""
+        return self._rest.held
+
     # ------------------------------------------------------------------ observing
 
     @property

@@ -9,6 +9,7 @@ request log tests steer and read.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 from collections import deque
@@ -337,6 +338,41 @@ class RestApi:
         self._log: list[tuple[str, dict[str, str]]] = []
         self._fail: tuple[int, float | None] | None = None
         self._fail_left: int | None = None
+        # The gate of hold()/release(): requests answered before it closes, and the event
+        # a held request waits on (None: no gate).
+        self._pass_left = 0
+        self._gate: asyncio.Event | None = None
+        self.held = 0
+        """Requests waiting at the gate now."""
+
+    def hold(self, after: int) -> None:
+        """Answer the next ``after`` requests, then hold every later one until
+        :meth:`release`."""
+        if after < 0:
+            raise ConfigurationError("after must be at least 0")
+        if self._gate is None or self._gate.is_set():
+            self._gate = asyncio.Event()
+        self._pass_left = after
+
+    def release(self) -> None:
+        """Answer the held requests, and hold no more."""
+        if self._gate is not None:
+            self._gate.set()
+        self._gate = None
+
+    async def _wait_at_gate(self) -> None:
+        gate = self._gate
+        if gate is None:
+            return
+        if self._pass_left > 0:
+            self._pass_left -= 1
+            return
+        self.held += 1
+        self._notify()
+        try:
+            await gate.wait()
+        finally:
+            self.held -= 1
 
     def fail(self, status: int, count: int | None, retry_after: float | None) -> None:
         """Fail the next ``count`` requests (``None``: all until :meth:`heal`)."""
@@ -372,6 +408,7 @@ class RestApi:
         self.requests.append(query)
         self._log.append((request.path, query))
         self._notify()
+        await self._wait_at_gate()
         failure = self._failure()
         if failure is not None:
             return failure

@@ -231,3 +231,49 @@ async def test_a_damaged_batch_is_fetched_again_from_the_rest_api(tmp_path: Path
             await until(lambda: spool.damaged_count == 0, timeout=10)
     assert len(sink.ids) == len(set(sink.ids))
     assert first > 1
+
+
+@pytest.mark.parametrize("rest_order", ["desc", "asc"])
+async def test_a_burst_between_the_two_requests_of_the_newest_probe_is_recovered_whole(
+    tmp_path: Path, rest_order: str
+) -> None:
+    """The first connection's look at the REST API is slow: between its two requests (the
+    first entry, then the last), the connection dies silently and 300 events are created,
+    more than the list held. A newest-first list then answers a new entry where the oldest
+    was asked, as an oldest-first list would: the order must not be taken from that, or
+    the walk recovers one page (100), moves the cursor past the other 200, and they are
+    never recovered. All 300 are recovered, in both orders."""
+    out = tmp_path / "events.jsonl"
+    async with Emulator(
+        tokens=[TOKEN],
+        push_while_disconnected=False,
+        rest_order=rest_order,  # type: ignore[arg-type]
+    ) as server:
+        await emit(server, 5)
+        # Start-up's probe takes two requests (the list holds 5); the first connection's
+        # first request is answered, its second waits.
+        server.hold_rest(after=3)
+        # The dead connection is noticed after 1.5 s: long after the probe ends.
+        opts = options(server, tmp_path, ping_timeout=1.5)
+        async with Bridge(TOKEN, [f"file:{out}"], **opts) as bridge:  # type: ignore[arg-type]
+            assert bridge._recovery is not None
+            tracker = bridge._recovery.tracker
+            await server.wait_for_clients(1)
+            await server.wait_until(lambda: server.rest_held == 1, what="a held REST request")
+            assert server.rest_request_count() == 4
+            server.freeze()
+            gap = await emit(server, 300)
+            server.release_rest()
+            # The probe ended while the connection still counts as live: its gap closed.
+            await until(lambda: tracker.open_start is None)
+            assert tracker.losses == 0
+            await server.wait_until(
+                lambda: sum(1 for c in server.clients if c.authenticated) >= 2,
+                timeout=10,
+                what="a new connection",
+            )
+            server.unfreeze()
+            await until(lambda: bridge.recovered >= 300, timeout=15)
+            await until(lambda: len(file_ids(out)) == 300, timeout=10)
+            assert bridge.recovered == 300
+    assert sorted(file_ids(out)) == gap
