@@ -14,11 +14,12 @@ import pytest
 from neuroio import EventListener
 from neuroio.exceptions import ConfigurationError
 from neuroio.messages import Backfilled
-from neuroio.testing import Emulator
+from neuroio.testing import SPACE_ID_STRIDE, Emulator
 
 from ..helpers import Frames
 
 STRIDE = 10**9
+assert SPACE_ID_STRIDE == STRIDE  # the documented range
 
 
 def spaces_of(got: Frames) -> set[int]:
