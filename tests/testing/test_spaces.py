@@ -156,3 +156,18 @@ async def test_rest_lists_only_the_tokens_space() -> None:
             async with session.get(f"{emu.api_url}/v1/entries/", headers=headers) as resp:
                 assert resp.status == 401
         assert emu.rest_request_count() == 4
+
+
+async def test_backlog_before_connecting_is_the_own_space_only() -> None:
+    """push_while_disconnected (default): events emitted before a space's first client
+    connects are pushed to it on AUTH, those of the other spaces are not."""
+    async with Emulator(spaces=2, seed=5) as emu:
+        one, two = emu.space_tokens
+        early1 = [e["id"] for e in await emu.space(one).burst(4)]
+        await emu.space(two).burst(6)
+        async with listening(emu, one) as got1:
+            await got1.wait(lambda: set(early1) <= set(got1.ids))
+            marker = (await emu.space(one).emit())["id"]
+            await got1.wait(lambda: marker in got1.ids)
+        assert sorted(got1.ids) == [*early1, marker]
+        assert spaces_of(got1) == {1}
