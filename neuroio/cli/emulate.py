@@ -53,7 +53,12 @@ async def serve(
         ) from None
     try:
         with contextlib.suppress(BrokenPipeError):
-            sys.stdout.write(f"{emulator.url}\n{emulator.api_url}\n")
+            # A space's token is how a client picks its space: the user needs them.
+            sys.stdout.write(
+                "".join(
+                    f"{line}\n" for line in (emulator.url, emulator.api_url, *emulator.space_tokens)
+                )
+            )
             sys.stdout.flush()
         accepted = emulator.tokens
         tokens = "any non-empty token" if accepted is None else plural(len(accepted), "token")
@@ -250,6 +255,15 @@ async def _report_replay(emulator: Emulator) -> None:
     "list (a bare JSON list, still honouring limit and offset).",
 )
 @click.option(
+    "--spaces",
+    type=click.IntRange(1, 9),
+    default=None,
+    metavar="N",
+    help="Serve N spaces, each with its own token, ids (space k's from k*10**9+1), REST "
+    "history and events; the tokens are printed after the URLs, one a line; --rate applies "
+    "to each space. Not with --token, --tokens-file or --replay.",
+)
+@click.option(
     "--public",
     is_flag=True,
     help="Allow listening on a non-loopback address (the emulator has no real security).",
@@ -269,18 +283,21 @@ def command(
     clock_offset: float,
     rest_order: RestOrder,
     rest_shape: RestShape,
+    spaces: int | None,
     public: bool,
     use_uvloop: bool | None,
     log: LogSettings,
 ) -> None:
     """Run the NeuroIO events emulator: WebSocket events and the REST entries list.
 
-    Prints the events URL and the REST URL on stdout, then serves until Ctrl-C.
+    Prints the events URL and the REST URL on stdout (then, with --spaces, the token of
+    each space, one a line), then serves until Ctrl-C.
 
     \b
     Examples:
       neuroio-events emulate --rate 10 --token test-token
       neuroio-events emulate --port 0 --replay incident.rec --speed 10
+      neuroio-events emulate --spaces 3 --rate 5
     """
     log.configure()
     if not public and not is_loopback(host):
@@ -293,6 +310,8 @@ def command(
     if rate is None:
         rate = 0.0 if replay is not None else 1.0
     accepted = [t for t in tokens if t]
+    if spaces is not None and (accepted or tokens_file is not None):
+        raise click.UsageError("--spaces generates the tokens: not with --token or --tokens-file")
     if tokens_file is not None:
         try:
             accepted += sorted(read_tokens(tokens_file))
@@ -313,6 +332,7 @@ def command(
             clock_offset=clock_offset,
             rest_order=rest_order,
             rest_shape=rest_shape,
+            spaces=spaces,
         )
     except ConfigurationError as exc:
         # nan passes click's number ranges; the emulator's own check words it.

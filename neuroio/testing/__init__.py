@@ -23,6 +23,7 @@ from ._hostile import HOSTILE_KINDS
 from ._listeners import ListenerFactory
 from ._rest import REST_ORDERS, REST_SHAPES, RestOrder, RestShape
 from ._server import ClientRecord
+from ._spaces import SPACE_ID_STRIDE, Space
 from ._threaded import ThreadedEmulator
 
 __all__ = [
@@ -32,11 +33,13 @@ __all__ = [
     "REDACTED_AUTH",
     "REST_ORDERS",
     "REST_SHAPES",
+    "SPACE_ID_STRIDE",
     "ClientRecord",
     "RestOrder",
     "RestShape",
     "Emulator",
     "EntryFactory",
     "ListenerFactory",
+    "Space",
     "ThreadedEmulator",
 ]

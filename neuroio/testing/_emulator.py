@@ -35,8 +35,9 @@ from ._frames import Frame, encoder
 from ._hostile import hostile_frames
 from ._media import MEDIA_PREFIX, MediaSide
 from ._replay import SKIP, load_recording, play, replayed_entry
-from ._rest import History, RestApi, RestOrder, RestShape, check_rest_options
+from ._rest import History, RestApi, RestOrder, RestShape, Stored, check_rest_options
 from ._server import ClientRecord, WebSocketSide
+from ._spaces import SPACE_ID_STRIDE, Space, space_token
 
 __all__ = ["BOGUS_ID", "Emulator"]
 
@@ -85,6 +86,11 @@ class Emulator:
         rest_shape: ``"page"`` (``{"count", "next", "previous", "results"}``) or ``"list"``
             (a bare JSON list of entries, still honouring limit and offset). Also an
             attribute.
+        spaces: serve this many spaces, each with its own token (``space-1-token``, ...,
+            see :attr:`space_tokens`), entries (``space.id`` ``k``, ids from
+            ``k * 10**9 + 1``), REST history and WebSocket audience; ``rate`` then applies
+            to each space. Emit with ``emu.space(token).emit()``. ``None``: one space, any
+            accepted token sees every event. Not with ``tokens`` or ``replay``.
 
     Raises:
         ConfigurationError: an option is invalid.
@@ -110,9 +116,18 @@ class Emulator:
         clock_offset: float = 0.0,
         rest_order: RestOrder = "desc",
         rest_shape: RestShape = "page",
+        spaces: int | None = None,
     ) -> None:
         _check_options(port, rate, auth_timeout, history_size, replay_speed, close_timeout)
         check_rest_options(rest_order, rest_shape)
+        if spaces is not None:
+            if isinstance(spaces, bool) or not isinstance(spaces, int) or not 1 <= spaces <= 9:
+                raise ConfigurationError(f"spaces must be a whole number in 1..9, got {spaces!r}")
+            if tokens is not None:
+                raise ConfigurationError("spaces generates the tokens: do not give tokens too")
+            if replay is not None:
+                raise ConfigurationError("replay plays one space: not with spaces")
+            tokens = [space_token(k) for k in range(1, spaces + 1)]
         self.host = host
         self.tokens: set[str] | None = None if tokens is None else set(tokens)
         """Accepted tokens (``None``: any non-empty one); change it to accept or reject."""
@@ -135,7 +150,22 @@ class Emulator:
         self._bound_port: int | None = None
         self._history = History(history_size)
         self.emitted = 0
-        """How many events :meth:`emit` (and the stream, burst and replay) emitted."""
+        """How many events :meth:`emit` (and the stream, burst and replay) emitted; with
+        ``spaces``, in all spaces."""
+        self._spaces: dict[str, Space] = {}
+        for k in range(1, (spaces or 0) + 1):
+            token = space_token(k)
+            self._spaces[token] = Space(
+                k,
+                token,
+                seed=seed,
+                clock_offset=clock_offset,
+                history_size=history_size,
+                token_ok=self._token_ok,
+                notify=self._notify,
+                settings=self,
+                emit=self._emit_in,
+            )
 
         self._ws = WebSocketSide(
             self._history,
@@ -143,6 +173,7 @@ class Emulator:
             token_ok=self._token_ok,
             notify=self._notify,
             on_authenticated=self._authenticated,
+            history_of=self._history_of if self._spaces else None,
         )
         self.clients: list[ClientRecord] = self._ws.clients
         """One record per WebSocket connection ever accepted, in order."""
@@ -151,7 +182,9 @@ class Emulator:
         )
         self.rest_requests: list[dict[str, str]] = self._rest.requests
         """The query parameters of each ``GET /v1/entries/`` request, in order."""
-        self._media = MediaSide(self._history, notify=self._notify)
+        self._media = MediaSide(
+            self._history, notify=self._notify, find=self._find if self._spaces else None
+        )
         self.media_requests: list[str] = self._media.requests
         """The path of each picture request (``/media/...``), in order, 404s too."""
 
@@ -197,8 +230,8 @@ class Emulator:
             self._replay_done = asyncio.Event()
         app = web.Application()
         app.router.add_get("/", self._ws.handle)
-        app.router.add_get("/v1/entries/", self._rest.handle)
-        app.router.add_get("/v1/entries", self._rest.handle)
+        app.router.add_get("/v1/entries/", self._rest_handle)
+        app.router.add_get("/v1/entries", self._rest_handle)
         self._media.add_routes(app)
         # Handlers end when their clients are closed, which stop() does first.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -211,6 +244,8 @@ class Emulator:
         self._runner = runner
         # Generated entries link to the pictures served here (the port is known now).
         self.factory.media_url = self.media_url
+        for space in self._spaces.values():
+            space.factory.media_url = self.media_url
         if self.rate is not None:
             self.start_stream(self.rate)
         if self._replay_frames is not None and self._replay_task is None:
@@ -396,7 +431,12 @@ class Emulator:
 
         Frames are queued per client and written in emission order; use :meth:`flush` to
         wait until they are on the sockets.
+
+        Raises:
+            ConfigurationError: the emulator serves several ``spaces`` (emit in one of them
+                with ``emu.space(token).emit()``).
         """
+        self._one_space("emit")
         return self._emit(entry, overrides)
 
     async def push_unlisted(
@@ -422,7 +462,13 @@ class Emulator:
         return built
 
     async def burst(self, n: int) -> list[dict[str, Any]]:
-        """Emit ``n`` generated events back to back; returns them."""
+        """Emit ``n`` generated events back to back; returns them.
+
+        Raises:
+            ConfigurationError: the emulator serves several ``spaces`` (use
+                ``emu.space(token).burst(n)``).
+        """
+        self._one_space("burst")
         out: list[dict[str, Any]] = []
         for i in range(n):
             out.append(self._emit(None, {}))
@@ -464,7 +510,8 @@ class Emulator:
         return entry
 
     def start_stream(self, rate: float) -> None:
-        """Emit generated events at ``rate`` per second until :meth:`stop_stream`.
+        """Emit generated events at ``rate`` per second (in each space, with ``spaces``)
+        until :meth:`stop_stream`.
 
         Replaces a running stream. Falls behind (never ahead) when the machine cannot keep
         up; the count owed is caught up in batches.
@@ -493,7 +540,12 @@ class Emulator:
             due = int((loop.time() - t0) * rate) + 1 - sent
             # Bounded batches keep the loop responsive when far behind.
             for _ in range(min(due, 2000)):
-                self._emit(None, {})
+                if self._spaces:
+                    # ``rate`` is per space: each tick emits once in every space.
+                    for space in self._spaces.values():
+                        self._emit_in(space, None, {})
+                else:
+                    self._emit(None, {})
                 sent += 1
             delay = t0 + sent / rate - loop.time()
             await asyncio.sleep(max(delay, 0.0))
@@ -505,6 +557,75 @@ class Emulator:
             TimeoutError: some client's queue did not drain in time.
         """
         await self._ws.flush(timeout)
+
+    # ------------------------------------------------------------------ spaces
+
+    @property
+    def space_tokens(self) -> list[str]:
+        """The token of each space, in order (``[]`` without ``spaces``)."""
+        return list(self._spaces)
+
+    def space(self, token: str) -> Space:
+        """The space whose token is ``token``: emit in it, read its history and requests.
+
+        Raises:
+            KeyError: no space has this token.
+        """
+        try:
+            return self._spaces[token]
+        except KeyError:
+            raise KeyError("no space has this token") from None
+
+    def _one_space(self, what: str) -> None:
+        if self._spaces:
+            raise ConfigurationError(
+                f"this emulator serves {len(self._spaces)} spaces: "
+                f"{what} in one with emu.space(token).{what}()"
+            )
+
+    def _emit_in(
+        self, space: Space, entry: dict[str, Any] | None, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
+        factory = space.factory
+        if entry is None:
+            overrides = {"space": {"id": space.id, "name": space.name}, **overrides}
+            entry = factory.make(**overrides)
+        elif overrides or "id" not in entry:
+            entry = {k: v for k, v in entry.items() if k not in overrides}
+            entry.update((k, v) for k, v in overrides.items() if v is not OMIT)
+            entry.setdefault("id", factory.next_id)
+        entry_id = entry.get("id")
+        if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+            raise ConfigurationError(f"an entry id must be an int, got {entry_id!r}")
+        factory.observe(entry_id)
+        frame, data_start = _event_frame(entry)
+        space.history.add(entry, frame, data_start)
+        self._ws.push_event(frame, space.token)
+        space.emitted += 1
+        self.emitted += 1
+        if self._waiters:
+            self._notify()
+        return entry
+
+    def _history_of(self, token: str) -> History:
+        space = self._spaces.get(token)
+        return self._history if space is None else space.history
+
+    def _find(self, entry_id: int) -> Stored | None:
+        # Ids of different spaces never meet: space k's start at k * SPACE_ID_STRIDE + 1.
+        space = self._spaces.get(space_token(entry_id // SPACE_ID_STRIDE))
+        return None if space is None else space.history.find(entry_id)
+
+    async def _rest_handle(self, request: web.Request) -> web.Response:
+        if self._spaces:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            space = self._spaces.get(token.strip()) if scheme == "Token" else None
+            if space is not None:
+                return await space.rest.handle(request)
+        return await self._rest.handle(request)
+
+    def _rests(self) -> list[RestApi]:
+        return [self._rest, *(space.rest for space in self._spaces.values())]
 
     # ------------------------------------------------------------------ controls
 
@@ -598,26 +719,30 @@ class Emulator:
             retry_after: seconds to put in a ``Retry-After`` header (written as a decimal
                 number, so tests can use fractions of a second).
         """
-        self._rest.fail(status, count, retry_after)
+        for rest in self._rests():
+            rest.fail(status, count, retry_after)
 
     def heal_rest(self) -> None:
         """Serve REST requests normally again."""
-        self._rest.heal()
+        for rest in self._rests():
+            rest.heal()
 
     def hold_rest(self, *, after: int = 0) -> None:
         """Answer the next ``after`` REST requests, then keep every later one waiting (a
         slow API) until :meth:`release_rest`: to make something happen between two
         requests of the client. :attr:`rest_held` says how many wait."""
-        self._rest.hold(after)
+        for rest in self._rests():
+            rest.hold(after)
 
     def release_rest(self) -> None:
         """Answer the REST requests :meth:`hold_rest` keeps waiting, and hold no more."""
-        self._rest.release()
+        for rest in self._rests():
+            rest.release()
 
     @property
     def rest_held(self) -> int:
         """REST requests waiting at :meth:`hold_rest`'s gate now."""
-        return self._rest.held
+        return sum(rest.held for rest in self._rests())
 
     # ------------------------------------------------------------------ observing
 
@@ -638,7 +763,7 @@ class Emulator:
             params: only requests whose query has each of these parameters with this value
                 (as sent, a string: ``id_from="42"``).
         """
-        return self._rest.count(path, has, params)
+        return sum(rest.count(path, has, params) for rest in self._rests())
 
     async def wait_for_clients(
         self, n: int, *, authenticated: bool = True, timeout: float = 5.0

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from ._entries import entry_image_url, person_image_url
 from ._faces import face_png, scene_png
-from ._rest import History
+from ._rest import History, Stored
 
 __all__ = ["MEDIA_PREFIX", "MediaSide", "entry_image_url", "person_image_url"]
 
@@ -57,10 +57,18 @@ class MediaSide:
     Args:
         history: the emulator's emitted entries.
         notify: called after every request is logged (it wakes the emulator's waiters).
+        find: looks an entry up by id; ``None``: in ``history`` (an emulator serving several
+            spaces looks in each space's).
     """
 
-    def __init__(self, history: History, *, notify: Callable[[], None]) -> None:
-        self._history = history
+    def __init__(
+        self,
+        history: History,
+        *,
+        notify: Callable[[], None],
+        find: Callable[[int], Stored | None] | None = None,
+    ) -> None:
+        self._find: Callable[[int], Stored | None] = find or history.find
         self._notify = notify
         self.requests: list[str] = []
         """The path of every media request, in order (404s too)."""
@@ -85,7 +93,7 @@ class MediaSide:
     async def _entry(self, request: web.Request) -> web.Response:
         kind = self._logged(request)
         entry_id = int(request.match_info["key"][:16], 16)
-        stored = self._history.find(entry_id)
+        stored = self._find(entry_id)
         if stored is None:
             raise web.HTTPNotFound(text=f"no entry {entry_id} in the history")
         pid = stored.pid

@@ -177,6 +177,8 @@ class WebSocketSide:
         token_ok: whether a token is accepted.
         notify: called after every change of state (it wakes the emulator's waiters).
         on_authenticated: called after each accepted AUTH.
+        history_of: the history of a token's space, for its backlog (an emulator serving
+            several spaces keeps one per space); ``None``: ``history`` for every token.
     """
 
     def __init__(
@@ -187,8 +189,10 @@ class WebSocketSide:
         token_ok: Callable[[Any], bool],
         notify: Callable[[], None],
         on_authenticated: Callable[[], None],
+        history_of: Callable[[str], History] | None = None,
     ) -> None:
         self._history = history
+        self._history_of: Callable[[str], History] = history_of or (lambda _token: history)
         self._settings = settings
         self._token_ok = token_ok
         self._notify = notify
@@ -206,9 +210,11 @@ class WebSocketSide:
 
     # ------------------------------------------------------------------ pushing
 
-    def push_event(self, frame: bytes) -> None:
-        """Queue an event frame for every live, unfrozen connection."""
-        for clients in self._live.values():
+    def push_event(self, frame: bytes, token: str | None = None) -> None:
+        """Queue an event frame for every live, unfrozen connection (only those
+        authenticated with ``token`` if given: the audience of one space)."""
+        audiences = self._live.values() if token is None else (self._live.get(token, ()),)
+        for clients in audiences:
             for client in clients:
                 if not client.frozen:
                     client.push(frame)
@@ -256,7 +262,7 @@ class WebSocketSide:
 
     def queue_from_now(self, token: str) -> None:
         """A token new to this server queues only the events emitted from now on."""
-        self._cursor.setdefault(token, self._history.next_seq)
+        self._cursor.setdefault(token, self._history_of(token).next_seq)
 
     async def abort_clients(self) -> None:
         """Abort every open TCP connection: no close frame, queued frames are lost."""
@@ -406,7 +412,8 @@ class WebSocketSide:
         client.record.authenticated = True
         clients = self._live.setdefault(token, [])
         if not clients and self._settings.push_while_disconnected:
-            for frame in self._history.frames_since(self._cursor.get(token, 0)):
+            backlog = self._history_of(token).frames_since(self._cursor.get(token, 0))
+            for frame in backlog:
                 client.push(frame)
         clients.append(client)
         client.token = token
@@ -426,7 +433,7 @@ class WebSocketSide:
         if not clients:
             del self._live[token]
             # Everything emitted until now counted as delivered for this token.
-            self._cursor[token] = self._history.next_seq
+            self._cursor[token] = self._history_of(token).next_seq
 
     def _auth_timed_out(self, client: _Client) -> None:
         client.auth_timer = None

@@ -146,3 +146,30 @@ async def test_emulate_refuses_a_bad_clock_offset_in_one_line(cli: StartCli) -> 
     proc = await cli("emulate", "--port", "0", "--clock-offset", "nan")
     assert await proc.finish() == 2
     assert "clock_offset" in proc.err and "Traceback" not in proc.err
+
+
+async def test_emulate_spaces_prints_a_token_per_space_and_serves_each(cli: StartCli) -> None:
+    """--spaces 3: three tokens after the URLs; a listener with the second gets that space's
+    events only (ids from 2 * 10**9 + 1)."""
+    emu = await cli("emulate", "--port", "0", "--rate", "50", "--spaces", "3")
+    url = (await emu.line()).decode().strip()
+    await emu.line()
+    tokens = [line.decode().strip() for line in await emu.lines(3)]
+    assert len(set(tokens)) == 3 and all(tokens)
+    listener = await cli("listen", "--url", url, "--token", tokens[1], "--count", "3")
+    assert await listener.finish() == 0
+    events = [json.loads(line) for line in listener.stdout.splitlines()]
+    assert len(events) == 3
+    for event in events:
+        entry = event.get("data", event)
+        assert 2 * 10**9 < entry["id"] < 3 * 10**9
+        assert entry["space"]["id"] == 2
+    emu.send(signal.SIGINT)
+    assert await emu.finish() == 0
+
+
+async def test_emulate_spaces_refuses_given_tokens(cli: StartCli) -> None:
+    """--spaces with --token is a usage error in one line."""
+    proc = await cli("emulate", "--port", "0", "--spaces", "2", "--token", TOKEN)
+    assert await proc.finish() == 2
+    assert "--spaces" in proc.err and "Traceback" not in proc.err
