@@ -9,6 +9,7 @@ files world-readable).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -34,6 +35,34 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def append_whole(fd: int, data: bytes, *, fsync: bool) -> None:
+    """Append ``data`` to ``fd`` (and ``fsync`` it when asked), or nothing: on an error the
+    file is cut back to its size before, so a retry appends the batch whole, never after half
+    of it.
+
+    Raises:
+        OSError: the write or the ``fsync`` failed (the file is as it was, where it can be cut).
+    """
+    before = os.fstat(fd).st_size
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, before)
+        raise
+
+
+def sync_directory(directory: str | os.PathLike[str]) -> None:
+    """``fsync`` a directory, so that names created or renamed in it survive a power loss."""
+    fd = os.open(os.fspath(directory) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_private(path: str | os.PathLike[str], flags: int, *, mode: int = PRIVATE_FILE_MODE) -> int:

@@ -47,9 +47,11 @@ from typing import Any
 from .._io import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
+    append_whole,
     make_private,
     make_private_dirs,
     open_private,
+    sync_directory,
     write_all,
 )
 from .._routing.template import Template
@@ -332,7 +334,7 @@ class FileSink(Sink):
         fd = open_private(path, os.O_RDWR | os.O_APPEND, mode=self.mode)
         try:
             if created:
-                _sync_directory(directory)  # the new name survives a power loss too
+                sync_directory(directory)  # the new name survives a power loss too
             self._restrict(fd, path)
             self._cut_torn_line(fd, path)
         except BaseException:
@@ -474,18 +476,7 @@ class FileSink(Sink):
         return list(self._files)
 
     def _write(self, fd: int, data: bytes) -> None:
-        before = os.fstat(fd).st_size
-        try:
-            write_all(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        except OSError:
-            # Never leave half a batch behind: the retry appends it whole.
-            try:
-                os.ftruncate(fd, before)
-            except OSError:
-                pass
-            raise
+        append_whole(fd, data, fsync=self.fsync)
 
     # -- rotation --------------------------------------------------------------------------
 
@@ -513,7 +504,7 @@ class FileSink(Sink):
         shift_numbered(self.path, self.keep)
         fd = self._open_fixed()
         if self.fsync:
-            _sync_directory(os.path.dirname(self.path))  # the renames are durable too
+            sync_directory(os.path.dirname(self.path))  # the renames are durable too
         log.info("%s: rotated (%s); the previous file is %s.1", self.name, self.rotation, self.path)
         return fd
 
@@ -580,12 +571,3 @@ def shift_numbered(path: str, keep: int) -> None:
         else:
             os.rename(old, f"{path}.{number + 1}")
     os.rename(path, f"{path}.1")
-
-
-def _sync_directory(directory: str) -> None:
-    """``fsync`` a directory, so that names created or renamed in it survive a power loss."""
-    fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -58,7 +58,14 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from .._io import PRIVATE_FILE_MODE, make_private_dirs, open_private, write_all
+from .._io import (
+    PRIVATE_FILE_MODE,
+    append_whole,
+    make_private_dirs,
+    open_private,
+    sync_directory,
+    write_all,
+)
 from .._routing.template import Template
 from ..exceptions import ConfigurationError, SinkError
 from ._uri import Bool, Choice, Duration, Int, Text, parse_options, redact_uri
@@ -560,24 +567,8 @@ class ImagesSink(Sink):
         if self.fsync:
             # The renames of this batch's pictures are durable before the index lists them.
             for directory in directories:
-                _sync_dir(self.directory / directory)
-        before = os.fstat(fd).st_size
-        try:
-            write_all(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, before)  # never half a batch: the retry appends it whole
-            raise
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                sync_directory(self.directory / directory)
+        append_whole(fd, data, fsync=self.fsync)  # never half a batch: a retry appends it whole
 
 
 def _extension(content_type: str, target: URL) -> str:

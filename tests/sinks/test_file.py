@@ -349,7 +349,7 @@ async def test_reopen_waits_for_the_write_in_progress(
     """SIGHUP while a batch is being written (held between its write and its fsync): the
     reopen waits, the batch completes and is synced in the renamed file, the next batch goes
     to the new file."""
-    import neuroio.sinks.file as file_module
+    import neuroio._io as io_module  # the one place a batch is appended (append_whole)
 
     entered, release = threading.Event(), threading.Event()
 
@@ -361,7 +361,7 @@ async def test_reopen_waits_for_the_write_in_progress(
     path = tmp_path / "events.jsonl"
     sink = FileSink(path)
     await sink.start()
-    monkeypatch.setattr(file_module, "write_all", held_write_all)
+    monkeypatch.setattr(io_module, "write_all", held_write_all)
     sending = asyncio.create_task(sink.send(events(1, 2, 3)))
     assert await asyncio.to_thread(entered.wait, 10)
     path.rename(tmp_path / "events.jsonl.1")
