@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._status import Retry, StatusPage
 from ..exceptions import SpoolError
+from ..stats import ListenerStats
 from .delivery import SinkStatus
 from .spool import Spool
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 __all__ = [
+    "StreamSnapshot",
     "BridgeSnapshot",
     "SinkSnapshot",
     "dead_letters_by_sink",
@@ -80,6 +82,49 @@ class SinkSnapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamSnapshot:
+    """One named stream's figures (labelled ``stream`` in the metrics).
+
+    Attributes:
+        name: the stream's name.
+        state: ``live``, ``backoff``, ..., ``rejected``, ``failed`` or ``stopped`` (a fleet
+            worker that does not hold it).
+        running: started (held) and not stopped.
+        events, frames: events and frames received on its connections.
+        reconnects: connection losses by reason.
+        rtt: the round trip of its last PING.
+        last_event_at: ``time.monotonic()`` of its last event.
+    """
+
+    name: str
+    state: str
+    running: bool
+    events: int = 0
+    frames: int = 0
+    reconnects: tuple[tuple[str, int], ...] = ()
+    rtt: float | None = None
+    last_event_at: float | None = None
+
+    @classmethod
+    def of(
+        cls, name: str, state: str, stats: ListenerStats | None, running: bool
+    ) -> StreamSnapshot:
+        """The snapshot of a stream in ``state`` whose listener has ``stats``."""
+        if stats is None:
+            return cls(name, state, running)
+        return cls(
+            name,
+            state,
+            running,
+            events=stats.events,
+            frames=stats.messages,
+            reconnects=tuple(sorted(stats.reconnects.items())),
+            rtt=stats.last_rtt,
+            last_event_at=stats.last_event_at,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class BridgeSnapshot:
     """A bridge's figures at one moment (see the table in :mod:`neuroio.bridge.metrics`).
 
@@ -105,6 +150,7 @@ class BridgeSnapshot:
     rtt: float | None = None
     last_event_at: float | None = None
     healthy: bool = False
+    streams: tuple[StreamSnapshot, ...] = ()
 
 
 def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
