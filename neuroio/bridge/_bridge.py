@@ -779,6 +779,7 @@ class Bridge:
             last_event_at=stats.last_event_at if stats else _last_event(streams),
             healthy=self.health()[0],
             streams=streams,
+            connect_attempts=self._gate.attempts if self._gate is not None else 0,
         )
 
 

@@ -93,7 +93,7 @@ class StreamSnapshot:
         events, frames: events and frames received on its connections.
         reconnects: connection losses by reason.
         rtt: the round trip of its last PING.
-        last_event_at: ``time.monotonic()`` of its last event.
+        last_event_at: when its last event came (as ``ListenerStats.last_event_at``).
     """
 
     name: str
@@ -151,6 +151,7 @@ class BridgeSnapshot:
     last_event_at: float | None = None
     healthy: bool = False
     streams: tuple[StreamSnapshot, ...] = ()
+    connect_attempts: int = 0
 
 
 def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:

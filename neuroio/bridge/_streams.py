@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import contextvars
+import dataclasses
 import logging
 import ssl as _ssl
 from collections.abc import Iterable

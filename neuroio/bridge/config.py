@@ -273,6 +273,9 @@ class BridgeConfig:
             raise ConfigurationError("need 0 < sink_retry_delay <= sink_max_retry_delay")
         if self.shutdown_timeout < 0:
             raise ConfigurationError("shutdown_timeout must be >= 0")
+        self._validate_streams()
+
+    def _validate_streams(self) -> None:
         if not self.connect_rate > 0:
             raise ConfigurationError("connect_rate must be positive")
         if self.fleet is not None and not self.streams:
