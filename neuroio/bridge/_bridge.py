@@ -212,7 +212,7 @@ class Bridge:
     @classmethod
     def from_config(
         cls,
-        api_token: TokenSource,
+        api_token: TokenSource | None,
         config: BridgeConfig,
         *,
         sinks: Sequence[Sink] = (),
@@ -226,7 +226,7 @@ class Bridge:
         return bridge
 
     @classmethod
-    def from_options(cls, api_token: TokenSource, **options: Any) -> Bridge:
+    def from_options(cls, api_token: TokenSource | None, **options: Any) -> Bridge:
         """A bridge from CLI-style options (``to=[...]``, ``spool=...``, ``ssl=...``)."""
         ssl = options.pop("ssl", None)
         try:
@@ -316,7 +316,11 @@ class Bridge:
         if self.spool is None:
             path = Path(config.spool) if config.spool else None
             self.spool = await asyncio.to_thread(
-                Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
+                Spool,
+                path,
+                max_bytes=config.spool_max_bytes,
+                synchronous=config.spool_sync,
+                streams=bool(config.streams),
             )
         # As the listener resolves them: a loopback events URL has its REST API beside it.
         events_url = (

@@ -373,8 +373,6 @@ class Stream:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        self.listener = None
-        self.task = None
 
     # -- what it reports ----------------------------------------------------------------
 

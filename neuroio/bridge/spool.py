@@ -1307,7 +1307,7 @@ class Spool:
     def _streams_of(self, events: Sequence[_Event]) -> list[int] | None:
         """The stream of each event, ``None`` when all are of stream 0 and their keys are
         their ids; raises ``ValueError`` for an event the spool cannot key."""
-        if not self._split and all(len(event) == 3 for event in events):
+        if not self._split and all(len(event) == 3 or not event[3] for event in events):
             return None  # the single stream: exactly as before streams existed
         streams = [event[3] if len(event) == 4 else 0 for event in events]
         several = any(streams)
