@@ -76,9 +76,15 @@ class Resolved:
             else:
                 options[name] = value
                 self.sources[name] = _SOURCE_WORDS.get(source, "default")  # type: ignore[arg-type]
+        if file is not None:
+            for name, value in file.options.items():  # keys with no option of their own
+                if name not in options:
+                    options[name] = value
+                    self.sources[name] = f"{file.path}: {file.keys[name]}"
         # --to adds routes that take every event to the file's own.
         options["to"] = (*(file.to if file is not None else ()), *to)
         options["routes"] = file.routes if file is not None else ()
+        options["streams"] = file.streams if file is not None else ()
         self.cli_to = to
         self.options = options
 
