@@ -41,7 +41,7 @@ __all__ = [
 STREAM_ROWS = 50
 """Rows of the status page's streams table past which only the streams not live are listed
 (the live ones are counted in one row): a thousand live streams must not bury one down."""
-STREAM_DOWN_ROWS = 200
+STREAM_DOWN_ROWS = 100
 """At most this many streams not live are listed (the rest counted in one row), so that a
 platform-wide outage of a thousand streams keeps the page small too."""
 _SEVERITY = ("rejected", "failed", "backoff", "closed", "connecting", "authenticating", "idle")
