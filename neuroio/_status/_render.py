@@ -311,7 +311,11 @@ def _streams(state: Mapping[str, Any]) -> str:
     fleet = streams.get("fleet")
     in_fleet = isinstance(fleet, Mapping)
     rows = "".join(stream_row(r, in_fleet) for r in streams.get("rows") or [])
-    line = f'<p id="fleet" class="note">{_e(fleet_line(fleet))}</p>' if in_fleet else ""
+    line = (
+        f'<p id="fleet" class="note">{_e(fleet_line(fleet))}</p>'
+        if isinstance(fleet, Mapping)
+        else ""
+    )
     return (
         '<section class="streams"><h2>Streams '
         f'<span id="streams-summary" class="figure">{_e(streams_summary(streams))}</span></h2>'

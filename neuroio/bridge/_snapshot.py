@@ -258,8 +258,9 @@ def streams_state(snap: BridgeSnapshot, health: Mapping[str, Any]) -> dict[str, 
     (in a fleet: streams held by other workers left out) and ``fleet`` (``None``, or
     ``worker``, ``workers``, ``connected``, ``held``, ``target``).
     """
-    fleet = health.get("fleet")
-    in_fleet = isinstance(fleet, Mapping)
+    found = health.get("fleet")
+    fleet: Mapping[str, Any] | None = found if isinstance(found, Mapping) else None
+    in_fleet = fleet is not None
     order = sorted(snap.streams, key=lambda s: (_rank(s.state, in_fleet), s.name))
     counts: dict[str, int] = {}
     for stream in order:
@@ -278,7 +279,7 @@ def streams_state(snap: BridgeSnapshot, health: Mapping[str, Any]) -> dict[str, 
             more_down = len(shown) - STREAM_DOWN_ROWS
             shown = shown[:STREAM_DOWN_ROWS]
     reasons = health.get("streams")
-    holders = fleet.get("streams") if in_fleet else None
+    holders = fleet.get("streams") if fleet is not None else None
     rows = []
     for stream in shown:
         described = reasons.get(stream.name) if isinstance(reasons, Mapping) else None
@@ -312,7 +313,7 @@ def streams_state(snap: BridgeSnapshot, health: Mapping[str, Any]) -> dict[str, 
         "more_live": more_live,
         "more_held": more_held,
         "more_down": more_down,
-        "fleet": _fleet_state(fleet) if in_fleet else None,
+        "fleet": _fleet_state(fleet) if fleet is not None else None,
     }
 
 
