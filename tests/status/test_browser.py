@@ -196,3 +196,34 @@ async def test_streams_table_renders_and_follows_the_snapshots(browser: Any) -> 
         )
         assert reason == [f"token rejected: {REASON}", 0, "neuroio-events bridge"]
         assert await leave(browser) == []
+
+
+async def test_fleet_line_and_holders_follow_the_fleet(browser: Any) -> None:
+    """In a fleet: the worker's line and who holds each stream, redrawn as workers come."""
+    now = time.time()
+    snap = BridgeSnapshot(
+        taken_at=now,
+        state="live",
+        streams=(
+            StreamSnapshot("a", "live", True, last_event_at=now),
+            StreamSnapshot("b", "stopped", False),
+        ),
+    )
+    fleet = {"worker": "w-1", "workers": ["w-1", "w-2"], "connected": True, "target": 1,
+             "held": ["a"], "streams": {"a": "w-1", "b": "w-2"}}  # fmt: skip
+    health: dict[str, Any] = {"fleet": fleet}
+    async with snapshot_page([snap], health) as url:
+        await asyncio.to_thread(browser.get, url)
+        await wait_js(browser, "return document.getElementById('live').textContent === 'live';",
+                      "the live stream connected", 5.0)  # fmt: skip
+        holders = "return [...document.querySelectorAll('#streams td.holder')].map((td) => "
+        holders += "td.textContent);"
+        assert await js(browser, holders) == ["held by this worker", "stopped (held by w-2)"]
+        health["fleet"] = {**fleet, "workers": ["w-1", "w-2", "w-3"], "streams": {"a": "w-1"}}
+        line = (
+            "return document.getElementById('fleet').textContent === 'worker w-1 of 3 live "
+            "workers (w-1, w-2, w-3); holds 1 stream (its share: 1)';"
+        )
+        await wait_js(browser, line, "the fleet line follows the fleet", 5.0)
+        assert await js(browser, holders) == ["held by this worker", "stopped"]
+        assert await leave(browser) == []
