@@ -1311,6 +1311,8 @@ class Spool:
             return None  # the single stream: exactly as before streams existed
         streams = [event[3] if len(event) == 4 else 0 for event in events]
         several = any(streams)
+        if not several and not self._split:
+            return None  # ids of stream 0 of any size while the spool has no other stream
         if several and not self.streams:
             raise ValueError(
                 "events of streams numbered 1 or more need a Spool opened with streams=True"
