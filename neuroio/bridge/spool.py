@@ -1912,6 +1912,8 @@ class Spool:
                     continue
                 self._skip[batch.first_seq] = batch
             shown = "unreadable" if batch.ids is None else _id_range(batch.ids)
+            if batch.streams and any(batch.streams):
+                shown += f" of streams {_id_range(tuple(sorted(set(batch.streams))))}"
             log.error(
                 "spool %s: the batch of seq %d-%d (ids %s) is damaged (%s): moved aside, not "
                 "delivered; recover those events from the REST API",
@@ -2234,6 +2236,13 @@ class Spool:
             return None if self._newest_id is None else str(self._newest_id)
         if key == LAST_EVENT_CREATED:
             return self._newest_created
+        name, dot, number = key.rpartition(".")
+        if dot and name in (LAST_EVENT_ID, LAST_EVENT_CREATED) and number.isdigit():
+            # A stream's newest, as for stream 0: the in-memory value, newer than the saved.
+            newest, created = self.newest_of(int(number))
+            if name == LAST_EVENT_CREATED:
+                return created
+            return None if newest is None else str(newest)
         with self._rlock:
             try:
                 row = (

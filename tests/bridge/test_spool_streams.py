@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from neuroio.bridge.spool import LAST_EVENT_ID, Spool, SpooledEvent, stream_id_ok
+from neuroio.bridge.spool import (
+    LAST_EVENT_ID,
+    DeadLetterStore,
+    Spool,
+    SpooledEvent,
+    stream_id_ok,
+)
 from neuroio.exceptions import SpoolError
 
 from ..test_spool import _damage
@@ -94,6 +100,7 @@ def test_newest_of_each_stream_survives_reopening_and_pruning(path: Path) -> Non
         spool.write([ev(5, 1), ev(9, 2), ev(3, 1), ev(4)])
         spool.write([ev(2, 2)])  # an older id (a recovered gap) moves nothing
         assert spool.newest_of(1) == (5, created(5))
+        assert spool.get_state(f"{LAST_EVENT_ID}.1") == "5"  # before it is saved there
         assert spool.newest_of(2) == (9, created(9))
         assert (
             spool.newest_of(0)
@@ -192,6 +199,7 @@ def test_a_damaged_batch_reports_the_stream_of_each_id(
         [batch] = spool.damaged()
         assert (batch.first_seq, batch.last_seq) == (3, 5)
         assert batch.ids == (2, 2, 3) and batch.streams == (1, 2, 0)
+        assert "(ids 2, 2, 3 of streams 0, 1, 2) is damaged" in caplog.text
         assert pairs(spool.write([ev(2, 2), ev(2, 1)])) == [(2, 2), (1, 2)]
     with Spool(path, streams=True) as spool:
         [batch] = spool.damaged()
@@ -209,6 +217,10 @@ def test_dead_letters_keep_their_stream(path: Path) -> None:
         assert spool.request_redrive("a", 4) == (1, 1)
         [redrive] = spool.take_redrive("a")
         assert redrive.event == two
+        with DeadLetterStore(path) as store:  # the deadletters command, beside the bridge
+            [kept] = store.select(event_id=4)
+            assert kept.event == two and kept.retry_pending
+            assert store.select(event_id=2**43 + 4) == []
 
 
 def test_ids_out_of_range_and_streams_not_enabled_are_refused_before_anything(
