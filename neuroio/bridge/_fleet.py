@@ -194,6 +194,7 @@ class Fleet:
         self._lost_since: float | None = None
         self._worker_rev = 0
         self._duplicate_id = False
+        self._worker_sent: list[bytes] = []  # worker-key values sent since the last success
         self._serial = 0
         self._target = 0
         self._live: tuple[str, ...] = (self.worker,)
@@ -369,11 +370,14 @@ class Fleet:
 
     @staticmethod
     async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # wait() does not raise the tasks' CancelledError into the caller.
-            await asyncio.wait(tasks)
+        pending = set(tasks)
+        while pending:
+            # Cancelled again until done: asyncio.wait_for of Python < 3.12 can swallow a
+            # cancellation that arrives as the awaited event fires (the loops also end on
+            # _closed). wait() does not raise the tasks' CancelledError into the caller.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -437,7 +441,7 @@ class Fleet:
     # -- the watch ----------------------------------------------------------------------------
 
     async def _watching(self) -> None:
-        while True:
+        while not self._closed:
             self._rewatch.clear()
             try:
                 watcher = await self._kv.watchall()
@@ -453,7 +457,7 @@ class Fleet:
                     await watcher.stop()
 
     async def _follow(self, watcher: Any) -> None:
-        while not self._rewatch.is_set():
+        while not self._rewatch.is_set() and not self._closed:
             try:
                 entry = await watcher.updates(timeout=self.tick)
             except nats.errors.TimeoutError:
@@ -464,13 +468,23 @@ class Fleet:
                 continue
             value = None if entry.operation in _DELETED else bytes(entry.value or b"")
             changed = self._seen.saw(entry.key, entry.revision, value, time.monotonic())
-            if changed and entry.key.startswith((LEASE + ".", WORKER + ".")):
+            if changed and self._matters(entry.key, value):
                 self._wake.set()
+
+    def _matters(self, name: str, value: bytes | None) -> bool:
+        """Whether a change calls for a balancing round at once: a worker came or went, a
+        lease was taken or given up by another worker. This worker's own writes do not, so
+        that it takes at most a few streams per tick."""
+        if name.startswith(WORKER + "."):
+            return name != key(WORKER, self.worker)
+        if name.startswith(LEASE + "."):
+            return value is None or decode_json(value).get("worker") != self.worker
+        return False
 
     # -- balancing ----------------------------------------------------------------------------
 
     async def _ticking(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.clear()
             if self._connected():
                 try:
@@ -641,7 +655,7 @@ class Fleet:
     # -- renewal and fencing ------------------------------------------------------------------
 
     async def _renewing(self) -> None:
-        while True:
+        while not self._closed:
             began = time.monotonic()
             if self._connected():
                 # The worker key first: the others then count this worker gone no later than
@@ -652,19 +666,35 @@ class Fleet:
 
     async def _renew_worker(self) -> None:
         name = key(WORKER, self.worker)
+        value = self._value()
+        self._worker_sent = [*self._worker_sent[-(_ATTEMPTS_KEPT - 1) :], value]
         try:
-            self._worker_rev = await self._op(
-                self._kv.update(name, self._value(), last=self._worker_rev)
-            )
+            self._worker_rev = await self._op(self._kv.update(name, value, last=self._worker_rev))
         except _Failure as exc:
-            if not _wrong_last(exc):
-                return
-            # Someone else wrote this worker's key: another process with the same id, or the
-            # first worker deleted it while this one was silent. Claim it again.
-            seen = self._seen.get(name)
-            self._duplicate_id = seen is not None and not seen.deleted
-            with contextlib.suppress(*_Failure):
-                self._worker_rev = await self._op(self._kv.put(name, self._value()))
+            if _wrong_last(exc):
+                await self._reclaim_worker_key(name)
+            return
+        self._worker_sent = []
+        self._duplicate_id = False
+
+    async def _reclaim_worker_key(self, name: str) -> None:
+        """The worker key moved on without this worker: a renewal of its own that timed out
+        here but was written (take its revision), the first worker deleted it while this one
+        was silent, or another process uses the same id (reported). Claim it again."""
+        try:
+            entry = await self._op(self._kv.get(name))
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        except _Failure:
+            return
+        if entry is not None and entry.value in self._worker_sent:
+            self._worker_rev = entry.revision
+            return
+        if entry is not None and not self._duplicate_id:
+            log.error("fleet %s: another process also uses worker id %s", self, self.worker)
+        self._duplicate_id = entry is not None
+        with contextlib.suppress(*_Failure):
+            self._worker_rev = await self._op(self._kv.put(name, self._value()))
 
     async def _renew(self, held: _Held) -> None:
         async with held.lock:
@@ -699,7 +729,7 @@ class Fleet:
         return False
 
     async def _fencing(self) -> None:
-        while True:
+        while not self._closed:
             self._fence_changed.clear()
             now = time.monotonic()
             active = [h for h in self._held.values() if not h.stopped]
