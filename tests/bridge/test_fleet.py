@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
@@ -197,51 +197,76 @@ async def test_a_clean_leave_releases_at_once_with_final_watermarks(
     assert await get_mark(nats_url, bucket, theirs[0]) == 7
 
 
-@pytest.fixture
-def own_nats() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A NATS server of this test's own, to be killed."""
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory() as store:
-        process = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+class OwnNats:
+    """A NATS server of the test's own, on a free port, to be killed and started again (with
+    the same store: the bucket survives)."""
+
+    def __init__(self, store: str) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store = store
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.process = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        await eventually(self._reachable, "the test's own NATS server", 10)
+
+    async def _reachable(self) -> bool:
         try:
-            yield f"nats://127.0.0.1:{port}", process
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"INFO")
         finally:
-            process.kill()
-            process.wait()
+            writer.close()
+            await writer.wait_closed()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+async def own_nats() -> AsyncIterator[OwnNats]:
+    with tempfile.TemporaryDirectory() as store:
+        server = OwnNats(store)
+        await server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
 
 
 async def test_a_worker_cut_off_from_nats_stops_its_streams_before_the_ttl(
-    start: Start, own_nats: tuple[str, subprocess.Popen[bytes]]
+    start: Start, own_nats: OwnNats
 ) -> None:
     """NATS dies: the holder cannot renew, and stops every stream ttl - margin after its last
-    successful renewal, before any other worker could see the leases expire."""
-    url, server = own_nats
-
-    async def reachable() -> bool:
-        try:
-            nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
-        except Exception:
-            return False
-        await nc.close()
-        return True
-
-    await eventually(reachable, "the test's own NATS server", 10)
-    fleet, host = await start("w1", streams(3), TTL, url)
+    successful renewal, before any other worker could see the leases expire. NATS back, it
+    watches the bucket again and takes its streams once their old leases expire."""
+    fleet, host = await start("w1", streams(3), TTL, own_nats.url)
     await eventually(lambda: len(host.running) == 3, "all streams held", 5)
 
-    server.kill()
+    own_nats.kill()
     killed = time.monotonic()
     await eventually(lambda: host.running == {}, "every stream stopped", 2 * TTL)
     last = max(at for _, at in host.stopped) - killed
     assert last < TTL - fleet.margin + 0.3, f"stopped {last:.2f} s after NATS died"
     assert any(p.startswith("fleet: NATS unreachable") for p in fleet.problems())
+
+    await own_nats.start()
+    await eventually(lambda: len(host.running) == 3, "streams taken again", 4 + 2 * TTL)
+    assert fleet.problems() == []
     began = time.monotonic()
-    await fleet.aclose()
+    own_nats.kill()
+    await fleet.aclose()  # NATS gone: nothing to release, and no waiting for it
     assert time.monotonic() - began < TTL
 
 
