@@ -196,8 +196,6 @@ class Fleet:
         self._duplicate_id = False
         self._worker_sent: list[bytes] = []  # worker-key values sent since the last success
         self._serial = 0
-        self._target = 0
-        self._live: tuple[str, ...] = (self.worker,)
         self._closed = False
 
     @classmethod
@@ -341,7 +339,10 @@ class Fleet:
 
     async def aclose(self) -> None:
         """Leave the fleet at once: stop every held stream, write its final watermark, delete
-        the leases and the worker key, so the other workers take them without waiting."""
+        the leases and the worker key, so the other workers take them without waiting.
+
+        With NATS out of reach the streams are only stopped; the others take them once the
+        leases expire. Returns within about ``2 * op_timeout`` whatever NATS does."""
         if self._closed:
             return
         self._closed = True
@@ -349,14 +350,21 @@ class Fleet:
         await self._cancel(background)
         held = list(self._held.values())
         await asyncio.gather(*(self._stop(h) for h in held))
-        if self._kv is not None and self._nc is not None and self._nc.is_connected:
+        released = self._kv is not None and self._connected_now()
+        if released:
             writes = [self._release_writes(h) for h in held]
             writes.append(self._delete(key(WORKER, self.worker), self._worker_rev))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*writes), 2 * self.op_timeout)
         self._held.clear()
         await self._abandon()
-        log.info("fleet %s: worker %s left, %d streams released", self, self.worker, len(held))
+        log.info(
+            "fleet %s: worker %s left, %d streams %s",
+            self,
+            self.worker,
+            len(held),
+            "released" if released else "stopped (NATS out of reach: their leases will expire)",
+        )
 
     async def _abandon(self) -> None:
         """Drop tasks and the connection, releasing nothing (also what a SIGKILL leaves)."""
@@ -412,7 +420,7 @@ class Fleet:
             "worker": self.worker,
             "bucket": self.bucket,
             "ttl": self.ttl,
-            "connected": self._nc is not None and bool(self._nc.is_connected),
+            "connected": self._connected_now(),
             "workers": live,
             "target": target(self.worker, live, len(self._streams)),
             "held": sorted(self._held),
@@ -435,8 +443,11 @@ class Fleet:
         self._rewatch.set()
         self._wake.set()
 
+    def _connected_now(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
+
     def _connected(self) -> bool:
-        return self._nc is not None and bool(self._nc.is_connected) and not self._closed
+        return self._connected_now() and not self._closed
 
     # -- the watch ----------------------------------------------------------------------------
 
@@ -499,7 +510,6 @@ class Fleet:
         now = time.monotonic()
         busy = [h.name for h in self._held.values() if h.releasing]
         decision = plan(self.worker, self._streams, self._held, self._seen, now, busy=busy)
-        self._target, self._live = decision.target, decision.live
         jobs: list[Awaitable[None]] = [self._release(name) for name in decision.release]
         jobs += [self._acquire(a) for a in decision.acquire]
         if decision.live[0] == self.worker:

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from yarl import URL
 
@@ -101,7 +102,9 @@ def parse_fleet_uri(uri: str) -> FleetOptions:
         except ValueError as exc:
             shown = raw if len(raw) <= 60 else raw[:60] + "..."
             raise _error(uri, f"{name} must {exc}, got {shown!r}") from None
-    server = str(url.with_query(None).with_fragment(None))
+    # The address as spelled: nats-py reads credentials from it without decoding them.
+    spelled = urlsplit(uri)
+    server = f"{spelled.scheme}://{spelled.netloc}"
     return FleetOptions(
         server=server,
         bucket=values.get("bucket", DEFAULT_BUCKET),

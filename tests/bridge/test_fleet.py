@@ -341,6 +341,9 @@ def test_credentials_never_shown() -> None:
     fleet = Fleet.from_uri("nats://user:s3cret@127.0.0.1:4222?worker=w1")
     assert "s3cret" not in repr(fleet) and "s3cret" not in str(fleet)
     assert "user:***@" in repr(fleet)
+    # Kept as spelled for connecting (nats-py does not decode credentials).
+    assert fleet.server == "nats://user:s3cret@127.0.0.1:4222"
+    assert Fleet.from_uri("nats://u:p%40ss@h:4222?ttl=2").server == "nats://u:p%40ss@h:4222"
     token = Fleet.from_uri("nats://T0KEN@127.0.0.1:4222")
     assert "T0KEN" not in repr(token)
     with pytest.raises(ConfigurationError) as caught:
