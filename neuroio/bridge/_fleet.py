@@ -192,6 +192,7 @@ class Fleet:
         self._rewatch = asyncio.Event()
         self._fence_changed = asyncio.Event()
         self._lost_since: float | None = None
+        self._heard = 0.0  # when the watch last delivered anything (monotonic)
         self._worker_rev = 0
         self._duplicate_id = False
         self._worker_sent: list[bytes] = []  # worker-key values sent since the last success
@@ -468,6 +469,7 @@ class Fleet:
                     await watcher.stop()
 
     async def _follow(self, watcher: Any) -> None:
+        self._heard = time.monotonic()
         while not self._rewatch.is_set() and not self._closed:
             try:
                 entry = await watcher.updates(timeout=self.tick)
@@ -477,6 +479,7 @@ class Fleet:
                 self._ready.set()
                 self._wake.set()
                 continue
+            self._heard = time.monotonic()
             value = None if entry.operation in _DELETED else bytes(entry.value or b"")
             changed = self._seen.saw(entry.key, entry.revision, value, time.monotonic())
             if changed and self._matters(entry.key, value):
@@ -498,6 +501,12 @@ class Fleet:
         while not self._closed:
             self._wake.clear()
             if self._connected():
+                if time.monotonic() - self._heard > self.ttl:
+                    # This worker's own renewals (every ttl / 3) should come back through the
+                    # watch: silence this long means its consumer is gone. Start it again.
+                    log.warning("fleet %s: the bucket's watch went silent; watching again", self)
+                    self._heard = time.monotonic()
+                    self._rewatch.set()
                 try:
                     await self._balance()
                     await self._publish()
@@ -538,7 +547,9 @@ class Fleet:
         try:
             revision = await self._op(self._kv.update(key(LEASE, name), value, last=want.last))
         except _Failure as exc:
-            if not _wrong_last(exc):
+            if _wrong_last(exc):
+                await self._refresh(key(LEASE, name))
+            else:
                 log.debug("fleet %s: could not take %s: %s", self, name, exc)
             return  # another worker took it first, or NATS did not answer: next tick
         seen = self._seen.get(key(REJECTED, name))
@@ -547,6 +558,18 @@ class Fleet:
         self._fence_changed.set()
         held.start = asyncio.create_task(self._start_stream(held), name=f"fleet-start-{name}")
         log.info("fleet %s: worker %s took stream %s", self, self.worker, name)
+
+    async def _refresh(self, name: str) -> None:
+        """Read a key this worker's view had wrong (a take refused), so that a watch running
+        behind does not make it try the same stale revision every tick. Recorded as first seen
+        now, which can only make the key look younger: safe."""
+        try:
+            entry = await self._op(self._kv.get(name))
+        except nats.js.errors.KeyNotFoundError:
+            return  # deleted: the watch brings the deletion's revision
+        except _Failure:
+            return
+        self._seen.saw(name, entry.revision, bytes(entry.value or b""), time.monotonic())
 
     async def _start_stream(self, held: _Held) -> None:
         assert self._host is not None
