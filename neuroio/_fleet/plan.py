@@ -40,8 +40,8 @@ less than ``margin / ttl`` (``margin`` defaults to ``ttl / 5``: 20%).
 
 * Takeover after a SIGKILL: the others see the lease expire ``ttl`` after they saw its last
   renewal, which came before the kill, and take it at their next tick: at most
-  ``ttl + tick`` after the kill, plus the watch's delivery latency, one round trip to NATS
-  per :func:`acquire_limit` streams a taker needs, and the stream's connect time (and at least
+  ``ttl + tick`` after the kill, plus the watch's delivery latency, one more tick for each
+  further :func:`acquire_limit` streams a taker needs, and the stream's connect time (at least
   ``ttl - ttl / 3``, as renewals are ``ttl / 3`` apart). A worker renews its worker key
   before its leases, so the others count it gone no later than its leases expire.
 * Overlap (two workers both connected for one stream): 0, as long as ``stop_stream`` returns

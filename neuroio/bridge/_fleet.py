@@ -8,10 +8,11 @@ in :mod:`neuroio._fleet.plan`, whose docstring states the guarantees; in short, 
 the lease TTL (default 10 s), ``margin`` ``ttl / 5`` and ``tick`` min(1 s, ``ttl / 5``):
 
 * **Takeover** after a SIGKILL: at most ``ttl + tick`` after the kill, plus the watch's delivery
-  latency, a round trip per few streams taken, and the stream's connect time (``ttl + ttl/3 +
-  tick`` + connect time is a safe upper bound). The taker starts the stream after the
-  watermark in ``mark.<stream>``, so gap recovery fetches what the killed worker had not
-  delivered; nothing is lost.
+  latency, one more tick per further :func:`~neuroio._fleet.plan.acquire_limit` streams a
+  taker needs (a quarter of its share, at least 4), and the stream's connect time
+  (``ttl + ttl/3 + tick`` + connect time is a safe upper bound for a fleet's usual shares).
+  The taker starts the stream after the watermark in ``mark.<stream>``, so gap recovery
+  fetches what the killed worker had not delivered; nothing is lost.
 * **Overlap**: 0. A holder that has not renewed a lease for ``ttl - margin`` seconds since it
   *sent* its last successful renewal stops the stream; a taker waits ``ttl`` after *seeing*
   that renewal. This holds while the holder's ``stop_stream`` returns within ``margin``, its
