@@ -52,6 +52,7 @@ from .._words import connection_state, plural
 from ..exceptions import (
     BackfillError,
     ConfigurationError,
+    ConnectionFailedError,
     MissingExtraError,
     NeuroIOError,
     PermanentSinkError,
@@ -457,7 +458,12 @@ class Bridge:
             from ._fleet import Fleet
 
             self.fleet = Fleet.from_uri(config.fleet)
-            await self.fleet.start(self)
+            try:
+                await self.fleet.start(self)
+            except ConnectionFailedError as exc:
+                # Not a platform connection: a worker that cannot reach the fleet holds
+                # nothing, so it stops (status 1) and its supervisor starts it again.
+                raise NeuroIOError(str(exc)) from None
             return
         for stream in self.streams.values():
             await stream.start()
@@ -704,7 +710,8 @@ class Bridge:
             running += 1
             state = stream.state
             if stream.rejected is not None and state != "live":
-                problems.append(f"stream {name}: token rejected: {stream.rejected}")
+                if self.fleet is None:  # else the fleet's problems name it, on every worker
+                    problems.append(f"stream {name}: token rejected: {stream.rejected}")
             elif stream.failed is not None:
                 problems.append(f"stream {name} stopped: {stream.failed}")
             elif state != "live":

@@ -590,6 +590,9 @@ class Fleet:
             log.exception("fleet %s: stream %s did not start", self, held.name)
             return
         held.started = True
+        # Where this holder's recovery starts, at once: a holder dying in its first second
+        # must not leave the next one without a mark (it would start from the newest entry).
+        await self._write_mark(held, force=True)
 
     async def _release(self, name: str) -> None:
         held = self._held.get(name)

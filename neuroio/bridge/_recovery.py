@@ -412,9 +412,12 @@ class GapRecovery:
         for start in starts:
             if start is None:
                 continue
-            if start.last_id is None:
-                return None
-            lowest = start.last_id if lowest is None else min(lowest, start.last_id)
+            point = start.last_id
+            if point is None:
+                if start.since_time != _BEGINNING:
+                    return None
+                point = 0  # the list was empty: every entry is still to come
+            lowest = point if lowest is None else min(lowest, point)
         return lowest
 
     # -- damaged batches -----------------------------------------------------------------

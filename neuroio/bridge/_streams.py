@@ -250,9 +250,9 @@ class Stream:
     async def start(self, after: int | None = None) -> None:
         """Start receiving; gap recovery starts after id ``after`` when given.
 
-        The single stream's recovery has learnt where to start when this returns (before
-        anything was received); a named stream does that in its own task, its REST request
-        limited with the others'.
+        When this returns, recovery has learnt where to start (the REST API's newest entry,
+        asked before anything is received; a named stream's request limited with the
+        others'), so :meth:`watermark` is known: a fleet writes it before anything else.
         """
         if self.running:
             return
@@ -266,9 +266,11 @@ class Stream:
         # Its tasks (and those they create: the connection's, recovery's) log as the stream.
         context = contextvars.copy_context()
         context.run(_streamlog.current.set, self.name)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task = context.run(
-            asyncio.create_task, self._supervise(after), name=f"neuroio-stream {self.name}"
+            asyncio.create_task, self._supervise(after, ready), name=f"neuroio-stream {self.name}"
         )
+        await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _prepare(self, after: int | None) -> None:
         """A new listener, and a new recovery (started) when gaps are recovered."""
@@ -326,11 +328,12 @@ class Stream:
         if self.recovery is not None:
             await self.recovery.on_disconnected(reason)
 
-    async def _supervise(self, after: int | None) -> None:
+    async def _supervise(self, after: int | None, ready: asyncio.Future[None]) -> None:
         """A named stream: listen; a rejected token waits and tries again, anything else
         that ends the listener stops the stream (reported), never the bridge."""
         try:
             await self._prepare(after)
+            ready.set_result(None)
             while True:
                 assert self.listener is not None
                 try:

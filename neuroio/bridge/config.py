@@ -35,7 +35,8 @@ DEFAULT_CONNECT_RATE = 20.0
 """Connection attempts per second shared by all the streams of a bridge: a platform-wide
 outage ends in a steady climb back, not a reconnect storm."""
 
-_STREAM_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}\Z")
+# Dots only between other characters: a name is a token of the fleet's NATS keys.
+_STREAM_NAME = re.compile(r"(?=.{1,128}\Z)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 
 BRIDGE_RECOVERY = RecoveryOptions(backfill=True, backfill_max_events=None, backfill_max_age=None)
 """The bridge's recovery defaults, where they differ from the listener's on purpose: gap
@@ -136,7 +137,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         """Raise :class:`~neuroio.ConfigurationError` naming what is wrong."""
         if not isinstance(self.name, str) or not _STREAM_NAME.match(self.name):
             raise ConfigurationError(
-                f"stream name {self.name!r} must be 1-128 letters, digits, '_', '-' or '.'"
+                f"stream name {self.name!r} must be 1-128 letters, digits, '_', '-' or '.' "
+                "(a dot between two others)"
             )
         if (self.token_file is None) == (self.token_command is None):
             raise ConfigurationError(
