@@ -245,7 +245,8 @@ class Emulator:
         After a :meth:`stop`, starts again on the port it had.
 
         Raises:
-            ConfigurationError: the replay file cannot be read.
+            ConfigurationError: the replay file cannot be read, or the connection log
+                opened.
             OSError: the port cannot be bound.
         """
         if self._runner is not None:
@@ -258,7 +259,13 @@ class Emulator:
             self._first_auth = asyncio.Event()
             self._replay_done = asyncio.Event()
         if self._connection_log is not None:
-            self._connection_log.open()
+            try:
+                self._connection_log.open()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot open the connection log {self._connection_log.path}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         app = web.Application()
         app.router.add_get("/", self._ws.handle)
         app.router.add_get("/v1/entries/", self._rest_handle)
@@ -377,6 +384,13 @@ class Emulator:
     def running(self) -> bool:
         """Whether :meth:`start` has run and :meth:`stop` has not."""
         return self._runner is not None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the stream of ``rate`` (or :meth:`start_stream`) is emitting: false before,
+        after :meth:`stop_stream` and once its ``count`` is reached."""
+        task = self._stream_task
+        return task is not None and not task.done()
 
     @property
     def port(self) -> int:
@@ -596,6 +610,7 @@ class Emulator:
                 delay = max(delay, _MIN_TICK)
             await asyncio.sleep(max(delay, 0.0))
         _log.info("the stream has ended: %d events emitted", sent)
+        self._notify()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until every frame queued so far has been written to the open connections.
