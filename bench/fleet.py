@@ -46,6 +46,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ class Worker(Proc):
             spool=directory / "spool.db",
             metrics_port=self.metrics_port,
             token_files=fleet.token_files,
+            # The emulator streams from its start, before the streams are first live (and
+            # pushes nothing missed): the first connection of each recovers from then on.
+            extra={"backfill": {"since": fleet.since}},
         )
         query = f"bucket={fleet.bucket}&ttl={fleet.args.ttl:g}&worker=w{number}"
         argv = ["bridge", "--config", str(config), "--fleet", f"{NATS}?{query}", "--no-uvloop"]
@@ -112,6 +116,7 @@ class Fleet:
             extra=["--count", str(count), "--no-push-while-disconnected"],
         )  # fmt: skip
         self.token_files: list[Path] = []
+        self.since = ""
         self.workers: list[Worker] = []  # the live ones
         self.dead: list[Worker] = []
         self.http = aiohttp.ClientSession()
@@ -120,6 +125,8 @@ class Fleet:
     # ------------------------------------------------------------------ processes
 
     async def start(self) -> None:
+        started = datetime.now(timezone.utc) - timedelta(seconds=60)
+        self.since = started.strftime("%Y-%m-%dT%H:%M:%SZ")
         await self.emulator.start()
         self.token_files = write_token_files(self.tmp / "tokens", self.emulator.tokens)
         for _ in range(self.args.workers):
