@@ -326,8 +326,10 @@ def bridge_config(
     token_files: Sequence[Path],
     connect_rate: float = 20.0,
     extra: dict[str, dict[str, Any]] | None = None,
+    extra_streams: Sequence[tuple[str, Path]] = (),
 ) -> Path:
-    """Write a bridge config file with one ``[[stream]]`` (named ``space-k``) per token file."""
+    """Write a bridge config file with one ``[[stream]]`` (named ``space-k``) per token file,
+    then one per ``(name, token file)`` of ``extra_streams``."""
     tables: dict[str, dict[str, Any]] = {
         "connection": {"url": url, "api_url": api_url},
         "spool": {"path": str(spool)},
@@ -341,8 +343,9 @@ def bridge_config(
         out.append(f"[{table}]")
         out.extend(f"{key} = {_toml(value)}" for key, value in values.items())
         out.append("")
-    for k, token_file in enumerate(token_files, start=1):
-        out += ["[[stream]]", f'name = "space-{k}"', f"token_file = {_toml(str(token_file))}", ""]
+    named = [(f"space-{k}", path) for k, path in enumerate(token_files, start=1)]
+    for name, token_file in [*named, *extra_streams]:
+        out += ["[[stream]]", f"name = {_toml(name)}", f"token_file = {_toml(str(token_file))}", ""]
     path.write_text("\n".join(out))
     return path
 

@@ -69,6 +69,7 @@ from _harness import (
 from neuroio.testing import overlaps
 
 NATS = "nats://127.0.0.1:4222"
+REJECTED = "rejected-1"  # the name of the stream whose token the emulator refuses
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 TAKEOVER_SLACK = 5.0  # the target is the lease TTL plus this
 
@@ -92,6 +93,7 @@ class Worker(Proc):
             # The emulator streams from its start, before the streams are first live (and
             # pushes nothing missed): the first connection of each recovers from then on.
             extra={"backfill": {"since": fleet.since}},
+            extra_streams=fleet.extra_streams,
         )
         query = f"bucket={fleet.bucket}&ttl={fleet.args.ttl:g}&worker=w{number}"
         argv = ["bridge", "--config", str(config), "--fleet", f"{NATS}?{query}", "--no-uvloop"]
@@ -116,7 +118,9 @@ class Fleet:
             extra=["--count", str(count), "--no-push-while-disconnected"],
         )  # fmt: skip
         self.token_files: list[Path] = []
+        self.extra_streams: list[tuple[str, Path]] = []
         self.since = ""
+        self.actions = 0  # workers killed or added after the start
         self.workers: list[Worker] = []  # the live ones
         self.dead: list[Worker] = []
         self.http = aiohttp.ClientSession()
@@ -129,6 +133,9 @@ class Fleet:
         self.since = started.strftime("%Y-%m-%dT%H:%M:%SZ")
         await self.emulator.start()
         self.token_files = write_token_files(self.tmp / "tokens", self.emulator.tokens)
+        if self.args.rejected:
+            (path,) = write_token_files(self.tmp / "refused", [f"refused-{uuid.uuid4().hex}"])
+            self.extra_streams = [(REJECTED, path)]
         for _ in range(self.args.workers):
             await self.add_worker()
 
@@ -162,10 +169,8 @@ class Fleet:
 
     def balanced(self) -> bool:
         counts = self.spread()
-        return (
-            len(self.log.live_spaces()) == self.streams
-            and sum(counts) == self.streams
-            and max(counts) - min(counts) <= 1
+        return len(self.log.live_spaces()) == self.streams and _even(
+            counts, self.streams, self.args.rejected
         )
 
     async def wait_all_live(self, timeout: float) -> float:
@@ -188,6 +193,7 @@ class Fleet:
         """SIGKILL ``worker``; the takeover time: until every stream it held has a new
         authenticated connection (from the connection log's wall-clock times)."""
         held = self.holders()[worker.name]
+        self.actions += 1
         killed_at = time.time()
         await worker.stop(signal.SIGKILL)
         self.workers.remove(worker)
@@ -265,7 +271,16 @@ class Fleet:
         finally:
             await conn.close()
         stored = set(rows)
-        per_space = overlaps(self.log.reread())
+        lines = self.log.reread()
+        per_space = overlaps(lines)
+        authenticated = {x["conn"] for x in lines if x["event"] == "auth"}
+        refused = {x["conn"] for x in lines if x["event"] == "open"} - authenticated
+        reported = []
+        for worker in self.workers:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                url = f"http://127.0.0.1:{worker.metrics_port}/healthz"
+                async with self.http.get(url) as answer:
+                    reported.append(REJECTED in await answer.text())
         worst = max(per_space.items(), key=lambda kv: kv[1], default=(None, 0.0))
         return {
             "emitted": len(emitted),
@@ -278,6 +293,10 @@ class Fleet:
             "spread": self.spread(),
             "takeover_s": self.takeovers,
             "connections": sum(1 for x in self.log.lines if x["event"] == "open"),
+            "refused_attempts": len(refused),
+            "rejected_on_healthz": reported,
+            "actions": self.actions,
+            "workers": len(self.workers),
         }
 
 
@@ -328,10 +347,35 @@ def report(v: dict[str, Any], args: argparse.Namespace) -> list[str]:
         missed.append(f"takeover {max(v['takeover_s']):.1f} s > {args.ttl + TAKEOVER_SLACK:g} s")
     if v["max_overlap_s"] > args.max_overlap:
         missed.append(f"overlap {v['max_overlap_s']:.2f} s > {args.max_overlap:g} s")
-    spread = v["spread"]
-    if not spread or max(spread) - min(spread) > 1 or sum(spread) != args.streams:
-        missed.append(f"spread {spread} is not within one of even over {args.streams} streams")
+    if not _even(v["spread"], args.streams, args.rejected):
+        missed.append(f"spread {v['spread']} is not within one of even")
+    if args.rejected:
+        # Each start, kill or join may move the refused stream once; a loop moves it more.
+        bound = v["actions"] + args.workers + 1
+        say(f"  stream {REJECTED} (token refused): {v['refused_attempts']} attempts "
+            f"(bound {bound}); named on /healthz of {sum(v['rejected_on_healthz'])} of "
+            f"{v['workers']} workers")  # fmt: skip
+        if v["refused_attempts"] > bound:
+            missed.append(f"{REJECTED} tried {v['refused_attempts']} times > {bound}")
+        if v["refused_attempts"] == 0:
+            missed.append(f"{REJECTED} was never tried")
+        if not all(v["rejected_on_healthz"]) or len(v["rejected_on_healthz"]) != v["workers"]:
+            missed.append(f"{REJECTED} is not reported on every worker's /healthz")
     return missed
+
+
+def _even(spread: list[int], streams: int, rejected: bool) -> bool:
+    """Live streams per worker within one of even; with a refused stream (held by one
+    worker, with no connection) one more on some worker may make it so."""
+    if not spread or sum(spread) != streams:
+        return False
+    if max(spread) - min(spread) <= 1:
+        return True
+    return rejected and any(
+        max(c) - min(c) <= 1
+        for i in range(len(spread))
+        for c in [[n + (j == i) for j, n in enumerate(spread)]]
+    )
 
 
 async def finish(fleet: Fleet, args: argparse.Namespace, missed: list[str]) -> int:
@@ -381,13 +425,19 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return arguments(__doc__).parse_args(argv)
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options, shared with ``fleet_soak.py``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--streams", type=int, default=60)
     parser.add_argument("--rate", type=float, default=2.0, help="events/s in each stream")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long events flow")
-    parser.add_argument("--kill-after", type=float, default=20.0,
-                        help="seconds from the start until the SIGKILL")  # fmt: skip
+    parser.add_argument(
+        "--kill-after", type=float, default=20.0, help="seconds from the start until the SIGKILL"
+    )
     parser.add_argument("--ttl", type=float, default=10.0, help="the lease TTL, s")
     parser.add_argument(
         "--max-overlap",
@@ -395,7 +445,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="the overlap bound, s (two connections of a stream at once)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--rejected",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=f"add a stream {REJECTED} whose token the emulator refuses: it "
+        "must be named on every worker's /healthz and not move in a loop",
+    )
+    return parser  # fmt: skip
 
 
 if __name__ == "__main__":
