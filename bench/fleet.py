@@ -428,16 +428,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return arguments(__doc__).parse_args(argv)
 
 
-def arguments(doc: str | None) -> argparse.ArgumentParser:
-    """The options, shared with ``fleet_soak.py``."""
+def arguments(doc: str | None, *, soak: bool = False) -> argparse.ArgumentParser:
+    """The options, shared with ``fleet_soak.py`` (which has its own schedule)."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--streams", type=int, default=60)
     parser.add_argument("--rate", type=float, default=2.0, help="events/s in each stream")
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long events flow")
-    parser.add_argument(
-        "--kill-after", type=float, default=20.0, help="seconds from the start until the SIGKILL"
-    )
+    if not soak:
+        parser.add_argument("--seconds", type=float, default=60.0, help="how long events flow")
+        parser.add_argument(
+            "--kill-after", type=float, default=20.0, help="seconds from the start to the SIGKILL"
+        )
     parser.add_argument("--ttl", type=float, default=10.0, help="the lease TTL, s")
     parser.add_argument(
         "--max-overlap",
@@ -452,7 +453,7 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
         help=f"add a stream {REJECTED} whose token the emulator refuses: it "
         "must be named on every worker's /healthz and not move in a loop",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 if __name__ == "__main__":
