@@ -207,7 +207,7 @@ class EmulatorProc(Proc):
         extra: Sequence[str] = (),
     ) -> None:
         argv = ["emulate", "--port", str(port), "--spaces", str(spaces), "--rate", f"{rate:g}",
-                "--connection-log", str(log), "--no-uvloop", *extra]  # fmt: skip
+                "--connection-log", str(log), *extra]  # fmt: skip
         super().__init__(name, argv, tmp / f"{name}.log", dict(os.environ))
         self.port = port
         self.spaces = spaces

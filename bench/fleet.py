@@ -96,7 +96,7 @@ class Worker(Proc):
             extra_streams=fleet.extra_streams,
         )
         query = f"bucket={fleet.bucket}&ttl={fleet.args.ttl:g}&worker=w{number}"
-        argv = ["bridge", "--config", str(config), "--fleet", f"{NATS}?{query}", "--no-uvloop"]
+        argv = ["bridge", "--config", str(config), "--fleet", f"{NATS}?{query}"]
         super().__init__(f"worker w{number}", argv, directory / "bridge.log", dict(os.environ))
 
 

@@ -46,6 +46,7 @@ _log = logging.getLogger("neuroio.emulator")
 
 _CLOSE_GOING_AWAY = 1001
 _MIN_TICK = 0.004  # the stream's shortest sleep, s
+_MAX_BATCH = 2000  # events the stream emits in one go when behind
 
 MAX_SPACES = 10_000
 """The most spaces one emulator serves (their ids stay below ``2**53``, exact in JSON)."""
@@ -597,18 +598,22 @@ class Emulator:
             if end is not None:
                 due = min(due, end - sent)
             # Bounded batches keep the loop responsive when far behind.
-            for _ in range(min(due, 2000)):
+            batch = min(due, _MAX_BATCH)
+            for _ in range(batch):
                 if spaces:
                     self._emit_in(spaces[sent % slots], None, {})
                 else:
                     self._emit(None, {})
                 sent += 1
-            delay = t0 + sent / total - loop.time()
-            if delay > 0:
-                # Thousands of events a second need no wake-up each: a few per tick cost
-                # less CPU and still spread them over the second.
-                delay = max(delay, _MIN_TICK)
-            await asyncio.sleep(max(delay, 0.0))
+            if batch == _MAX_BATCH:
+                await asyncio.sleep(0)  # behind: let the senders write, then catch up
+                continue
+            # Everything due is out. Sleep at least one tick even when the next event is due
+            # now: a clock of coarse resolution (uvloop's counts milliseconds and stands still
+            # within a loop iteration) would otherwise spin here until it moves. Thousands of
+            # events a second also need no wake-up each: a few per tick cost less CPU and
+            # still spread them over the second.
+            await asyncio.sleep(max(t0 + sent / total - loop.time(), _MIN_TICK))
         _log.info("the stream has ended: %d events emitted", sent)
         self._notify()
 

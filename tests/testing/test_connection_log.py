@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -76,39 +75,3 @@ async def test_log_appends_across_restarts(tmp_path: Path, session: aiohttp.Clie
     assert events == [(1, "open"), (1, "auth"), (1, "close"), (2, "open"), (2, "auth"),
                       (2, "close")]  # fmt: skip
     assert {x["space"] for x in read_connection_log(path)} == {None}
-
-
-async def test_stream_takes_turns_across_spaces() -> None:
-    """``rate`` per space: three spaces at 40 events/s each, emitted in turn (spaces 1, 2, 3,
-    1, ...), so counts never differ by more than one and are seen unequal between ticks;
-    never ahead of the rate."""
-    seen: set[tuple[int, ...]] = set()
-    async with Emulator(spaces=3, rate=40, push_while_disconnected=False) as emu:
-        spaces = [emu.space(t) for t in emu.space_tokens]
-        started = asyncio.get_running_loop().time()
-
-        def counts() -> bool:
-            now = tuple(s.emitted for s in spaces)
-            seen.add(now)
-            return min(now) >= 10
-
-        await emu.wait_until(counts, timeout=5)
-        elapsed = asyncio.get_running_loop().time() - started
-    assert all(max(c) - min(c) <= 1 for c in seen)
-    assert all(list(c) == sorted(c, reverse=True) for c in seen)  # space 1 goes first
-    assert any(max(c) != min(c) for c in seen)  # not all spaces in one tick
-    assert elapsed >= 9 / 40
-
-
-async def test_stream_count_ends_the_stream() -> None:
-    """``stream_count``: that many events in each space, then the stream ends; the ids are
-    each space's first ones."""
-    async with Emulator(spaces=2, rate=500, stream_count=4) as emu:
-        assert emu.streaming
-        await emu.wait_until(lambda: not emu.streaming, timeout=5)
-        assert emu.emitted == 8
-        for k, token in enumerate(emu.space_tokens, start=1):
-            history = emu.space(token).history
-            assert len(history) == 4
-            assert history.find(k * 10**9 + 4) is not None
-            assert history.find(k * 10**9 + 5) is None
