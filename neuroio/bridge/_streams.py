@@ -57,11 +57,20 @@ or command may have been fixed meanwhile): one refused attempt a minute, never a
 _REST_AT_ONCE = 20
 
 
+# The gate lets attempts through a little below the limit: an attempt reaches the server some
+# milliseconds after it starts here, later when either event loop is busy, and that jitter
+# must not bunch more than `rate` of them into one second as the server sees them.
+_GATE_HEADROOM = 0.9
+
+
 class ConnectGate:
-    """The connection attempts of every stream, at most ``rate`` a second (evenly spaced)."""
+    """The connection attempts of every stream, at most ``rate`` a second as the server sees
+    them: each starts at least ``1 / (0.9 * rate)`` seconds after the one before
+    (:class:`RateLimit`)."""
 
     def __init__(self, rate: float) -> None:
-        self._limit = RateLimit(rate)
+        self._limit = RateLimit(rate * _GATE_HEADROOM)
+        self._turn = asyncio.Lock()  # one waiter at a time: starts are spaced when they happen
         self.rate = rate
         self.attempts = 0
         """Attempts let through so far."""
@@ -70,10 +79,12 @@ class ConnectGate:
 
     async def wait(self) -> None:
         """Return when the next attempt may start (the listener's ``connect_gate``)."""
-        delay = self._limit.reserve(asyncio.get_running_loop().time())
-        if delay > 0:
-            await asyncio.sleep(delay)  # the rate limit itself, not a synchronisation
-        self.attempts += 1
+        loop = asyncio.get_running_loop()
+        async with self._turn:
+            while (delay := self._limit.delay(loop.time())) > 0:
+                await asyncio.sleep(delay)  # the rate limit itself, not a synchronisation
+            self._limit.started(loop.time())
+            self.attempts += 1
 
 
 class StreamSpool:
