@@ -219,8 +219,7 @@ class Stream:
         self.task: asyncio.Task[None] | None = None
         """The single stream's listening task (the bridge watches it); a named stream's
         supervisor."""
-        self.rejected: str | None = None
-        """Why the stream's token was last rejected; ``None`` once accepted."""
+        self._rejected: str | None = None
         self.failed: str | None = None
         """Why a named stream stopped for good (``max_retries`` exhausted)."""
         self.running = False
@@ -245,12 +244,19 @@ class Stream:
         """``stopped``, ``rejected``, ``failed``, or the listener's state (``live``, ...)."""
         if not self.running:
             return "stopped"
-        if self.rejected is not None and not self._live():
+        if self.rejected is not None:
             return "rejected"
         if self.failed is not None:
             return "failed"
         stats = self.stats
         return stats.state.value if stats is not None else "idle"
+
+    @property
+    def rejected(self) -> str | None:
+        """Why the stream's token was last rejected; ``None`` once a connection is live."""
+        if self._rejected is not None and self._live():
+            self._rejected = None
+        return self._rejected
 
     def _live(self) -> bool:
         stats = self.stats
@@ -268,7 +274,7 @@ class Stream:
         if self.running:
             return
         self.running = True
-        self.rejected = self.failed = None
+        self._rejected = self.failed = None
         if self.name is None:
             await self._prepare(after)
             assert self.listener is not None
@@ -351,16 +357,22 @@ class Stream:
                     await self.listener.listen()
                     return  # closed
                 except AuthenticationError as exc:
-                    self.rejected = str(exc)
+                    self._rejected = str(exc)
                     log.error(
                         "token rejected (%s); this stream stops, the others go on; trying "
                         "again in %.0f s",
                         exc,
                         self.retry_rejected_after,
                     )
-                await asyncio.sleep(self.retry_rejected_after)  # a deliberate pause
+                # Recovery starts again too: refused at start-up, it never learnt where to
+                # start; a stream refused later has its newest event in the spool.
+                if self.listener.stats.authenticated:
+                    after = None
                 self._stats = self.listener.stats
-                self.listener = self._listener()  # the same recovery: its gap is still open
+                if self.recovery is not None:
+                    await self.recovery.aclose()
+                await asyncio.sleep(self.retry_rejected_after)  # a deliberate pause
+                await self._prepare(after)
         except ConnectionFailedError as exc:
             self.failed = str(exc)
             log.error("stopped: %s", exc)

@@ -280,10 +280,14 @@ class BridgeConfig:
     def _validate_streams(self) -> None:
         if not self.connect_rate > 0:
             raise ConfigurationError("connect_rate must be positive")
-        if self.fleet is not None and not self.streams:
-            raise ConfigurationError(
-                "a fleet shares named streams: give [[stream]] tables in the config file"
-            )
+        if self.fleet is not None:
+            if not self.streams:
+                raise ConfigurationError(
+                    "a fleet shares named streams: give [[stream]] tables in the config file"
+                )
+            from ._fleet_uri import parse_fleet_uri
+
+            parse_fleet_uri(self.fleet)  # its mistakes before anything starts (--check too)
         seen: set[str] = set()
         for stream in self.streams:
             stream.validate()

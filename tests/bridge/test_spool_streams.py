@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from neuroio.bridge._streams import DamagedShare, StreamSpool
 from neuroio.bridge.spool import (
     LAST_EVENT_ID,
     DeadLetterStore,
@@ -303,3 +304,33 @@ def test_a_low_numbered_stream_needs_no_lookups_once_higher_streams_wrote(path: 
         assert not [s for s in statements if "FROM ids" in s]
         spool._wconn.set_trace_callback(None)
         assert spool.write([ev(2, 7)]) == []  # an older id is looked up
+
+
+def test_each_stream_sees_its_own_part_of_the_spool(path: Path) -> None:
+    """What a stream's gap recovery reads of the spool (StreamSpool): its newest event, its
+    own state keys, its events only, the ids of a damaged batch that are its own; the batch
+    is forgotten once every stream in it has recovered its ids."""
+    with Spool(path, streams=True) as spool:
+        spool.register(["a"])
+        one, two = spool.stream_number("one"), spool.stream_number("two")
+        spool.write([ev(1, one), ev(7, two)])
+        spool.write([ev(2, one), ev(8, two)])
+        share = DamagedShare()
+        mine, theirs = StreamSpool(spool, one, share), StreamSpool(spool, two, share)
+        assert (mine.last_event_id, theirs.last_event_id) == (2, 8)
+        mine.set_state("resume_point", "x")
+        assert mine.get_state("resume_point") == "x" and theirs.get_state("resume_point") is None
+        assert [e.id for e in theirs.read(0)] == [7, 8]  # its own only
+        assert [e.id for e in theirs.read(2)] == [8]
+        assert theirs.read(4) == []
+    _damage(path, 3, "payloads", 10)
+    with Spool(path, streams=True) as spool:
+        spool.read(0)  # finds the damage
+        share = DamagedShare()
+        mine, theirs = StreamSpool(spool, one, share), StreamSpool(spool, two, share)
+        assert [b.ids for b in mine.damaged()] == [(2,)]
+        assert [b.ids for b in theirs.damaged()] == [(8,)]
+        mine.forget_damaged([3])
+        assert spool.damaged_count == 1  # the other stream has not recovered its id yet
+        theirs.forget_damaged([3])
+        assert spool.damaged_count == 0

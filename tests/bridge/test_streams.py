@@ -177,3 +177,25 @@ async def test_stream_names_are_checked(tmp_path: Path) -> None:
         Bridge(None, ["memory:"], streams=twice)
     with pytest.raises(ConfigurationError, match="needs a token"):
         Bridge(None, ["memory:"])
+
+
+async def test_a_rejected_stream_comes_back_once_its_token_file_is_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neuroio.bridge._streams import Stream
+
+    monkeypatch.setattr(Stream, "retry_rejected_after", 0.2)
+    out = tmp_path / "out.jsonl"
+    async with Emulator(spaces=1, seed=8, push_while_disconnected=False) as emu:
+        configured = streams(tmp_path, 1)
+        (tmp_path / "s1.token").write_text("wrong-token\n")
+        async with Bridge(None, [f"file:{out}"], **options(emu, tmp_path, streams=configured)) as b:
+            await until(lambda: b.streams["s1"].state == "rejected", timeout=10)
+            refused = len([c for c in emu.clients if c.authenticated is False])
+            (tmp_path / "s1.token").write_text("space-1-token\n")
+            await until(lambda: b.streams["s1"].state == "live", timeout=10)
+            assert b.rejected("s1") is None and b.health()[0]
+            entry = await emu.space("space-1-token").emit()
+            await until(lambda: [e["id"] for e in lines(out)] == [entry["id"]])
+    # Tried again after the pause, not in a loop: a refused attempt or two before the fix.
+    assert 1 <= refused <= 3

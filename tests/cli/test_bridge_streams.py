@@ -149,3 +149,22 @@ async def test_a_bridge_of_three_streams_delivers_each_space_once(
     assert health["status"] == "ok" and set(health["streams"]) == {"shop-1", "shop-2", "shop-3"}
     assert "space-1-token" not in proc.err + metrics + json.dumps(health)
     assert "stream shop-" not in proc.err or "Traceback" not in proc.err
+
+
+async def test_a_bad_fleet_uri_is_a_usage_error_before_anything_starts(
+    cli: StartCli, tmp_path: Path
+) -> None:
+    body = 'to = ["memory:"]\n' + stream_tables(token_files(tmp_path, 1))
+    path = config(tmp_path, body)
+    uri = "nats://u:secret-pw-1@127.0.0.1:9?bucket=b&tll=5"
+    proc = await cli("bridge", "--config", str(path), "--fleet", uri, "--check", env=clean_env())
+    assert await proc.finish(timeout=15) == 2
+    assert "unknown option 'tll' (did you mean 'ttl'?)" in proc.err
+    assert len(proc.err.splitlines()) == 1 and "secret-pw-1" not in proc.err
+    no_streams = config(tmp_path, 'to = ["memory:"]\n', "plain.toml")
+    proc = await cli(
+        "bridge", "--config", str(no_streams), "--fleet", "nats://127.0.0.1:9", "--check",
+        env=clean_env(),
+    )  # fmt: skip
+    assert await proc.finish(timeout=15) == 2
+    assert "a fleet shares named streams" in proc.err
