@@ -59,51 +59,6 @@ async def test_check_lists_the_streams_without_a_token_of_its_own(
     assert "space-1-token" not in out + proc.err
 
 
-MISTAKES = {
-    "no token": ('[[stream]]\nname = "a"\n', "stream[0]: stream a: give exactly one of"),
-    "both tokens": (
-        '[[stream]]\nname = "a"\ntoken_file = "x"\ntoken_command = "y"\n',
-        "give exactly one of token_file and token_command",
-    ),
-    "bad name": ('[[stream]]\nname = "a b"\ntoken_file = "x"\n', "stream name 'a b' must be"),
-    "twice": (
-        '[[stream]]\nname = "a"\ntoken_file = "x"\n[[stream]]\nname = "a"\ntoken_file = "y"\n',
-        "stream[1] (a).name: stream[0] has the same name",
-    ),
-    "unknown key": (
-        '[[stream]]\nname = "a"\ntoken_fle = "x"\n',
-        "token_fle",
-    ),
-    "bad url": (
-        '[[stream]]\nname = "a"\ntoken_file = "x"\nurl = "http//nope"\n',
-        "stream[0] (a).url:",
-    ),
-    "rate": ("[streams]\nconnect_rate = 0\n", "streams.connect_rate"),
-}
-
-
-async def test_each_stream_mistake_is_one_line_naming_the_file_and_the_key(
-    cli: StartCli, tmp_path: Path
-) -> None:
-    paths = {
-        what: config(tmp_path, 'to = ["memory:"]\n' + body, f"bad{i}.toml")
-        for i, (what, (body, _)) in enumerate(MISTAKES.items())
-    }
-
-    async def check(path: Path) -> tuple[int, str, str]:
-        proc = await cli("bridge", "--config", str(path), "--check", env=clean_env())
-        return await proc.finish(timeout=15), proc.out, proc.err
-
-    results = await asyncio.gather(*(check(p) for p in paths.values()))
-    for (what, (_, expected)), (code, out, err) in zip(MISTAKES.items(), results, strict=True):
-        assert code == 2, (what, err)
-        lines = err.splitlines()
-        assert len(lines) == 1, (what, err)
-        assert lines[0].startswith(f"Error: {paths[what]}: "), (what, err)
-        assert expected in lines[0], (what, err)
-        assert "Traceback" not in err and out == "", what
-
-
 async def test_a_bridge_of_three_streams_delivers_each_space_once(
     cli: StartCli, tmp_path: Path
 ) -> None:
