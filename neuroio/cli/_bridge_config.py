@@ -233,6 +233,25 @@ def check_report(
     return "\n".join(lines) + "\n"
 
 
+def check_stream_tokens(resolved: Resolved, config: BridgeConfig) -> None:
+    """Read each stream's token file, as ``--check`` does the bridge's own (a token command
+    is not run).
+
+    Raises:
+        ConfigurationError: a file cannot be read or is empty, naming the stream's key.
+    """
+    where = f"{resolved.file.path}: " if resolved.file is not None else ""
+    for index, stream in enumerate(config.streams):
+        if stream.token_file is None:
+            continue
+        try:
+            token_file_provider(stream.token_file)()
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{where}stream[{index}] ({stream.name}).token_file: {exc}"
+            ) from None
+
+
 def _stream_lines(config: BridgeConfig) -> list[str]:
     lines = [f"streams: {len(config.streams)}"]
     for stream in config.streams:

@@ -24,7 +24,13 @@ from ..bridge._configfile import ConfigFile, check_sinks, parse_size
 from ..bridge._configfile import load as load_config
 from ..bridge.spool import DEFAULT_MAX_BYTES
 from ..exceptions import ConfigurationError
-from ._bridge_config import Resolved, check_report, file_log_settings, usage_exit
+from ._bridge_config import (
+    Resolved,
+    check_report,
+    check_stream_tokens,
+    file_log_settings,
+    usage_exit,
+)
 from ._options import (
     ConnectionSettings,
     ListenerSettings,
@@ -368,7 +374,11 @@ def command(
         usage_exit(str(exc), log)
     if check:
         try:
-            token_line = resolved.token_description(conn)
+            if config.streams:
+                check_stream_tokens(resolved, config)
+                token_line = ""
+            else:
+                token_line = resolved.token_description(conn)
         except ConfigurationError as exc:
             usage_exit(str(exc), log)
         write_all(

@@ -91,6 +91,7 @@ async def test_a_bridge_of_three_streams_delivers_each_space_once(
 
         metrics = await asyncio.to_thread(scrape, "/metrics")
         health = json.loads(await asyncio.to_thread(scrape, "/healthz"))
+        page = await asyncio.to_thread(scrape, "/")
         proc.send(signal.SIGTERM)
         assert await proc.finish(timeout=15) == 0, proc.err
     events = got()
@@ -102,6 +103,7 @@ async def test_a_bridge_of_three_streams_delivers_each_space_once(
         assert f'neuroio_stream_live{{stream="shop-{k}"}} 1.0' in metrics
     assert 'neuroio_streams{state="live"} 3.0' in metrics
     assert health["status"] == "ok" and set(health["streams"]) == {"shop-1", "shop-2", "shop-3"}
+    assert "3 of 3 streams live" in page and all(f"shop-{k}" in page for k in (1, 2, 3))
     assert "space-1-token" not in proc.err + metrics + json.dumps(health)
     assert "stream shop-" not in proc.err or "Traceback" not in proc.err
 
@@ -123,3 +125,23 @@ async def test_a_bad_fleet_uri_is_a_usage_error_before_anything_starts(
     )  # fmt: skip
     assert await proc.finish(timeout=15) == 2
     assert "a fleet shares named streams" in proc.err
+
+
+async def test_the_streams_example_is_valid_and_its_token_files_are_read(
+    cli: StartCli, tmp_path: Path
+) -> None:
+    """examples/streams.toml passes --check once its token files exist; a missing one is one
+    line naming the stream's key."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "streams.toml"
+    env = clean_env(NEUROIO_EXAMPLE_DIR=str(tmp_path), NEUROIO_TOKEN_DIR=str(tmp_path))
+    (tmp_path / "shop-berlin").write_text("berlin-token-1\n")
+    (tmp_path / "shop-berlin").chmod(0o600)
+    proc = await cli("bridge", "--config", str(example), "--check", env=env)
+    assert await proc.finish(timeout=15) == 2
+    assert proc.err.startswith(f"Error: {example}: stream[1] (shop-paris).token_file: ")
+    assert len(proc.err.splitlines()) == 1
+    (tmp_path / "shop-paris").write_text("paris-token-2\n")
+    (tmp_path / "shop-paris").chmod(0o600)
+    proc = await cli("bridge", "--config", str(example), "--check", env=env)
+    assert await proc.finish(timeout=15) == 0, proc.err
+    assert "streams: 2" in proc.out and "token-1" not in proc.out + proc.err
