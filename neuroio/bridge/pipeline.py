@@ -44,6 +44,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import heapq
 import logging
 import math
 import time
@@ -122,7 +123,7 @@ class Input:
         admit: as :attr:`Pipeline.admit`, for this stream's events (its own gap tracker).
     """
 
-    __slots__ = ("_pipeline", "number", "name", "admit", "_held")
+    __slots__ = ("_pipeline", "number", "name", "admit", "_held", "_lowest")
 
     def __init__(self, pipeline: Pipeline, number: int, name: str | None) -> None:
         self._pipeline = pipeline
@@ -133,6 +134,9 @@ class Input:
         # route -> its seq (0 until committed; a repeat the spool dropped gets the spool's last
         # seq of that commit, which is past the copy it kept).
         self._held: dict[int, int] = {}
+        # The held ids as a heap, for the lowest at once however many are held (a sink down
+        # for an hour): entries no longer held are dropped when they come to the top.
+        self._lowest: list[int] = []
 
     def __repr__(self) -> str:
         return f"<Input {self.number} {self.name!r}>"
@@ -151,14 +155,29 @@ class Input:
     def lowest_unconfirmed(self) -> int | None:
         """The lowest id of this stream received and not yet confirmed by every route
         (``None``: none); only named streams keep track."""
-        held = self._held
+        held, lowest = self._held, self._lowest
         if not held:
+            lowest.clear()
             return None
+        # Ids are held in the order they were queued, which is (nearly) spool order: the
+        # confirmed ones are dropped from the front, and one not yet confirmed stops the
+        # walk (what it leaves behind only makes the answer lower, never wrong).
         upto = self._pipeline.confirmed_upto
-        done = [event_id for event_id, seq in held.items() if 0 < seq <= upto]
+        done = []
+        for event_id, seq in held.items():
+            if not 0 < seq <= upto:
+                break
+            done.append(event_id)
         for event_id in done:
             del held[event_id]
-        return min(held) if held else None
+        while lowest and lowest[0] not in held:
+            heapq.heappop(lowest)
+        return lowest[0] if lowest else None
+
+    def _queued(self, event_id: int) -> None:
+        if event_id not in self._held:
+            self._held[event_id] = 0
+            heapq.heappush(self._lowest, event_id)
 
 
 class Pipeline:
@@ -586,7 +605,7 @@ class Pipeline:
     ) -> None:
         number = source.number
         if number:
-            source._held.setdefault(event_id, 0)
+            source._queued(event_id)
         if self._judges:
             # The routes' verdicts while the event is decoded anyway: moved into the cache
             # once committed. An id queued twice (pushed and recovered: payloads that differ)
