@@ -454,6 +454,7 @@ class Bridge:
                 gate=self._gate,
                 retry_delay=config.sink_retry_delay,
             )
+        self.pipeline.on_damaged = self._damaged_found
         if config.fleet is not None:
             from ._fleet import Fleet
 
@@ -467,6 +468,12 @@ class Bridge:
             return
         for stream in self.streams.values():
             await stream.start()
+
+    def _damaged_found(self) -> None:
+        """A read found a damaged batch: each running stream fetches its own ids again."""
+        for stream in self.streams.values():
+            if stream.running and stream.recovery is not None:
+                stream.recovery.damaged_found()
 
     def _stream_options(self, stream: StreamConfig) -> tuple[Any, Any]:
         config = self.config
