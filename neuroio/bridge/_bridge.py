@@ -45,7 +45,7 @@ import aiohttp
 import msgspec
 
 from .. import _redact, _streamlog
-from .._config import DEFAULT_EVENTS_URL, default_api_url
+from .._config import DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions, default_api_url
 from .._routing.rules import RouteRules
 from .._token import Tokens, TokenSource, token_command, token_file
 from .._words import connection_state, plural
@@ -475,7 +475,7 @@ class Bridge:
             if stream.running and stream.recovery is not None:
                 stream.recovery.damaged_found()
 
-    def _stream_options(self, stream: StreamConfig) -> tuple[Any, Any]:
+    def _stream_options(self, stream: StreamConfig) -> tuple[ConnectionOptions, RecoveryOptions]:
         config = self.config
         connection = config.connection
         if stream.url is not None:
