@@ -23,6 +23,14 @@ A load server in its own process (``bench/_loadserver.py``) pushes realistic eve
 Then the delivery latency (an event received by the bridge → confirmed by the sink) at a
 steady ``--rate`` events/s for each sink, and, per variant, the peak RSS of its process.
 
+With ``--page-streams N`` it measures the status page of a bridge of ``N`` named streams
+instead, in this process and with no service: the HTML of ``/`` (the state from a snapshot, the
+rendering, the redaction: what a page load costs the bridge) and the JSON of one live-stream
+push, each with ``N`` streams (two not live: one rejected, one in backoff; and all ``N`` in
+backoff, a platform-wide outage) against one stream; size and time (best of 20), and their
+ratios (target: the page of 1,000 streams, two not live, at most 2x the size of the page of
+one; every case rendered in under 5 ms; the outage's table is cut at 100 rows).
+
 With ``--gap N`` it measures gap recovery instead: the real bridge (the CLI, in its own
 process) against the emulator in this process, stopped while the platform records ``N``
 entries that only the REST API can give back, then started again on the same spool; it
@@ -37,6 +45,7 @@ Usage::
     .venv/bin/python bench/bridge.py --variants file,routes --latency-seconds 0
     .venv/bin/python bench/bridge.py --variants file,page --latency-seconds 0
     .venv/bin/python bench/bridge.py --gap 50000
+    .venv/bin/python bench/bridge.py --page-streams 1000
 
 Redis on 127.0.0.1:6379 (db 14), NATS JetStream on 127.0.0.1:4222, Mosquitto on 127.0.0.1:1883,
 RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on 127.0.0.1:5432 (database ``test``)
@@ -85,6 +94,8 @@ TARGET_RSS_MB = 150.0
 TARGET_GAP_RSS_MB = 100.0
 TARGET_ROUTES_RATIO = 0.8
 TARGET_PAGE_RATIO = 0.9
+TARGET_STREAMS_PAGE_RATIO = 2.0
+TARGET_STREAMS_PAGE_MS = 5.0
 OTHER_RESULTS = ("new", "reinit", "ha", "junk", "nm", "det")
 
 
@@ -634,6 +645,72 @@ async def gap_main(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def page_streams_main(args: argparse.Namespace) -> int:
+    """The status page of ``args.page_streams`` named streams against one: size and time."""
+    from datetime import datetime, timezone
+
+    from neuroio import _redact
+    from neuroio._status import summarize
+    from neuroio._status._render import page
+    from neuroio.bridge._snapshot import BridgeSnapshot, StreamSnapshot, page_state
+    from neuroio.emulator import EntryFactory
+
+    count = args.page_streams
+    now = time.time()
+    factory = EntryFactory(1, start_time=datetime(2024, 5, 17, 8, 0, tzinfo=timezone.utc))
+    cards = [summarize({"id": i, "data": factory.make()}) for i in range(1, 51)]
+
+    def stream(i: int, state: str) -> StreamSnapshot:
+        return StreamSnapshot(f"shop-{i:04d}", state, True, events=1000 + i, frames=2000 + i,
+                              reconnects=(("timeout", i % 3),), rtt=0.002,
+                              last_event_at=now - i % 7)  # fmt: skip
+
+    def case(states: list[str]) -> tuple[BridgeSnapshot, dict[str, Any]]:
+        streams = tuple(stream(i, s) for i, s in enumerate(states))
+        reasons = {s.name: {"rejected": "401 token refused"} for s in streams
+                   if s.state == "rejected"}  # fmt: skip
+        return BridgeSnapshot(taken_at=now, received=123_456, streams=streams), {
+            "problems": [],
+            "streams": reasons,
+        }
+
+    def measure(states: list[str]) -> tuple[int, int, float]:
+        snap, health = case(states)
+        runs = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            state = page_state(snap, health, {}, {})
+            body = _redact.redact(page(state, cards, csrf="x" * 43))
+            push = _redact.redact(json.dumps({"state": state}, separators=(",", ":")))
+            runs.append(time.perf_counter() - t0)
+        return len(body.encode()), len(push.encode()), min(runs) * 1000
+
+    cases = {
+        "1 stream, live": ["live"],
+        f"{count:,} streams, 2 not live": ["rejected", "backoff"] + ["live"] * (count - 2),
+        f"{count:,} streams, all in backoff": ["backoff"] * count,
+    }
+    say("status page of a bridge of named streams (50 cards; best of 20, in this process)")
+    say(f"{'case':<32} {'HTML':>9} {'vs 1':>6} {'push':>9} {'vs 1':>6} {'time':>9} {'vs 1':>6}")
+    results = {name: measure(states) for name, states in cases.items()}
+    base = results["1 stream, live"]
+    failures = []
+    for name, (html, push, ms) in results.items():
+        say(f"{name:<32} {html:>8,}B {html / base[0]:>6.2f} {push:>8,}B {push / base[1]:>6.2f} "
+            f"{ms:>7.2f}ms {ms / base[2]:>6.2f}")  # fmt: skip
+        # The outage's table is cut at STREAM_DOWN_ROWS rows: bounded, not held to the ratio.
+        if "2 not live" in name and html / base[0] > TARGET_STREAMS_PAGE_RATIO:
+            failures.append(f"{name}: HTML {html / base[0]:.2f}x > {TARGET_STREAMS_PAGE_RATIO}x")
+        if ms > TARGET_STREAMS_PAGE_MS:
+            failures.append(f"{name}: {ms:.2f} ms > {TARGET_STREAMS_PAGE_MS} ms")
+    say(json.dumps({name: {"html": h, "push": p, "ms": m} for name, (h, p, m) in results.items()}))
+    for failure in failures:
+        say(f"MISSED  {failure}")
+    say(f"targets: HTML <= {TARGET_STREAMS_PAGE_RATIO}x of one stream's page, "
+        f"< {TARGET_STREAMS_PAGE_MS} ms" + ("" if failures else ": met"))  # fmt: skip
+    return 1 if failures else 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
@@ -652,6 +729,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="measure the recovery of a gap of N entries instead (peak RSS and time)",
+    )
+    parser.add_argument(
+        "--page-streams",
+        type=int,
+        metavar="N",
+        help="measure the status page of N named streams against one instead (size, time)",
     )
     parser.add_argument(
         "--variants",
@@ -679,6 +762,8 @@ def main() -> None:
             runner = uvloop.run
     if args.child:
         runner(child_main(args))
+    elif args.page_streams:
+        sys.exit(page_streams_main(args))
     elif args.gap:
         sys.exit(runner(gap_main(args)))
     else:

@@ -19,6 +19,13 @@ Each runs for the spool of this tree and for the previous design, the spool of c
 tree), with ``synchronous`` FULL and NORMAL. The CRC-32 the new spool computes per stored
 batch is timed on the same payloads and shown beside the time of a commit.
 
+With ``--streams N``, it measures the cost of keeping many streams in one spool instead:
+commits of 10 events for this spool alone (``synchronous`` NORMAL), at 1,000 events/s and
+then flat out (``--fast-seconds`` each), one case after the other: the single stream of
+today (stream 0), one stream numbered 1, and N streams taking turns event by event (each
+stream's ids growing). It prints the time of ``write`` per event and its ratio to the
+single stream's.
+
 With ``--bridge``, it measures what users meet instead: the ``neuroio-events bridge`` CLI as
 a subprocess, with a file sink, fed by ``neuroio-events emulate --rate 5`` (and ``--rate``
 1000 for ``--fast-seconds``), the bridge of this tree beside the bridge of ``3b6f9e2`` (its
@@ -31,6 +38,7 @@ Usage::
 
     .venv/bin/python bench/spool_writes.py [--seconds 60] [--fast-seconds 10] [--event-bytes 800]
     .venv/bin/python bench/spool_writes.py --bridge [--seconds 60] [--fast-seconds 10]
+    .venv/bin/python bench/spool_writes.py --streams 1000 [--fast-seconds 5]
 
 The directory (``--dir``, a temporary one on the file system of ``/var/tmp`` by default) must
 be on a disk-backed file system: tmpfs counts no writes.
@@ -104,7 +112,8 @@ def child(args: argparse.Namespace) -> None:
     """One case: open a spool, run the workload in real time, print the figures as JSON."""
     spool_class = _load_spool_class(args.impl)
     path = Path(args.dir) / "spool.db"
-    spool = spool_class(path, synchronous=args.sync, check=False)
+    options = {"streams": True} if args.streams else {}
+    spool = spool_class(path, synchronous=args.sync, check=False, **options)
     spool.register(["file"])
     start_bytes = _write_bytes()
     rate, batch = args.rate, args.batch
@@ -125,9 +134,23 @@ def child(args: argparse.Namespace) -> None:
             continue
         next_at += period
         received = time.time()
-        batch_events = [
-            (events + i + 1, pool[(events + i) % len(pool)], received) for i in range(batch)
-        ]
+        batch_events: list[Any]
+        if args.streams:
+            # Round robin: event k is of stream k % streams + 1, its id growing in its stream.
+            n = args.streams
+            batch_events = [
+                (
+                    (events + i) // n + 1,
+                    pool[(events + i) % len(pool)],
+                    received,
+                    (events + i) % n + 1,
+                )
+                for i in range(batch)
+            ]
+        else:
+            batch_events = [
+                (events + i + 1, pool[(events + i) % len(pool)], received) for i in range(batch)
+            ]
         t0 = time.perf_counter()
         if args.separate_acks:
             stored = spool.write(batch_events)
@@ -191,12 +214,13 @@ def _spawn(
     separate: bool,
     work: Path,
     event_bytes: int,
+    streams: int = 0,
 ) -> subprocess.Popen[str]:
     work.mkdir(parents=True)
     command = [
         sys.executable, __file__, "--child", "--impl", impl, "--sync", sync,
         "--rate", str(rate), "--batch", str(batch), "--seconds", str(seconds),
-        "--dir", str(work), "--event-bytes", str(event_bytes),
+        "--dir", str(work), "--event-bytes", str(event_bytes), "--streams", str(streams),
     ]  # fmt: skip
     if separate:
         command.append("--separate-acks")
@@ -328,6 +352,39 @@ def bridge_main(args: argparse.Namespace, tmp: Path) -> None:
             )
 
 
+def streams_main(args: argparse.Namespace, tmp: Path) -> None:
+    """1 stream against ``args.streams`` round robin: time per event, the same run."""
+    cases = [
+        ("single stream (0)", 0),
+        ("stream 1 alone", 1),
+        (f"{args.streams} streams", args.streams),
+    ]
+    # At 1,000/s (as a bridge meets it: caches cool between commits), and flat out (the CPU
+    # cost of a write alone, with a full dedupe window).
+    paces = [("1000/s", 1000), ("flat out", 10**9)]
+    print(f"{'10 events/commit':28} {'events':>8} {'KiB/event':>9} {'us/event':>8} {'ratio':>6}")
+    for pace, rate in paces:
+        rows = []
+        for i, (label, streams) in enumerate(cases):
+            # One after the other: concurrent cases would skew the time per write.
+            proc = _spawn(
+                "new", "normal", rate, 10, args.fast_seconds, False, tmp / f"{rate}-{i}",
+                args.event_bytes, streams,
+            )  # fmt: skip
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"{label}: the child failed")
+            rows.append((f"{pace}, {label}", json.loads(out)))
+        base = rows[0][1]["write_us_per_event"]
+        for label, result in rows:
+            per_event = result["written"] / max(result["events"], 1)
+            us = result["write_us_per_event"]
+            print(
+                f"{label:28} {result['events']:8d} {per_event / 1024:9.2f} {us:8.1f} "
+                f"{us / base:6.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="5 events/s run length")
@@ -336,6 +393,12 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="a directory on a disk (not tmpfs)")
     parser.add_argument(
         "--bridge", action="store_true", help="the neuroio-events bridge CLI, file sink"
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="compare one stream with this many streams round robin (1,000/s workload)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="new", help=argparse.SUPPRESS)
@@ -351,6 +414,9 @@ def main() -> None:
         tmp = Path(d)
         if args.bridge:
             bridge_main(args, tmp)
+            return
+        if args.streams:
+            streams_main(args, tmp)
             return
         base = _base_spool_file(tmp)
         designs = [

@@ -130,6 +130,9 @@ class EventListener:
             and before the reconnect delay (``LossReason.CLOSING`` on :meth:`close`).
             An exception in either hook is logged with its traceback and counted in
             ``stats.handler_errors``; it never stops the listener.
+        connect_gate: ``async def connect_gate()``, awaited before each connection attempt
+            (after the reconnect delay): a limit on the rate of attempts shared by several
+            listeners (the bridge's streams). :meth:`close` does not wait for it.
 
     Raises:
         ConfigurationError: an option is out of range or the URL is not ``ws://``/``wss://``.
@@ -160,6 +163,7 @@ class EventListener:
         dedupe_window: int = _RECOVERY_DEFAULTS.dedupe_window,
         on_connected: Callable[[], Awaitable[None]] | None = None,
         on_disconnected: Callable[[LossReason], Awaitable[None]] | None = None,
+        connect_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # Tokens given by an owner (the bridge) are shared with its gap recovery, and stay
         # redacted as long as that owner lives.
@@ -198,6 +202,7 @@ class EventListener:
         self._handler = event_handler_func
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._connect_gate = connect_gate
         self.options = options
         """The connection options in effect (url resolved)."""
         self.recovery_options = recovery
@@ -509,7 +514,8 @@ class EventListener:
     async def _connection_cycle(self, session: aiohttp.ClientSession) -> None:
         failures = 0  # consecutive attempts that never reached {"auth": "ok"}
         silent = SilentRejections()
-        while not self._closing_now():
+        # The shared connect-rate limit is waited for in the state the last attempt left.
+        while not self._closing_now() and await self._through_gate():
             self._set_state(State.CONNECTING)
             try:
                 token = await self._tokens.get()
@@ -550,6 +556,20 @@ class EventListener:
                 await self._back_off(verdict.reason.value)
             else:
                 await self._attempt_failed(connection, verdict, failures)
+
+    async def _through_gate(self) -> bool:
+        """Wait for the shared connect-rate limit (if any); ``False`` if closed meanwhile."""
+        if self._connect_gate is None:
+            return True
+        assert self._closing is not None
+        passing = asyncio.ensure_future(self._connect_gate())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({passing, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            passing.cancel()
+            closing.cancel()
+        return not self._closing_now()
 
     async def _attempt_failed(self, connection: Connection, verdict: Lost, failures: int) -> None:
         """One line about an attempt that never became a connection, saying why; then give

@@ -381,6 +381,10 @@ class GapTracker:
         """Where the gap still open (lost, not yet closed by :meth:`connected`) starts."""
         return self._open
 
+    def pending_starts(self) -> list[GapStart]:
+        """Where each closed gap waiting for recovery starts."""
+        return [gap.start for gap in self._pending]
+
     def next_gap(self) -> Gap | None:
         """The oldest closed gap, removed from the queue; ``None`` when there is none."""
         return self._pending.popleft() if self._pending else None

@@ -14,6 +14,9 @@ Semantics, decided once here (``docs/routing.md`` gives the user's view):
 * ``sex``: the entry's ``sex`` is that integer (0 male, 1 female).
 * ``known``: ``true`` passes an entry with a non-empty ``pid``; ``false`` one with none
   (missing, ``null`` or empty).
+* ``stream``: the event's ``stream`` (the ``[[stream]]`` it came from, a top-level key of
+  the events of a bridge with several) matches one of the glob patterns, as ``source_name``;
+  an event of a bridge without streams has none and fails.
 * ``backfilled``: ``true`` passes only events recovered from the REST API; ``false`` only
   those pushed on the socket (which carry no ``backfilled`` key).
 * ``where``: a JMESPath expression over the whole event; it passes when the result is true
@@ -82,18 +85,24 @@ def compile_filter(config: FilterConfig, *, route: str) -> Predicate:
         raise ConfigurationError(f"{what}.sex: must be 0 (male) or 1 (female), got {sex!r}")
     sources = _ints(config.source_id, f"{what}.source_id")
     spaces = _ints(config.space_id, f"{what}.space_id")
-    names = None
-    if config.source_name is not None:
-        patterns = sorted(_choices(config.source_name, f"{what}.source_name", None) or ())
-        # One regular expression for every pattern: fnmatch.translate anchors each one.
-        names = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+    names = _globs(config.source_name, f"{what}.source_name")
+    streams = _globs(config.stream, f"{what}.stream")
     known = _flag(config.known, f"{what}.known")
     backfilled = _flag(config.backfilled, f"{what}.backfilled")
     where = None if config.where is None else _where(config.where, f"{what}.where", route)
     return _predicate(
-        results, moods, liveness, pids, confidence, age, sex, sources, spaces, names, known,
-        backfilled, where,
+        results, moods, liveness, pids, confidence, age, sex, sources, spaces, names, streams,
+        known, backfilled, where,
     )  # fmt: skip
+
+
+def _globs(patterns: Sequence[str] | None, what: str) -> Callable[[str], object] | None:
+    """One regular expression matching any of the glob ``patterns`` (``None``: not given)."""
+    if patterns is None:
+        return None
+    chosen = sorted(_choices(patterns, what, None) or ())
+    # fnmatch.translate anchors each pattern.
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in chosen)).match
 
 
 def _predicate(  # noqa: C901 - see admit
@@ -107,6 +116,7 @@ def _predicate(  # noqa: C901 - see admit
     sources: frozenset[int] | None,
     spaces: frozenset[int] | None,
     names: Callable[[str], object] | None,
+    streams: Callable[[str], object] | None,
     known: bool | None,
     backfilled: bool | None,
     where: Predicate | None,
@@ -114,6 +124,10 @@ def _predicate(  # noqa: C901 - see admit
     # One function testing each given key in turn (a key not given costs one comparison),
     # calling nothing it can avoid.
     def admit(event: Mapping[str, Any]) -> bool:  # noqa: C901 - flat on purpose: hot
+        if streams is not None:
+            stream = event.get("stream")
+            if stream.__class__ is not str or streams(stream) is None:
+                return False
         data = event.get("data")
         if data.__class__ is not dict:
             return False

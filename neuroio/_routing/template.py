@@ -5,6 +5,8 @@ A template is text with placeholders over the event's entry (its ``data``)::
     neuroio/doors/{source.id}          {source.id}: the camera's id
     events-{created:%Y-%m-%d}.jsonl    {created:FORMAT}: a date field through strftime
     {result}.{space.id}                any field, or a dotted path into nested objects
+    {stream}                           the event's stream (a bridge's [[stream]] name): a
+                                       key of the event beside data, not of the entry
 
 ``{{`` and ``}}`` are literal braces. A value that is missing, ``null``, empty, or not a scalar
 (an object, a list) renders as ``unknown``, so a destination is always a usable name. Each sink
@@ -26,10 +28,12 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["MISSING", "Template"]
+__all__ = ["EVENT_KEYS", "MISSING", "Template"]
 
 MISSING = "unknown"
 """What a placeholder renders to when the event has no usable value for it."""
+EVENT_KEYS = frozenset({"stream"})
+"""Placeholders naming a key of the event itself rather than of its entry."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
 _Clean = Callable[[str], str]
@@ -89,6 +93,8 @@ class Template:
             path, fmt = part
             if context is not None and len(path) == 1 and path[0] in context:
                 value: Any = context[path[0]]
+            elif len(path) == 1 and path[0] in EVENT_KEYS:
+                value = event.get(path[0])
             else:
                 value = _lookup(entry, path)
             out.append(clean(_text(value, fmt)))

@@ -8,7 +8,10 @@ state: ``live``, ``backoff``, ...), ``healthy``, ``problems`` (list of str), ``u
 ``rtt`` and ``last_event_age`` (seconds or ``None``), ``received``, ``rates`` (events per
 second, one a second, oldest first), ``spool`` (``{"depth", "bytes", "dead_letters"}``) and
 ``sinks``: rows of ``name``, ``delivered``, ``lag``, ``lag_seconds``, ``failing_for``,
-``failing_since`` (epoch seconds or ``None``), ``last_error``, ``dead_letters``.
+``failing_since`` (epoch seconds or ``None``), ``last_error``, ``dead_letters``. A bridge of
+named streams adds ``streams`` (see :func:`neuroio.bridge._snapshot.streams_state`: the rows
+already ordered and cut, so the page stays small with a thousand streams); without it the page
+has no streams section.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["RESULT_CLASSES", "chart_points", "page", "summarize"]
+__all__ = [
+    "RESULT_CLASSES",
+    "chart_points",
+    "fleet_line",
+    "more_rows",
+    "page",
+    "stream_row",
+    "streams_summary",
+    "summarize",
+]
 
 RESULT_CLASSES = ("exact", "ha", "new", "reinit", "junk", "nm", "det")
 """Results with a colour of their own (as in the terminal's pretty view); others are grey."""
@@ -216,6 +228,104 @@ def _sinks(state: Mapping[str, Any]) -> str:
     )
 
 
+def _count(value: Any) -> str:
+    """``1,000``: the thousands marked, as the script's ``toLocaleString("en-US")``."""
+    return f"{int(value):,}"
+
+
+def streams_summary(streams: Mapping[str, Any]) -> str:
+    """``998 of 1,000 streams live; 1 rejected; 1 backoff`` (the script renders the same)."""
+    total = int(streams.get("total", 0))
+    parts = [f"{_count(streams.get('live', 0))} of {_count(total)} "
+             f"{'stream' if total == 1 else 'streams'} live"]  # fmt: skip
+    parts += [f"{_count(count)} {state}" for state, count in streams.get("counts") or []]
+    return "; ".join(parts)
+
+
+def fleet_line(fleet: Mapping[str, Any]) -> str:
+    """``worker w-1 of 3 live workers (w-1, w-2, w-3); holds 20 streams (its share: 20)``;
+    more than 10 workers are counted, not named (the script renders the same)."""
+    workers = list(fleet.get("workers") or [])
+    names = f" ({', '.join(workers)})" if 0 < len(workers) <= 10 else ""
+    text = (
+        f"worker {fleet.get('worker')} of {_count(len(workers))} live "
+        f"{'worker' if len(workers) == 1 else 'workers'}{names}"
+    )
+    held = fleet.get("held")
+    if held is not None:
+        text += f"; holds {_count(held)} {'stream' if held == 1 else 'streams'}"
+        if fleet.get("target") is not None:
+            text += f" (its share: {_count(fleet['target'])})"
+    if not fleet.get("connected", True):
+        text += "; NATS connection lost"
+    return text
+
+
+def stream_row(row: Mapping[str, Any], fleet: bool) -> str:
+    """One ``<tr>`` of the streams table (the script renders the same); in a ``fleet`` with
+    the column of who holds the stream."""
+    state = str(row.get("state", "idle"))
+    age = row.get("last_event_age")
+    holder = ""
+    if fleet:
+        if row.get("held"):
+            held = "held by this worker"
+        elif row.get("holder"):
+            held = f"stopped (held by {row['holder']})"
+        else:
+            held = "stopped"
+        holder = f'<td class="holder">{_e(held)}</td>'
+    # A stream another worker holds is not down: grey, not red.
+    kind = "live" if state == "live" else "away" if fleet and not row.get("held") else "down"
+    return (
+        f'<tr class="stream {kind}" '
+        f'data-stream="{_e(row.get("name", ""))}">'
+        f'<td class="name">{_e(row.get("name", ""))}</td>'
+        f'<td><span class="conn conn-{_e(state)}">{_e(state)}</span></td>{holder}'
+        f'<td class="num">{_e(row.get("events", 0))}</td>'
+        f'<td class="num">{_e(row.get("reconnects", 0))}</td>'
+        f'<td class="num">{"none yet" if age is None else _e(duration(age)) + " ago"}</td>'
+        f'<td class="error">{_e(row.get("reason") or "")}</td>'
+        "</tr>"
+    )
+
+
+def more_rows(streams: Mapping[str, Any], fleet: bool) -> str:
+    """The rows counting the streams left out of the table (the script renders the same)."""
+    columns = 7 if fleet else 6
+    rows = []
+    down, live, held = (int(streams.get(k) or 0) for k in ("more_down", "more_live", "more_held"))
+    if down:
+        rows.append(f"and {_count(down)} more {'stream' if down == 1 else 'streams'} not live")
+    if live:
+        rows.append(f"and {_count(live)} more live {'stream' if live == 1 else 'streams'}")
+    if held:
+        rows.append(f"and {_count(held)} more held by other workers")
+    return "".join(f'<tr class="more"><td colspan="{columns}">{_e(r)}</td></tr>' for r in rows)
+
+
+def _streams(state: Mapping[str, Any]) -> str:
+    streams = state.get("streams")
+    if not isinstance(streams, Mapping):
+        return ""
+    fleet = streams.get("fleet")
+    in_fleet = isinstance(fleet, Mapping)
+    rows = "".join(stream_row(r, in_fleet) for r in streams.get("rows") or [])
+    line = (
+        f'<p id="fleet" class="note">{_e(fleet_line(fleet))}</p>'
+        if isinstance(fleet, Mapping)
+        else ""
+    )
+    return (
+        '<section class="streams"><h2>Streams '
+        f'<span id="streams-summary" class="figure">{_e(streams_summary(streams))}</span></h2>'
+        f'{line}<table id="streams"><thead><tr><th>stream</th><th>state</th>'
+        f"{'<th>holder</th>' if in_fleet else ''}<th>events</th><th>reconnects</th>"
+        "<th>last event</th><th>reason</th></tr></thead>"
+        f"<tbody>{rows}{more_rows(streams, in_fleet)}</tbody></table></section>"
+    )
+
+
 def card(event: Mapping[str, Any]) -> str:
     """One event card (the script renders the same)."""
     result = event.get("result") or "?"
@@ -270,7 +380,7 @@ def page(state: Mapping[str, Any], events: Sequence[Mapping[str, Any]], *, csrf:
         f'<span id="health" class="health {"ok" if healthy else "failing"}">'
         f"{'healthy' if healthy else 'unhealthy'}</span>"
         '<span id="live" class="live-dot" title="live updates">static</span></header>'
-        f"<main>{_overview(state)}{_problems(state)}{_chart(state)}{_sinks(state)}"
+        f"<main>{_overview(state)}{_problems(state)}{_streams(state)}{_chart(state)}{_sinks(state)}"
         f"{_cards(events)}</main>"
         '<script src="/static/status.js"></script></body></html>'
     )

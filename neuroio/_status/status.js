@@ -57,6 +57,69 @@
     if (s.sinks && $("sinks")) {
       $("sinks").tBodies[0].innerHTML = s.sinks.map(sinkRow).join("");
     }
+    if (s.streams && $("streams")) renderStreams(s.streams);
+  }
+
+  // The streams come ordered and cut by the server (a thousand streams: a few rows).
+  function count(n) { return Number(n).toLocaleString("en-US"); }
+  function plural(n, one, many) { return n === 1 ? one : many; }
+
+  function streamsSummary(v) {
+    const parts = [count(v.live) + " of " + count(v.total) + " " +
+      plural(v.total, "stream", "streams") + " live"];
+    for (const [state, n] of v.counts || []) parts.push(count(n) + " " + state);
+    return parts.join("; ");
+  }
+
+  function fleetLine(f) {
+    const workers = f.workers || [];
+    const names = workers.length > 0 && workers.length <= 10 ? " (" + workers.join(", ") + ")" : "";
+    let text = "worker " + f.worker + " of " + count(workers.length) + " live " +
+      plural(workers.length, "worker", "workers") + names;
+    if (f.held !== null && f.held !== undefined) {
+      text += "; holds " + count(f.held) + " " + plural(f.held, "stream", "streams");
+      if (f.target !== null && f.target !== undefined) text += " (its share: " + count(f.target) + ")";
+    }
+    if (f.connected === false) text += "; NATS connection lost";
+    return text;
+  }
+
+  function streamRow(r, fleet) {
+    const state = r.state || "idle";
+    let holder = "";
+    if (fleet) {
+      const held = r.held ? "held by this worker"
+        : r.holder ? "stopped (held by " + r.holder + ")" : "stopped";
+      holder = '<td class="holder">' + esc(held) + "</td>";
+    }
+    const age = r.last_event_age;
+    const kind = state === "live" ? "live" : fleet && !r.held ? "away" : "down";
+    return '<tr class="stream ' + kind + '" data-stream="' +
+      esc(r.name) + '"><td class="name">' + esc(r.name) + "</td>" +
+      '<td><span class="conn conn-' + esc(state) + '">' + esc(state) + "</span></td>" + holder +
+      '<td class="num">' + esc(r.events) + "</td>" +
+      '<td class="num">' + esc(r.reconnects) + "</td>" +
+      '<td class="num">' + (age === null || age === undefined ? "none yet" : esc(duration(age)) + " ago") +
+      "</td>" + '<td class="error">' + esc(r.reason || "") + "</td></tr>";
+  }
+
+  function moreRows(v, fleet) {
+    const rows = [];
+    if (v.more_down) rows.push("and " + count(v.more_down) + " more " +
+      plural(v.more_down, "stream", "streams") + " not live");
+    if (v.more_live) rows.push("and " + count(v.more_live) + " more live " +
+      plural(v.more_live, "stream", "streams"));
+    if (v.more_held) rows.push("and " + count(v.more_held) + " more held by other workers");
+    return rows.map((t) => '<tr class="more"><td colspan="' + (fleet ? 7 : 6) + '">' + esc(t) +
+      "</td></tr>").join("");
+  }
+
+  function renderStreams(v) {
+    const fleet = !!v.fleet;
+    setText("streams-summary", streamsSummary(v));
+    if (fleet) setText("fleet", fleetLine(v.fleet));
+    $("streams").tBodies[0].innerHTML =
+      (v.rows || []).map((r) => streamRow(r, fleet)).join("") + moreRows(v, fleet);
   }
 
   function renderChart(rates) {

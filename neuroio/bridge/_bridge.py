@@ -31,9 +31,9 @@ abandoned at once (their events stay in the spool for the next start).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import shlex
 import ssl as _ssl
 import time
 from collections.abc import Sequence
@@ -44,15 +44,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 import msgspec
 
-from .. import _redact
-from .._config import DEFAULT_EVENTS_URL, default_api_url
-from .._protocol.session import LossReason
+from .. import _redact, _streamlog
+from .._config import DEFAULT_EVENTS_URL, ConnectionOptions, RecoveryOptions, default_api_url
 from .._routing.rules import RouteRules
-from .._token import Tokens, TokenSource
+from .._token import Tokens, TokenSource, token_command, token_file
 from .._words import connection_state, plural
 from ..exceptions import (
     BackfillError,
     ConfigurationError,
+    ConnectionFailedError,
     MissingExtraError,
     NeuroIOError,
     PermanentSinkError,
@@ -61,14 +61,15 @@ from ..exceptions import (
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ..sinks.base import ConsumerGoneError
-from ._recovery import GapRecovery
-from ._snapshot import BridgeSnapshot, SinkSnapshot, refused_problem
+from ._snapshot import BridgeSnapshot, SinkSnapshot, StreamSnapshot, refused_problem
 from ._starting import LateStart, close_quietly
-from .config import BridgeConfig, RouteConfig
+from ._streams import ConnectGate, DamagedShare, Stream, StreamSpool
+from .config import BridgeConfig, RouteConfig, StreamConfig
 from .pipeline import Pipeline
 from .spool import Spool
 
 if TYPE_CHECKING:
+    from ._fleet import Fleet
     from .metrics import BridgeMetrics
 
 __all__ = ["FORCE_GRACE", "Bridge"]
@@ -107,7 +108,7 @@ class Bridge:
 
     def __init__(
         self,
-        api_token: TokenSource,
+        api_token: TokenSource | None,
         sinks: Sequence[str | Sink] = (),
         *,
         spool: str | os.PathLike[str] | Spool | None = None,
@@ -127,13 +128,16 @@ class Bridge:
 
     def _setup(
         self,
-        api_token: TokenSource,
+        api_token: TokenSource | None,
         config: BridgeConfig,
         objects: Sequence[Sink],
         spool: Spool | None,
         ssl: _ssl.SSLContext | None,
     ) -> None:
-        tokens = Tokens(api_token)
+        if api_token is None and not config.streams:
+            raise ConfigurationError("the bridge needs a token, or [[stream]] tables with theirs")
+        # A bridge of named streams has no token of its own: each stream brings its own.
+        tokens = Tokens(api_token) if api_token is not None else None
         self.config = config
         if not config.to and not objects and not config.routes:
             raise ConfigurationError("the bridge needs at least one sink (--to URI) or route")
@@ -162,10 +166,13 @@ class Bridge:
         self._given_spool = spool
         self.spool: Spool | None = spool
         self.pipeline: Pipeline | None = None
-        self.listener: EventListener | None = None
         self.metrics: BridgeMetrics | None = None
-        self._recovery: GapRecovery | None = None
-        self._listen_task: asyncio.Task[None] | None = None
+        self.streams: dict[str, Stream] = {}
+        """The named streams (``config.streams``), by name, once started."""
+        self._single: Stream | None = None
+        self._gate: ConnectGate | None = None
+        self.fleet: Fleet | None = None
+        """The fleet this bridge is a worker of (``config.fleet``), once started."""
         self._started_sinks: list[Sink] = []
         self._late: dict[str, LateStart] = {}
         self._late_tasks: list[asyncio.Task[None]] = []
@@ -206,7 +213,7 @@ class Bridge:
     @classmethod
     def from_config(
         cls,
-        api_token: TokenSource,
+        api_token: TokenSource | None,
         config: BridgeConfig,
         *,
         sinks: Sequence[Sink] = (),
@@ -220,7 +227,7 @@ class Bridge:
         return bridge
 
     @classmethod
-    def from_options(cls, api_token: TokenSource, **options: Any) -> Bridge:
+    def from_options(cls, api_token: TokenSource | None, **options: Any) -> Bridge:
         """A bridge from CLI-style options (``to=[...]``, ``spool=...``, ``ssl=...``)."""
         ssl = options.pop("ssl", None)
         try:
@@ -233,14 +240,57 @@ class Bridge:
         return f"<Bridge {self._state} routes={[s.name for s in self.sinks]}>"
 
     @property
+    def listener(self) -> EventListener | None:
+        """The single stream's listener (``None`` for a bridge of named streams)."""
+        return self._single.listener if self._single is not None else None
+
+    def _all_streams(self) -> list[Stream]:
+        return [self._single] if self._single is not None else list(self.streams.values())
+
+    @property
     def recovered(self) -> int:
         """Entries recovered from the REST API and handed to the spool."""
-        return self._recovery.recovered if self._recovery is not None else 0
+        return sum(s.recovery.recovered for s in self._all_streams() if s.recovery is not None)
 
     @property
     def backfill_error(self) -> BackfillError | None:
         """The last gap recovery the API refused (it is retried at the next start)."""
-        return self._recovery.backfill_error if self._recovery is not None else None
+        for stream in self._all_streams():
+            if stream.recovery is not None and stream.recovery.backfill_error is not None:
+                return stream.recovery.backfill_error
+        return None
+
+    # -- streams (what a fleet drives) -------------------------------------------------------
+
+    @property
+    def stream_names(self) -> Sequence[str]:
+        """Every named stream of the config, in its order."""
+        return [s.name for s in self.config.streams]
+
+    async def start_stream(self, name: str, after: int | None = None) -> None:
+        """Start receiving the named stream (gap recovery after id ``after`` when given).
+
+        Raises:
+            KeyError: no stream has that name.
+        """
+        await self.streams[name].start(after)
+
+    async def stop_stream(self, name: str) -> None:
+        """Close the named stream's connection now; what it spooled is still delivered.
+
+        Raises:
+            KeyError: no stream has that name.
+        """
+        await self.streams[name].stop()
+
+    def watermark(self, name: str) -> int | None:
+        """The highest id up to which every event of the named stream was confirmed by
+        every route (``None``: not known)."""
+        return self.streams[name].watermark()
+
+    def rejected(self, name: str) -> str | None:
+        """Why the named stream's token was rejected, or ``None``."""
+        return self.streams[name].rejected
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,7 +317,11 @@ class Bridge:
         if self.spool is None:
             path = Path(config.spool) if config.spool else None
             self.spool = await asyncio.to_thread(
-                Spool, path, max_bytes=config.spool_max_bytes, synchronous=config.spool_sync
+                Spool,
+                path,
+                max_bytes=config.spool_max_bytes,
+                synchronous=config.spool_sync,
+                streams=bool(config.streams),
             )
         # As the listener resolves them: a loopback events URL has its REST API beside it.
         events_url = (
@@ -281,6 +335,11 @@ class Bridge:
         for sink in self.sinks:
             use_platform = getattr(sink, "use_platform", None)
             if callable(use_platform):  # a sink fetching from the platform (images:)
+                if self._tokens is None:
+                    raise ConfigurationError(
+                        f"sink {sink.name}: face images are fetched with the bridge's token; "
+                        "a bridge of [[stream]]s has none (run one bridge per space for images)"
+                    )
                 use_platform(api_url, self._tokens.get)
         delivered_to = [await self._start_sink(sink) for sink in self.sinks]
         self.pipeline = Pipeline(
@@ -309,40 +368,10 @@ class Bridge:
                 self.metrics.url("/metrics"),
                 self.metrics.url("/"),
             )
-        options = config.recovery
-        recovering = options.backfill or options.since is not None
-        # The bridge recovers gaps itself (see GapRecovery) so that where recovery must
-        # start is kept in the spool and survives a crash during the recovery.
-        self.listener = EventListener(
-            self._tokens,
-            self.pipeline.handle,
-            ssl=self._ssl,
-            backfill=False,
-            api_url=options.api_url,
-            dedupe_window=options.dedupe_window,
-            on_connected=self._on_connected if recovering else None,
-            on_disconnected=self._on_disconnected if recovering else None,
-            **msgspec.structs.asdict(config.connection),
-        )
-        if recovering:
-            self._http = aiohttp.ClientSession()
-            self._recovery = GapRecovery(
-                self._tokens,
-                options,
-                config.connection,
-                session=self._http,
-                api_url=self.listener.api_url,
-                pipeline=self.pipeline,
-                spool=self.spool,
-                retry_delay=config.sink_retry_delay,
-            )
-            self.pipeline.admit = self._recovery.tracker.seen
-            self.pipeline.on_damaged = self._recovery.damaged_found
-            # The floor before the first commit: nothing is received before it is stored.
-            await self._recovery.start()
-        self._listen_task = asyncio.create_task(
-            self.listener.listen(), name="neuroio-bridge-listen"
-        )
+        if config.streams:
+            await self._start_streams()
+        else:
+            await self._start_single()
         log.info(
             "bridge running: spool %s (%s held), routes %s",
             self.spool.path,
@@ -375,13 +404,91 @@ class Bridge:
             return late
         return sink
 
-    async def _on_connected(self) -> None:
-        if self._recovery is not None:
-            await self._recovery.on_connected()
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
-    async def _on_disconnected(self, reason: LossReason) -> None:
-        if self._recovery is not None:
-            await self._recovery.on_disconnected(reason)
+    async def _start_single(self) -> None:
+        assert self.pipeline is not None and self.spool is not None and self._tokens is not None
+        config = self.config
+        options = config.recovery
+        recovering = options.backfill or options.since is not None
+        stream = Stream(
+            None,
+            0,
+            self._tokens,
+            connection=config.connection,
+            recovery=options,
+            ssl=self._ssl,
+            pipeline=self.pipeline,
+            spool=self.spool,
+            session=self._session() if recovering else None,
+            gate=None,
+            retry_delay=config.sink_retry_delay,
+        )
+        self._single = stream
+        await stream.start()
+
+    async def _start_streams(self) -> None:
+        """Set up every named stream; start them all, or join the fleet that shares them."""
+        assert self.pipeline is not None and self.spool is not None
+        config = self.config
+        _streamlog.install()
+        self._gate = ConnectGate(config.connect_rate)
+        damaged = DamagedShare()
+        session = self._session()
+        for stream_config in config.streams:
+            number = await self.pipeline.run_spool(self.spool.stream_number, stream_config.name)
+            connection, recovery = self._stream_options(stream_config)
+            self.streams[stream_config.name] = Stream(
+                stream_config.name,
+                number,
+                _stream_tokens(stream_config),
+                connection=connection,
+                recovery=recovery,
+                ssl=self._ssl,
+                pipeline=self.pipeline,
+                spool=StreamSpool(self.spool, number, damaged),
+                session=session,
+                gate=self._gate,
+                retry_delay=config.sink_retry_delay,
+            )
+        self.pipeline.on_damaged = self._damaged_found
+        if config.fleet is not None:
+            from ._fleet import Fleet
+
+            self.fleet = Fleet.from_uri(config.fleet)
+            try:
+                await self.fleet.start(self)
+            except ConnectionFailedError as exc:
+                # Not a platform connection: a worker that cannot reach the fleet holds
+                # nothing, so it stops (status 1) and its supervisor starts it again.
+                raise NeuroIOError(str(exc)) from None
+            return
+        for stream in self.streams.values():
+            await stream.start()
+
+    def _damaged_found(self) -> None:
+        """A read found a damaged batch: each running stream fetches its own ids again."""
+        for stream in self.streams.values():
+            if stream.running and stream.recovery is not None:
+                stream.recovery.damaged_found()
+
+    def _stream_options(self, stream: StreamConfig) -> tuple[ConnectionOptions, RecoveryOptions]:
+        config = self.config
+        connection = config.connection
+        if stream.url is not None:
+            connection = msgspec.structs.replace(connection, url=stream.url)
+        else:
+            url = connection.url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL
+            connection = msgspec.structs.replace(connection, url=url)
+        recovery = config.recovery
+        api_url = stream.api_url or recovery.api_url or os.environ.get("NEUROIO_API_URL")
+        recovery = msgspec.structs.replace(
+            recovery, api_url=api_url or default_api_url(connection.url or DEFAULT_EVENTS_URL)
+        )
+        return connection, recovery
 
     async def run(self) -> None:
         """Start (if needed) and run until :meth:`request_stop`, :meth:`close` or
@@ -420,8 +527,8 @@ class Bridge:
         assert self.pipeline is not None
         closing = asyncio.create_task(self._closing.wait())
         watched: set[asyncio.Future[Any]] = {closing, *self.pipeline.tasks}
-        if self._listen_task is not None:
-            watched.add(self._listen_task)
+        if self._single is not None and self._single.task is not None:
+            watched.add(self._single.task)
         try:
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -493,17 +600,17 @@ class Bridge:
 
     async def _shutdown(self) -> None:
         self._state = "closed"
-        if self.listener is not None:
-            await self.listener.close()
-        if self._recovery is not None:
-            await self._recovery.aclose()
+        if self.fleet is not None:
+            # Before the streams stop: the fleet releases what this worker holds at once,
+            # with the last watermarks, so the others take over without waiting for a lease
+            # to expire.
+            try:
+                await self.fleet.aclose()
+            except Exception:
+                log.exception("the fleet did not close cleanly")
+        await asyncio.gather(*(stream.stop() for stream in self._all_streams()))
         if self._http is not None:
             await self._http.close()
-        if self._listen_task is not None:
-            if not self._listen_task.done():
-                self._listen_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listen_task
         for task in self._late_tasks:
             task.cancel()
         await asyncio.gather(*self._late_tasks, return_exceptions=True)
@@ -521,7 +628,10 @@ class Bridge:
         self._started_sinks.clear()
         if self.spool is not None and self._given_spool is None:
             self.spool.close()
-        self._tokens.release()
+        if self._tokens is not None:
+            self._tokens.release()
+        for stream in self.streams.values():
+            stream.tokens.release()
 
     async def __aenter__(self) -> Bridge:
         await self.start()
@@ -544,11 +654,18 @@ class Bridge:
         failing for longer than ``health_max_sink_failure`` (a problem names the route:
         ``sink <route> failing for N s``, the words kept from before routes), nor refused its
         last ``health_max_refused`` events (``sink <route> refused the last N events (dead
-        letters): <reason>``)."""
-        state = self.listener.stats.state.value if self.listener is not None else "idle"
+        letters): <reason>``). A bridge of named streams: every stream it runs is live, none
+        has its token rejected (``stream <name>: token rejected: ...``) or stopped, and the
+        fleet it is a worker of reports no problem (a stream rejected on another worker
+        included)."""
         problems: list[str] = []
-        if state != "live":
-            problems.append(f"connection is {connection_state(state)}")
+        streams: dict[str, Any] | None = None
+        if self.config.streams:
+            state, streams = self._streams_health(problems)
+        else:
+            state = self.listener.stats.state.value if self.listener is not None else "idle"
+            if state != "live":
+                problems.append(f"connection is {connection_state(state)}")
         sinks: dict[str, Any] = {}
         now = time.monotonic()
         pipeline = self.pipeline
@@ -575,12 +692,45 @@ class Bridge:
                     problems.append(refused)
             problems += _spool_problems(pipeline, now)
         ok = not problems
-        return ok, {
+        report: dict[str, Any] = {
             "status": "ok" if ok else "failing",
             "problems": problems,
             "connection": state,
             "sinks": sinks,
         }
+        if streams is not None:
+            report["streams"] = streams
+            if self.fleet is not None:
+                report["fleet"] = self.fleet.status()
+        return ok, report
+
+    def _streams_health(self, problems: list[str]) -> tuple[str, dict[str, Any]]:
+        """The named streams' part of :meth:`health`: the overall connection state, each
+        stream's figures, and their problems added to ``problems``."""
+        report: dict[str, Any] = {}
+        down: list[str] = []
+        running = 0
+        for name, stream in self.streams.items():
+            report[name] = stream.describe()
+            if not stream.running:
+                continue
+            running += 1
+            state = stream.state
+            if stream.rejected is not None and state != "live":
+                if self.fleet is None:  # else the fleet's problems name it, on every worker
+                    problems.append(f"stream {name}: token rejected: {stream.rejected}")
+            elif stream.failed is not None:
+                problems.append(f"stream {name} stopped: {stream.failed}")
+            elif state != "live":
+                down.append(f"{name} ({connection_state(state)})")
+        if down:
+            shown = ", ".join(down[:5]) + (f" and {len(down) - 5} more" if len(down) > 5 else "")
+            problems.append(f"{len(down)} of {plural(running, 'stream')} not live: {shown}")
+        if self.fleet is not None:
+            problems += self.fleet.problems()
+        live = running - len(down)
+        state = "live" if running and live == running else ("down" if not live else "partial")
+        return state, report
 
     def _not_started(self, name: str) -> bool:
         late = self._late.get(name)
@@ -604,6 +754,10 @@ class Bridge:
         pipeline, spool, listener = self.pipeline, self.spool, self.listener
         stats = listener.stats if listener is not None else None
         now = time.monotonic()
+        streams = tuple(
+            StreamSnapshot.of(name, stream.state, stream.stats, stream.running)
+            for name, stream in self.streams.items()
+        )
         sinks: list[SinkSnapshot] = []
         if pipeline is not None:
             for name, status in pipeline.status.items():
@@ -629,7 +783,7 @@ class Bridge:
             received=pipeline.received if pipeline else 0,
             duplicates=pipeline.duplicates if pipeline else 0,
             malformed=pipeline.malformed if pipeline else 0,
-            frames=stats.messages if stats else 0,
+            frames=stats.messages if stats else sum(s.frames for s in streams),
             sinks=tuple(sinks),
             spool=spool,
             spool_depth=spool.depth if spool else 0,
@@ -637,12 +791,51 @@ class Bridge:
             spool_max_bytes=(spool.max_bytes or 0) if spool else 0,
             dead_letters=spool.dead_letter_count if spool else 0,
             paused=pipeline is not None and pipeline.paused_since is not None,
-            state=stats.state.value if stats else "idle",
-            reconnects=tuple(sorted(stats.reconnects.items())) if stats else (),
+            state=stats.state.value if stats else _overall(streams),
+            reconnects=tuple(sorted(stats.reconnects.items())) if stats else _reconnects(streams),
             rtt=stats.last_rtt if stats else None,
-            last_event_at=stats.last_event_at if stats else None,
+            last_event_at=stats.last_event_at if stats else _last_event(streams),
             healthy=self.health()[0],
+            streams=streams,
+            connect_attempts=self._gate.attempts if self._gate is not None else 0,
         )
+
+
+def _overall(streams: Sequence[StreamSnapshot]) -> str:
+    """The connection state of a bridge of named streams, as one of the listener's: ``live``
+    when every running stream is, else the state of the first that is not."""
+    running = [s for s in streams if s.running]
+    for stream in running:
+        if stream.state != "live":
+            return stream.state if stream.state in _LISTENER_STATES else "backoff"
+    return "live" if running else "idle"
+
+
+_LISTENER_STATES = frozenset({"idle", "connecting", "authenticating", "live", "backoff", "closed"})
+
+
+def _reconnects(streams: Sequence[StreamSnapshot]) -> tuple[tuple[str, int], ...]:
+    total: dict[str, int] = {}
+    for stream in streams:
+        for reason, count in stream.reconnects:
+            total[reason] = total.get(reason, 0) + count
+    return tuple(sorted(total.items()))
+
+
+def _last_event(streams: Sequence[StreamSnapshot]) -> float | None:
+    times = [s.last_event_at for s in streams if s.last_event_at is not None]
+    return max(times) if times else None
+
+
+def _stream_tokens(stream: StreamConfig) -> Tokens:
+    if stream.token_file is not None:
+        return Tokens(token_file(stream.token_file))
+    assert stream.token_command is not None
+    try:
+        argv = shlex.split(stream.token_command)
+    except ValueError as exc:
+        raise ConfigurationError(f"stream {stream.name}: token_command: {exc}") from None
+    return Tokens(token_command(argv))
 
 
 def _spool_problems(pipeline: Pipeline, now: float) -> list[str]:

@@ -56,7 +56,7 @@ import msgspec
 from .._config import check_api_url, check_events_url
 from .._routing.rules import RouteRules
 from ..exceptions import ConfigurationError
-from .config import BridgeConfig, CooldownConfig, FilterConfig, RouteConfig
+from .config import BridgeConfig, CooldownConfig, FilterConfig, RouteConfig, StreamConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,9 +154,23 @@ class _Route(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cooldown: CooldownConfig | None = None
 
 
+class _Stream(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    token_file: str | None = None
+    token_command: str | None = None
+    url: str | None = None
+    api_url: str | None = None
+
+
+class _Streams(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    connect_rate: _Positive | None = None
+
+
 class _File(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     to: tuple[str, ...] = ()
     route: tuple[_Route, ...] = ()
+    stream: tuple[_Stream, ...] = ()
+    streams: _Streams = _Streams()
     connection: _Connection = _Connection()
     backfill: _Backfill = _Backfill()
     spool: _Spool = _Spool()
@@ -193,6 +207,7 @@ KEYS: dict[str, str] = {
     "sink.max_retry_delay": "sink_max_retry_delay",
     "sink.require": "require_sinks",
     "webhook.secret": "webhook_secret",
+    "streams.connect_rate": "connect_rate",
 }
 """File key (``table.key``) → the flat option name it sets (the CLI option ``--name``).
 ``webhook.secret_file`` also sets ``webhook_secret``; the connection's ``token_file``,
@@ -250,6 +265,7 @@ class ConfigFile:
         keys: for each of :attr:`options`, the file key that set it.
         to: sink URIs of routes that take every event (the file's ``to``).
         routes: the ``[[route]]`` tables, ``where`` merged into each filter.
+        streams: the ``[[stream]]`` tables (a bridge serving several spaces).
         token_file, token_command, ca_file, insecure: the connection keys the command
             resolves itself (``None``: not given).
         log_level: ``log.level``: a key of :data:`LOG_LEVELS`; ``log_format``: ``text`` or
@@ -261,6 +277,7 @@ class ConfigFile:
     keys: dict[str, str]
     to: tuple[str, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    streams: tuple[StreamConfig, ...] = ()
     token_file: str | None = None
     token_command: str | None = None
     ca_file: str | None = None
@@ -270,7 +287,10 @@ class ConfigFile:
 
     def __repr__(self) -> str:
         # Never the options' values: one of them may be the webhook secret.
-        return f"<ConfigFile {self.path} {sorted(self.options)} routes={len(self.routes)}>"
+        return (
+            f"<ConfigFile {self.path} {sorted(self.options)} routes={len(self.routes)} "
+            f"streams={len(self.streams)}>"
+        )
 
     def bridge_config(self, **overrides: Any) -> BridgeConfig:
         """The :class:`BridgeConfig` of this file, ``overrides`` (flat names) winning,
@@ -283,6 +303,7 @@ class ConfigFile:
         options = {**self.options, **overrides}
         options["to"] = (*self.to, *added)  # --to adds routes to the file's
         options.setdefault("routes", self.routes)
+        options.setdefault("streams", self.streams)
         try:
             return BridgeConfig.from_flat(**options)
         except ConfigurationError as exc:
@@ -568,12 +589,14 @@ def _build(name: str, data: _File) -> ConfigFile:
                 "the same name (a name keys the route's place in the spool)"
             )
         seen[route.name] = index
+    streams = _streams(name, data.stream)
     return ConfigFile(
         path=name,
         options=options,
         keys=keys,
         to=tuple(u.strip() for u in data.to),
         routes=routes,
+        streams=streams,
         token_file=conn.token_file,
         token_command=conn.token_command,
         ca_file=conn.ca_file,
@@ -649,6 +672,43 @@ def _route(name: str, index: int, route: _Route) -> RouteConfig:
         problem = str(exc).removeprefix(f"route {config.name}: ")
         raise ConfigurationError(f"{where}.{problem}") from None
     return config
+
+
+def _streams(name: str, tables: Sequence[_Stream]) -> tuple[StreamConfig, ...]:
+    streams: list[StreamConfig] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        where = f"{name}: stream[{index}]"
+        stream = StreamConfig(
+            name=table.name.strip(),
+            token_file=table.token_file,
+            token_command=table.token_command,
+            url=table.url,
+            api_url=table.api_url,
+        )
+        try:
+            stream.validate()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        where = f"{where} ({stream.name})"
+        if stream.name in seen:
+            raise ConfigurationError(
+                f"{where}.name: stream[{seen[stream.name]}] has the same name (a name keys the "
+                "stream's events and recovery in the spool)"
+            )
+        seen[stream.name] = index
+        if stream.token_command is not None and not stream.token_command.strip():
+            raise ConfigurationError(f"{where}.token_command: must not be empty")
+        for key in ("url", "api_url"):
+            value = getattr(stream, key)
+            if value is not None and not value.strip():
+                raise ConfigurationError(f"{where}.{key}: must not be empty")
+        if stream.url is not None:
+            check_events_url(stream.url, f"{where}.url:")
+        if stream.api_url is not None:
+            check_api_url(stream.api_url, f"{where}.api_url:")
+        streams.append(stream)
+    return tuple(streams)
 
 
 def _read_secret(name: str, key: str, path: str) -> str:

@@ -32,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -47,8 +47,9 @@ from .._retry import Retrying
 from .._times import iso, parse_time
 from .._token import Tokens, TokenSource
 from ..exceptions import BackfillError, SpoolError
-from .pipeline import Pipeline, valid_id
-from .spool import Spool
+from ..sinks.base import SpooledEvent
+from .pipeline import Input, Pipeline, valid_id
+from .spool import DamagedBatch
 
 __all__ = ["RECOVER_AFTER", "RESUME_POINT", "GapRecovery", "decode_start", "encode_start"]
 
@@ -102,6 +103,31 @@ def decode_start(text: str | None) -> GapStart | None:
         return None
 
 
+class RecoverySpool(Protocol):
+    """What gap recovery needs of the spool: the :class:`~neuroio.bridge.spool.Spool`
+    itself for the single stream, a stream's view of it for a named stream
+    (:class:`neuroio.bridge._streams.StreamSpool`)."""
+
+    @property
+    def last_event_id(self) -> int | None: ...
+
+    @property
+    def last_event_created(self) -> str | None: ...
+
+    @property
+    def damaged_count(self) -> int: ...
+
+    def get_state(self, key: str) -> str | None: ...
+
+    def set_state(self, key: str, value: str | None) -> None: ...
+
+    def read(self, after: int, limit: int = 1000) -> list[SpooledEvent]: ...
+
+    def damaged(self, limit: int = 1000) -> list[DamagedBatch]: ...
+
+    def forget_damaged(self, first_seqs: Iterable[int]) -> None: ...
+
+
 class GapRecovery:
     """The bridge's side of gap recovery: the floor and the stored starts.
 
@@ -114,6 +140,9 @@ class GapRecovery:
         api_url: the REST API.
         pipeline, spool: where recovered entries go, and where the starts are kept.
         retry_delay: first retry delay of a state write that fails (a full disk).
+        source: the stream's input into the pipeline (``None``: the single stream's).
+        start_after: recovery starts after this id whatever the spool says (the fleet's
+            watermark of a stream taken over from another worker).
     """
 
     def __init__(
@@ -125,8 +154,10 @@ class GapRecovery:
         session: aiohttp.ClientSession,
         api_url: str,
         pipeline: Pipeline,
-        spool: Spool,
+        spool: RecoverySpool,
         retry_delay: float = 0.5,
+        source: Input | None = None,
+        start_after: int | None = None,
     ) -> None:
         self._options = recovery
         self._connection = connection
@@ -135,6 +166,9 @@ class GapRecovery:
         self._token = token if isinstance(token, Tokens) else Tokens(token, guard=False)
         self._pipeline = pipeline
         self._spool = spool
+        self._put_event = source.put_event if source is not None else pipeline.put_event
+        self._start_after = start_after
+        self._kept_start: GapStart | None = None  # what RECOVER_AFTER holds while _kept
         self._closed = False
         self.tracker = GapTracker(
             dedupe_window=recovery.dedupe_window,
@@ -195,7 +229,7 @@ class GapRecovery:
             self._gap_open = True
             text = encode_start(start)
             await self._store(RECOVER_AFTER, text)
-            self._kept = True
+            self._kept, self._kept_start = True, start
             await self._store(RESUME_POINT, text)
         elif self._spool.last_event_id is None:
             # The REST API is out of reach and the spool is empty: store a point by this
@@ -227,6 +261,8 @@ class GapRecovery:
 
     async def _stored_start(self, newest: Newest | None) -> GapStart | None:
         options, spool = self._options, self._spool
+        if self._start_after is not None:
+            return GapStart(last_id=self._start_after)
         if options.since is not None:
             return parse_since(options.since)
         if not options.backfill:
@@ -297,7 +333,7 @@ class GapRecovery:
                     # the live events that moved the cursor since.
                     start = self.tracker.open_start or self.tracker.resume_point()
                     await self._store(RECOVER_AFTER, encode_start(start))
-                    self._kept = True
+                    self._kept, self._kept_start = True, start
                 self._gap_open = False
                 self._connections = True
                 self._wake.set()
@@ -352,18 +388,37 @@ class GapRecovery:
                 # Nothing committed yet: the floor stays the place to start from.
                 await self._store(RESUME_POINT, encode_start(self.tracker.resume_point()))
             await self._store(RECOVER_AFTER, None)
-            self._kept = False
+            self._kept, self._kept_start = False, None
 
     async def _deliver(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
             try:
                 # Marked so that routes can tell (filter.backfilled) and sinks see it: the
                 # spool keeps one copy per id either way, so the mark changes no count.
-                await self._pipeline.put_event(
-                    {"id": entry.get("id"), "data": entry, "backfilled": True}
-                )
+                await self._put_event({"id": entry.get("id"), "data": entry, "backfilled": True})
             except ValueError:
                 log.warning("gap recovery skipped an entry without a usable id")
+
+    @property
+    def received_upto(self) -> int | None:
+        """An id up to which every entry of the stream has been received (handed to the
+        pipeline) or is still to be recovered from a stored start at or below it: the lowest
+        of the trusted cursor and the start of every gap not yet recovered. ``None`` while
+        unknown (nothing trusted yet, or a gap that starts at a time rather than an id)."""
+        tracker = self.tracker
+        starts = [self._kept_start if self._kept else None, tracker.open_start]
+        starts += tracker.pending_starts()
+        lowest = tracker.cursor
+        for start in starts:
+            if start is None:
+                continue
+            point = start.last_id
+            if point is None:
+                if start.since_time != _BEGINNING:
+                    return None
+                point = 0  # the list was empty: every entry is still to come
+            lowest = point if lowest is None else min(lowest, point)
+        return lowest
 
     # -- damaged batches -----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._status import Retry, StatusPage
 from ..exceptions import SpoolError
+from ..stats import ListenerStats
 from .delivery import SinkStatus
 from .spool import Spool
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 __all__ = [
+    "StreamSnapshot",
     "BridgeSnapshot",
     "SinkSnapshot",
     "dead_letters_by_sink",
@@ -33,7 +35,17 @@ __all__ = [
     "page_state",
     "refused_problem",
     "status_page",
+    "streams_state",
 ]
+
+STREAM_ROWS = 50
+"""Rows of the status page's streams table past which only the streams not live are listed
+(the live ones are counted in one row): a thousand live streams must not bury one down."""
+STREAM_DOWN_ROWS = 100
+"""At most this many streams not live are listed (the rest counted in one row), so that a
+platform-wide outage of a thousand streams keeps the page small too."""
+_SEVERITY = ("rejected", "failed", "backoff", "closed", "connecting", "authenticating", "idle")
+"""The states not live, worst first: the order of the table and of the summary's counts."""
 
 
 def refused_problem(name: str, status: SinkStatus, max_refused: int) -> str | None:
@@ -80,6 +92,49 @@ class SinkSnapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamSnapshot:
+    """One named stream's figures (labelled ``stream`` in the metrics).
+
+    Attributes:
+        name: the stream's name.
+        state: ``live``, ``backoff``, ..., ``rejected``, ``failed`` or ``stopped`` (a fleet
+            worker that does not hold it).
+        running: started (held) and not stopped.
+        events, frames: events and frames received on its connections.
+        reconnects: connection losses by reason.
+        rtt: the round trip of its last PING.
+        last_event_at: when its last event came (as ``ListenerStats.last_event_at``).
+    """
+
+    name: str
+    state: str
+    running: bool
+    events: int = 0
+    frames: int = 0
+    reconnects: tuple[tuple[str, int], ...] = ()
+    rtt: float | None = None
+    last_event_at: float | None = None
+
+    @classmethod
+    def of(
+        cls, name: str, state: str, stats: ListenerStats | None, running: bool
+    ) -> StreamSnapshot:
+        """The snapshot of a stream in ``state`` whose listener has ``stats``."""
+        if stats is None:
+            return cls(name, state, running)
+        return cls(
+            name,
+            state,
+            running,
+            events=stats.events,
+            frames=stats.messages,
+            reconnects=tuple(sorted(stats.reconnects.items())),
+            rtt=stats.last_rtt,
+            last_event_at=stats.last_event_at,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class BridgeSnapshot:
     """A bridge's figures at one moment (see the table in :mod:`neuroio.bridge.metrics`).
 
@@ -105,6 +160,8 @@ class BridgeSnapshot:
     rtt: float | None = None
     last_event_at: float | None = None
     healthy: bool = False
+    streams: tuple[StreamSnapshot, ...] = ()
+    connect_attempts: int = 0
 
 
 def lag_seconds(snap: BridgeSnapshot, sink: SinkSnapshot) -> float:
@@ -154,7 +211,7 @@ def page_state(
             }
         )
     last = snap.last_event_at
-    return {
+    state: dict[str, Any] = {
         "connection": snap.state,
         "healthy": snap.healthy,
         "problems": list(health.get("problems", [])),
@@ -169,6 +226,107 @@ def page_state(
             "paused": snap.paused,
         },
         "sinks": sinks,
+    }
+    if snap.streams:
+        state["streams"] = streams_state(snap, health)
+    return state
+
+
+def _rank(state: str, fleet: bool) -> int:
+    """Where a stream in ``state`` sorts: the worst first, then the live ones; in a fleet the
+    streams this worker does not hold (``stopped``) last, since another worker holds them."""
+    if state == "live":
+        return len(_SEVERITY) + 1
+    if state == "stopped":
+        return len(_SEVERITY) + 2 if fleet else len(_SEVERITY)
+    try:
+        return _SEVERITY.index(state)
+    except ValueError:
+        return len(_SEVERITY)  # a state of a later version: not live, shown with the others
+
+
+def streams_state(snap: BridgeSnapshot, health: Mapping[str, Any]) -> dict[str, Any]:
+    """The streams part of the status page's state (``state["streams"]``) of ``snap``, whose
+    ``/healthz`` report ``health`` gives each stream's reason (``streams``) and the fleet
+    (``fleet``, when in one).
+
+    Keys: ``total``, ``live``, ``counts`` (``[state, count]`` of the streams not live, worst
+    first), ``rows`` (the streams listed, worst first: ``name``, ``state``, ``held``,
+    ``holder`` (the worker holding it in a fleet, ``None`` when not known), ``events``,
+    ``reconnects``, ``last_event_age``, ``reason``), ``more_live`` and ``more_down`` (streams
+    left out of ``rows``: live, and not live beyond :data:`STREAM_DOWN_ROWS`), ``more_held``
+    (in a fleet: streams held by other workers left out) and ``fleet`` (``None``, or
+    ``worker``, ``workers``, ``connected``, ``held``, ``target``).
+    """
+    found = health.get("fleet")
+    fleet: Mapping[str, Any] | None = found if isinstance(found, Mapping) else None
+    in_fleet = fleet is not None
+    order = sorted(snap.streams, key=lambda s: (_rank(s.state, in_fleet), s.name))
+    counts: dict[str, int] = {}
+    for stream in order:
+        counts[stream.state] = counts.get(stream.state, 0) + 1
+    live = counts.pop("live", 0)
+    # Listed: everything when it fits; else the streams that need a look (not live, and in a
+    # fleet not merely held by another worker), the others counted.
+    shown = order
+    more_live = more_held = more_down = 0
+    if len(order) > STREAM_ROWS:
+        more_live = live
+        more_held = counts.get("stopped", 0) if in_fleet else 0
+        # Sorted worst first: the streams that need a look are the first ones.
+        shown = order[: len(order) - more_live - more_held]
+        if len(shown) > STREAM_DOWN_ROWS:
+            more_down = len(shown) - STREAM_DOWN_ROWS
+            shown = shown[:STREAM_DOWN_ROWS]
+    reasons = health.get("streams")
+    holders = fleet.get("streams") if fleet is not None else None
+    rows = []
+    for stream in shown:
+        described = reasons.get(stream.name) if isinstance(reasons, Mapping) else None
+        reason = None
+        if isinstance(described, Mapping):
+            if stream.state == "rejected" and described.get("rejected"):
+                reason = f"token rejected: {described['rejected']}"
+            elif stream.state == "failed" and described.get("failed"):
+                reason = str(described["failed"])
+        holder = holders.get(stream.name) if isinstance(holders, Mapping) else None
+        last = stream.last_event_at
+        rows.append(
+            {
+                "name": stream.name,
+                "state": stream.state,
+                "held": stream.running,
+                "holder": holder if isinstance(holder, str) else None,
+                "events": stream.events,
+                "reconnects": sum(count for _, count in stream.reconnects),
+                "last_event_age": (
+                    round(max(0.0, snap.taken_at - last), 3) if last is not None else None
+                ),
+                "reason": reason,
+            }
+        )
+    return {
+        "total": len(order),
+        "live": live,
+        "counts": [[state, count] for state, count in counts.items()],
+        "rows": rows,
+        "more_live": more_live,
+        "more_held": more_held,
+        "more_down": more_down,
+        "fleet": _fleet_state(fleet) if fleet is not None else None,
+    }
+
+
+def _fleet_state(fleet: Mapping[str, Any]) -> dict[str, Any]:
+    """The few facts of the fleet's status (:meth:`Fleet.status`) the page shows in a line."""
+    workers = fleet.get("workers")
+    held = fleet.get("held")
+    return {
+        "worker": str(fleet.get("worker", "?")),
+        "workers": [str(w) for w in workers] if isinstance(workers, (list, tuple)) else [],
+        "connected": bool(fleet.get("connected", True)),
+        "held": len(held) if isinstance(held, (list, tuple)) else None,
+        "target": fleet.get("target") if isinstance(fleet.get("target"), int) else None,
     }
 
 

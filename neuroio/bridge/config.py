@@ -11,6 +11,7 @@ maps them onto the embedded structs.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -20,7 +21,22 @@ from .._protocol.gaps import parse_since
 from ..exceptions import ConfigurationError
 from .spool import DEFAULT_MAX_BYTES
 
-__all__ = ["BRIDGE_RECOVERY", "BridgeConfig", "CooldownConfig", "FilterConfig", "RouteConfig"]
+__all__ = [
+    "BRIDGE_RECOVERY",
+    "DEFAULT_CONNECT_RATE",
+    "BridgeConfig",
+    "CooldownConfig",
+    "FilterConfig",
+    "RouteConfig",
+    "StreamConfig",
+]
+
+DEFAULT_CONNECT_RATE = 20.0
+"""Connection attempts per second shared by all the streams of a bridge: a platform-wide
+outage ends in a steady climb back, not a reconnect storm."""
+
+# Dots only between other characters: a name is a token of the fleet's NATS keys.
+_STREAM_NAME = re.compile(r"(?=.{1,128}\Z)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 
 BRIDGE_RECOVERY = RecoveryOptions(backfill=True, backfill_max_events=None, backfill_max_age=None)
 """The bridge's recovery defaults, where they differ from the listener's on purpose: gap
@@ -41,6 +57,8 @@ class FilterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         source_name: the camera's name matches one of these glob patterns.
         pid: the person id is one of these.
         known: ``True``: the entry has a person id; ``False``: it has none.
+        stream: the event's stream (a bridge's ``[[stream]]`` name) matches one of these glob
+            patterns; an event of a bridge without streams has none.
         backfilled: ``True``: only events recovered from the REST API; ``False``: only pushed.
         where: a JMESPath expression over the event JSON; the event passes when it is truthy.
     """
@@ -58,6 +76,7 @@ class FilterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     space_id: tuple[int, ...] | None = None
     pid: tuple[str, ...] | None = None
     known: bool | None = None
+    stream: tuple[str, ...] | None = None
     backfilled: bool | None = None
     where: str | None = None
 
@@ -93,6 +112,40 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cooldown: CooldownConfig | None = None
 
 
+class StreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One event stream of a bridge with several (a ``[[stream]]`` table): a space's token
+    and, when it differs from the bridge's, its events and REST URLs.
+
+    Attributes:
+        name: names the stream in events (``"stream"``), routes' filters and templates
+            (``{stream}``), metrics labels, logs and the fleet's keys; stable across restarts
+            (the spool keys the stream's events and its recovery cursor by it). Letters,
+            digits, ``_``, ``-`` and ``.``.
+        token_file: a file whose first line is the token (read again when it changes).
+        token_command: a command (split as a shell would, run without one) printing the
+            token; exactly one of ``token_file`` and ``token_command``.
+        url, api_url: the events WebSocket and the REST API; ``None``: the bridge's.
+    """
+
+    name: str
+    token_file: str | None = None
+    token_command: str | None = None
+    url: str | None = None
+    api_url: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`~neuroio.ConfigurationError` naming what is wrong."""
+        if not isinstance(self.name, str) or not _STREAM_NAME.match(self.name):
+            raise ConfigurationError(
+                f"stream name {self.name!r} must be 1-128 letters, digits, '_', '-' or '.' "
+                "(a dot between two others)"
+            )
+        if (self.token_file is None) == (self.token_command is None):
+            raise ConfigurationError(
+                f"stream {self.name}: give exactly one of token_file and token_command"
+            )
+
+
 _CONNECTION_FIELDS = frozenset(ConnectionOptions.__struct_fields__)
 _RECOVERY_FIELDS = frozenset(RecoveryOptions.__struct_fields__)
 
@@ -105,6 +158,12 @@ class BridgeConfig:
     Attributes:
         to: sink URIs (see :mod:`neuroio.sinks`); each is a route that takes every event,
             named as its sink.
+        streams: the event streams of a bridge serving several spaces, each with its own
+            token (``docs/scaling.md``); empty: the one stream of the bridge's own token.
+        connect_rate: connection attempts per second shared by all the streams.
+        fleet: ``nats://host:port?bucket=...``: share the streams with the other bridges of
+            that NATS JetStream key-value bucket, each stream held by one of them
+            (``docs/scaling.md``); ``None``: this bridge runs every stream.
         routes: routes with their own filters and cooldowns (``docs/routing.md``).
         spool: spool file; ``None`` for the default in the user's data directory.
         spool_max_bytes: size of stored events at which the socket is paused.
@@ -136,6 +195,9 @@ class BridgeConfig:
 
     to: tuple[str, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    streams: tuple[StreamConfig, ...] = ()
+    connect_rate: float = DEFAULT_CONNECT_RATE
+    fleet: str | None = dataclasses.field(default=None, repr=False)
     spool: str | None = None
     spool_max_bytes: int | None = DEFAULT_MAX_BYTES
     spool_sync: Literal["full", "normal"] = "normal"
@@ -181,6 +243,8 @@ class BridgeConfig:
             own["to"] = tuple(own["to"] or ())
         if "routes" in own:
             own["routes"] = tuple(own["routes"] or ())
+        if "streams" in own:
+            own["streams"] = tuple(own["streams"] or ())
         return cls(
             **own,
             connection=msgspec.structs.replace(ConnectionOptions(), **connection),
@@ -211,6 +275,25 @@ class BridgeConfig:
             raise ConfigurationError("need 0 < sink_retry_delay <= sink_max_retry_delay")
         if self.shutdown_timeout < 0:
             raise ConfigurationError("shutdown_timeout must be >= 0")
+        self._validate_streams()
+
+    def _validate_streams(self) -> None:
+        if not self.connect_rate > 0:
+            raise ConfigurationError("connect_rate must be positive")
+        if self.fleet is not None:
+            if not self.streams:
+                raise ConfigurationError(
+                    "a fleet shares named streams: give [[stream]] tables in the config file"
+                )
+            from ._fleet_uri import parse_fleet_uri
+
+            parse_fleet_uri(self.fleet)  # its mistakes before anything starts (--check too)
+        seen: set[str] = set()
+        for stream in self.streams:
+            stream.validate()
+            if stream.name in seen:
+                raise ConfigurationError(f"two streams are named {stream.name!r}")
+            seen.add(stream.name)
 
 
 _OWN_FIELDS = frozenset(

@@ -42,6 +42,23 @@ name                                       type       meaning
 ``neuroio_last_event_age_seconds``         gauge      seconds since the last event
 ``neuroio_healthy``                        gauge      1 when ``/healthz`` would answer 200
 =========================================  =========  =========================================
+
+A bridge of named streams (``[[stream]]``) reports its connection as the streams' together
+(``neuroio_connection_live`` is 1 when every stream it runs is live) and each stream apart,
+labelled ``stream``:
+
+=========================================  =========  =========================================
+``neuroio_streams``                        gauge      streams by ``state`` (``live``, ``backoff``,
+                                                      ``rejected``, ``stopped``: held elsewhere)
+``neuroio_stream_live``                    gauge      1 when the stream is connected and
+                                                      authenticated
+``neuroio_stream_running``                 gauge      1 when this bridge runs (holds) it
+``neuroio_stream_rejected``                gauge      1 while its token is rejected
+``neuroio_stream_events_total``            counter    events received on its connections
+``neuroio_stream_reconnects_total``        counter    its connection losses
+``neuroio_stream_last_event_age_seconds``  gauge      seconds since its last event
+``neuroio_stream_connect_attempts_total``  counter    attempts through the shared rate limit
+=========================================  =========  =========================================
 """
 
 from __future__ import annotations
@@ -108,6 +125,8 @@ class BridgeCollector(Collector):
         yield from self._sinks(snap)
         yield from self._spool(snap)
         yield from self._connection(snap)
+        if snap.streams:
+            yield from self._streams(snap)
         yield _gauge("neuroio_healthy", "1 when /healthz answers 200.", 1 if snap.healthy else 0)
 
     def _sinks(self, snap: BridgeSnapshot) -> Iterator[Metric]:
@@ -238,6 +257,51 @@ class BridgeCollector(Collector):
             "neuroio_last_event_age_seconds", "Seconds since the last event (NaN: none yet).",
             snap.taken_at - last if last is not None else float("nan"),
         )  # fmt: skip
+
+    def _streams(self, snap: BridgeSnapshot) -> Iterator[Metric]:
+        by_state: dict[str, int] = {}
+        live = GaugeMetricFamily(
+            "neuroio_stream_live", "1 when the stream is connected and authenticated.",
+            labels=["stream"],
+        )  # fmt: skip
+        running = GaugeMetricFamily(
+            "neuroio_stream_running", "1 when this bridge runs (holds) the stream.",
+            labels=["stream"],
+        )  # fmt: skip
+        rejected = GaugeMetricFamily(
+            "neuroio_stream_rejected", "1 while the stream's token is rejected.", labels=["stream"]
+        )
+        events = CounterMetricFamily(
+            "neuroio_stream_events", "Events received on the stream's connections.",
+            labels=["stream"],
+        )  # fmt: skip
+        reconnects = CounterMetricFamily(
+            "neuroio_stream_reconnects", "The stream's connection losses.", labels=["stream"]
+        )
+        age = GaugeMetricFamily(
+            "neuroio_stream_last_event_age_seconds",
+            "Seconds since the stream's last event (NaN: none yet).",
+            labels=["stream"],
+        )
+        for stream in snap.streams:
+            name = [stream.name]
+            by_state[stream.state] = by_state.get(stream.state, 0) + 1
+            live.add_metric(name, 1 if stream.state == State.LIVE.value else 0)
+            running.add_metric(name, 1 if stream.running else 0)
+            rejected.add_metric(name, 1 if stream.state == "rejected" else 0)
+            events.add_metric(name, stream.events)
+            reconnects.add_metric(name, sum(count for _, count in stream.reconnects))
+            last = stream.last_event_at
+            age.add_metric(name, snap.taken_at - last if last is not None else float("nan"))
+        states = GaugeMetricFamily("neuroio_streams", "Streams by state.", labels=["state"])
+        for state, count in sorted(by_state.items()):
+            states.add_metric([state], count)
+        yield from (states, live, running, rejected, events, reconnects, age)
+        yield _counter(
+            "neuroio_stream_connect_attempts",
+            "Connection attempts through the rate limit all streams share.",
+            snap.connect_attempts,
+        )
 
 
 def render(snapshot: BridgeSnapshot) -> bytes:

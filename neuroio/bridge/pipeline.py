@@ -44,6 +44,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import heapq
 import logging
 import math
 import time
@@ -60,9 +61,9 @@ from .._words import plural
 from ..exceptions import ConfigurationError, SpoolError
 from ..sinks import Sink
 from .delivery import SinkStatus, SinkWorker, unprefixed
-from .spool import ROW_OVERHEAD, Redrive, Spool, SpooledEvent
+from .spool import ROW_OVERHEAD, Redrive, Spool, SpooledEvent, stream_id_ok
 
-__all__ = ["FAILING_MAX_PENDING", "Pipeline", "SinkLag"]
+__all__ = ["FAILING_MAX_PENDING", "Input", "Pipeline", "SinkLag"]
 
 log = logging.getLogger("neuroio.bridge")
 
@@ -104,6 +105,79 @@ class SinkLag:
     events: int
     oldest_received_at: float | None
     oldest_seq: int | None
+
+
+_Pending = tuple[int, bytes, float, int]  # id, payload, received_at, stream number
+
+
+class Input:
+    """Where the events of one stream enter the pipeline (:meth:`Pipeline.input`).
+
+    The single stream of a bridge without ``[[stream]]`` tables is number 0, unnamed: its
+    events are spooled as they came. A named stream's events carry ``"stream": <name>`` (for
+    filters, templates and sinks), and the spool keys them by stream and id.
+
+    Attributes:
+        number: the stream's number in the spool (0: the single stream).
+        name: the stream's name, ``None`` for the single stream.
+        admit: as :attr:`Pipeline.admit`, for this stream's events (its own gap tracker).
+    """
+
+    __slots__ = ("_pipeline", "number", "name", "admit", "_held", "_lowest")
+
+    def __init__(self, pipeline: Pipeline, number: int, name: str | None) -> None:
+        self._pipeline = pipeline
+        self.number = number
+        self.name = name
+        self.admit: Callable[[int, str | None], bool] | None = None
+        # For the watermark of a named stream: each id queued and not yet confirmed by every
+        # route -> its seq (0 until committed; a repeat the spool dropped gets the spool's last
+        # seq of that commit, which is past the copy it kept).
+        self._held: dict[int, int] = {}
+        # The held ids as a heap, for the lowest at once however many are held (a sink down
+        # for an hour): entries no longer held are dropped when they come to the top.
+        self._lowest: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<Input {self.number} {self.name!r}>"
+
+    async def handle(self, raw: str | bytes) -> None:
+        """The stream's listener's handler (see :meth:`Pipeline.handle`)."""
+        await self._pipeline._handle(raw, self)
+
+    async def put_event(self, event: dict[str, Any]) -> None:
+        """Spool an event of this stream given as decoded JSON (see
+        :meth:`Pipeline.put_event`); a named stream's is marked with its name."""
+        if self.name is not None:
+            event["stream"] = self.name
+        await self._pipeline._put_event(event, self)
+
+    def lowest_unconfirmed(self) -> int | None:
+        """The lowest id of this stream received and not yet confirmed by every route
+        (``None``: none); only named streams keep track."""
+        held, lowest = self._held, self._lowest
+        if not held:
+            lowest.clear()
+            return None
+        # Ids are held in the order they were queued, which is (nearly) spool order: the
+        # confirmed ones are dropped from the front, and one not yet confirmed stops the
+        # walk (what it leaves behind only makes the answer lower, never wrong).
+        upto = self._pipeline.confirmed_upto
+        done = []
+        for event_id, seq in held.items():
+            if not 0 < seq <= upto:
+                break
+            done.append(event_id)
+        for event_id in done:
+            del held[event_id]
+        while lowest and lowest[0] not in held:
+            heapq.heappop(lowest)
+        return lowest[0] if lowest else None
+
+    def _queued(self, event_id: int) -> None:
+        if event_id not in self._held:
+            self._held[event_id] = 0
+            heapq.heappush(self._lowest, event_id)
 
 
 class Pipeline:
@@ -176,10 +250,8 @@ class Pipeline:
         """Why the last commit failed, while commits fail."""
         self.commit_failures = 0
         """Failed commit attempts (each retried)."""
-        self.admit: Callable[[int, str | None], bool] | None = None
-        """Called by :meth:`handle` with each event's id and ``created`` before it is queued;
-        ``False`` drops it as a duplicate (the bridge's gap tracker, which also moves the
-        recovery cursor here). ``None``: every event is queued."""
+        self._default = Input(self, 0, None)
+        self._inputs: dict[int, Input] = {0: self._default}
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         """Called by :meth:`handle` with each event it queues, decoded, not to be changed
         (the status page's ring of the last events): on the hot path, so it must be cheap."""
@@ -188,7 +260,7 @@ class Pipeline:
         :meth:`~neuroio.bridge.spool.Spool.damaged`): the bridge fetches its events again."""
         self._full_episode = False
         self._full_warned_at = -math.inf
-        self._pending: list[tuple[int, bytes, float]] = []
+        self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._committing = 0
         self._enqueued = 0
@@ -199,7 +271,8 @@ class Pipeline:
         self._judged: list[tuple[int, tuple[Verdict, ...]] | None] = (
             [None] * _JUDGED_SLOTS if rules else []
         )
-        self._prejudged: dict[int, tuple[Verdict, ...] | None] = {}
+        # By id for the single stream, by (stream, id) for a named one.
+        self._prejudged: dict[int | tuple[int, int], tuple[Verdict, ...] | None] = {}
         self._wake_writer = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -218,6 +291,35 @@ class Pipeline:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="neuroio-spool"
         )
+
+    @property
+    def admit(self) -> Callable[[int, str | None], bool] | None:
+        """Called by :meth:`handle` with each event's id and ``created`` before it is queued;
+        ``False`` drops it as a duplicate (the bridge's gap tracker, which also moves the
+        recovery cursor here). ``None``: every event is queued. (The single stream's; a
+        named stream has its own, :attr:`Input.admit`.)"""
+        return self._default.admit
+
+    @admit.setter
+    def admit(self, admit: Callable[[int, str | None], bool] | None) -> None:
+        self._default.admit = admit
+
+    def input(self, number: int, name: str) -> Input:
+        """The input of the named stream ``number`` (>= 1, from
+        :meth:`~neuroio.bridge.spool.Spool.stream_number`), the same object for the same
+        number."""
+        if number < 1:
+            raise ValueError("a named stream's number is at least 1")
+        found = self._inputs.get(number)
+        if found is None:
+            found = self._inputs[number] = Input(self, number, name)
+        return found
+
+    @property
+    def confirmed_upto(self) -> int:
+        """The seq up to which every route confirmed every event."""
+        status = self.status.values()
+        return min((s.cursor for s in status), default=self.spool.last_seq)
 
     async def run_spool(self, func: Callable[..., _T], *args: Any) -> _T:
         """Run a :class:`~neuroio.bridge.spool.Spool` method on the pipeline's spool thread."""
@@ -410,6 +512,9 @@ class Pipeline:
         The event is kept as the server sent it, every field included, re-encoded as compact
         JSON. Waits while the spool is full or failing (so the listener pauses the socket).
         """
+        await self._handle(raw, self._default)
+
+    async def _handle(self, raw: str | bytes, source: Input) -> None:
         # Events dominate the stream and start this way (protocol.classify's fast path too).
         if raw.__class__ is not str or not raw.startswith('{"id":'):
             if classify(raw) is not Kind.EVENT:
@@ -428,12 +533,19 @@ class Pipeline:
             self.malformed += 1
             log.warning("dropped an event frame without a 64-bit integer id and an object data")
             return
+        name = source.name
+        if name is not None:
+            if not stream_id_ok(event_id):
+                self.malformed += 1
+                log.warning("dropped an event whose id %d is out of a stream's range", event_id)
+                return
+            value["stream"] = name
         # Room first, then the tracker: an event is marked seen (which moves the recovery
         # cursor) only as it is queued. A handler cancelled while it waits (the connection was
         # lost meanwhile) leaves the event unseen, so gap recovery fetches it again.
         if self._closed or self._blocked():
             await self._wait_for_room()
-        admit = self.admit
+        admit = source.admit
         if admit is not None:
             created = data.get("created")
             if not admit(event_id, created if created.__class__ is str else None):
@@ -442,14 +554,17 @@ class Pipeline:
         on_event = self.on_event
         if on_event is not None:
             on_event(value)
-        self._append(event_id, _encoder.encode(value), time.time(), value)
+        self._append(event_id, _encoder.encode(value), time.time(), value, source)
 
     async def put_event(self, event: Mapping[str, Any]) -> None:
         """Spool an event given as decoded JSON (``{"id": <int>, "data": {...}}``)."""
+        await self._put_event(event, self._default)
+
+    async def _put_event(self, event: Mapping[str, Any], source: Input) -> None:
         event_id = event.get("id")
-        if not valid_id(event_id):
+        if not valid_id(event_id) or (source.number and not stream_id_ok(event_id)):
             raise ValueError("an event needs a 64-bit integer 'id'")
-        await self._put(event_id, _encoder.encode(event), time.time(), event)
+        await self._put(event_id, _encoder.encode(event), time.time(), event, source)
 
     async def put(self, event_id: int, payload: bytes, received_at: float | None = None) -> None:
         """Queue one event for the next commit, waiting while the spool is full or failing.
@@ -465,36 +580,43 @@ class Pipeline:
         """
         if not valid_id(event_id):
             raise ValueError(f"event id must be a 64-bit integer, got {event_id!r}")
-        await self._put(event_id, payload, time.time() if received_at is None else received_at)
+        received = time.time() if received_at is None else received_at
+        await self._put(event_id, payload, received, None, self._default)
 
     async def _put(
         self,
         event_id: int,
         payload: bytes,
         received_at: float,
-        value: Mapping[str, Any] | None = None,
+        value: Mapping[str, Any] | None,
+        source: Input,
     ) -> None:
         if self._closed or self._blocked():
             await self._wait_for_room()
-        self._append(event_id, payload, received_at, value)
+        self._append(event_id, payload, received_at, value, source)
 
     def _append(
         self,
         event_id: int,
         payload: bytes,
         received_at: float,
-        value: Mapping[str, Any] | None = None,
+        value: Mapping[str, Any] | None,
+        source: Input,
     ) -> None:
+        number = source.number
+        if number:
+            source._queued(event_id)
         if self._judges:
             # The routes' verdicts while the event is decoded anyway: moved into the cache
             # once committed. An id queued twice (pushed and recovered: payloads that differ)
             # gets none: it is judged later from the copy the spool kept.
             pre = self._prejudged
-            if event_id in pre or value is None:
-                pre[event_id] = None
+            key = (number, event_id) if number else event_id
+            if key in pre or value is None:
+                pre[key] = None
             else:
-                pre[event_id] = self._judges(value)
-        self._pending.append((event_id, payload, received_at))
+                pre[key] = self._judges(value)
+        self._pending.append((event_id, payload, received_at, number))
         self._pending_bytes += len(payload) + ROW_OVERHEAD
         self._enqueued += 1
         self._wake_writer.set()
@@ -658,9 +780,7 @@ class Pipeline:
             self.commit_failing_since = time.monotonic()
             log.error("cannot commit to the spool, retrying: %s", self.commit_error)
 
-    async def _committed_batch(
-        self, events: list[tuple[int, bytes, float]], stored: list[SpooledEvent]
-    ) -> None:
+    async def _committed_batch(self, events: list[_Pending], stored: list[SpooledEvent]) -> None:
         self._pending_bytes -= sum(len(e[1]) for e in events) + ROW_OVERHEAD * len(events)
         self._committed += len(events)
         self.received += len(stored)
@@ -669,12 +789,15 @@ class Pipeline:
         if pre:
             slots, mask = self._judged, _JUDGED_SLOTS - 1
             for event in stored:
-                verdicts = pre.pop(event.id, None)
+                key = (event.stream, event.id) if event.stream else event.id
+                verdicts = pre.pop(key, None)
                 if verdicts is not None:
                     slots[event.seq & mask] = (event.seq, verdicts)
             if len(stored) != len(events):
-                for event_id, _, _ in events:  # the repeats the spool dropped
-                    pre.pop(event_id, None)
+                for event_id, _, _, number in events:  # the repeats the spool dropped
+                    pre.pop((number, event_id) if number else event_id, None)
+        if len(self._inputs) > 1:
+            self._held_committed(events, stored)
         if stored:
             self._extend_tail(stored)
             for wake in self._wakes.values():
@@ -682,6 +805,17 @@ class Pipeline:
         self._update_room()
         async with self._progress:
             self._progress.notify_all()
+
+    def _held_committed(self, events: list[_Pending], stored: list[SpooledEvent]) -> None:
+        """Give the named streams' held ids their seq (see :class:`Input`)."""
+        seqs = {(e.stream, e.id): e.seq for e in stored if e.stream}
+        last = self.spool.last_seq
+        inputs = self._inputs
+        for event_id, _, _, number in events:
+            if number:
+                source = inputs.get(number)
+                if source is not None and event_id in source._held:
+                    source._held[event_id] = seqs.get((number, event_id), last)
 
     def _extend_tail(self, stored: list[SpooledEvent]) -> None:
         tail = self._tail

@@ -76,9 +76,15 @@ class Resolved:
             else:
                 options[name] = value
                 self.sources[name] = _SOURCE_WORDS.get(source, "default")  # type: ignore[arg-type]
+        if file is not None:
+            for name, value in file.options.items():  # keys with no option of their own
+                if name not in options:
+                    options[name] = value
+                    self.sources[name] = f"{file.path}: {file.keys[name]}"
         # --to adds routes that take every event to the file's own.
         options["to"] = (*(file.to if file is not None else ()), *to)
         options["routes"] = file.routes if file is not None else ()
+        options["streams"] = file.streams if file is not None else ()
         self.cli_to = to
         self.options = options
 
@@ -209,7 +215,7 @@ def check_report(
     for name, value in values.items():
         if name == "webhook_secret":
             shown = "***" if value else "none"
-        elif isinstance(value, str) and name in ("url", "api_url"):
+        elif isinstance(value, str) and name in ("url", "api_url", "fleet"):
             shown = redact_uri(value)
         elif value is None:
             shown = "none"
@@ -219,8 +225,47 @@ def check_report(
             shown = str(value)
         source = resolved.sources.get(name, "default")
         lines.append(f"  {name:<{width}}  {shown}  ({source})")
-    lines.append(f"  {'token':<{width}}  {token_line}")
+    if config.streams:
+        lines.append(f"  {'token':<{width}}  none: each stream has its own")
+        lines += _stream_lines(config)
+    else:
+        lines.append(f"  {'token':<{width}}  {token_line}")
     return "\n".join(lines) + "\n"
+
+
+def check_stream_tokens(resolved: Resolved, config: BridgeConfig) -> None:
+    """Read each stream's token file, as ``--check`` does the bridge's own (a token command
+    is not run).
+
+    Raises:
+        ConfigurationError: a file cannot be read or is empty, naming the stream's key.
+    """
+    where = f"{resolved.file.path}: " if resolved.file is not None else ""
+    for index, stream in enumerate(config.streams):
+        if stream.token_file is None:
+            continue
+        try:
+            token_file_provider(stream.token_file)()
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{where}stream[{index}] ({stream.name}).token_file: {exc}"
+            ) from None
+
+
+def _stream_lines(config: BridgeConfig) -> list[str]:
+    lines = [f"streams: {len(config.streams)}"]
+    for stream in config.streams:
+        if stream.token_file is not None:
+            token = f"token file {stream.token_file}"
+        else:
+            program = (stream.token_command or "").split()[:1]
+            token = f"token command {program[0] if program else ''} ... (not run by --check)"
+        lines.append(f"  {stream.name}: {token}")
+        if stream.url is not None:
+            lines.append(f"    url:     {redact_uri(stream.url)}")
+        if stream.api_url is not None:
+            lines.append(f"    api_url: {redact_uri(stream.api_url)}")
+    return lines
 
 
 def _flat_values(config: BridgeConfig) -> dict[str, Any]:
@@ -253,6 +298,8 @@ def _flat_values(config: BridgeConfig) -> dict[str, Any]:
         "sink_max_retry_delay",
         "require_sinks",
         "webhook_secret",
+        "connect_rate",
+        "fleet",
     ):
         out[name] = getattr(config, name)
     return out

@@ -61,6 +61,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        stream = getattr(record, "stream", None)
+        if stream is not None:  # set by neuroio._streamlog for a stream's lines
+            line["stream"] = stream
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -24,7 +24,13 @@ from ..bridge._configfile import ConfigFile, check_sinks, parse_size
 from ..bridge._configfile import load as load_config
 from ..bridge.spool import DEFAULT_MAX_BYTES
 from ..exceptions import ConfigurationError
-from ._bridge_config import Resolved, check_report, file_log_settings, usage_exit
+from ._bridge_config import (
+    Resolved,
+    check_report,
+    check_stream_tokens,
+    file_log_settings,
+    usage_exit,
+)
 from ._options import (
     ConnectionSettings,
     ListenerSettings,
@@ -66,7 +72,7 @@ class ByteSize(click.ParamType[int]):
 
 
 async def serve(
-    token: Secret,
+    token: Secret | None,
     options: dict[str, Any],
     *,
     ssl_context: ssl.SSLContext | None = None,
@@ -87,7 +93,8 @@ async def serve(
         AuthenticationError: the token was rejected.
         ConnectionFailedError: ``max_retries`` was exhausted.
     """
-    bridge = Bridge.from_options(token.source(), ssl=ssl_context, **options)
+    source = token.source() if token is not None else None
+    bridge = Bridge.from_options(source, ssl=ssl_context, **options)
     reopening: set[asyncio.Task[None]] = set()
 
     def hangup() -> None:  # SIGHUP: the files are reopened (logrotate), the bridge runs on
@@ -254,6 +261,16 @@ def _hide_drain_timeout(command: click.Command) -> click.Command:
     help="Stop at start-up (status 1) when a sink is unreachable. Default: start without it, "
     "spool its events, report it on /healthz, and deliver once it answers.",
 )
+@click.option(
+    "--fleet",
+    metavar="URI",
+    default=None,
+    envvar="NEUROIO_BRIDGE_FLEET",
+    show_envvar=True,
+    help="Share the config file's [[stream]]s with the other bridges of this NATS JetStream "
+    "key-value bucket, each stream held by one of them: nats://HOST:PORT?bucket=NAME"
+    "[&ttl=SECONDS][&worker=ID] (docs/scaling.md).",
+)
 @listener_options
 @loop_option
 @logging_options
@@ -273,6 +290,7 @@ def command(
     sink_retry_delay: float,
     sink_max_retry_delay: float,
     require_sinks: bool,
+    fleet: str | None,
     listener: ListenerSettings,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -333,6 +351,7 @@ def command(
         "sink_retry_delay": sink_retry_delay,
         "sink_max_retry_delay": sink_max_retry_delay,
         "require_sinks": require_sinks,
+        "fleet": fleet,
         "url": conn.url,
         **settings,
     }
@@ -355,7 +374,11 @@ def command(
         usage_exit(str(exc), log)
     if check:
         try:
-            token_line = resolved.token_description(conn)
+            if config.streams:
+                check_stream_tokens(resolved, config)
+                token_line = ""
+            else:
+                token_line = resolved.token_description(conn)
         except ConfigurationError as exc:
             usage_exit(str(exc), log)
         write_all(
@@ -363,7 +386,8 @@ def command(
             check_report(resolved, config, names, token_line).encode("utf-8", "replace"),
         )
         sys.exit(EXIT_OK)
-    token = resolved.token(conn, log)
+    # A bridge of named streams has no token of its own: each [[stream]] brings its own.
+    token = None if config.streams else resolved.token(conn, log)
     ssl_context = resolved.ssl_context(conn, log)
     options = resolved.options
     run(lambda: serve(token, options, ssl_context=ssl_context), log=log, use_uvloop=use_uvloop)

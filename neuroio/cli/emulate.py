@@ -19,7 +19,7 @@ import click
 from .._net import is_loopback
 from .._words import plural
 from ..exceptions import ConfigurationError
-from ..testing import REST_ORDERS, REST_SHAPES, Emulator, RestOrder, RestShape
+from ..testing import MAX_SPACES, REST_ORDERS, REST_SHAPES, Emulator, RestOrder, RestShape
 from ._options import LogSettings, logging_options, loop_option
 from ._run import EXIT_OK, CommandFailed, StopSignals, run
 
@@ -63,6 +63,10 @@ async def serve(
         accepted = emulator.tokens
         tokens = "any non-empty token" if accepted is None else plural(len(accepted), "token")
         rate = f"{emulator.rate:g} events/s" if emulator.rate else "no generated events"
+        if emulator.rate and emulator.space_tokens:
+            rate += f" in each of {len(emulator.space_tokens)} spaces"
+        if emulator.rate and emulator.stream_count is not None:
+            rate += f" until {plural(emulator.stream_count, 'event')} each"
         logger.info(
             "emulating the NeuroIO events service on %s (REST %s): accepting %s, %s%s; "
             "Ctrl-C to stop",
@@ -169,7 +173,17 @@ async def _report_replay(emulator: Emulator) -> None:
     show_default="1, or 0 with --replay",
     envvar="NEUROIO_EMULATE_RATE",
     show_envvar=True,
-    help="Generated events per second; 0 for none.",
+    help="Generated events per second (in each space with --spaces); 0 for none.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    envvar="NEUROIO_EMULATE_COUNT",
+    show_envvar=True,
+    help="Stop generating after N events (in each space with --spaces); the REST API and "
+    "connections are still served.",
 )
 @click.option(
     "--token",
@@ -256,12 +270,32 @@ async def _report_replay(emulator: Emulator) -> None:
 )
 @click.option(
     "--spaces",
-    type=click.IntRange(1, 9),
+    type=click.IntRange(1, MAX_SPACES),
     default=None,
     metavar="N",
-    help="Serve N spaces, each with its own token, ids (space k's from k*10**9+1), REST "
-    "history and events; the tokens are printed after the URLs, one a line; --rate applies "
-    "to each space. Not with --token, --tokens-file or --replay.",
+    help=f"Serve N spaces (up to {MAX_SPACES:,}), each with its own token, ids (space k's from "
+    "k*10**9+1), REST history and events; the tokens are printed after the URLs, one a line; "
+    "--rate applies to each space. Not with --token, --tokens-file or --replay.",
+)
+@click.option(
+    "--history-size",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    metavar="N",
+    envvar="NEUROIO_EMULATE_HISTORY_SIZE",
+    show_envvar=True,
+    help="Entries the REST API keeps (in each space with --spaces); the oldest go first.",
+)
+@click.option(
+    "--connection-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    envvar="NEUROIO_EMULATE_CONNECTION_LOG",
+    show_envvar=True,
+    help="Append a JSON line to FILE when a connection opens, is authenticated and closes "
+    "(its id, space, time and who closed it; never the token).",
 )
 @click.option(
     "--public",
@@ -274,6 +308,7 @@ def command(
     host: str,
     port: int,
     rate: float | None,
+    count: int | None,
     tokens: tuple[str, ...],
     tokens_file: Path | None,
     seed: int | None,
@@ -284,6 +319,8 @@ def command(
     rest_order: RestOrder,
     rest_shape: RestShape,
     spaces: int | None,
+    history_size: int,
+    connection_log: Path | None,
     public: bool,
     use_uvloop: bool | None,
     log: LogSettings,
@@ -298,6 +335,7 @@ def command(
       neuroio-events emulate --rate 10 --token test-token
       neuroio-events emulate --port 0 --replay incident.rec --speed 10
       neuroio-events emulate --spaces 3 --rate 5
+      neuroio-events emulate --spaces 1000 --connection-log conn.jsonl
     """
     log.configure()
     if not public and not is_loopback(host):
@@ -325,6 +363,7 @@ def command(
             port=port,
             tokens=accepted or None,
             rate=rate or None,
+            stream_count=count,
             seed=seed,
             push_while_disconnected=push_while_disconnected,
             replay=replay,
@@ -333,6 +372,8 @@ def command(
             rest_order=rest_order,
             rest_shape=rest_shape,
             spaces=spaces,
+            history_size=history_size,
+            connection_log=connection_log,
         )
     except ConfigurationError as exc:
         # nan passes click's number ranges; the emulator's own check words it.

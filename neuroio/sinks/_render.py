@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 import msgspec
 
-from .._routing.template import Template
+from .._routing.template import EVENT_KEYS, Template
 
 __all__ = ["Renderer"]
 
@@ -54,7 +54,9 @@ class Renderer:
         self._clean = clean
         paths = [tuple(field.split(".")) for field in template.fields]
         data = _shape(paths, "_Data") if paths else dict[str, Any]
-        event = _typed_dict("_Event", {"data": data}, total=False)
+        fields: dict[str, Any] = {"data": data}
+        fields.update((path[0], Any) for path in paths if len(path) == 1 and path[0] in EVENT_KEYS)
+        event = _typed_dict("_Event", fields, total=False)
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(event)
 
     def render(self, payload: bytes) -> str:

@@ -44,12 +44,16 @@ class SpooledEvent(msgspec.Struct, frozen=True):
         payload: the event exactly as the server sent it (``{"id": ..., "data": {...}}``,
             every field kept), as compact JSON.
         received_at: when the bridge received it (``time.time()``).
+        stream: the number of the stream it came from in a bridge with several streams
+            (see :meth:`~neuroio.bridge.spool.Spool.stream_number`); ``0`` for the single
+            stream.
     """
 
     seq: int
     id: int
     payload: bytes
     received_at: float
+    stream: int = 0
 
     def json(self) -> Any:
         """The event decoded from JSON."""

@@ -16,7 +16,8 @@ background thread for synchronous code. The pytest fixtures ``neuroio_emulator``
 
 from __future__ import annotations
 
-from ._emulator import BOGUS_ID, Emulator
+from ._connlog import connect_rate, overlaps, read_connection_log
+from ._emulator import BOGUS_ID, MAX_SPACES, Emulator
 from ._entries import OMIT, EntryFactory
 from ._frames import REDACTED_AUTH
 from ._hostile import HOSTILE_KINDS
@@ -29,6 +30,7 @@ from ._threaded import ThreadedEmulator
 __all__ = [
     "BOGUS_ID",
     "HOSTILE_KINDS",
+    "MAX_SPACES",
     "OMIT",
     "REDACTED_AUTH",
     "REST_ORDERS",
@@ -42,4 +44,7 @@ __all__ = [
     "ListenerFactory",
     "Space",
     "ThreadedEmulator",
+    "connect_rate",
+    "overlaps",
+    "read_connection_log",
 ]

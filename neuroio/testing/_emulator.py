@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..exceptions import ConfigurationError
+from ._connlog import ConnectionLog
 from ._entries import OMIT, EntryFactory, entry_image_url
 from ._frames import Frame, encoder
 from ._hostile import hostile_frames
@@ -39,11 +40,16 @@ from ._rest import History, RestApi, RestOrder, RestShape, Stored, check_rest_op
 from ._server import ClientRecord, WebSocketSide
 from ._spaces import SPACE_ID_STRIDE, Space, space_token
 
-__all__ = ["BOGUS_ID", "Emulator"]
+__all__ = ["BOGUS_ID", "MAX_SPACES", "Emulator"]
 
 _log = logging.getLogger("neuroio.emulator")
 
 _CLOSE_GOING_AWAY = 1001
+_MIN_TICK = 0.004  # the stream's shortest sleep, s
+_MAX_BATCH = 2000  # events the stream emits in one go when behind
+
+MAX_SPACES = 10_000
+"""The most spaces one emulator serves (their ids stay below ``2**53``, exact in JSON)."""
 
 BOGUS_ID = 2**62
 """The id :meth:`Emulator.push_unlisted` gives an event by default: far beyond any real one."""
@@ -59,6 +65,8 @@ class Emulator:
         tokens: accepted API tokens; ``None`` accepts any non-empty token. Also the
             :attr:`tokens` attribute, which may be changed at any time.
         rate: events per second streamed from :meth:`start` on; ``None``: none.
+        stream_count: end that stream after this many events (in each space, with
+            ``spaces``); ``None``: it never ends.
         seed: seed of the :class:`EntryFactory` behind :meth:`emit`.
         push_while_disconnected: ``True``: an event emitted while a token has no live
             authenticated client is pushed when one authenticates (handy in tests that emit
@@ -89,8 +97,13 @@ class Emulator:
         spaces: serve this many spaces, each with its own token (``space-1-token``, ...,
             see :attr:`space_tokens`), entries (``space.id`` ``k``, ids from
             ``k * 10**9 + 1``), REST history and WebSocket audience; ``rate`` then applies
-            to each space. Emit with ``emu.space(token).emit()``. ``None``: one space, any
-            accepted token sees every event. Not with ``tokens`` or ``replay``.
+            to each space (the spaces take turns, so their events are spread over each
+            second). Up to :data:`MAX_SPACES`. Emit with ``emu.space(token).emit()``.
+            ``None``: one space, any accepted token sees every event. Not with ``tokens`` or
+            ``replay``.
+        connection_log: append a JSON line to this file when a connection opens, is
+            authenticated and closes (see ``docs/emulator.md``; never a token); ``None``:
+            no log.
 
     Raises:
         ConfigurationError: an option is invalid.
@@ -103,6 +116,7 @@ class Emulator:
         port: int = 0,
         tokens: Iterable[str] | None = None,
         rate: float | None = None,
+        stream_count: int | None = None,
         seed: int | None = None,
         push_while_disconnected: bool = True,
         auth_timeout: float | None = 10.0,
@@ -117,12 +131,19 @@ class Emulator:
         rest_order: RestOrder = "desc",
         rest_shape: RestShape = "page",
         spaces: int | None = None,
+        connection_log: str | Path | None = None,
     ) -> None:
         _check_options(port, rate, auth_timeout, history_size, replay_speed, close_timeout)
         check_rest_options(rest_order, rest_shape)
         if spaces is not None:
-            if isinstance(spaces, bool) or not isinstance(spaces, int) or not 1 <= spaces <= 9:
-                raise ConfigurationError(f"spaces must be a whole number in 1..9, got {spaces!r}")
+            if (
+                isinstance(spaces, bool)
+                or not isinstance(spaces, int)
+                or not 1 <= spaces <= MAX_SPACES
+            ):
+                raise ConfigurationError(
+                    f"spaces must be a whole number in 1..{MAX_SPACES}, got {spaces!r}"
+                )
             if tokens is not None:
                 raise ConfigurationError("spaces generates the tokens: do not give tokens too")
             if replay is not None:
@@ -135,7 +156,14 @@ class Emulator:
             raise ConfigurationError("tokens must be non-empty strings")
         # Revoked tokens are refused even when ``tokens`` is None (any token accepted).
         self._revoked: set[str] = set()
+        if stream_count is not None and (
+            isinstance(stream_count, bool) or not isinstance(stream_count, int) or stream_count < 0
+        ):
+            raise ConfigurationError(
+                f"stream_count must be a whole number >= 0, got {stream_count!r}"
+            )
         self.rate = rate
+        self.stream_count = stream_count
         self.push_while_disconnected = push_while_disconnected
         self.auth_timeout = auth_timeout
         self.ignore_id_from = ignore_id_from
@@ -172,9 +200,11 @@ class Emulator:
             settings=self,
             token_ok=self._token_ok,
             notify=self._notify,
-            on_authenticated=self._authenticated,
+            on_connection=self._on_connection,
             history_of=self._history_of if self._spaces else None,
+            space_of=self._space_of if self._spaces else None,
         )
+        self._connection_log = None if connection_log is None else ConnectionLog(connection_log)
         self.clients: list[ClientRecord] = self._ws.clients
         """One record per WebSocket connection ever accepted, in order."""
         self._rest = RestApi(
@@ -216,7 +246,8 @@ class Emulator:
         After a :meth:`stop`, starts again on the port it had.
 
         Raises:
-            ConfigurationError: the replay file cannot be read.
+            ConfigurationError: the replay file cannot be read, or the connection log
+                opened.
             OSError: the port cannot be bound.
         """
         if self._runner is not None:
@@ -228,6 +259,14 @@ class Emulator:
         if self._first_auth is None:
             self._first_auth = asyncio.Event()
             self._replay_done = asyncio.Event()
+        if self._connection_log is not None:
+            try:
+                self._connection_log.open()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot open the connection log {self._connection_log.path}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         app = web.Application()
         app.router.add_get("/", self._ws.handle)
         app.router.add_get("/v1/entries/", self._rest_handle)
@@ -240,6 +279,8 @@ class Emulator:
             await self._listen(runner)
         except BaseException:
             await runner.cleanup()
+            if self._connection_log is not None:
+                self._connection_log.close()
             raise
         self._runner = runner
         # Generated entries link to the pictures served here (the port is known now).
@@ -247,7 +288,7 @@ class Emulator:
         for space in self._spaces.values():
             space.factory.media_url = self.media_url
         if self.rate is not None:
-            self.start_stream(self.rate)
+            self.start_stream(self.rate, count=self.stream_count)
         if self._replay_frames is not None and self._replay_task is None:
             # After a stop() the recording plays again from its start.
             assert self._replay_done is not None
@@ -285,6 +326,8 @@ class Emulator:
         await self._stop_listening()
         await self._ws.disconnect_all(_CLOSE_GOING_AWAY, "server shutting down")
         await runner.cleanup()
+        if self._connection_log is not None:
+            self._connection_log.close()
         _log.info("emulator stopped")
         self._notify()
 
@@ -342,6 +385,13 @@ class Emulator:
     def running(self) -> bool:
         """Whether :meth:`start` has run and :meth:`stop` has not."""
         return self._runner is not None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the stream of ``rate`` (or :meth:`start_stream`) is emitting: false before,
+        after :meth:`stop_stream` and once its ``count`` is reached."""
+        task = self._stream_task
+        return task is not None and not task.done()
 
     @property
     def port(self) -> int:
@@ -509,9 +559,9 @@ class Emulator:
             self._notify()
         return entry
 
-    def start_stream(self, rate: float) -> None:
+    def start_stream(self, rate: float, *, count: int | None = None) -> None:
         """Emit generated events at ``rate`` per second (in each space, with ``spaces``)
-        until :meth:`stop_stream`.
+        until :meth:`stop_stream`, or until ``count`` events (in each space) were emitted.
 
         Replaces a running stream. Falls behind (never ahead) when the machine cannot keep
         up; the count owed is caught up in batches.
@@ -521,7 +571,7 @@ class Emulator:
         if self._stream_task is not None:
             self._stream_task.cancel()
         self.rate = rate
-        self._stream_task = asyncio.create_task(self._run_stream(rate))
+        self._stream_task = asyncio.create_task(self._run_stream(rate, count))
 
     async def stop_stream(self) -> None:
         """Stop the stream started by ``rate`` or :meth:`start_stream`."""
@@ -532,23 +582,40 @@ class Emulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run_stream(self, rate: float) -> None:
+    async def _run_stream(self, rate: float, count: int | None) -> None:
+        # With spaces, ``rate`` is per space and the spaces take turns: emission i goes to
+        # space i % n at t0 + i / (n * rate), so each space gets ``rate`` a second, its
+        # events evenly spread and the spaces' events interleaved, instead of n at once.
+        spaces = list(self._spaces.values())
+        slots = len(spaces) or 1
+        total = rate * slots
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         sent = 0
-        while True:
-            due = int((loop.time() - t0) * rate) + 1 - sent
+        end = None if count is None else count * slots
+        while end is None or sent < end:
+            due = int((loop.time() - t0) * total) + 1 - sent
+            if end is not None:
+                due = min(due, end - sent)
             # Bounded batches keep the loop responsive when far behind.
-            for _ in range(min(due, 2000)):
-                if self._spaces:
-                    # ``rate`` is per space: each tick emits once in every space.
-                    for space in self._spaces.values():
-                        self._emit_in(space, None, {})
+            batch = min(due, _MAX_BATCH)
+            for _ in range(batch):
+                if spaces:
+                    self._emit_in(spaces[sent % slots], None, {})
                 else:
                     self._emit(None, {})
                 sent += 1
-            delay = t0 + sent / rate - loop.time()
-            await asyncio.sleep(max(delay, 0.0))
+            if batch == _MAX_BATCH:
+                await asyncio.sleep(0)  # behind: let the senders write, then catch up
+                continue
+            # Everything due is out. Sleep at least one tick even when the next event is due
+            # now: a clock of coarse resolution (uvloop's counts milliseconds and stands still
+            # within a loop iteration) would otherwise spin here until it moves. Thousands of
+            # events a second also need no wake-up each: a few per tick cost less CPU and
+            # still spread them over the second.
+            await asyncio.sleep(max(t0 + sent / total - loop.time(), _MIN_TICK))
+        _log.info("the stream has ended: %d events emitted", sent)
+        self._notify()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until every frame queued so far has been written to the open connections.
@@ -847,9 +914,15 @@ class Emulator:
             return False
         return self.tokens is None or token in self.tokens
 
-    def _authenticated(self) -> None:
-        if self._first_auth is not None:
+    def _on_connection(self, record: ClientRecord, event: str) -> None:
+        if event == "auth" and self._first_auth is not None:
             self._first_auth.set()
+        if self._connection_log is not None:
+            self._connection_log.write(record, event)
+
+    def _space_of(self, token: str) -> int | None:
+        space = self._spaces.get(token)
+        return None if space is None else space.number
 
     async def _run_replay(self, frames: list[tuple[float, Frame]]) -> None:
         assert self._first_auth is not None and self._replay_done is not None

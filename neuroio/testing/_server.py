@@ -66,6 +66,11 @@ class ClientRecord:
         closed_by: ``"client"``, ``"server"``, ``"abort"`` (TCP abort by the emulator) or
             ``"lost"`` (the TCP connection ended with no close frame); ``None`` while open.
         events_sent: event frames written to this connection.
+        authenticated_at: ``time.monotonic()`` when an AUTH was accepted (the last one that
+            joined a token's audience), ``None`` until then.
+        space: the 1-based space of the accepted token in an emulator serving several
+            spaces, ``None`` otherwise (and until authenticated).
+        peer: the client's address, ``"host:port"``, as the emulator saw it.
     """
 
     id: int
@@ -78,6 +83,9 @@ class ClientRecord:
     close_code: int | None = None
     closed_by: str | None = None
     events_sent: int = 0
+    authenticated_at: float | None = None
+    space: int | None = None
+    peer: str | None = None
 
     @property
     def open(self) -> bool:
@@ -176,9 +184,11 @@ class WebSocketSide:
         settings: the owner's options, read when needed so they can change at any time.
         token_ok: whether a token is accepted.
         notify: called after every change of state (it wakes the emulator's waiters).
-        on_authenticated: called after each accepted AUTH.
+        on_connection: called with a record and ``"open"`` after the handshake, ``"auth"``
+            after an AUTH that joined a token's audience, ``"close"`` once it ended.
         history_of: the history of a token's space, for its backlog (an emulator serving
             several spaces keeps one per space); ``None``: ``history`` for every token.
+        space_of: the space number of a token (:attr:`ClientRecord.space`); ``None``: none.
     """
 
     def __init__(
@@ -188,15 +198,17 @@ class WebSocketSide:
         settings: WebSocketSettings,
         token_ok: Callable[[Any], bool],
         notify: Callable[[], None],
-        on_authenticated: Callable[[], None],
+        on_connection: Callable[[ClientRecord, str], None],
         history_of: Callable[[str], History] | None = None,
+        space_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self._history = history
         self._history_of: Callable[[str], History] = history_of or (lambda _token: history)
         self._settings = settings
         self._token_ok = token_ok
         self._notify = notify
-        self._on_authenticated = on_authenticated
+        self._on_connection = on_connection
+        self._space_of = space_of
         self.clients: list[ClientRecord] = []
         self._open: dict[int, _Client] = {}
         self._live: dict[str, list[_Client]] = {}
@@ -319,7 +331,9 @@ class WebSocketSide:
             timeout=settings.close_timeout,
         )
         await ws.prepare(request)
-        record = ClientRecord(id=len(self.clients) + 1, connected_at=time.monotonic())
+        record = ClientRecord(
+            id=len(self.clients) + 1, connected_at=time.monotonic(), peer=_peer(request)
+        )
         self.clients.append(record)
         client = _Client(record, ws, request)
         client.frozen = self._frozen_new
@@ -330,6 +344,7 @@ class WebSocketSide:
                 settings.auth_timeout, self._auth_timed_out, client
             )
         _log.debug("client %d connected", record.id)
+        self._on_connection(record, "open")
         self._notify()
         try:
             await self._receive_loop(client)
@@ -409,7 +424,10 @@ class WebSocketSide:
             return  # a repeated AUTH on a live connection changes nothing
         if client.token is not None:
             self._leave(client)
-        client.record.authenticated = True
+        record = client.record
+        record.authenticated = True
+        record.authenticated_at = time.monotonic()
+        record.space = None if self._space_of is None else self._space_of(token)
         clients = self._live.setdefault(token, [])
         if not clients and self._settings.push_while_disconnected:
             backlog = self._history_of(token).frames_since(self._cursor.get(token, 0))
@@ -417,8 +435,8 @@ class WebSocketSide:
                 client.push(frame)
         clients.append(client)
         client.token = token
-        _log.debug("client %d authenticated", client.record.id)
-        self._on_authenticated()
+        _log.debug("client %d authenticated", record.id)
+        self._on_connection(record, "auth")
 
     def _leave(self, client: _Client) -> None:
         token = client.token
@@ -507,7 +525,17 @@ class WebSocketSide:
         record.closed_at = time.monotonic()
         client.done.set()
         _log.debug("client %d closed (%s, code %s)", record.id, record.closed_by, record.close_code)
+        self._on_connection(record, "close")
         self._notify()
+
+
+def _peer(request: web.Request) -> str | None:
+    transport = request.transport
+    peer = None if transport is None else transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return None
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
 def _answer_to(message: Any, action: Any) -> bytes:

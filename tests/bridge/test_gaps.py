@@ -256,8 +256,8 @@ async def test_a_burst_between_the_two_requests_of_the_newest_probe_is_recovered
         # The dead connection is noticed after 1.5 s: long after the probe ends.
         opts = options(server, tmp_path, ping_timeout=1.5)
         async with Bridge(TOKEN, [f"file:{out}"], **opts) as bridge:  # type: ignore[arg-type]
-            assert bridge._recovery is not None
-            tracker = bridge._recovery.tracker
+            assert bridge._single is not None and bridge._single.recovery is not None
+            tracker = bridge._single.recovery.tracker
             await server.wait_for_clients(1)
             await server.wait_until(lambda: server.rest_held == 1, what="a held REST request")
             assert server.rest_request_count() == 4

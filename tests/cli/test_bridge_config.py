@@ -128,6 +128,28 @@ MISTAKES = {
         '[route]\nname = "doors"\n',
         "route: expected a list, got a table (write [[route]] for each route)",
     ),
+    "stream: no token": ('[[stream]]\nname = "a"\n', "stream[0]: stream a: give exactly one of"),
+    "stream: both tokens": (
+        '[[stream]]\nname = "a"\ntoken_file = "x"\ntoken_command = "y"\n',
+        "give exactly one of token_file and token_command",
+    ),
+    "stream: bad name": (
+        '[[stream]]\nname = "a b"\ntoken_file = "x"\n',
+        "stream name 'a b' must be",
+    ),
+    "stream: twice": (
+        '[[stream]]\nname = "a"\ntoken_file = "x"\n[[stream]]\nname = "a"\ntoken_file = "y"\n',
+        "stream[1] (a).name: stream[0] has the same name",
+    ),
+    "stream: unknown key": (
+        '[[stream]]\nname = "a"\ntoken_fle = "x"\n',
+        "token_fle",
+    ),
+    "stream: bad url": (
+        '[[stream]]\nname = "a"\ntoken_file = "x"\nurl = "http//nope"\n',
+        "stream[0] (a).url:",
+    ),
+    "stream: rate": ("[streams]\nconnect_rate = 0\n", "streams.connect_rate"),
 }
 
 
