@@ -5,7 +5,8 @@ The package's parts, in the order an event meets them:
 
 - :mod:`~neuroio.bridge.config`: :class:`BridgeConfig`, every option, embedding the listener's
   :class:`~neuroio._config.ConnectionOptions` and :class:`~neuroio._config.RecoveryOptions`,
-  and the routes (:class:`RouteConfig`, :class:`FilterConfig`, :class:`CooldownConfig`).
+  and the routes (:class:`RouteConfig`, :class:`FilterConfig`, :class:`CooldownConfig`), and
+  the streams of a bridge serving several spaces (:class:`StreamConfig`, ``docs/scaling.md``).
 - :mod:`~neuroio.bridge.pipeline`: :class:`Pipeline`, the input (the listener's handler), the
   writer (batched commits to the spool in a worker thread) and backpressure (the handler waits
   while the spool is full or commits fail, so the socket pauses; nothing is dropped).
@@ -26,8 +27,15 @@ The spool is :mod:`neuroio.bridge.spool`.
 
 from ._bridge import FORCE_GRACE, Bridge
 from ._recovery import RECOVER_AFTER, RESUME_POINT
-from ._snapshot import BridgeSnapshot, SinkSnapshot
-from .config import BRIDGE_RECOVERY, BridgeConfig, CooldownConfig, FilterConfig, RouteConfig
+from ._snapshot import BridgeSnapshot, SinkSnapshot, StreamSnapshot
+from .config import (
+    BRIDGE_RECOVERY,
+    BridgeConfig,
+    CooldownConfig,
+    FilterConfig,
+    RouteConfig,
+    StreamConfig,
+)
 from .delivery import LATENCY_BUCKETS, SinkStatus
 from .pipeline import FAILING_MAX_PENDING, Pipeline, SinkLag
 
@@ -45,6 +53,8 @@ __all__ = [
     "FilterConfig",
     "Pipeline",
     "RouteConfig",
+    "StreamConfig",
+    "StreamSnapshot",
     "SinkLag",
     "SinkSnapshot",
     "SinkStatus",

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from neuroio.bridge import Bridge
-from neuroio.bridge.config import FilterConfig, RouteConfig, StreamConfig
+from neuroio.bridge import Bridge, FilterConfig, RouteConfig, StreamConfig
 from neuroio.bridge.spool import Spool
 from neuroio.exceptions import ConfigurationError
 from neuroio.testing import Emulator
