@@ -476,18 +476,13 @@ class Bridge:
                 stream.recovery.damaged_found()
 
     def _stream_options(self, stream: StreamConfig) -> tuple[ConnectionOptions, RecoveryOptions]:
-        config = self.config
-        connection = config.connection
+        """The bridge's connection and recovery options with the stream's own URLs; what is
+        still unset the stream's listener resolves (environment, then default) as any does."""
+        connection, recovery = self.config.connection, self.config.recovery
         if stream.url is not None:
             connection = msgspec.structs.replace(connection, url=stream.url)
-        else:
-            url = connection.url or os.environ.get("NEUROIO_EVENTS_URL") or DEFAULT_EVENTS_URL
-            connection = msgspec.structs.replace(connection, url=url)
-        recovery = config.recovery
-        api_url = stream.api_url or recovery.api_url or os.environ.get("NEUROIO_API_URL")
-        recovery = msgspec.structs.replace(
-            recovery, api_url=api_url or default_api_url(connection.url or DEFAULT_EVENTS_URL)
-        )
+        if stream.api_url is not None:
+            recovery = msgspec.structs.replace(recovery, api_url=stream.api_url)
         return connection, recovery
 
     async def run(self) -> None:
