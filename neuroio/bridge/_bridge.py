@@ -350,6 +350,7 @@ class Bridge:
             max_retry_delay=config.sink_max_retry_delay,
         )
         await self.pipeline.start()
+        self.pipeline.on_damaged = self._damaged_found
         for name, late in self._late.items():
             status = self.pipeline.status[name]
             late.failed(status, late.first_error)  # failing (and logged) from now on
@@ -454,7 +455,6 @@ class Bridge:
                 gate=self._gate,
                 retry_delay=config.sink_retry_delay,
             )
-        self.pipeline.on_damaged = self._damaged_found
         if config.fleet is not None:
             from ._fleet import Fleet
 
@@ -471,7 +471,7 @@ class Bridge:
 
     def _damaged_found(self) -> None:
         """A read found a damaged batch: each running stream fetches its own ids again."""
-        for stream in self.streams.values():
+        for stream in self._all_streams():
             if stream.running and stream.recovery is not None:
                 stream.recovery.damaged_found()
 

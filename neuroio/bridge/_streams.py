@@ -308,17 +308,12 @@ class Stream:
             start_after=after,
         )
         self.input.admit = self.recovery.tracker.seen
-        self._pipeline_damaged()
         # The floor before the first commit: nothing is received before it is stored.
-        if self._gate is not None and self.name is not None:
+        if self._gate is not None:
             async with self._gate.rest:
                 await self.recovery.start()
         else:
             await self.recovery.start()
-
-    def _pipeline_damaged(self) -> None:
-        if self.name is None and self.recovery is not None:
-            self._pipeline.on_damaged = self.recovery.damaged_found
 
     def _listener(self) -> EventListener:
         # The bridge recovers gaps itself (see GapRecovery) so that where recovery must
