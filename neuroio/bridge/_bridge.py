@@ -36,7 +36,7 @@ import os
 import shlex
 import ssl as _ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,6 +61,7 @@ from ..exceptions import (
 from ..listener import EventListener
 from ..sinks import Sink, from_uri
 from ..sinks.base import ConsumerGoneError
+from ..stats import State
 from ._snapshot import BridgeSnapshot, SinkSnapshot, StreamSnapshot, refused_problem
 from ._starting import LateStart, close_quietly
 from ._streams import ConnectGate, DamagedShare, Stream, StreamSpool
@@ -723,9 +724,7 @@ class Bridge:
             problems.append(f"{len(down)} of {plural(running, 'stream')} not live: {shown}")
         if self.fleet is not None:
             problems += self.fleet.problems()
-        live = running - len(down)
-        state = "live" if running and live == running else ("down" if not live else "partial")
-        return state, report
+        return _overall((s.state, s.running) for s in self.streams.values()), report
 
     def _not_started(self, name: str) -> bool:
         late = self._late.get(name)
@@ -786,7 +785,7 @@ class Bridge:
             spool_max_bytes=(spool.max_bytes or 0) if spool else 0,
             dead_letters=spool.dead_letter_count if spool else 0,
             paused=pipeline is not None and pipeline.paused_since is not None,
-            state=stats.state.value if stats else _overall(streams),
+            state=stats.state.value if stats else _overall((s.state, s.running) for s in streams),
             reconnects=tuple(sorted(stats.reconnects.items())) if stats else _reconnects(streams),
             rtt=stats.last_rtt if stats else None,
             last_event_at=stats.last_event_at if stats else _last_event(streams),
@@ -796,17 +795,21 @@ class Bridge:
         )
 
 
-def _overall(streams: Sequence[StreamSnapshot]) -> str:
-    """The connection state of a bridge of named streams, as one of the listener's: ``live``
-    when every running stream is, else the state of the first that is not."""
-    running = [s for s in streams if s.running]
-    for stream in running:
-        if stream.state != "live":
-            return stream.state if stream.state in _LISTENER_STATES else "backoff"
-    return "live" if running else "idle"
+def _overall(streams: Iterable[tuple[str, bool]]) -> str:
+    """The connection state of a bridge of named streams, from each stream's state and
+    whether it runs, as one of the listener's: ``live`` when every running stream is, else
+    the state of the first that is not (``backoff`` for a rejected or stopped one)."""
+    running = False
+    for state, runs in streams:
+        if not runs:
+            continue
+        running = True
+        if state != State.LIVE.value:
+            return state if state in _LISTENER_STATES else State.BACKOFF.value
+    return State.LIVE.value if running else State.IDLE.value
 
 
-_LISTENER_STATES = frozenset({"idle", "connecting", "authenticating", "live", "backoff", "closed"})
+_LISTENER_STATES = frozenset(state.value for state in State)
 
 
 def _reconnects(streams: Sequence[StreamSnapshot]) -> tuple[tuple[str, int], ...]:

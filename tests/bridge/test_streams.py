@@ -85,6 +85,7 @@ async def test_a_rejected_token_stops_its_stream_only(tmp_path: Path) -> None:
             assert any(p.startswith("stream s2: token rejected") for p in report["problems"])
             assert "not-a-token" not in json.dumps(report)
             assert report["streams"]["s1"]["state"] == "live"
+            assert report["connection"] == bridge.snapshot().state == "backoff"
             entry = await emu.space("space-1-token").emit()
             await until(lambda: [e["id"] for e in lines(out)] == [entry["id"]])
             assert bridge.rejected("s2") is not None and bridge.rejected("s1") is None
