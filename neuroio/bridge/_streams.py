@@ -225,6 +225,7 @@ class Stream:
         self.running = False
         """Started and not stopped (a fleet worker holds it)."""
         self._stats: ListenerStats | None = None
+        self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Stream {self.name or '(single)'} #{self.number} {self.state}>"
@@ -274,6 +275,7 @@ class Stream:
         if self.running:
             return
         self.running = True
+        self._stopping = asyncio.Event()
         self._rejected = self.failed = None
         if self.name is None:
             await self._prepare(after)
@@ -366,7 +368,12 @@ class Stream:
                 self._stats = self.listener.stats
                 if self.recovery is not None:
                     await self.recovery.aclose()
-                await asyncio.sleep(self.retry_rejected_after)  # a deliberate pause
+                # The pause ends early on stop(): its listener's close() waits for this task,
+                # and a fleet's stop must return within the fencing margin.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.retry_rejected_after)
+                if self._stopping.is_set():
+                    return
                 await self._prepare(after)
         except ConnectionFailedError as exc:
             self.failed = str(exc)
@@ -383,6 +390,7 @@ class Stream:
         if not self.running:
             return
         self.running = False
+        self._stopping.set()
         listener, task = self.listener, self.task
         if listener is not None:
             self._stats = listener.stats

@@ -6,6 +6,7 @@ token file, the real listener and the real spool.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,10 @@ async def test_a_rejected_token_stops_its_stream_only(tmp_path: Path) -> None:
             entry = await emu.space("space-1-token").emit()
             await until(lambda: [e["id"] for e in lines(out)] == [entry["id"]])
             assert bridge.rejected("s2") is not None and bridge.rejected("s1") is None
+            # Stopped while it waits to try again: at once (a fleet's fencing margin is 2 s),
+            # not after the wait or the listener's close timeout.
+            await asyncio.wait_for(bridge.stop_stream("s2"), 1.0)
+            assert bridge.streams["s2"].state == "stopped"
 
 
 async def test_each_stream_recovers_its_own_gap_after_a_restart(tmp_path: Path) -> None:
