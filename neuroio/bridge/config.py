@@ -251,6 +251,14 @@ class BridgeConfig:
             recovery=msgspec.structs.replace(BRIDGE_RECOVERY, **recovery),
         )
 
+    def to_flat(self) -> dict[str, Any]:
+        """Every option by its flat (CLI) name, the inverse of :meth:`from_flat`: the
+        connection's, then the recovery's, then the bridge's own."""
+        flat: dict[str, Any] = msgspec.structs.asdict(self.connection)
+        flat.update(msgspec.structs.asdict(self.recovery))
+        flat.update((name, getattr(self, name)) for name in _OWN_FIELDS)
+        return flat
+
     def validate(self) -> None:
         """Raise :class:`~neuroio.ConfigurationError` naming the first option out of range."""
         self.connection.validate()
@@ -296,6 +304,6 @@ class BridgeConfig:
             seen.add(stream.name)
 
 
-_OWN_FIELDS = frozenset(
+_OWN_FIELDS = tuple(  # in their order of declaration
     f.name for f in dataclasses.fields(BridgeConfig) if f.name not in ("connection", "recovery")
 )

@@ -268,41 +268,15 @@ def _stream_lines(config: BridgeConfig) -> list[str]:
     return lines
 
 
+# Not among --check's options: the routes and streams, listed apart, and what the command has
+# no option for.
+_NOT_SHOWN = frozenset(
+    {"to", "routes", "streams", "drain_timeout", "dedupe_window", "shutdown_timeout"}
+)
+
+
 def _flat_values(config: BridgeConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in (
-        "url",
-        "api_url",
-        "timeout",
-        "ping_interval",
-        "ping_timeout",
-        "reconnect_delay",
-        "max_reconnect_delay",
-        "max_retries",
-        "max_queue",
-        "max_message_size",
-    ):
-        holder: Any = config.recovery if name == "api_url" else config.connection
-        out[name] = getattr(holder, name)
-    for name in ("backfill", "since", "backfill_max_events", "backfill_max_age"):
-        out[name] = getattr(config.recovery, name)
-    for name in (
-        "spool",
-        "spool_max_bytes",
-        "spool_sync",
-        "metrics_port",
-        "metrics_host",
-        "health_max_sink_failure",
-        "health_max_refused",
-        "sink_retry_delay",
-        "sink_max_retry_delay",
-        "require_sinks",
-        "webhook_secret",
-        "connect_rate",
-        "fleet",
-    ):
-        out[name] = getattr(config, name)
-    return out
+    return {k: v for k, v in config.to_flat().items() if k not in _NOT_SHOWN}
 
 
 def _show_filter(f: FilterConfig | None) -> str:
