@@ -748,10 +748,7 @@ class Bridge:
         pipeline, spool, listener = self.pipeline, self.spool, self.listener
         stats = listener.stats if listener is not None else None
         now = time.monotonic()
-        streams = tuple(
-            StreamSnapshot.of(name, stream.state, stream.stats, stream.running)
-            for name, stream in self.streams.items()
-        )
+        streams = tuple(stream.snapshot() for stream in self.streams.values())
         sinks: list[SinkSnapshot] = []
         if pipeline is not None:
             for name, status in pipeline.status.items():

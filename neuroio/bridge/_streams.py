@@ -41,6 +41,7 @@ from ..listener import EventListener
 from ..sinks.base import SpooledEvent
 from ..stats import ListenerStats
 from ._recovery import GapRecovery, RecoverySpool
+from ._snapshot import StreamSnapshot
 from .pipeline import Input, Pipeline
 from .spool import DamagedBatch, Spool
 
@@ -71,7 +72,6 @@ class ConnectGate:
     def __init__(self, rate: float) -> None:
         self._limit = RateLimit(rate * _GATE_HEADROOM)
         self._turn = asyncio.Lock()  # one waiter at a time: starts are spaced when they happen
-        self.rate = rate
         self.attempts = 0
         """Attempts let through so far."""
         self.rest = asyncio.Semaphore(_REST_AT_ONCE)
@@ -417,14 +417,19 @@ class Stream:
         held = self.input.lowest_unconfirmed()
         return low if held is None else min(low, held - 1)
 
+    def snapshot(self) -> StreamSnapshot:
+        """The stream's figures now (metrics, the status page)."""
+        name = self.name if self.name is not None else ""
+        return StreamSnapshot.of(name, self.state, self.stats, self.running)
+
     def describe(self) -> dict[str, Any]:
-        """The stream's figures for ``/healthz`` and the status page."""
-        stats = self.stats
+        """The stream's figures for ``/healthz``, with why it is stopped."""
+        snap = self.snapshot()
         return {
-            "state": self.state,
-            "events": stats.events if stats is not None else 0,
-            "reconnects": sum(stats.reconnects.values()) if stats is not None else 0,
-            "last_event_at": stats.last_event_at if stats is not None else None,
+            "state": snap.state,
+            "events": snap.events,
+            "reconnects": sum(count for _, count in snap.reconnects),
+            "last_event_at": snap.last_event_at,
             "rejected": self.rejected,
             "failed": self.failed,
         }
